@@ -1,0 +1,68 @@
+"""YAML files for specs: the only place that knows the spec file format.
+
+Only ``yaml.safe_load`` is used, so a file can never construct Python objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces.spec import ArchSpec, SpecError
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Reads a YAML file that must hold one mapping; errors name the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a {what} file must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def spec_to_yaml(spec: ArchSpec) -> str:
+    """The spec as YAML text; stages are written one flow mapping per line for readability."""
+    data = spec.to_dict()
+    stages = data.pop("stages")
+    head = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    stage_lines = "".join(
+        f"- {yaml.safe_dump(stage, sort_keys=False, default_flow_style=True, width=1000).strip()}\n"
+        for stage in stages
+    )
+    return f"{head}stages:\n{stage_lines}"
+
+
+def spec_from_yaml(text: str, *, source: str = "<string>") -> ArchSpec:
+    """Parses YAML text into a validated spec; unknown keys are rejected."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{source}: not valid YAML: {error}") from None
+    try:
+        return ArchSpec.from_dict(data)
+    except SpecError as error:
+        raise SpecError(f"{source}: {error}") from None
+
+
+def load_spec(path: str | Path) -> ArchSpec:
+    """Loads a spec file written by :func:`dump_spec` (or by hand)."""
+    data = read_yaml_mapping(path, "spec")
+    try:
+        return ArchSpec.from_dict(data)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
+def dump_spec(spec: ArchSpec, path: str | Path) -> None:
+    """Writes ``spec`` to ``path`` atomically, so an interrupted write never leaves half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(spec_to_yaml(spec), encoding="utf-8")
+    temporary.replace(path)
