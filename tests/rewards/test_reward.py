@@ -1,0 +1,308 @@
+"""Tests of the search rewards (EfficientNetV2 Section 3.3; MnasNet Eq. 2)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+
+import rewards
+from rewards import LATENCY_CONSTRAINTS, latency_target_reward, training_aware_reward
+
+# A baseline in the units nas.measure reports: seconds per step and a parameter count
+# (EfficientNetV2-S has ~21.5M parameters).
+S_REF = 0.25
+P_REF = 21_458_488.0
+
+
+def ta(accuracy=0.8, step_time=S_REF, params=P_REF, **kwargs):
+    kwargs.setdefault("step_time_ref", S_REF)
+    kwargs.setdefault("params_ref", P_REF)
+    return training_aware_reward(accuracy, step_time, params, **kwargs)
+
+
+# --- training_aware_reward -----------------------------------------------------------------
+
+
+def test_public_api_is_reexported():
+    assert rewards.training_aware_reward is training_aware_reward
+    assert rewards.latency_target_reward is latency_target_reward
+    assert set(rewards.__all__) == {
+        "LATENCY_CONSTRAINTS",
+        "latency_target_reward",
+        "training_aware_reward",
+    }
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 0.1, 0.731, 0.8, 1.0])
+def test_reward_equals_accuracy_exactly_at_baseline(accuracy):
+    assert ta(accuracy) == accuracy
+
+
+@pytest.mark.parametrize("w, v", [(-0.07, -0.05), (-1.0, -2.0), (0.5, 3.0)])
+def test_reward_equals_accuracy_at_baseline_for_any_exponents(w, v):
+    assert ta(0.6, w=w, v=v) == 0.6
+
+
+def test_paper_default_exponents():
+    # EfficientNetV2 Section 3.3: w = -0.07, v = -0.05.
+    assert ta(0.8, step_time=2 * S_REF, params=3 * P_REF) == pytest.approx(
+        0.8 * 2**-0.07 * 3**-0.05, rel=1e-15
+    )
+
+
+def test_halving_step_time_raises_reward_by_2_to_the_0_07():
+    base = ta(0.8)
+    faster = ta(0.8, step_time=S_REF / 2)
+    assert faster / base == pytest.approx(2**0.07, rel=1e-15)
+    assert faster == pytest.approx(0.8 * 2**0.07, rel=1e-15)
+
+
+def test_halving_params_raises_reward_by_2_to_the_0_05():
+    assert ta(0.8, params=P_REF / 2) == pytest.approx(0.8 * 2**0.05, rel=1e-15)
+
+
+def test_only_the_ratio_to_the_reference_matters():
+    # Milliseconds or seconds, params or millions of params: same reward.
+    a = training_aware_reward(0.7, 0.3, 5e6, step_time_ref=0.2, params_ref=4e6)
+    b = training_aware_reward(0.7, 300.0, 5.0, step_time_ref=200.0, params_ref=4.0)
+    assert a == pytest.approx(b, rel=1e-14)
+
+
+def test_explicit_exponents_are_used():
+    r = ta(0.5, step_time=4 * S_REF, params=8 * P_REF, w=-0.5, v=-1 / 3)
+    assert r == pytest.approx(0.5 * 4**-0.5 * 8 ** (-1 / 3), rel=1e-14)
+    assert r == pytest.approx(0.5 * 0.5 * 0.5, rel=1e-14)
+
+
+def test_zero_exponents_give_accuracy():
+    assert ta(0.42, step_time=7 * S_REF, params=0.1 * P_REF, w=0.0, v=0.0) == 0.42
+
+
+def test_monotonic_increasing_in_accuracy():
+    accuracies = [0.0, 0.05, 0.3, 0.5, 0.51, 0.9, 1.0]
+    values = [ta(a, step_time=1.7 * S_REF, params=0.6 * P_REF) for a in accuracies]
+    assert all(x < y for x, y in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("field, ref", [("step_time", S_REF), ("params", P_REF)])
+def test_strictly_decreasing_in_step_time_and_params(field, ref):
+    factors = [0.01, 0.25, 0.5, 0.99, 1.0, 1.01, 2.0, 10.0, 1000.0]
+    values = [ta(0.8, **{field: f * ref}) for f in factors]
+    assert all(x > y for x, y in zip(values, values[1:]))
+
+
+def test_step_time_weighs_more_than_params():
+    # |w| = 0.07 > |v| = 0.05: doubling step time costs more than doubling params.
+    assert ta(0.8, step_time=2 * S_REF) < ta(0.8, params=2 * P_REF) < ta(0.8)
+
+
+def test_accepts_ints_and_returns_float():
+    r = training_aware_reward(1, 2, 3, step_time_ref=2, params_ref=3)
+    assert type(r) is float and r == 1.0
+
+
+# --- latency_target_reward -----------------------------------------------------------------
+
+T = 0.080  # a target latency of 80 ms, as in MnasNet's ImageNet search (seconds here)
+
+
+def test_constraint_presets_match_mnasnet():
+    assert LATENCY_CONSTRAINTS["soft"] == (-0.07, -0.07)
+    assert LATENCY_CONSTRAINTS["hard"] == (0.0, -1.0)
+    with pytest.raises(TypeError):
+        LATENCY_CONSTRAINTS["soft"] = (0.0, 0.0)  # read-only
+
+
+@pytest.mark.parametrize("constraint", ["soft", "hard"])
+@pytest.mark.parametrize("accuracy", [0.0, 0.3, 0.75, 1.0])
+def test_latency_reward_equals_accuracy_at_target(constraint, accuracy):
+    assert latency_target_reward(accuracy, T, target=T, constraint=constraint) == accuracy
+
+
+@pytest.mark.parametrize("factor", [1e-6, 0.1, 0.5, 0.9, 0.999999, 1.0])
+def test_hard_constraint_is_accuracy_at_or_below_target(factor):
+    assert latency_target_reward(0.75, factor * T, target=T, constraint="hard") == 0.75
+
+
+@pytest.mark.parametrize("factor", [1.000001, 1.1, 2.0, 4.0, 100.0])
+def test_hard_constraint_penalizes_with_exponent_minus_one_above_target(factor):
+    latency = factor * T
+    r = latency_target_reward(0.75, latency, target=T, constraint="hard")
+    assert r == 0.75 * (latency / T) ** -1
+    assert r == pytest.approx(0.75 * T / latency, rel=1e-15)
+    assert r < 0.75
+
+
+def test_hard_constraint_at_twice_the_target_halves_the_reward():
+    assert latency_target_reward(0.8, 2 * T, target=T, constraint="hard") == pytest.approx(0.4)
+
+
+def test_soft_is_the_default():
+    for latency in (0.3 * T, 3 * T):
+        assert latency_target_reward(0.7, latency, target=T) == latency_target_reward(
+            0.7, latency, target=T, constraint="soft"
+        )
+
+
+@pytest.mark.parametrize("factor", [1.5, 2.0, 10.0])
+def test_soft_constraint_is_symmetric_in_log_latency(factor):
+    # Same exponent -0.07 on both sides: log(reward / A) = -0.07 * log(LAT / T).
+    a = 0.7
+    faster = latency_target_reward(a, T / factor, target=T, constraint="soft")
+    slower = latency_target_reward(a, T * factor, target=T, constraint="soft")
+    assert faster / a == pytest.approx(a / slower, rel=1e-14)
+    assert faster == pytest.approx(a * factor**0.07, rel=1e-14)
+    assert slower == pytest.approx(a * factor**-0.07, rel=1e-14)
+    assert math.log(faster / a) == pytest.approx(-math.log(slower / a), rel=1e-12)
+
+
+def test_soft_constraint_strictly_decreasing_across_target():
+    factors = [0.1, 0.5, 0.99, 1.0, 1.01, 2.0, 10.0]
+    values = [latency_target_reward(0.6, f * T, target=T) for f in factors]
+    assert all(x > y for x, y in zip(values, values[1:]))
+
+
+def test_monotonic_increasing_in_accuracy_latency_reward():
+    for constraint in ("soft", "hard"):
+        values = [
+            latency_target_reward(a, 1.3 * T, target=T, constraint=constraint)
+            for a in (0.0, 0.2, 0.5, 0.9, 1.0)
+        ]
+        assert all(x < y for x, y in zip(values, values[1:]))
+
+
+def test_alpha_applies_at_or_below_and_beta_above_target():
+    kwargs = dict(target=T, alpha=-0.5, beta=-2.0)
+    assert latency_target_reward(0.9, T / 4, **kwargs) == pytest.approx(0.9 * 2.0, rel=1e-15)
+    assert latency_target_reward(0.9, T * 2, **kwargs) == pytest.approx(0.9 / 4, rel=1e-15)
+    # Exactly at the target, alpha's side: 1 ** alpha == 1.
+    assert latency_target_reward(0.9, T, **kwargs) == 0.9
+
+
+def test_explicit_exponent_overrides_only_its_own_side():
+    # Hard preset with alpha overridden: below target uses alpha, above still uses beta = -1.
+    below = latency_target_reward(0.8, T / 2, target=T, constraint="hard", alpha=-0.07)
+    above = latency_target_reward(0.8, T * 2, target=T, constraint="hard", alpha=-0.07)
+    assert below == pytest.approx(0.8 * 2**0.07, rel=1e-15)
+    assert above == pytest.approx(0.4, rel=1e-15)
+    # Soft preset with beta overridden.
+    below = latency_target_reward(0.8, T / 2, target=T, beta=-1.0)
+    above = latency_target_reward(0.8, T * 2, target=T, beta=-1.0)
+    assert below == pytest.approx(0.8 * 2**0.07, rel=1e-15)
+    assert above == pytest.approx(0.4, rel=1e-15)
+
+
+def test_latency_reward_ratio_is_exact_for_representable_ratios():
+    r = latency_target_reward(0.5, 3.0, target=1.5, alpha=0.0, beta=-1.0)
+    assert Fraction(r) == Fraction(1, 4)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+NAN = float("nan")
+INF = float("inf")
+
+BAD_ACCURACY = [NAN, INF, -INF, -0.1, -1e-12, 1.0000001, 1.5, 2, True, False, None, "0.5"]
+BAD_POSITIVE = [NAN, INF, -INF, -1.0, -1e-300, 0.0, -0.0, 0, True, False, None, "1"]
+BAD_EXPONENT = [NAN, INF, -INF, True, False, "0.1", [0.1]]
+
+
+def _ids(values):
+    return [repr(v) for v in values]
+
+
+def _expect_value_error(name, allowed, call):
+    with pytest.raises(ValueError) as excinfo:
+        call()
+    message = str(excinfo.value)
+    assert message.startswith(f"{name} must be "), message
+    assert allowed in message, message
+    assert "got " in message, message
+
+
+@pytest.mark.parametrize("bad", BAD_ACCURACY, ids=_ids(BAD_ACCURACY))
+def test_training_aware_rejects_bad_accuracy(bad):
+    _expect_value_error("accuracy", "[0, 1]", lambda: ta(bad))
+
+
+@pytest.mark.parametrize("bad", BAD_ACCURACY, ids=_ids(BAD_ACCURACY))
+def test_latency_target_rejects_bad_accuracy(bad):
+    _expect_value_error("accuracy", "[0, 1]", lambda: latency_target_reward(bad, T, target=T))
+
+
+@pytest.mark.parametrize("name", ["step_time", "params", "step_time_ref", "params_ref"])
+@pytest.mark.parametrize("bad", BAD_POSITIVE, ids=_ids(BAD_POSITIVE))
+def test_training_aware_rejects_bad_positive_inputs(name, bad):
+    _expect_value_error(name, "> 0", lambda: ta(0.5, **{name: bad}))
+
+
+@pytest.mark.parametrize("name", ["latency", "target"])
+@pytest.mark.parametrize("bad", BAD_POSITIVE, ids=_ids(BAD_POSITIVE))
+def test_latency_target_rejects_bad_positive_inputs(name, bad):
+    kwargs = {"accuracy": 0.5, "latency": T, "target": T, name: bad}
+    _expect_value_error(name, "> 0", lambda: latency_target_reward(**kwargs))
+
+
+@pytest.mark.parametrize("name", ["w", "v"])
+@pytest.mark.parametrize("bad", BAD_EXPONENT, ids=_ids(BAD_EXPONENT))
+def test_training_aware_rejects_bad_exponents(name, bad):
+    _expect_value_error(name, "finite number", lambda: ta(0.5, **{name: bad}))
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta"])
+@pytest.mark.parametrize("bad", BAD_EXPONENT, ids=_ids(BAD_EXPONENT))
+def test_latency_target_rejects_bad_exponents(name, bad):
+    # Rejected even when that exponent would not be used for this latency.
+    for latency in (T / 2, 2 * T):
+        _expect_value_error(
+            name,
+            "finite number",
+            lambda: latency_target_reward(0.5, latency, target=T, **{name: bad}),
+        )
+
+
+@pytest.mark.parametrize("bad", ["medium", "Soft", "", None, 1, ["soft"]], ids=repr)
+def test_latency_target_rejects_unknown_constraint(bad):
+    _expect_value_error(
+        "constraint",
+        "('soft', 'hard')",
+        lambda: latency_target_reward(0.5, T, target=T, constraint=bad),
+    )
+
+
+def test_error_message_format_matches_design_example():
+    expected = r"^accuracy must be a finite number in \[0, 1\], got nan$"
+    with pytest.raises(ValueError, match=expected):
+        ta(NAN)
+    with pytest.raises(ValueError, match=r"^params_ref must be a finite number > 0, got 0\.0$"):
+        ta(0.5, params_ref=0.0)
+    with pytest.raises(ValueError, match=r"^latency must be a finite number > 0, got True$"):
+        latency_target_reward(0.5, True, target=T)
+
+
+def test_reference_arguments_are_keyword_only():
+    with pytest.raises(TypeError):
+        training_aware_reward(0.5, 1.0, 1.0, 1.0, 1.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        latency_target_reward(0.5, 1.0, 1.0)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(step_time=1e-300, step_time_ref=1e300),  # ratio underflows to 0
+        dict(step_time=1e300, step_time_ref=1e-300),  # ratio overflows to inf
+        dict(step_time=1e-200, step_time_ref=1e100, w=-2.0),  # power overflows
+    ],
+    ids=["ratio-underflow", "ratio-overflow", "power-overflow"],
+)
+def test_out_of_range_ratio_is_reported_as_value_error(kwargs):
+    with pytest.raises(ValueError, match=r"^step_time / step_time_ref \*\* .* out of float range"):
+        ta(0.5, **kwargs)
+
+
+def test_out_of_range_latency_ratio_is_reported_as_value_error():
+    with pytest.raises(ValueError, match=r"^latency / target \*\* "):
+        latency_target_reward(0.5, 1e300, target=1e-300)
