@@ -1,0 +1,230 @@
+"""The ``nas`` command: inspect specs and spaces, scale architectures.
+
+Every command that takes a spec takes a preset name (``efficientnetv2-s``) or a spec file path; every command
+that takes a space takes a shipped space name (``tiny``) or a space file path. Errors print one line naming the
+problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from nas.measure import spec_complexity
+from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
+from search_spaces import presets
+from search_spaces.io import dump_spec, spec_to_yaml
+from search_spaces.spec import ArchSpec, SpecError
+
+EXIT_USAGE = 2
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table: left-aligned text, right-aligned numbers."""
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max(len(str(header)), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
+    numeric = [
+        any(row[i] for row in cells) and all(_NUMBER.fullmatch(row[i]) for row in cells if row[i])
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            value.rjust(width) if is_numeric else value.ljust(width)
+            for value, width, is_numeric in zip(values, widths, numeric)
+        ).rstrip()
+
+    return "\n".join([line([str(header) for header in headers]), *(line(row) for row in cells)])
+
+
+_NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
+
+
+def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
+    complexity = spec_complexity(spec, num_classes=num_classes)
+    return {
+        "name": spec.name,
+        "block_strings": list(spec.block_strings),
+        "num_classes": num_classes,
+        "parameters": complexity.parameters,
+        "stage_parameters": list(complexity.stage_parameters),
+        "macs": complexity.macs,
+        "image_size": complexity.image_size,
+        "spec": spec.to_dict(),
+    }
+
+
+def _stage_table(spec: ArchSpec, stage_parameters: Sequence[int]) -> str:
+    rows = []
+    resolution = spec.eval_image_size // spec.stem_stride
+    rows.append(["stem", f"conv_k3_s{spec.stem_stride}_c{spec.stem_channels}", "conv", 1, 3, spec.stem_stride, "",
+                 spec.stem_channels, "", f"{resolution}x{resolution}", ""])
+    for index, (stage, parameters) in enumerate(zip(spec.stages, stage_parameters), start=1):
+        resolution = -(-resolution // stage.stride)
+        rows.append([
+            index, stage.block_string, stage.op, stage.num_layers, stage.kernel_size, stage.stride,
+            stage.expand_ratio, stage.out_channels, f"{stage.se_ratio:g}", f"{resolution}x{resolution}",
+            f"{parameters:,}",
+        ])
+    rows.append(["head", f"conv_k1_c{spec.head_channels}", "conv", 1, 1, 1, "", spec.head_channels, "",
+                 f"{resolution}x{resolution}", ""])
+    headers = ["stage", "block", "op", "layers", "kernel", "stride", "expand", "channels", "se", "output", "params"]
+    return format_table(headers, rows)
+
+
+def _print_spec(spec: ArchSpec, num_classes: int) -> None:
+    report = _spec_report(spec, num_classes)
+    print(
+        f"{spec.name or '(unnamed spec)'}: train {spec.train_image_size}px, eval {spec.eval_image_size}px, "
+        f"dropout {spec.dropout:g}, drop path {spec.drop_path_rate:g}, {spec.activation}"
+    )
+    print(_stage_table(spec, report["stage_parameters"]))
+    print(f"parameters: {report['parameters']:,} ({num_classes} classes)")
+    print(f"FLOPs: {report['macs'] / 1e9:.3f} G multiply-adds at {report['image_size']}x{report['image_size']}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    spec = presets.resolve_spec(args.spec)
+    if args.json:
+        print(json.dumps(_spec_report(spec, args.num_classes), indent=2))
+    else:
+        _print_spec(spec, args.num_classes)
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    spec = presets.resolve_spec(args.spec)
+    if args.phi is not None:
+        if args.width is not None or args.depth is not None:
+            raise SpecError("give either --phi or --width/--depth, not both")
+        scaled = compound_scale(
+            spec, args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma, v2_rules=args.v2_rules, name=args.name
+        )
+    elif args.width is not None or args.depth is not None:
+        scaled = scale(
+            spec,
+            1.0 if args.width is None else args.width,
+            1.0 if args.depth is None else args.depth,
+            image_size=args.image_size,
+            round_limit=args.round_limit,
+            depth_rule="later_stages" if args.v2_rules else "uniform",
+            max_image_size=V2_MAX_IMAGE_SIZE if args.v2_rules else None,
+            name=args.name,
+        )
+    else:
+        raise SpecError("give --phi N, or --width W and/or --depth D")
+    if args.output is None:
+        sys.stdout.write(spec_to_yaml(scaled))
+        return 0
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
+    dump_spec(scaled, output)
+    _print_spec(scaled, args.num_classes)
+    print(f"wrote {output}")
+    return 0
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    space = presets.get_space(args.space)
+    rng = random.Random(args.seed)
+    samples = [space.sample(rng) for _ in range(args.sample)]
+    if args.json:
+        print(json.dumps({
+            "name": space.name,
+            "size": space.size,
+            "fingerprint": space.fingerprint(),
+            "decisions": {decision.name: list(decision.choices) for decision in space.decisions},
+            "baseline": list(space.baseline.block_strings),
+            "samples": [list(sample.block_strings) for sample in samples],
+        }, indent=2))
+        return 0
+    baseline = space.baseline
+    print(f"space {space.name}: backbone {space.backbone.name or '(inline)'}, "
+          f"image size {baseline.train_image_size}px, {space.size:,} architectures ({space.size:.3g})")
+    rows = [
+        [index, "/".join(choices.op), ",".join(map(str, _compact(choices.num_layers))),
+         ",".join(map(str, choices.kernel_size)), ",".join(map(str, choices.expand_ratio)),
+         stage.out_channels, stage.stride, stage.block_string]
+        for index, (choices, stage) in enumerate(zip(space.stages, baseline.stages), start=1)
+    ]
+    print(format_table(["stage", "op", "layers", "kernel", "expand", "channels", "stride", "baseline"], rows))
+    print("squeeze-excitation: " + ", ".join(f"{op} {ratio:g}" for op, ratio in space.se_ratio.items()))
+    for sample in samples:
+        print(" ".join(sample.block_strings))
+    return 0
+
+
+def _compact(values: Sequence[int]) -> list[str]:
+    """``[1, 2, 3, 4]`` as ``['1-4']`` when the values are a contiguous range."""
+    if len(values) > 1 and list(values) == list(range(values[0], values[-1] + 1)):
+        return [f"{values[0]}-{values[-1]}"]
+    return [str(value) for value in values]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    show = commands.add_parser("show", help="print a spec's stages, parameters and FLOPs")
+    show.add_argument("spec", metavar="SPEC_OR_PRESET", help=f"a spec file or one of: {', '.join(presets.names())}")
+    show.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=cmd_show)
+
+    scale_parser = commands.add_parser(
+        "scale", help="scale a spec in width, depth and resolution",
+        description="Scale a spec by explicit multipliers (--width/--depth) or by compound coefficient --phi.",
+    )
+    scale_parser.add_argument("spec", metavar="SPEC_OR_PRESET")
+    scale_parser.add_argument("--width", type=float, help="channel multiplier")
+    scale_parser.add_argument("--depth", type=float, help="layer multiplier")
+    scale_parser.add_argument("--image-size", type=int, help="new eval image size (with --width/--depth)")
+    scale_parser.add_argument("--round-limit", type=float,
+                              help="override the spec's channel rounding guard (0.9: EfficientNet, 0: V2)")
+    scale_parser.add_argument("--phi", type=float, help="compound coefficient: depth alpha^phi, width beta^phi, "
+                                                        "resolution gamma^phi")
+    scale_parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default: 1.2)")
+    scale_parser.add_argument("--beta", type=float, default=1.1, help="width base (default: 1.1)")
+    scale_parser.add_argument("--gamma", type=float, default=1.15, help="resolution base (default: 1.15)")
+    scale_parser.add_argument("--v2-rules", action="store_true",
+                              help=f"EfficientNetV2 rules: image size capped at {V2_MAX_IMAGE_SIZE}, "
+                                   "extra depth to later stages")
+    scale_parser.add_argument("--name", help="name of the new spec")
+    scale_parser.add_argument("-o", "--output", help="write the spec here (default: print YAML)")
+    scale_parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    scale_parser.add_argument("--num-classes", type=int, default=1000, help="for the parameter count")
+    scale_parser.set_defaults(handler=cmd_scale)
+
+    space = commands.add_parser("space", help="print a search space's choices and size, or samples from it")
+    space.add_argument("space", metavar="SPACE", help=f"a space file or one of: {', '.join(presets.space_names())}")
+    space.add_argument("--sample", type=int, default=0, metavar="N", help="print N sampled candidates")
+    space.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
+    space.add_argument("--json", action="store_true", help="machine-readable output")
+    space.set_defaults(handler=cmd_space)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``nas`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except (SpecError, ValueError, OSError) as error:
+        print(f"nas {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
