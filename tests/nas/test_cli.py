@@ -1,0 +1,477 @@
+"""The ``nas`` command, run in-process: what it prints for good input, and how it refuses bad input.
+
+Bad input (an unknown key, a kernel of 4, an expansion of 0, a stage with no layers, a space whose total stride
+exceeds its image size, a missing file) must exit with status 2 and one line on stderr that names the problem,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+import yaml
+
+from nas.cli import EXIT_USAGE, main
+from nas.measure import spec_complexity
+from search_spaces import presets
+from search_spaces.io import dump_spec, load_spec, spec_from_yaml
+from search_spaces.spec import ArchSpec, StageSpec
+
+# EfficientNetV2 Table 4: the six stages of EfficientNetV2-S.
+EFFICIENTNETV2_S_BLOCKS = (
+    "fused_r2_k3_s1_e1_c24",
+    "fused_r4_k3_s2_e4_c48",
+    "fused_r4_k3_s2_e4_c64",
+    "mb_r6_k3_s2_e4_c128_se0.25",
+    "mb_r9_k3_s1_e6_c160_se0.25",
+    "mb_r15_k3_s2_e6_c256_se0.25",
+)
+EFFICIENTNETV2_S_PARAMETERS = 21_458_488  # timm / torchvision tf_efficientnetv2_s, 1000 classes
+EFFICIENTNET_B0_PARAMETERS = 5_288_548  # EfficientNet Table 2 (5.3M); timm efficientnet_b0
+EFFICIENTNET_B0_MACS = 0.386e9  # EfficientNet Table 2: 0.39B FLOPs (multiply-adds)
+EFFICIENTNET_B4_PARAMETERS = 19_341_616  # EfficientNet Table 2 (19M); timm efficientnet_b4
+# The tiny space: ops {mbconv, fused} x kernels {3, 5} x expansions {1, 4, 6}, times layers {1-2, 1-2, 1-3, 1-3}.
+TINY_SPACE_SIZE = (2 * 2 * 2 * 3) ** 2 * (2 * 3 * 2 * 3) ** 2
+TINY_NUM_STAGES = 4
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """Runs ``nas ARGV`` in-process; returns the exit status, stdout and stderr."""
+    status = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_refused(status: int, out: str, err: str, command: str, *words: str, one_line: bool = True) -> None:
+    """Exit status 2, one line on stderr naming the command and every word of ``words``, no traceback.
+
+    With ``one_line=False`` only the first line is checked: YAML syntax errors carry PyYAML's multi-line
+    description of where in the file the problem is.
+    """
+    assert status == EXIT_USAGE, (status, out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    assert err.startswith(f"nas {command}: error: "), err
+    first_line = err.splitlines()[0]
+    if one_line:
+        assert err.strip() == first_line, f"expected one line, got {err!r}"
+    for word in words:
+        assert word in first_line, f"{word!r} not in {first_line!r}"
+
+
+def candidate_lines(out: str) -> list[list[str]]:
+    """The lines of ``nas space --sample`` output that consist only of parseable block strings."""
+    lines = []
+    for line in out.splitlines():
+        tokens = line.split()
+        if tokens and all(_is_block_string(token) for token in tokens):
+            lines.append(tokens)
+    return lines
+
+
+def _is_block_string(token: str) -> bool:
+    try:
+        StageSpec.from_block_string(token)
+    except ValueError:
+        return False
+    return True
+
+
+# --- show ---------------------------------------------------------------------------------------------------------
+
+
+def test_show_preset_prints_stage_table_and_parameters(capsys):
+    status, out, err = run(capsys, "show", "efficientnetv2-s")
+
+    assert status == 0, err
+    assert err == ""
+    lines = out.splitlines()
+    for index, block in enumerate(EFFICIENTNETV2_S_BLOCKS, start=1):
+        rows = [line for line in lines if re.match(rf"{index}\s+{re.escape(block)}\s", line)]
+        assert len(rows) == 1, f"no table row for stage {index} {block}:\n{out}"
+    assert any(line.startswith("stem") for line in lines)
+    assert any(line.startswith("head") for line in lines)
+    assert f"parameters: {EFFICIENTNETV2_S_PARAMETERS:,}" in out
+    assert "384x384" in out  # FLOPs are counted at the eval image size
+
+
+def test_show_json_reports_reference_complexity_and_round_trips_the_spec(capsys):
+    status, out, err = run(capsys, "show", "efficientnet-b0", "--json")
+
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["parameters"] == EFFICIENTNET_B0_PARAMETERS
+    assert report["macs"] == pytest.approx(EFFICIENTNET_B0_MACS, rel=0.01)
+    assert report["image_size"] == 224
+    assert report["num_classes"] == 1000
+    spec = ArchSpec.from_dict(report["spec"])
+    assert spec == presets.get("efficientnet-b0")
+    assert report["block_strings"] == list(spec.block_strings)
+    assert len(report["stage_parameters"]) == len(spec.stages) == 7
+    assert 0 < sum(report["stage_parameters"]) < report["parameters"]
+
+
+def test_show_num_classes_changes_only_the_classifier(capsys):
+    reports = {}
+    for num_classes in (10, 1000):
+        status, out, err = run(capsys, "show", "tiny", "--json", "--num-classes", num_classes)
+        assert status == 0, err
+        reports[num_classes] = json.loads(out)
+        assert reports[num_classes]["num_classes"] == num_classes
+
+    head_channels = presets.get("tiny").head_channels
+    # The classifier is a Linear(head_channels, num_classes) with bias; nothing else depends on num_classes.
+    assert reports[1000]["parameters"] - reports[10]["parameters"] == (1000 - 10) * (head_channels + 1)
+    assert reports[1000]["stage_parameters"] == reports[10]["stage_parameters"]
+
+
+def test_show_spec_file_works_like_the_preset(capsys, tmp_path):
+    path = tmp_path / "b0.yaml"
+    dump_spec(presets.get("efficientnet-b0"), path)
+
+    from_file = run(capsys, "show", path)
+    from_preset = run(capsys, "show", "efficientnet-b0")
+    assert from_file[0] == 0, from_file[2]
+    assert from_file == from_preset
+
+    status, out, err = run(capsys, "show", path, "--json")
+    assert status == 0, err
+    assert json.loads(out)["parameters"] == EFFICIENTNET_B0_PARAMETERS
+
+
+def test_no_command_prints_usage_and_fails(capsys):
+    status, out, _ = run(capsys)
+
+    assert status == EXIT_USAGE
+    assert "usage: nas" in out
+    for command in ("show", "scale", "space"):
+        assert command in out
+
+
+def test_missing_argument_is_an_argparse_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "SPEC_OR_PRESET" in capsys.readouterr().err
+
+
+# --- scale --------------------------------------------------------------------------------------------------------
+
+
+def test_scale_b0_to_b4_writes_a_spec_with_the_reference_parameter_count(capsys, tmp_path):
+    output = tmp_path / "b4.yaml"
+
+    status, out, err = run(capsys, "scale", "efficientnet-b0", "--width", "1.4", "--depth", "1.8", "-o", output)
+
+    assert status == 0, err
+    spec = load_spec(output)
+    assert spec_complexity(spec).parameters == EFFICIENTNET_B4_PARAMETERS
+    assert f"parameters: {EFFICIENTNET_B4_PARAMETERS:,}" in out
+    assert f"wrote {output}" in out
+    # B0's stages have 1, 2, 2, 3, 3, 4, 1 layers; ceil(1.8 n) gives 2, 4, 4, 6, 6, 8, 2: B4's 32 blocks.
+    assert spec.num_blocks == 32
+    assert [path.name for path in tmp_path.iterdir()] == ["b4.yaml"], "a temporary file was left behind"
+
+
+def test_scale_without_output_prints_the_same_spec_as_yaml(capsys, tmp_path):
+    output = tmp_path / "b4.yaml"
+    status, _, err = run(capsys, "scale", "efficientnet-b0", "--width", "1.4", "--depth", "1.8", "-o", output)
+    assert status == 0, err
+
+    status, out, err = run(capsys, "scale", "efficientnet-b0", "--width", "1.4", "--depth", "1.8")
+
+    assert status == 0, err
+    assert err == ""
+    assert spec_from_yaml(out) == load_spec(output)
+    assert output.read_text(encoding="utf-8") == out
+
+
+def test_scale_refuses_to_overwrite_without_force(capsys, tmp_path):
+    output = tmp_path / "b4.yaml"
+    original = b"# keep me\nname: not a spec\n"
+    output.write_bytes(original)
+    argv = ("scale", "efficientnet-b0", "--width", "1.4", "--depth", "1.8", "-o", output)
+
+    status, out, err = run(capsys, *argv)
+
+    assert_refused(status, out, err, "scale", "--force", str(output))
+    assert output.read_bytes() == original
+
+    status, out, err = run(capsys, *argv, "--force")
+
+    assert status == 0, err
+    assert output.read_bytes() != original
+    assert spec_complexity(load_spec(output)).parameters == EFFICIENTNET_B4_PARAMETERS
+    assert [path.name for path in tmp_path.iterdir()] == ["b4.yaml"]
+
+
+def test_compound_scaling_with_v2_rules_caps_the_image_size(capsys):
+    specs = {}
+    for phi in (1, 2):
+        status, out, err = run(capsys, "scale", "efficientnetv2-s", "--phi", phi, "--v2-rules")
+        assert status == 0, err
+        specs[phi] = spec_from_yaml(out)
+    status, out, err = run(capsys, "scale", "efficientnetv2-s", "--phi", 2)
+    assert status == 0, err
+    uncapped = spec_from_yaml(out)
+
+    base = presets.get("efficientnetv2-s")
+    assert specs[2].eval_image_size <= 480  # EfficientNetV2 Section 3.4: at most 480 pixels at inference
+    assert uncapped.eval_image_size > 480  # 384 * 1.15^2 = 508: it is the rule that caps the size
+    assert base.eval_image_size < specs[1].eval_image_size <= specs[2].eval_image_size
+    assert specs[1].num_blocks > base.num_blocks
+    assert specs[2].num_blocks > specs[1].num_blocks
+    assert spec_complexity(specs[2]).parameters > spec_complexity(specs[1]).parameters
+
+
+def test_scale_refuses_phi_together_with_width(capsys):
+    status, out, err = run(capsys, "scale", "efficientnetv2-s", "--phi", "1", "--width", "2")
+
+    assert_refused(status, out, err, "scale", "--phi", "--width")
+    assert out == ""
+
+
+def test_scale_refuses_no_scaling_option(capsys):
+    status, out, err = run(capsys, "scale", "efficientnetv2-s")
+
+    assert_refused(status, out, err, "scale", "--phi", "--width")
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "word"),
+    [
+        (("--width", "0"), "width"),
+        (("--depth", "-1"), "depth"),
+        (("--width", "nan"), "width"),
+        (("--phi", "-1"), "phi"),
+        (("--width", "1", "--image-size", "8"), "stride"),  # tiny's total stride is 16
+        (("--width", "1", "--round-limit", "2"), "round_limit"),
+    ],
+)
+def test_scale_refuses_bad_multipliers(capsys, options, word):
+    status, out, err = run(capsys, "scale", "tiny", *options)
+
+    assert_refused(status, out, err, "scale", word)
+
+
+# --- space --------------------------------------------------------------------------------------------------------
+
+
+def test_space_prints_size_and_one_row_per_stage(capsys):
+    status, out, err = run(capsys, "space", "tiny")
+
+    assert status == 0, err
+    assert f"{TINY_SPACE_SIZE:,}" in out
+    assert TINY_SPACE_SIZE == 746_496
+    stage_rows = [line for line in out.splitlines() if re.match(r"\s*\d+\s+mbconv/fused_mbconv\s", line)]
+    assert len(stage_rows) == TINY_NUM_STAGES
+    assert [int(row.split()[0]) for row in stage_rows] == list(range(1, TINY_NUM_STAGES + 1))
+    assert candidate_lines(out) == []
+
+
+def test_space_samples_are_reproducible_members_of_the_space(capsys):
+    status, out, err = run(capsys, "space", "tiny", "--sample", "5", "--seed", "3")
+    assert status == 0, err
+    candidates = candidate_lines(out)
+    status, again, err = run(capsys, "space", "tiny", "--sample", "5", "--seed", "3")
+    assert status == 0, err
+    status, other, err = run(capsys, "space", "tiny", "--sample", "5", "--seed", "4")
+    assert status == 0, err
+
+    assert len(candidates) == 5
+    assert all(len(blocks) == TINY_NUM_STAGES for blocks in candidates)
+    assert candidate_lines(again) == candidates
+    assert candidate_lines(other) != candidates
+    space = presets.get_space("tiny")
+    for blocks in candidates:
+        stages = tuple(StageSpec.from_block_string(block) for block in blocks)
+        spec = dataclasses.replace(space.baseline, stages=stages)
+        params = space.to_params(spec)  # raises if the candidate is not in the space
+        assert list(space.from_params(params).block_strings) == blocks
+
+
+def test_space_json_reports_size_fingerprint_and_the_same_samples(capsys):
+    status, out, err = run(capsys, "space", "tiny", "--json", "--sample", "5", "--seed", "3")
+    assert status == 0, err
+    report = json.loads(out)
+    status, text, err = run(capsys, "space", "tiny", "--sample", "5", "--seed", "3")
+    assert status == 0, err
+
+    space = presets.get_space("tiny")
+    assert report["size"] == TINY_SPACE_SIZE
+    assert report["fingerprint"] == space.fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{16}", report["fingerprint"])
+    assert report["baseline"] == list(space.baseline.block_strings)
+    assert len(report["decisions"]) == 4 * TINY_NUM_STAGES
+    assert report["samples"] == candidate_lines(text)
+
+
+def test_space_refuses_a_negative_sample_count(capsys):
+    status, out, err = run(capsys, "space", "tiny", "--sample", "-1")
+
+    assert_refused(status, out, err, "space", "--sample")
+    assert out == ""
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def _tiny_spec_yaml(change) -> str:
+    data = presets.get("tiny").to_dict()
+    change(data)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _set(*path, value):
+    def change(data):
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return change
+
+
+# Cases that PyYAML itself rejects; its message spans several lines (see assert_refused).
+YAML_SYNTAX_ERRORS = {"python tag", "python tag in a value", "invalid YAML"}
+BAD_SPEC_FILES = {
+    "unknown top-level key": (_tiny_spec_yaml(_set("colour", value="red")), ("unknown key", "colour")),
+    "unknown stage key": (_tiny_spec_yaml(_set("stages", 0, "dilation", value=2)), ("stage 1", "unknown key", "dilation")),
+    "kernel of 4": (_tiny_spec_yaml(_set("stages", 2, "kernel_size", value=4)), ("stage 3", "kernel_size", "got 4")),
+    "expansion of 0": (_tiny_spec_yaml(_set("stages", 1, "expand_ratio", value=0)), ("stage 2", "expand_ratio")),
+    "stage with no layers": (_tiny_spec_yaml(_set("stages", 3, "num_layers", value=0)), ("stage 4", "num_layers")),
+    "no stages": (_tiny_spec_yaml(_set("stages", value=[])), ("stages",)),
+    "stride beyond image size": (
+        _tiny_spec_yaml(lambda data: data.update(train_image_size=8, eval_image_size=8)),
+        ("total stride 16",),
+    ),
+    "python tag": ('!!python/object/apply:os.system ["echo hacked"]\n', ("not valid YAML",)),
+    "python tag in a value": (
+        _tiny_spec_yaml(_set("name", value="x")).replace("name: x", 'name: !!python/object/apply:os.system ["echo"]'),
+        ("not valid YAML",),
+    ),
+    "not a mapping": ("- stem_channels\n- head_channels\n", ("mapping",)),
+    "empty file": ("", ("mapping",)),
+    "invalid YAML": ("stages: [unclosed\n", ("not valid YAML",)),
+}
+
+
+@pytest.mark.parametrize("command", [("show",), ("scale", "--width", "1.1")], ids=["show", "scale"])
+@pytest.mark.parametrize("case", list(BAD_SPEC_FILES))
+def test_bad_spec_file_is_refused(capsys, tmp_path, case, command):
+    text, words = BAD_SPEC_FILES[case]
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    status, out, err = run(capsys, command[0], path, *command[1:])
+
+    assert_refused(status, out, err, command[0], str(path), *words, one_line=case not in YAML_SYNTAX_ERRORS)
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", [("show",), ("scale", "--width", "1.1")], ids=["show", "scale"])
+def test_missing_spec_file_is_refused(capsys, tmp_path, command):
+    path = tmp_path / "missing.yaml"
+
+    status, out, err = run(capsys, command[0], path, *command[1:])
+
+    assert_refused(status, out, err, command[0], str(path), "neither", "efficientnetv2-s")
+    assert not path.exists()
+
+
+def test_unknown_preset_is_refused_with_the_available_names(capsys):
+    status, out, err = run(capsys, "show", "efficientnet-b9")
+
+    assert_refused(status, out, err, "show", "efficientnet-b9", "neither", "available presets")
+    for name in presets.names():
+        assert name in err
+
+
+def test_yaml_tags_never_run_code(capsys, tmp_path):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / "spec.yaml"
+    path.write_text(f'!!python/object/apply:os.system ["touch {sentinel}"]\n', encoding="utf-8")
+
+    status, out, err = run(capsys, "show", path)
+
+    assert_refused(status, out, err, "show", str(path), "not valid YAML", one_line=False)
+    assert not sentinel.exists()
+
+
+def _tiny_space_yaml(**changes) -> str:
+    data = {
+        "name": "test",
+        "backbone": "tiny",
+        "defaults": {"op": ["mbconv", "fused_mbconv"], "kernel_size": [3, 5], "expand_ratio": [1, 4, 6]},
+        "stages": [{"num_layers": [1, 2]}, {"num_layers": [1, 2]}, {"num_layers": [1, 2]}, {"num_layers": [2, 3]}],
+    }
+    data.update(changes)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+GOOD_SPACE = _tiny_space_yaml()
+BAD_SPACE_FILES = {
+    "kernel of 4": (_tiny_space_yaml(defaults={"kernel_size": [3, 4]}), ("kernel_size", "got 4")),
+    "stage kernel of 4": (
+        _tiny_space_yaml(stages=[{"num_layers": [1]}, {"num_layers": [2], "kernel_size": [4]}, {"num_layers": [2]},
+                                 {"num_layers": [2]}]),
+        ("stage 2", "kernel_size"),
+    ),
+    "expansion of 0": (_tiny_space_yaml(defaults={"expand_ratio": [0, 4]}), ("expand_ratio",)),
+    "stage with no layers": (
+        _tiny_space_yaml(stages=[{"num_layers": {"min": 0, "max": 2}}, {"num_layers": [2]}, {"num_layers": [2]},
+                                 {"num_layers": [2]}]),
+        ("stage 1", "num_layers"),
+    ),
+    "stride beyond image size": (_tiny_space_yaml(image_size=8), ("image_size 8", "total stride 16")),
+    "too few stages": (
+        _tiny_space_yaml(stages=[{"num_layers": [1, 2]}, {"num_layers": [1, 2]}, {"num_layers": [1, 2]}]),
+        ("3 stages", "has 4"),
+    ),
+    "too many stages": (_tiny_space_yaml(stages=[{"num_layers": [1, 2]}] * 5), ("5 stages", "has 4")),
+    "unknown key": (_tiny_space_yaml(colour="red"), ("unknown key", "colour")),
+    "unknown stage key": (
+        _tiny_space_yaml(stages=[{"num_layers": [1], "dilation": [2]}] + [{"num_layers": [2]}] * 3),
+        ("stage 1", "unknown key", "dilation"),
+    ),
+    "backbone not among the choices": (
+        _tiny_space_yaml(defaults={"kernel_size": [5, 7]}),
+        ("backbone", "kernel_size"),
+    ),
+    "missing backbone file": (_tiny_space_yaml(backbone="no-such-backbone.yaml"), ("no-such-backbone.yaml",)),
+    "python tag": ('!!python/object/apply:os.system ["echo hacked"]\n', ("not valid YAML",)),
+    "not a mapping": ("- tiny\n", ("mapping",)),
+}
+
+
+def test_the_bad_space_cases_start_from_a_good_space(capsys, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_SPACE, encoding="utf-8")
+
+    status, out, err = run(capsys, "space", path)
+
+    assert status == 0, err
+    assert f"{(2 * 2 * 3) ** 4 * 2 ** 4:,}" in out
+
+
+@pytest.mark.parametrize("case", list(BAD_SPACE_FILES))
+def test_bad_space_file_is_refused(capsys, tmp_path, case):
+    text, words = BAD_SPACE_FILES[case]
+    path = tmp_path / "space.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    status, out, err = run(capsys, "space", path, "--sample", "2")
+
+    assert_refused(status, out, err, "space", str(path), *words, one_line=case not in YAML_SYNTAX_ERRORS)
+    assert out == ""
+
+
+def test_missing_space_file_is_refused(capsys, tmp_path):
+    path = tmp_path / "missing-space.yaml"
+
+    status, out, err = run(capsys, "space", path)
+
+    assert_refused(status, out, err, "space", str(path), "neither", "tiny")
