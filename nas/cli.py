@@ -22,6 +22,7 @@ from search_spaces.io import dump_spec, spec_to_yaml
 from search_spaces.spec import ArchSpec, SpecError
 
 EXIT_USAGE = 2
+MAX_SAMPLES = 100_000
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -131,8 +132,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    if args.sample < 0:
-        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    if not 0 <= args.sample <= MAX_SAMPLES:
+        raise ValueError(f"--sample must be in [0, {MAX_SAMPLES}], got {args.sample}")
     space = presets.get_space(args.space)
     rng = random.Random(args.seed)
     samples = [space.sample(rng) for _ in range(args.sample)]

@@ -13,15 +13,30 @@ import yaml
 from search_spaces.spec import ArchSpec, SpecError
 
 
+def parse_yaml(text: str, *, source: str) -> Any:
+    """``yaml.safe_load`` with one-line errors that name the source; never constructs Python objects."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SpecError(f"{source}: not valid YAML: {error.problem or error.context}{where}") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
+
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """Reads a YAML file that must hold one mapping; errors name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
+    data = parse_yaml(text, source=str(path))
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a {what} file must hold a mapping of keys to values, got {type(data).__name__}")
     return data
@@ -41,10 +56,7 @@ def spec_to_yaml(spec: ArchSpec) -> str:
 
 def spec_from_yaml(text: str, *, source: str = "<string>") -> ArchSpec:
     """Parses YAML text into a validated spec; unknown keys are rejected."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError(f"{source}: not valid YAML: {error}") from None
+    data = parse_yaml(text, source=source)
     try:
         return ArchSpec.from_dict(data)
     except SpecError as error:
@@ -63,6 +75,11 @@ def load_spec(path: str | Path) -> ArchSpec:
 def dump_spec(spec: ArchSpec, path: str | Path) -> None:
     """Writes ``spec`` to ``path`` atomically, so an interrupted write never leaves half a file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the spec to {path}: it is a directory; give a file name")
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(spec_to_yaml(spec), encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(spec_to_yaml(spec), encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

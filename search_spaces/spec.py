@@ -37,7 +37,8 @@ def _check_int(field: str, value: Any, low: int, high: int) -> None:
 
 
 def _check_choice(field: str, value: Any, allowed: tuple) -> None:
-    if isinstance(value, bool) or value not in allowed:
+    # type check first: 3.0 == 3 and True == 1, but neither is a kernel size
+    if type(value) not in {type(choice) for choice in allowed} or value not in allowed:
         raise SpecError(f"{field} must be one of {allowed}, got {value!r}")
 
 
