@@ -1,4 +1,4 @@
-"""The ``nas`` command: inspect specs and spaces, scale architectures.
+"""The ``nas`` command: inspect specs and spaces, scale architectures, benchmark and proxy-train them.
 
 Every command that takes a spec takes a preset name (``efficientnetv2-s``) or a spec file path; every command
 that takes a space takes a shipped space name (``tiny``) or a space file path. Errors print one line naming the
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from nas.measure import spec_complexity
+from nas.measure import DeviceUnavailableError, spec_complexity
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
 from search_spaces.io import dump_spec, spec_to_yaml
@@ -86,7 +86,7 @@ def _print_spec(spec: ArchSpec, num_classes: int) -> None:
     )
     print(_stage_table(spec, report["stage_parameters"]))
     print(f"parameters: {report['parameters']:,} ({num_classes} classes)")
-    print(f"FLOPs: {report['macs'] / 1e9:.3f} G multiply-adds at {report['image_size']}x{report['image_size']}")
+    print(f"FLOPs: {_format_macs(report['macs'])} multiply-adds at {report['image_size']}x{report['image_size']}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -170,6 +170,126 @@ def _compact(values: Sequence[int]) -> list[str]:
     return [str(value) for value in values]
 
 
+def _format_bytes(count: int) -> str:
+    return f"{count / 2**20:,.0f} MiB"
+
+
+def _format_macs(macs: int) -> str:
+    return f"{macs / 1e9:.3f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nas.measure import benchmark_spec
+
+    spec = presets.resolve_spec(args.spec)
+    result = benchmark_spec(
+        spec,
+        device=args.device,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        inference=args.inference,
+        threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    step = result.step
+    rows = [
+        ["spec", result.name or args.spec],
+        ["device", result.device],
+        ["batch x image", f"{result.batch_size} x {result.image_size}px"],
+        ["precision", f"amp {result.amp}, {'channels_last' if result.channels_last else 'NCHW'}"
+                      + (", torch.compile" if result.compile else "")],
+        ["parameters", f"{result.parameters:,}"],
+        ["FLOPs", f"{_format_macs(result.macs)} multiply-adds per image"],
+        ["train step (median)", f"{step.median_s * 1e3:.2f} ms"],
+        ["train step (IQR)", f"{step.iqr_s * 1e3:.2f} ms ({step.relative_spread:.1%})"],
+        ["timing", f"{step.warmup_steps} warm-up steps, {len(step.window_s)} windows x {step.steps_per_window} steps"],
+        ["train images/s", f"{result.images_per_second:,.1f}"],
+        ["peak memory", _format_bytes(result.peak_memory_bytes)
+                        + (" (process peak RSS)" if result.device.startswith("cpu") else "")],
+    ]
+    if result.inference is not None:
+        rows += [
+            ["forward (median)", f"{result.inference.median_s * 1e3:.2f} ms"],
+            ["forward images/s", f"{result.batch_size / result.inference.median_s:,.1f}"],
+        ]
+    print(format_table(["measure", "value"], rows))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nas.data import load_data
+    from nas.train import TrainConfig, train_and_evaluate
+
+    spec = presets.resolve_spec(args.spec)
+    config = TrainConfig(
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+    )
+    data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
+    if not args.json:
+        print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
+              f"{len(data.val_labels):,} hold-out images, {data.num_classes} classes, "
+              f"{config.image_size or data.image_size}px", file=sys.stderr)
+    result = train_and_evaluate(spec, data, config, on_epoch=None if args.json else _print_epoch)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_result(result)
+    return 0 if result.ok else 1
+
+
+def _print_epoch(stats: Any) -> None:
+    width = 20
+    done = round(width * stats.epoch / stats.epochs)
+    print(
+        f"epoch {stats.epoch:>{len(str(stats.epochs))}}/{stats.epochs} [{'#' * done}{'.' * (width - done)}] "
+        f"loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  {stats.images_per_second:,.0f} img/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _print_result(result: Any) -> None:
+    def number(value: float | None, text: str) -> str:
+        return "-" if value is None else text
+
+    rows = [
+        ["status", result.status + (f": {result.failure_reason}" if result.failure_reason else "")],
+        ["hold-out accuracy", number(result.accuracy, f"{(result.accuracy or 0):.2%}")],
+        ["final train loss", number(result.final_loss, f"{(result.final_loss or 0):.4f}")],
+        ["step time (median)", number(result.step_time, f"{(result.step_time or 0) * 1e3:.2f} ms")],
+        ["step time (IQR)", number(result.step_time_iqr, f"{(result.step_time_iqr or 0) * 1e3:.2f} ms")],
+        ["images/s", number(result.images_per_second, f"{(result.images_per_second or 0):,.1f}")],
+        ["parameters", number(result.parameters, f"{(result.parameters or 0):,}")],
+        ["FLOPs", number(result.macs, f"{_format_macs(result.macs or 0)} multiply-adds per image")],
+        ["peak memory", number(result.peak_memory_bytes, _format_bytes(result.peak_memory_bytes or 0))],
+        ["wall time", number(result.wall_time, f"{(result.wall_time or 0):.1f} s")],
+        ["epochs", str(result.epochs_completed)],
+        ["device", result.device or "-"],
+    ]
+    print(format_table(["result", "value"], rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -210,7 +330,49 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
     space.add_argument("--json", action="store_true", help="machine-readable output")
     space.set_defaults(handler=cmd_space)
+
+    bench = commands.add_parser("bench", help="measure a spec's training step time on a device")
+    bench.add_argument("spec", metavar="SPEC_OR_PRESET")
+    _add_device_arguments(bench)
+    bench.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    bench.add_argument("--image-size", type=int, help="image size (default: the spec's train image size)")
+    bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default: 5)")
+    bench.add_argument("--repeats", type=int, default=7, help="timed windows; the median is reported (default: 7)")
+    bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(handler=cmd_bench)
+
+    train = commands.add_parser("train", help="proxy-train a spec and report accuracy, step time and size")
+    train.add_argument("spec", metavar="SPEC_OR_PRESET")
+    train.add_argument("--data", default="synthetic",
+                       help="synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR "
+                            "(default: synthetic)")
+    train.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    train.add_argument("--image-size", type=int, help="training image size (default: the data's)")
+    train.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
+    train.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop"), default="sgd")
+    train.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
+    train.add_argument("--weight-decay", type=float, default=5e-4, help="(default: 5e-4)")
+    train.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
+    train.add_argument("--augment", choices=("crop_flip", "resized_crop_flip", "none"), default="crop_flip")
+    train.add_argument("--val-fraction", type=float, default=0.1,
+                       help="share of the training data held out for accuracy (default: 0.1)")
+    train.add_argument("--seed", type=int, default=0)
+    _add_device_arguments(train)
+    train.add_argument("--json", action="store_true", help="machine-readable output")
+    train.set_defaults(handler=cmd_train)
     return parser
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                        help="autocast precision (default: auto = bf16 on CUDA, none on CPU)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels_last memory format (default: on)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (SpecError, ValueError, OSError) as error:
+    except (SpecError, ValueError, OSError, DeviceUnavailableError) as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

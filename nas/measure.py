@@ -1,19 +1,39 @@
-"""What a network costs: parameters and FLOPs (and, with the proxy trainer, step time).
+"""What a network costs: parameters, FLOPs, training step time and memory, and on which device.
 
-FLOPs are reported as multiply-adds, the unit of the EfficientNet papers, counted by
-``torch.utils.flop_counter`` (convolutions and matrix products; element-wise work is not counted).
+The one timing protocol (:func:`time_step`) is used by proxy training, ``nas bench`` and the benchmarks: the model
+and optimizer are built and the batch is on the device before timing starts; warm-up steps are excluded; the device
+is synchronized around each timed window (CUDA events on GPUs); the result is the median over several windows of
+the whole training step (forward, backward, optimizer update).
+
+FLOPs are reported as multiply-adds, the unit of the EfficientNet papers, counted by ``torch.utils.flop_counter``
+(convolutions and matrix products; element-wise work is not counted).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import math
+import platform
+import resource
+import statistics
+import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.builder import build_model
+from nas.step import TrainingStep, make_optimizer, resolve_amp
 from search_spaces.spec import ArchSpec
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -59,3 +79,268 @@ def spec_complexity(spec: ArchSpec, *, num_classes: int = 1000, image_size: int 
         macs=count_macs(model, image_size),
         image_size=image_size,
     )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; refuses a device not present."""
+    kind = name.split(":", 1)[0]
+    if kind not in DEVICE_KINDS or (":" in name and kind != "cuda"):
+        raise ValueError(f"device must be one of {DEVICE_KINDS} or cuda:N, got {name!r}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {name!r} is not available: this torch {torch.__version__} sees no CUDA device"
+                + (" (it is a CPU-only build)" if torch.version.cuda is None else "")
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {name!r} is not available: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device {name!r} is not available: no Apple MPS device on this machine")
+    return device
+
+
+def prepare_device(device: torch.device, threads: int | None = None) -> None:
+    """Per-process settings for fast, comparable steps: cuDNN autotuning, TF32, and the CPU thread count.
+
+    Ray sets OMP_NUM_THREADS to a trial's CPU count; torch's own thread pool is set explicitly here.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def describe_device(device: torch.device) -> str:
+    """One line naming the hardware and software a measurement was taken on."""
+    software = f"torch {torch.__version__}"
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        properties = torch.cuda.get_device_properties(index)
+        return (
+            f"cuda:{index} {properties.name} (sm_{properties.major}{properties.minor}, "
+            f"{properties.total_memory / 2**30:.0f} GiB), {software}, CUDA {torch.version.cuda}"
+        )
+    if device.type == "mps":
+        return f"mps {platform.machine()} Apple GPU, {software}"
+    return f"cpu {_cpu_model()} ({torch.get_num_threads()} threads), {software}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued work on ``device`` to finish, so that a host clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory: allocated tensor memory since the last reset on CUDA; the process's peak resident set on CPU
+    (which cannot be reset, so it covers everything the process did); driver-allocated memory on MPS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def release_memory(device: torch.device) -> None:
+    """Returns freed memory to the device after a trial, so the next trial starts from the same level."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Seconds per step: the median and interquartile range over timed windows, and every window's mean."""
+
+    median_s: float
+    iqr_s: float
+    window_s: tuple[float, ...]
+    steps_per_window: int
+    warmup_steps: int
+
+    @property
+    def relative_spread(self) -> float:
+        """Interquartile range over median: how much the windows disagree."""
+        return self.iqr_s / self.median_s
+
+
+def time_step(
+    step: Callable[[], Any],
+    device: torch.device,
+    *,
+    warmup: int = 5,
+    repeats: int = 7,
+    min_window_s: float = 0.25,
+    max_steps_per_window: int = 200,
+) -> StepTiming:
+    """Times ``step`` with the one protocol: ``warmup`` untimed steps, then ``repeats`` synchronized windows.
+
+    Each window runs enough steps to last about ``min_window_s`` (estimated from the last warm-up step), so that
+    fast steps are not drowned in timer and launch noise; the result is per step.
+    """
+    if warmup < 1 or repeats < 1:
+        raise ValueError(f"warmup and repeats must be >= 1, got warmup={warmup}, repeats={repeats}")
+    for _ in range(warmup - 1):
+        step()
+    estimate = _time_window(step, device, 1)
+    steps_per_window = max(1, min(max_steps_per_window, math.ceil(min_window_s / max(estimate, 1e-9))))
+    windows = tuple(_time_window(step, device, steps_per_window) / steps_per_window for _ in range(repeats))
+    quartiles = statistics.quantiles(windows, n=4, method="inclusive") if len(windows) > 1 else [windows[0]] * 3
+    return StepTiming(
+        median_s=statistics.median(windows),
+        iqr_s=quartiles[2] - quartiles[0],
+        window_s=windows,
+        steps_per_window=steps_per_window,
+        warmup_steps=warmup,
+    )
+
+
+def _time_window(step: Callable[[], Any], device: torch.device, steps: int) -> float:
+    """Seconds for ``steps`` steps, with the device idle before and drained after."""
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    start_time = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return time.perf_counter() - start_time
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """A training-step benchmark of one spec on one device (and, optionally, forward-only latency)."""
+
+    name: str
+    device: str
+    batch_size: int
+    image_size: int
+    amp: str
+    channels_last: bool
+    compile: bool
+    parameters: int
+    macs: int
+    step: StepTiming
+    images_per_second: float
+    peak_memory_bytes: int
+    inference: StepTiming | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["step"]["relative_spread"] = self.step.relative_spread
+        if self.inference is not None:
+            data["inference_images_per_second"] = self.batch_size / self.inference.median_s
+        return data
+
+
+def benchmark_spec(
+    spec: ArchSpec,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    image_size: int | None = None,
+    num_classes: int = 1000,
+    amp: str = "auto",
+    channels_last: bool = True,
+    compile: bool = False,
+    warmup: int = 5,
+    repeats: int = 7,
+    inference: bool = False,
+    optimizer: str = "sgd",
+    threads: int | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Training step time of ``spec`` on a random batch already on the device, with the one timing protocol."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    torch_device = resolve_device(device)
+    prepare_device(torch_device, threads)
+    image_size = spec.train_image_size if image_size is None else image_size
+    amp_dtype = resolve_amp(amp, torch_device)
+    torch.manual_seed(seed)
+    reset_peak_memory(torch_device)
+    model = build_model(spec, num_classes=num_classes).to(torch_device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=torch_device).to(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch_size,), device=torch_device)
+    runnable = torch.compile(model) if compile else model
+    step = TrainingStep(
+        runnable,
+        make_optimizer(model, name=optimizer, learning_rate=0.01, weight_decay=1e-5),
+        amp_dtype=amp_dtype,
+    )
+    try:
+        timing = time_step(lambda: step(images, labels), torch_device, warmup=warmup, repeats=repeats)
+        inference_timing = _time_inference(runnable, images, amp_dtype, torch_device, warmup, repeats) if inference else None
+        peak = peak_memory_bytes(torch_device)
+        return BenchResult(
+            name=spec.name,
+            device=describe_device(torch_device),
+            batch_size=batch_size,
+            image_size=image_size,
+            amp="none" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+            channels_last=channels_last,
+            compile=compile,
+            parameters=count_parameters(model),
+            macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size).macs,
+            step=timing,
+            images_per_second=batch_size / timing.median_s,
+            peak_memory_bytes=peak,
+            inference=inference_timing,
+        )
+    finally:
+        del model, runnable, step, images, labels
+        release_memory(torch_device)
+
+
+def _time_inference(
+    model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None, device: torch.device, warmup: int, repeats: int
+) -> StepTiming:
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(images)
+
+    try:
+        return time_step(forward, device, warmup=warmup, repeats=repeats)
+    finally:
+        model.train()

@@ -1,9 +1,21 @@
 """Parameter and multiply-add counts."""
 
+import time
+
+import pytest
 import torch
 
 from nas.builder import build_model
-from nas.measure import count_macs, count_parameters, spec_complexity
+from nas.measure import (
+    DeviceUnavailableError,
+    benchmark_spec,
+    count_macs,
+    count_parameters,
+    describe_device,
+    resolve_device,
+    spec_complexity,
+    time_step,
+)
 from search_spaces import presets
 
 
@@ -36,3 +48,65 @@ def test_counting_on_a_real_model_agrees_and_keeps_the_mode():
     model.classifier.weight.requires_grad_(False)
     assert count_parameters(model) == spec_complexity(spec).parameters - model.classifier.weight.numel()
     assert torch.is_grad_enabled()
+
+
+def test_resolve_device_refuses_what_is_not_there():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("cpu:1")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="'cuda' is not available"):
+            resolve_device("cuda")
+    else:
+        with pytest.raises(DeviceUnavailableError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_describe_device_names_the_hardware_and_torch():
+    text = describe_device(torch.device("cpu"))
+    assert text.startswith("cpu ") and f"torch {torch.__version__}" in text and "threads" in text
+
+
+class FakeStep:
+    """A step whose duration is scripted: slow warm-up steps, then steady ones."""
+
+    def __init__(self, slow_calls: int, slow_s: float, steady_s: float):
+        self.calls = 0
+        self.slow_calls, self.slow_s, self.steady_s = slow_calls, slow_s, steady_s
+
+    def __call__(self):
+        self.calls += 1
+        time.sleep(self.slow_s if self.calls <= self.slow_calls else self.steady_s)
+
+
+def test_time_step_excludes_warmup_and_reports_per_step_median():
+    step = FakeStep(slow_calls=4, slow_s=0.05, steady_s=0.002)
+    timing = time_step(step, torch.device("cpu"), warmup=5, repeats=5, min_window_s=0.02)
+    assert timing.warmup_steps == 5 and len(timing.window_s) == 5
+    assert timing.steps_per_window == pytest.approx(10, abs=3)  # about 0.02 s / 0.002 s
+    assert step.calls == 5 + 5 * timing.steps_per_window
+    assert 0.002 <= timing.median_s < 0.004  # the 50 ms warm-up steps left no trace
+    assert timing.iqr_s >= 0 and timing.relative_spread == timing.iqr_s / timing.median_s
+
+
+def test_time_step_validates_its_arguments():
+    with pytest.raises(ValueError, match="warmup"):
+        time_step(lambda: None, torch.device("cpu"), warmup=0)
+
+
+def test_benchmark_spec_reports_a_consistent_result():
+    spec = presets.get("tiny")
+    result = benchmark_spec(spec, device="cpu", batch_size=8, image_size=32, num_classes=10, warmup=2, repeats=3,
+                            inference=True)
+    assert result.parameters == spec_complexity(spec, num_classes=10).parameters
+    assert result.macs == spec_complexity(spec, num_classes=10, image_size=32).macs
+    assert result.images_per_second == pytest.approx(8 / result.step.median_s)
+    assert result.inference is not None and result.inference.median_s < result.step.median_s
+    assert result.amp == "none" and result.channels_last and result.peak_memory_bytes > 0
+    data = result.to_dict()
+    assert data["step"]["median_s"] == result.step.median_s and "inference_images_per_second" in data
+    with pytest.raises(ValueError, match="amp"):
+        benchmark_spec(spec, device="cpu", amp="fp8")
