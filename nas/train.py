@@ -1,0 +1,338 @@
+"""Proxy training: train a candidate briefly at reduced image size and measure what the reward needs.
+
+``train_and_evaluate(spec, data, config) -> EvalResult`` knows nothing of Ray or Optuna. It never raises into a
+campaign: out-of-memory, a non-finite loss or any other exception ends as a failed result with the reason, and the
+memory the trial used is released before it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from nas.builder import build_model
+from nas.data import AUGMENTATIONS, DeviceBatches, ImageData
+from nas.measure import (
+    count_parameters,
+    describe_device,
+    peak_memory_bytes,
+    prepare_device,
+    release_memory,
+    reset_peak_memory,
+    resolve_device,
+    spec_complexity,
+    time_step,
+)
+from nas.step import AMP_CHOICES, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
+from search_spaces.spec import ArchSpec
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Proxy-training settings. Defaults follow the paper's search (about 10 epochs) with a CIFAR-style recipe.
+
+    ``image_size`` None trains at the data's resolution; otherwise batches are resized on the device.
+    ``amp`` ``auto`` is bfloat16 on CUDA and full precision on CPU. ``threads`` None leaves torch's default.
+    ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
+    this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
+    few hundred proxy steps leave the running averages far from the trained network's statistics, which would
+    make hold-out accuracy measure BN lag rather than the architecture.
+    """
+
+    epochs: int = 10
+    image_size: int | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "crop_flip"
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    eval_batch_size: int = 512
+    bn_recalibration_batches: int = 20
+    timing_warmup: int = 5
+    timing_repeats: int = 7
+
+    def __post_init__(self) -> None:
+        for field, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("timing_warmup", 1),
+                           ("timing_repeats", 1), ("seed", 0), ("bn_recalibration_batches", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+        for field in ("image_size", "threads"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{field} must be a positive integer or None, got {value!r}")
+        for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
+                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, math.inf),
+                                 ("label_smoothing", 0.0, 1.0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{field} must be a number in [{low}, {high}], got {value!r}")
+        for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("amp", AMP_CHOICES)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Training progress after one epoch (accuracy on the augmented training batches, not the hold-out)."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What one proxy evaluation measured. A failed result keeps whatever was measured before the failure."""
+
+    status: str
+    failure_reason: str | None = None
+    accuracy: float | None = None
+    final_loss: float | None = None
+    step_time: float | None = None
+    step_time_iqr: float | None = None
+    images_per_second: float | None = None
+    parameters: int | None = None
+    macs: int | None = None
+    peak_memory_bytes: int | None = None
+    wall_time: float | None = None
+    device: str | None = None
+    epochs_completed: int = 0
+    history: tuple[EpochStats, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+def train_and_evaluate(
+    spec: ArchSpec,
+    data: ImageData,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> EvalResult:
+    """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
+
+    The step time is measured first, on a separately built copy of the network with the same training step,
+    so that the adaptive number of timed steps cannot change the training run; training is then seeded afresh,
+    which makes a CPU run deterministic for a given seed.
+    """
+    measured: dict[str, Any] = {}
+    start = time.perf_counter()
+    device = torch.device("cpu")
+    try:
+        device = resolve_device(config.device)
+        measured["device"] = describe_device(device)
+        _run(spec, data, config, device, measured, on_epoch)
+        status, reason = STATUS_OK, None
+    except torch.OutOfMemoryError as error:
+        status, reason = STATUS_FAILED, f"out of memory: {_first_line(error)}"
+    except NonFiniteLossError as error:
+        status, reason = STATUS_FAILED, f"non-finite loss: {error}"
+    except Exception as error:  # a failing candidate must never end the campaign
+        status, reason = STATUS_FAILED, f"{type(error).__name__}: {_first_line(error)}"
+    release_memory(device)
+    return EvalResult(status=status, failure_reason=reason, wall_time=time.perf_counter() - start, **measured)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
+def _run(
+    spec: ArchSpec,
+    data: ImageData,
+    config: TrainConfig,
+    device: torch.device,
+    measured: dict[str, Any],
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> None:
+    """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured."""
+    prepare_device(device, config.threads)
+    image_size = config.image_size or data.image_size
+    measured["macs"] = spec_complexity(spec, num_classes=data.num_classes, image_size=image_size).macs
+    data = data.to(device)
+    train_batches = _batches(data.train_images, data.train_labels, data, config, train=True)
+    if len(train_batches) == 0:
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images"
+        )
+    amp_dtype = resolve_amp(config.amp, device)
+    reset_peak_memory(device)
+
+    timing = _measure_step_time(spec, data, config, device, amp_dtype, train_batches)
+    measured.update(
+        step_time=timing.median_s,
+        step_time_iqr=timing.iqr_s,
+        images_per_second=config.batch_size / timing.median_s,
+    )
+
+    torch.manual_seed(config.seed)
+    model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, len(train_batches))
+    measured["parameters"] = count_parameters(model)
+    history: list[EpochStats] = []
+    for epoch in range(1, config.epochs + 1):
+        stats = train_epoch(step, train_batches, epoch, config.epochs)
+        history.append(stats)
+        measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
+        if on_epoch is not None:
+            on_epoch(stats)
+    recalibrate_batch_norm(model, train_batches, config.bn_recalibration_batches, amp_dtype)
+    measured["accuracy"] = evaluate(model, data, config, amp_dtype)
+    measured["peak_memory_bytes"] = peak_memory_bytes(device)
+
+
+def _batches(
+    images: torch.Tensor, labels: torch.Tensor, data: ImageData, config: TrainConfig, *, train: bool
+) -> DeviceBatches:
+    return DeviceBatches(
+        images,
+        labels,
+        batch_size=config.batch_size if train else config.eval_batch_size,
+        mean=data.mean,
+        std=data.std,
+        augment=config.augment if train else "none",
+        image_size=config.image_size,
+        shuffle=train,
+        drop_last=train,
+        channels_last=config.channels_last,
+        seed=config.seed,
+    )
+
+
+def _model_and_step(
+    spec: ArchSpec,
+    num_classes: int,
+    config: TrainConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    steps_per_epoch: int,
+) -> tuple[torch.nn.Module, TrainingStep]:
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = build_model(spec, num_classes=num_classes).to(device=device, memory_format=memory_format)
+    optimizer = make_optimizer(
+        model,
+        name=config.optimizer,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+    )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, max(1, round(config.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    runnable = torch.compile(model) if config.compile else model
+    step = TrainingStep(
+        runnable, optimizer, amp_dtype=amp_dtype, label_smoothing=config.label_smoothing, scheduler=scheduler
+    )
+    return model, step
+
+
+def _measure_step_time(
+    spec: ArchSpec,
+    data: ImageData,
+    config: TrainConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    train_batches: DeviceBatches,
+):
+    """Step time S with the one protocol, on a throw-away copy of the network and one real training batch."""
+    model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, steps_per_epoch=1)
+    images, labels = next(iter(train_batches))
+    try:
+        return time_step(
+            lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats
+        )
+    finally:
+        del model, step, images, labels
+        release_memory(device)
+
+
+def train_epoch(step: TrainingStep, batches: DeviceBatches, epoch: int, epochs: int) -> EpochStats:
+    """One pass over the training batches; reads numbers from the device once, at the end."""
+    start = time.perf_counter()
+    total_loss = torch.zeros((), device=step.optimizer.param_groups[0]["params"][0].device)
+    total_correct = torch.zeros((), dtype=torch.int64, device=total_loss.device)
+    seen = 0
+    for images, labels in batches:
+        loss, correct = step(images, labels)
+        total_loss += loss
+        total_correct += correct
+        seen += labels.shape[0]
+    mean_loss = total_loss.item() / len(batches)
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"mean training loss of epoch {epoch} is {mean_loss}")
+    return EpochStats(
+        epoch=epoch,
+        epochs=epochs,
+        loss=mean_loss,
+        train_accuracy=total_correct.item() / seen,
+        images_per_second=seen / (time.perf_counter() - start),
+    )
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: torch.nn.Module, batches: DeviceBatches, num_batches: int, amp_dtype: torch.dtype | None
+) -> None:
+    """Replaces batch-norm running statistics by their plain average over ``num_batches`` training batches."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if num_batches == 0 or not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: every batch weighs the same
+    device = next(model.parameters()).device
+    model.train()
+    for index, (images, _) in enumerate(batches):
+        if index == num_batches:
+            break
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(images)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: ImageData, config: TrainConfig, amp_dtype: torch.dtype | None) -> float:
+    """Top-1 accuracy on the hold-out split (never the test set), at the training resolution."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for images, labels in _batches(data.val_images, data.val_labels, data, config, train=False):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    model.train()
+    return correct.item() / len(data.val_labels)
