@@ -147,7 +147,9 @@ def main() -> None:
     print(f"device: {describe_device(device)}")
     print(f"{spec.name or args.spec} on {data.name}, {data.image_size}px, batch {args.batch_size}, "
           f"{args.epochs} epochs of {len(data.train_labels):,} images, amp of ours: {args.amp}")
-    print(table.to_string(index=False, formatters={"images/s": "{:,.0f}".format, "vs plain": "{:.2f}x".format}))
+    width = table["loop"].str.len().max()
+    formatters = {"loop": lambda text: text.ljust(width), "images/s": "{:,.0f}".format, "vs plain": "{:.2f}x".format}
+    print(table.to_string(index=False, formatters=formatters, justify="left"))
 
 
 if __name__ == "__main__":

@@ -170,8 +170,9 @@ def _compact(values: Sequence[int]) -> list[str]:
     return [str(value) for value in values]
 
 
-def _format_bytes(count: int) -> str:
-    return f"{count / 2**20:,.0f} MiB"
+def _format_memory(count: int, device: str) -> str:
+    """Peak memory; on CPU it is the process's peak resident set, which says so."""
+    return f"{count / 2**20:,.0f} MiB" + (" (process peak RSS)" if device.startswith("cpu") else "")
 
 
 def _format_macs(macs: int) -> str:
@@ -212,8 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ["train step (IQR)", f"{step.iqr_s * 1e3:.2f} ms ({step.relative_spread:.1%})"],
         ["timing", f"{step.warmup_steps} warm-up steps, {len(step.window_s)} windows x {step.steps_per_window} steps"],
         ["train images/s", f"{result.images_per_second:,.1f}"],
-        ["peak memory", _format_bytes(result.peak_memory_bytes)
-                        + (" (process peak RSS)" if result.device.startswith("cpu") else "")],
+        ["peak memory", _format_memory(result.peak_memory_bytes, result.device)],
     ]
     if result.inference is not None:
         rows += [
@@ -282,7 +282,8 @@ def _print_result(result: Any) -> None:
         ["images/s", number(result.images_per_second, f"{(result.images_per_second or 0):,.1f}")],
         ["parameters", number(result.parameters, f"{(result.parameters or 0):,}")],
         ["FLOPs", number(result.macs, f"{_format_macs(result.macs or 0)} multiply-adds per image")],
-        ["peak memory", number(result.peak_memory_bytes, _format_bytes(result.peak_memory_bytes or 0))],
+        ["peak memory", number(result.peak_memory_bytes,
+                               _format_memory(result.peak_memory_bytes or 0, result.device or ""))],
         ["wall time", number(result.wall_time, f"{(result.wall_time or 0):.1f} s")],
         ["epochs", str(result.epochs_completed)],
         ["device", result.device or "-"],

@@ -501,3 +501,63 @@ def test_missing_space_file_is_refused(capsys, tmp_path):
     status, out, err = run(capsys, "space", path)
 
     assert_refused(status, out, err, "space", str(path), "neither", "tiny")
+
+
+# --- bench and train ----------------------------------------------------------------------------------------------
+
+
+def test_bench_reports_step_time_and_size(capsys):
+    argv = ("bench", "tiny", "--device", "cpu", "--batch-size", 4, "--image-size", 32, "--num-classes", 10,
+            "--warmup", 1, "--repeats", 2)
+    status, out, err = run(capsys, *argv, "--json", "--inference")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["parameters"] == spec_complexity(presets.get("tiny"), num_classes=10).parameters
+    assert report["step"]["median_s"] > 0 and len(report["step"]["window_s"]) == 2
+    assert report["images_per_second"] == pytest.approx(4 / report["step"]["median_s"])
+    assert report["inference"]["median_s"] > 0 and report["device"].startswith("cpu")
+    status, out, err = run(capsys, *argv, "--no-channels-last")
+    assert status == 0, err
+    assert "train step (median)" in out and "NCHW" in out and "process peak RSS" in out
+
+
+@pytest.mark.parametrize("device, words", [("cuda", ["'cuda' is not available"]), ("tpu", ["device must be one of"]),
+                                           ("cuda:7", ["'cuda:7' is not available"])])
+def test_bench_refuses_a_device_that_is_not_there(capsys, monkeypatch, device, words):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    status, out, err = run(capsys, "bench", "tiny", "--device", device)
+    assert_refused(status, out, err, "bench", *words)
+
+
+def test_train_prints_progress_and_the_result(capsys):
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 2,
+                           "--batch-size", 64, "--device", "cpu")
+    assert status == 0, err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "img/s" in err
+    assert "hold-out accuracy" in out and "status              ok" in out
+
+
+def test_train_json_is_the_eval_result(capsys):
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1,
+                           "--batch-size", 64, "--device", "cpu", "--json", "--seed", 3)
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["status"] == "ok" and 0 <= result["accuracy"] <= 1 and result["epochs_completed"] == 1
+    assert err == ""
+
+
+def test_train_that_diverges_exits_1_with_the_reason(capsys):
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1,
+                           "--batch-size", 64, "--device", "cpu", "--lr", 1e6)
+    assert status == 1
+    assert "failed: non-finite loss" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [("npz:{tmp}/missing.npz", ["missing.npz"]), ("cifar10:{tmp}/nowhere", ["nowhere"]),
+     ("imagenet:{tmp}", ["imagenet", "synthetic"]), ("synthetic:colour=3", ["colour", "num_images"])],
+)
+def test_train_refuses_bad_data_sources(capsys, tmp_path, source, words):
+    status, out, err = run(capsys, "train", "tiny", "--data", source.format(tmp=tmp_path), "--device", "cpu")
+    assert_refused(status, out, err, "train", *words)
