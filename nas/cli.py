@@ -8,6 +8,7 @@ problem and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas.measure import DeviceUnavailableError, spec_complexity
+from nas.study import StudyError
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
 from search_spaces.io import dump_spec, spec_to_yaml
@@ -291,6 +293,36 @@ def _print_result(result: Any) -> None:
     print(format_table(["result", "value"], rows))
 
 
+_SEARCH_OVERRIDES = (
+    "space", "data", "trials", "epochs", "image_size", "batch_size", "controller", "storage", "study", "address",
+    "workers", "gpus_per_trial", "cpus_per_trial", "seed",
+)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas.campaign import CampaignConfig, load_campaign
+    from nas.runner import run_campaign
+    from nas.study import best_trials, load_study, trial_spec
+
+    config = load_campaign(args.config) if args.config else CampaignConfig()
+    config = config.with_overrides({name: getattr(args, name) for name in _SEARCH_OVERRIDES})
+    try:
+        outcome = run_campaign(config)
+    except KeyboardInterrupt:
+        print("\nstopped: finished trials are kept in the study; run the same command to resume", file=sys.stderr)
+        return 130
+    study = load_study(outcome.storage, outcome.study_name)
+    best = best_trials(study, 1)
+    print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
+    if best:
+        output = Path(args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        dump_spec(dataclasses.replace(trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}"), output)
+        print(f"best: trial {best[0].number}, reward {best[0].value:.4f}: {' '.join(best[0].user_attrs['block_strings'])}")
+        print(f"exported the best architecture to {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -363,6 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arguments(train)
     train.add_argument("--json", action="store_true", help="machine-readable output")
     train.set_defaults(handler=cmd_train)
+
+    search = commands.add_parser(
+        "search", help="run or resume a training-aware architecture search",
+        description="Run (or resume) a search campaign. Settings come from --config (a campaign YAML) and any "
+                    "flag given overrides its field; without --config the built-in defaults apply.",
+    )
+    search.add_argument("--config", help="campaign file, e.g. experiments/cpu-demo.yaml")
+    search.add_argument("--space", help="space name or file")
+    search.add_argument("--data", help="data source, as for nas train")
+    search.add_argument("--trials", type=int, help="finished trials wanted in the study (baseline included)")
+    search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
+    search.add_argument("--image-size", type=int, help="proxy image size")
+    search.add_argument("--batch-size", type=int)
+    search.add_argument("--controller", choices=("random", "rl", "tpe"))
+    search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/STUDY.db)")
+    search.add_argument("--study", help="study name")
+    search.add_argument("--address", help="Ray cluster address ('auto' or HOST:PORT; default: start local Ray)")
+    search.add_argument("--workers", type=int, help="trials at once")
+    search.add_argument("--gpus-per-trial", type=float)
+    search.add_argument("--cpus-per-trial", type=int)
+    search.add_argument("--seed", type=int)
+    search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
+    search.set_defaults(handler=cmd_search)
     return parser
 
 
@@ -385,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (SpecError, ValueError, OSError, DeviceUnavailableError) as error:
+    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError) as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,0 +1,283 @@
+"""The Optuna study of a campaign: the single source of truth, and the only core module that imports Optuna.
+
+Trial params are the space's flat decisions (``stage3.op``, ...); trial user attributes hold the spec, the
+measurements (A, S, P, FLOPs), the normalized S and P, the reward, the device and any failure reason. The study's
+user attributes hold the space (and its fingerprint), the campaign settings, the proxy settings and the baseline's
+measurements. Everything is JSON, so Optuna's own CLI and optuna-dashboard read a study unchanged.
+
+Resume rules: a trial left RUNNING by a dead driver is marked FAIL with ``interrupted`` set and its params are
+enqueued once more; finished trials are never re-run; the budget counts finished trials (COMPLETE, and FAIL that
+the candidate itself caused); a different space or proxy setting is refused with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+import pandas as pd
+
+from nas.campaign import CampaignConfig
+from nas.train import EvalResult
+from rewards import training_aware_reward
+from search_spaces.space import SearchSpace
+from search_spaces.spec import ArchSpec
+
+FORMAT_VERSION = 1
+ROLE_BASELINE = "baseline"
+ROLE_CANDIDATE = "candidate"
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class StudyError(RuntimeError):
+    """The study cannot be opened or does not match this campaign; the message says why."""
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL: any RDB URL (``sqlite:///runs/x.db``, ``postgresql://...``) or
+    ``journal:PATH`` for Optuna's journal file (one host, many processes). Refuses what it cannot open."""
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+    except Exception as error:  # SQLAlchemy and driver errors come in many types; each means "cannot open"
+        raise StudyError(f"cannot open storage {url!r}: {type(error).__name__}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
+def open_study(config: CampaignConfig, space: SearchSpace, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Creates the campaign's study or loads it, refusing a study made with another space or proxy setting."""
+    storage = make_storage(config.storage_url)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=config.study, sampler=sampler, direction="maximize", load_if_exists=True
+        )
+    except Exception as error:
+        raise StudyError(f"cannot open study {config.study!r} in {config.storage_url}: {_first_line(error)}") from None
+    attributes = study.user_attrs
+    if "space_fingerprint" not in attributes:
+        study.set_user_attr("format_version", FORMAT_VERSION)
+        study.set_user_attr("space", space.to_dict())
+        study.set_user_attr("space_name", space.name)
+        study.set_user_attr("space_fingerprint", space.fingerprint())
+        study.set_user_attr("proxy", config.proxy_settings())
+        study.set_user_attr("campaign", config.to_dict())
+        return study
+    differences = _differences(attributes, space, config)
+    if differences:
+        raise StudyError(
+            f"study {config.study!r} in {config.storage_url} was made with other settings; "
+            f"resume it with the same ones or use another --study: {'; '.join(differences)}"
+        )
+    study.set_user_attr("campaign", config.to_dict())
+    return study
+
+
+def _differences(attributes: dict[str, Any], space: SearchSpace, config: CampaignConfig) -> list[str]:
+    differences = []
+    if attributes.get("space_fingerprint") != space.fingerprint():
+        differences.append(
+            f"space: the study has {attributes.get('space_name')!r} ({attributes.get('space_fingerprint')}), "
+            f"this campaign {space.name!r} ({space.fingerprint()})"
+        )
+    stored, current = attributes.get("proxy", {}), config.proxy_settings()
+    for key in sorted(set(stored) | set(current)):
+        if key == "train":
+            for train_key in sorted(set(stored.get("train", {})) | set(current["train"])):
+                old, new = stored.get("train", {}).get(train_key), current["train"].get(train_key)
+                if old != new:
+                    differences.append(f"train.{train_key}: study {old!r}, now {new!r}")
+        elif stored.get(key) != current.get(key):
+            differences.append(f"{key}: study {stored.get(key)!r}, now {current.get(key)!r}")
+    return differences
+
+
+def load_study(storage_url: str, study_name: str) -> optuna.Study:
+    """An existing study, for inspection and export; a missing one is a clear error listing the others."""
+    storage = make_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        raise StudyError(
+            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) if names else 'none'}"
+        ) from None
+
+
+def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get("interrupted"))
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count toward the budget: complete ones and those that failed by themselves (not interrupted)."""
+    return [trial for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES) if not is_interrupted(trial)]
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Marks trials a dead driver left RUNNING as interrupted failures and enqueues their params once more.
+
+    A trial that was itself a re-enqueued one is not enqueued again, so a candidate that kills its driver cannot
+    loop forever. Returns the numbers of the recovered trials.
+    """
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        mark_interrupted(study, trial)
+        recovered.append(trial.number)
+    return recovered
+
+
+def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str = "driver stopped") -> None:
+    """Ends a RUNNING trial as an interrupted FAIL (not the candidate's fault) and enqueues its params once."""
+    storage = study._storage  # Optuna has no public call to set an attribute on another process's trial
+    storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    storage.set_trial_user_attr(trial._trial_id, "failure_reason", f"interrupted: {reason}")
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    if trial.params and "requeued_from" not in trial.user_attrs:
+        study.enqueue_trial(
+            dict(trial.params),
+            user_attrs={"requeued_from": trial.number, "role": trial.user_attrs.get("role", ROLE_CANDIDATE)},
+            skip_if_exists=False,
+        )
+
+
+def baseline(study: optuna.Study) -> dict[str, Any] | None:
+    """The baseline's measurements once its trial has completed (``step_time``, ``parameters``, ...)."""
+    return study.user_attrs.get("baseline")
+
+
+def record_result(
+    study: optuna.Study,
+    trial: optuna.trial.Trial,
+    spec: ArchSpec,
+    result: EvalResult,
+    config: CampaignConfig,
+) -> float | None:
+    """Writes a finished evaluation to its trial and tells the study; returns the reward (None when it failed).
+
+    The baseline trial's measurements become the study's reference S and P; every reward is
+    ``A * (S / S_ref)^w * (P / P_ref)^v``, so the baseline scores exactly its accuracy.
+    """
+    for key, value in _measurements(result).items():
+        trial.set_user_attr(key, value)
+    if not result.ok:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
+    if trial.user_attrs.get("role") == ROLE_BASELINE:
+        study.set_user_attr(
+            "baseline",
+            {
+                "trial": trial.number,
+                "step_time": result.step_time,
+                "parameters": result.parameters,
+                "accuracy": result.accuracy,
+                "macs": result.macs,
+                "device": result.device,
+                "block_strings": list(spec.block_strings),
+            },
+        )
+    reference = baseline(study)
+    if reference is None:
+        raise StudyError("a candidate finished before the baseline; the baseline must complete first")
+    normalized_step_time = result.step_time / reference["step_time"]
+    normalized_parameters = result.parameters / reference["parameters"]
+    reward = training_aware_reward(
+        result.accuracy,
+        result.step_time,
+        result.parameters,
+        step_time_ref=reference["step_time"],
+        params_ref=reference["parameters"],
+        w=config.step_time_exponent,
+        v=config.params_exponent,
+    )
+    trial.set_user_attr("normalized_step_time", normalized_step_time)
+    trial.set_user_attr("normalized_parameters", normalized_parameters)
+    trial.set_user_attr("reward", reward)
+    study.tell(trial, reward)
+    return reward
+
+
+def _measurements(result: EvalResult) -> dict[str, Any]:
+    """The EvalResult as JSON-friendly trial attributes (the per-epoch history as plain lists)."""
+    data = result.to_dict()
+    history = data.pop("history")
+    data["loss_history"] = [round(epoch["loss"], 6) for epoch in history]
+    data["step_time_s"] = data.pop("step_time")
+    data["step_time_iqr_s"] = data.pop("step_time_iqr")
+    return {key: value for key, value in data.items() if value is not None and not _is_nan(value)}
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def trial_spec(trial: optuna.trial.FrozenTrial) -> ArchSpec:
+    """The architecture a trial evaluated."""
+    return ArchSpec.from_dict(trial.user_attrs["spec"])
+
+
+TABLE_COLUMNS = [
+    "number", "state", "role", "reward", "accuracy", "step_time_ms", "parameters", "macs", "normalized_step_time",
+    "normalized_parameters", "architecture", "failure_reason",
+]
+
+
+def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
+    """One row per trial with the campaign's columns, in trial order."""
+    rows = []
+    for trial in trials if trials is not None else study.get_trials(deepcopy=False):
+        attributes = trial.user_attrs
+        step_time = attributes.get("step_time_s")
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name,
+            "role": attributes.get("role", ROLE_CANDIDATE),
+            "reward": trial.value,
+            "accuracy": attributes.get("accuracy"),
+            "step_time_ms": None if step_time is None else step_time * 1e3,
+            "parameters": attributes.get("parameters"),
+            "macs": attributes.get("macs"),
+            "normalized_step_time": attributes.get("normalized_step_time"),
+            "normalized_parameters": attributes.get("normalized_parameters"),
+            "architecture": " ".join(attributes.get("block_strings", [])),
+            "failure_reason": attributes.get("failure_reason"),
+        })
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` complete trials with the highest reward (ties by trial order)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return sorted(complete, key=lambda trial: (-trial.value, trial.number))[:k]
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials that no other beats on accuracy (higher), step time and parameters (lower) at once."""
+    complete = [
+        trial for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if {"accuracy", "step_time_s", "parameters"} <= set(trial.user_attrs)
+    ]
+
+    def objectives(trial: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
+        attributes = trial.user_attrs
+        return (-attributes["accuracy"], attributes["step_time_s"], attributes["parameters"])
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    points = {trial.number: objectives(trial) for trial in complete}
+    return [
+        trial for trial in complete
+        if not any(dominates(points[other.number], points[trial.number]) for other in complete)
+    ]
