@@ -20,7 +20,7 @@ from nas.measure import DeviceUnavailableError, spec_complexity
 from nas.study import StudyError
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
-from search_spaces.io import dump_spec, spec_to_yaml
+from search_spaces.io import dump_spec, spec_to_yaml, timm_arch_def
 from search_spaces.spec import ArchSpec, SpecError
 
 EXIT_USAGE = 2
@@ -323,6 +323,80 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_study(args: argparse.Namespace) -> Any:
+    from nas.study import load_study
+
+    return load_study(args.storage or f"sqlite:///runs/{args.study}.db", args.study)
+
+
+def _print_frame(frame: Any, output_format: str) -> None:
+    if output_format == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif output_format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        print(frame.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4g}") if len(frame)
+              else "no trials")
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from nas.study import trials_frame
+
+    _print_frame(trials_frame(_open_study(args)), args.format)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from nas.study import best_trials, pareto_front, trials_frame
+
+    study = _open_study(args)
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    trials = pareto_front(study) if args.pareto else best_trials(study, args.k)
+    _print_frame(trials_frame(study, trials), args.format)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nas.study import best_trials, trial_spec
+
+    study = _open_study(args)
+    if args.trial is None:
+        best = best_trials(study, 1)
+        if not best:
+            raise ValueError(f"study {args.study!r} has no complete trial to export")
+        trial = best[0]
+    else:
+        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        if args.trial not in trials:
+            raise ValueError(f"study {args.study!r} has no trial {args.trial}; trials are 0..{len(trials) - 1}")
+        trial = trials[args.trial]
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            raise ValueError(f"trial {args.trial} is {trial.state.name}, not COMPLETE; export a complete trial")
+    spec = dataclasses.replace(trial_spec(trial), name=args.name or f"{args.study}-trial{trial.number}")
+    if args.format == "timm":
+        blocks = "\n".join(f"    [{block!r}]," for block in timm_arch_def(spec))
+        print(f"# {spec.name}: timm EfficientNet arch_def; stem_size={spec.stem_channels}, "
+              f"num_features={spec.head_channels}\narch_def = [\n{blocks}\n]")
+        return 0
+    if args.output is None:
+        sys.stdout.write(spec_to_yaml(spec))
+        return 0
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
+    dump_spec(spec, output)
+    print(f"wrote trial {trial.number} (reward {trial.value:.4f}) to {output}")
+    return 0
+
+
+def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="study name")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/STUDY.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -418,6 +492,29 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int)
     search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
     search.set_defaults(handler=cmd_search)
+
+    trials = commands.add_parser("trials", help="list a study's trials")
+    _add_study_arguments(trials)
+    trials.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    trials.set_defaults(handler=cmd_trials)
+
+    best = commands.add_parser("best", help="the best trials by reward, or the Pareto front over A, S and P")
+    _add_study_arguments(best)
+    best.add_argument("-k", type=int, default=5, help="how many (default: 5)")
+    best.add_argument("--pareto", action="store_true", help="the trials no other beats on accuracy, step time "
+                                                            "and parameters at once")
+    best.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    best.set_defaults(handler=cmd_best)
+
+    export = commands.add_parser("export", help="write a trial's architecture as a spec file")
+    _add_study_arguments(export)
+    export.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
+    export.add_argument("-o", "--output", help="spec file to write (default: print YAML)")
+    export.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    export.add_argument("--name", help="name of the exported spec (default: STUDY-trialN)")
+    export.add_argument("--format", choices=("yaml", "timm"), default="yaml",
+                        help="yaml: a spec file; timm: the equivalent timm arch_def block strings")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

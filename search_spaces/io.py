@@ -83,3 +83,27 @@ def dump_spec(spec: ArchSpec, path: str | Path) -> None:
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def timm_arch_def(spec: ArchSpec) -> list[str]:
+    """The spec's stages as timm EfficientNet ``arch_def`` block strings, one stage per string.
+
+    MBConv is timm's ``ir`` (``ds`` when it has no expansion), Fused-MBConv is ``er`` (``cn`` with ``_skip``
+    when it has no expansion, as in timm's EfficientNetV2 definitions). timm's ``se`` ratio is relative to the
+    block input, like ours. Stem and head widths are timm's ``stem_size`` and ``num_features`` arguments.
+    """
+    blocks = []
+    for index, stage in enumerate(spec.stages, start=1):
+        core = f"r{stage.num_layers}_k{stage.kernel_size}_s{stage.stride}_e{stage.expand_ratio}_c{stage.out_channels}"
+        se = f"_se{stage.se_ratio:g}" if stage.se_ratio > 0 else ""
+        if stage.op == "mbconv":
+            blocks.append(f"{'ds' if stage.expand_ratio == 1 else 'ir'}_{core}{se}")
+        elif stage.expand_ratio > 1:
+            blocks.append(f"er_{core}{se}")
+        elif se:
+            raise SpecError(
+                f"stage {index}: a Fused-MBConv without expansion but with squeeze-excitation has no timm block"
+            )
+        else:
+            blocks.append(f"cn_{core}_skip")
+    return blocks
