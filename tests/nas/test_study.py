@@ -1,0 +1,121 @@
+"""The study as the campaign's record: attributes, rewards, resume rules and queries (no Ray, no training)."""
+
+import dataclasses
+
+import optuna
+import pytest
+
+from nas import study as studies
+from nas.campaign import CampaignConfig
+from nas.controllers import distributions, make_sampler
+from nas.train import EvalResult
+from search_spaces import presets
+
+
+@pytest.fixture
+def space():
+    return presets.get_space("tiny")
+
+
+def config_for(tmp_path, **changes):
+    return CampaignConfig(storage=f"sqlite:///{tmp_path}/s.db", study="s", **changes)
+
+
+def open_(tmp_path, space, **changes):
+    config = config_for(tmp_path, **changes)
+    return config, studies.open_study(config, space, make_sampler("random", space))
+
+
+def result(accuracy=0.5, step_time=0.01, parameters=1000, ok=True):
+    if not ok:
+        return EvalResult(status="failed", failure_reason="out of memory: x", step_time=step_time, device="cpu")
+    return EvalResult(status="ok", accuracy=accuracy, step_time=step_time, step_time_iqr=0.001,
+                      parameters=parameters, macs=10, device="cpu", wall_time=1.0, epochs_completed=1)
+
+
+def ask(study, space, role="candidate"):
+    trial = study.ask(fixed_distributions=distributions(space))
+    trial.set_user_attr("role", role)
+    return trial, space.from_params(trial.params)
+
+
+def test_a_new_study_records_space_and_settings(tmp_path, space):
+    config, study = open_(tmp_path, space)
+    attributes = study.user_attrs
+    assert attributes["space_fingerprint"] == space.fingerprint() and attributes["space"] == space.to_dict()
+    assert attributes["proxy"] == config.proxy_settings() and attributes["campaign"]["study"] == "s"
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_reopening_with_other_settings_says_what_differs(tmp_path, space):
+    open_(tmp_path, space)
+    open_(tmp_path, space, trials=50)  # the budget is not a proxy setting
+    with pytest.raises(studies.StudyError, match=r"train.epochs: study 10, now 3"):
+        open_(tmp_path, space, train=dataclasses.replace(CampaignConfig().train, epochs=3))
+    with pytest.raises(studies.StudyError, match="space: the study has 'tiny'"):
+        open_(tmp_path, presets.get_space("efficientnet-b0"))
+
+
+def test_rewards_are_normalized_by_the_baseline(tmp_path, space):
+    config, study = open_(tmp_path, space)
+    baseline_trial, baseline_spec = ask(study, space, role="baseline")
+    assert studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), config) == 0.6
+    assert study.user_attrs["baseline"]["step_time"] == 0.02
+    trial, spec = ask(study, space)
+    reward = studies.record_result(study, trial, spec, result(0.5, 0.01, 4000), config)
+    assert reward == pytest.approx(0.5 * 0.5 ** -0.07 * 2.0 ** -0.05)
+    frozen = study.trials[1]
+    assert frozen.value == reward and frozen.user_attrs["normalized_step_time"] == 0.5
+    assert frozen.user_attrs["normalized_parameters"] == 2.0 and frozen.user_attrs["step_time_s"] == 0.01
+
+
+def test_a_candidate_before_the_baseline_is_an_error(tmp_path, space):
+    config, study = open_(tmp_path, space)
+    trial, spec = ask(study, space)
+    with pytest.raises(studies.StudyError, match="baseline must complete first"):
+        studies.record_result(study, trial, spec, result(), config)
+
+
+def test_failed_results_are_failed_trials_with_their_reason(tmp_path, space):
+    config, study = open_(tmp_path, space)
+    trial, spec = ask(study, space)
+    assert studies.record_result(study, trial, spec, result(ok=False), config) is None
+    frozen = study.trials[0]
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert frozen.user_attrs["failure_reason"] == "out of memory: x" and frozen.user_attrs["step_time_s"] == 0.01
+    assert studies.finished_trials(study) == [frozen]
+
+
+def test_interrupted_trials_are_failed_and_enqueued_once(tmp_path, space):
+    _, study = open_(tmp_path, space)
+    trial, _ = ask(study, space)
+    assert studies.recover_interrupted(study) == [0]
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and study.trials[0].user_attrs["interrupted"]
+    assert studies.finished_trials(study) == []
+    rerun = study.ask(fixed_distributions=distributions(space))
+    assert rerun.params == trial.params and rerun.user_attrs["requeued_from"] == 0
+    assert studies.recover_interrupted(study) == [1]  # the re-run dies too...
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # ...and is not enqueued again
+
+
+def test_best_and_pareto(tmp_path, space):
+    config, study = open_(tmp_path, space)
+    values = [(0.6, 0.02, 2000), (0.7, 0.04, 2000), (0.5, 0.03, 3000), (0.6, 0.02, 1000)]
+    for index, (accuracy, step_time, parameters) in enumerate(values):
+        trial, spec = ask(study, space, role="baseline" if index == 0 else "candidate")
+        studies.record_result(study, trial, spec, result(accuracy, step_time, parameters), config)
+    assert [t.number for t in studies.best_trials(study, 2)] == [1, 3]  # 0.7 * 2^-0.07 > 0.6 * 0.5^-0.05
+    assert sorted(t.number for t in studies.pareto_front(study)) == [1, 3]  # 0 and 2 are dominated by 3
+    frame = studies.trials_frame(study)
+    assert list(frame.columns) == studies.TABLE_COLUMNS and list(frame["number"]) == [0, 1, 2, 3]
+    assert frame.loc[0, "role"] == "baseline" and frame.loc[1, "step_time_ms"] == pytest.approx(40.0)
+
+
+def test_journal_storage_and_errors(tmp_path, space):
+    config = CampaignConfig(storage=f"journal:{tmp_path}/j.log", study="j")
+    studies.open_study(config, space, make_sampler("random", space))
+    assert studies.load_study(config.storage_url, "j").user_attrs["space_name"] == "tiny"
+    with pytest.raises(studies.StudyError, match="no study 'other'.*studies there: j"):
+        studies.load_study(config.storage_url, "other")
+    with pytest.raises(studies.StudyError, match="cannot open storage"):
+        studies.make_storage("nosuchdialect://x")
