@@ -314,12 +314,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = load_study(outcome.storage, outcome.study_name)
     best = best_trials(study, 1)
     print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
+    stopped = outcome.finished < outcome.budget
     if best:
         output = Path(args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
         output.parent.mkdir(parents=True, exist_ok=True)
         dump_spec(dataclasses.replace(trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}"), output)
         print(f"best: trial {best[0].number}, reward {best[0].value:.4f}: {' '.join(best[0].user_attrs['block_strings'])}")
         print(f"exported the best architecture to {output}")
+    if stopped:
+        print("stopped before the budget: finished trials are kept in the study; run the same command to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

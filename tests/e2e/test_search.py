@@ -1,8 +1,9 @@
 """Tiny real campaigns, run as a user runs them: `python -m nas search` in a fresh process, local Ray, SQLite.
 
 Covers: random and RL campaigns complete; a second run on a finished study does no work and says so; a changed
-space is refused; export round-trips into a buildable spec; a driver killed with SIGKILL mid-trial and started
-again ends with exactly the budget, no trial left RUNNING and no finished trial evaluated twice.
+space is refused; export round-trips into a buildable spec; Ctrl-C stops cleanly; a driver killed with SIGKILL
+mid-trial and started again ends with exactly the budget, no trial left RUNNING and no finished trial evaluated
+twice.
 """
 
 from __future__ import annotations
@@ -98,23 +99,47 @@ def test_rl_campaign_completes(tmp_path):
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
 
 
+def wait_for_running_trial(directory: Path, name: str, complete: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not (directory / "runs" / f"{name}.db").exists():
+            continue
+        states = [t.state for t in load(directory, name).trials]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= complete and optuna.trial.TrialState.RUNNING in states:
+            return
+    raise AssertionError(f"the campaign never reached {complete} finished trials with one running")
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    campaign = write_campaign(tmp_path, study="stop", trials=6, workers=1,
+                              data="synthetic:num_images=2000,image_size=32")
+    driver = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", str(campaign)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_running_trial(tmp_path, "stop", complete=1)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, stderr
+    assert "run the same command to resume" in stderr and "Traceback" not in stderr
+    study = load(tmp_path, "stop")
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(interrupted) == 1 and [t.system_attrs["fixed_params"] for t in waiting] == [interrupted[0].params]
+
+
 def test_sigkill_mid_trial_then_resume(tmp_path):
     budget = 5
     campaign = write_campaign(tmp_path, study="kill", trials=budget, workers=1,
                               data="synthetic:num_images=2000,image_size=32")
     driver = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", str(campaign)], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if not (tmp_path / "runs" / "kill.db").exists():
-                continue
-            states = [t.state for t in load(tmp_path, "kill").trials]
-            if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
-                break
-        else:
-            raise AssertionError("the campaign never reached two finished trials with one running")
+        wait_for_running_trial(tmp_path, "kill", complete=2)
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: its Ray workers are left to fend for themselves
         driver.wait(timeout=30)
