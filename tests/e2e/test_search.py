@@ -105,7 +105,10 @@ def wait_for_running_trial(directory: Path, name: str, complete: int, timeout: f
         time.sleep(0.5)
         if not (directory / "runs" / f"{name}.db").exists():
             continue
-        states = [t.state for t in load(directory, name).trials]
+        try:
+            states = [t.state for t in load(directory, name).trials]
+        except KeyError:  # the driver has created the database but not yet the study
+            continue
         if states.count(optuna.trial.TrialState.COMPLETE) >= complete and optuna.trial.TrialState.RUNNING in states:
             return
     raise AssertionError(f"the campaign never reached {complete} finished trials with one running")
