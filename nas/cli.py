@@ -121,16 +121,23 @@ def cmd_scale(args: argparse.Namespace) -> int:
         )
     else:
         raise SpecError("give --phi N, or --width W and/or --depth D")
-    if args.output is None:
-        sys.stdout.write(spec_to_yaml(scaled))
-        return 0
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
-    dump_spec(scaled, output)
-    _print_spec(scaled, args.num_classes)
-    print(f"wrote {output}")
+    output = _write_spec(scaled, args.output, force=args.force)
+    if output is not None:
+        _print_spec(scaled, args.num_classes)
+        print(f"wrote {output}")
     return 0
+
+
+def _write_spec(spec: ArchSpec, output: str | None, *, force: bool) -> Path | None:
+    """Writes ``spec`` to ``output`` (refusing to overwrite unless ``force``), or prints its YAML when None."""
+    if output is None:
+        sys.stdout.write(spec_to_yaml(spec))
+        return None
+    path = Path(output)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    dump_spec(spec, path)
+    return path
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -386,14 +393,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"# {spec.name}: timm EfficientNet arch_def; stem_size={spec.stem_channels}, "
               f"num_features={spec.head_channels}\narch_def = [\n{blocks}\n]")
         return 0
-    if args.output is None:
-        sys.stdout.write(spec_to_yaml(spec))
-        return 0
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
-    dump_spec(spec, output)
-    print(f"wrote trial {trial.number} (reward {trial.value:.4f}) to {output}")
+    output = _write_spec(spec, args.output, force=args.force)
+    if output is not None:
+        print(f"wrote trial {trial.number} (reward {trial.value:.4f}) to {output}")
     return 0
 
 

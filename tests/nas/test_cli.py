@@ -561,3 +561,87 @@ def test_train_that_diverges_exits_1_with_the_reason(capsys):
 def test_train_refuses_bad_data_sources(capsys, tmp_path, source, words):
     status, out, err = run(capsys, "train", "tiny", "--data", source.format(tmp=tmp_path), "--device", "cpu")
     assert_refused(status, out, err, "train", *words)
+
+
+# --- trials, best, export (on a study written without Ray) --------------------------------------------------------
+
+
+@pytest.fixture
+def finished_study(tmp_path):
+    import optuna
+
+    from nas import study as studies
+    from nas.campaign import CampaignConfig
+    from nas.controllers import distributions, make_sampler
+    from nas.train import EvalResult
+
+    space = presets.get_space("tiny")
+    storage = f"sqlite:///{tmp_path}/s.db"
+    config = CampaignConfig(storage=storage, study="s")
+    study = studies.open_study(config, space, make_sampler("random", space))
+    measurements = [(0.6, 0.02, 2000), (0.7, 0.04, 2000), None, (0.6, 0.02, 1000)]
+    for index, values in enumerate(measurements):
+        trial = study.ask(fixed_distributions=distributions(space))
+        spec = space.from_params(trial.params)
+        trial.set_user_attr("role", "baseline" if index == 0 else "candidate")
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("block_strings", list(spec.block_strings))
+        result = (EvalResult(status="failed", failure_reason="out of memory: x") if values is None else
+                  EvalResult(status="ok", accuracy=values[0], step_time=values[1], parameters=values[2], macs=1))
+        studies.record_result(study, trial, spec, result, config)
+    study.ask()  # a trial still running
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 3
+    return storage, study
+
+
+def test_trials_lists_every_trial_in_each_format(capsys, finished_study):
+    storage, _ = finished_study
+    status, out, err = run(capsys, "trials", "--study", "s", "--storage", storage, "--format", "json")
+    assert status == 0, err
+    rows = json.loads(out)
+    assert [row["state"] for row in rows] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "RUNNING"]
+    assert rows[2]["failure_reason"] == "out of memory: x" and rows[0]["role"] == "baseline"
+    status, out, err = run(capsys, "trials", "--study", "s", "--storage", storage, "--format", "csv")
+    assert status == 0 and out.splitlines()[0].startswith("number,state,role,reward") and len(out.splitlines()) == 6
+    status, out, _ = run(capsys, "trials", "--study", "s", "--storage", storage)
+    assert "baseline" in out and "RUNNING" in out
+
+
+def test_best_by_reward_and_pareto(capsys, finished_study):
+    storage, _ = finished_study
+    status, out, err = run(capsys, "best", "--study", "s", "--storage", storage, "-k", "2", "--format", "json")
+    assert status == 0, err
+    assert [row["number"] for row in json.loads(out)] == [1, 3]
+    status, out, err = run(capsys, "best", "--study", "s", "--storage", storage, "--pareto", "--format", "json")
+    assert sorted(row["number"] for row in json.loads(out)) == [1, 3]
+    status, out, err = run(capsys, "best", "--study", "s", "--storage", storage, "-k", "0")
+    assert_refused(status, out, err, "best", "-k")
+
+
+def test_export_the_best_or_a_chosen_trial(capsys, tmp_path, finished_study):
+    storage, study = finished_study
+    status, out, err = run(capsys, "export", "--study", "s", "--storage", storage)
+    assert status == 0, err
+    assert spec_from_yaml(out).block_strings == tuple(study.trials[1].user_attrs["block_strings"])
+    assert spec_from_yaml(out).name == "s-trial1"
+    output = tmp_path / "t3.yaml"
+    status, out, err = run(capsys, "export", "--study", "s", "--storage", storage, "--trial", 3, "-o", output)
+    assert status == 0 and "wrote trial 3" in out
+    assert list(load_spec(output).block_strings) == study.trials[3].user_attrs["block_strings"]
+    status, out, err = run(capsys, "export", "--study", "s", "--storage", storage, "--format", "timm")
+    assert status == 0 and "arch_def = [" in out and out.count("['") == 4
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--trial", "2"), ["trial 2 is FAIL"]), (("--trial", "4"), ["trial 4 is RUNNING"]),
+    (("--trial", "9"), ["no trial 9"]),
+])
+def test_export_refuses_trials_without_a_result(capsys, finished_study, argv, words):
+    storage, _ = finished_study
+    status, out, err = run(capsys, "export", "--study", "s", "--storage", storage, *argv)
+    assert_refused(status, out, err, "export", *words)
+
+
+def test_a_missing_study_is_named(capsys, tmp_path):
+    status, out, err = run(capsys, "trials", "--study", "nope", "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert_refused(status, out, err, "trials", "no study 'nope'")
