@@ -102,6 +102,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     spec = presets.resolve_spec(args.spec)
+    if args.family is not None or args.search_coefficients:
+        return _scale_family(spec, args)
     if args.phi is not None:
         if args.width is not None or args.depth is not None:
             raise SpecError("give either --phi or --width/--depth, not both")
@@ -126,6 +128,80 @@ def cmd_scale(args: argparse.Namespace) -> int:
         _print_spec(scaled, args.num_classes)
         print(f"wrote {output}")
     return 0
+
+
+def _scale_family(spec: ArchSpec, args: argparse.Namespace) -> int:
+    """``--search-coefficients`` and/or ``--family N``: coefficients first (when asked), then one spec per phi."""
+    from nas.scaling import compound_family
+
+    if args.output is None:
+        raise ValueError("--family and --search-coefficients write files: give -o DIRECTORY")
+    if args.width is not None or args.depth is not None or args.phi is not None:
+        raise ValueError("--family and --search-coefficients take --alpha/--beta/--gamma, not --width/--depth/--phi")
+    directory = Path(args.output)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"-o {directory} must be a directory for --family")
+    alpha, beta, gamma = args.alpha, args.beta, args.gamma
+    if args.search_coefficients:
+        alpha, beta, gamma = _search_coefficients(spec, args)
+    family = compound_family(spec, range(1, (args.family or 1) + 1), alpha=alpha, beta=beta, gamma=gamma,
+                             v2_rules=args.v2_rules)
+    paths = [directory / f"{member.name}.yaml" for member in family]
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for phi, (member, path) in enumerate(zip(family, paths), start=1):
+        dump_spec(member, path)
+        complexity = spec_complexity(member, num_classes=args.num_classes)
+        rows.append([phi, member.name, f"{complexity.parameters:,}", _format_macs(complexity.macs),
+                     member.train_image_size, member.eval_image_size, member.num_blocks, member.head_channels])
+    print(f"alpha {alpha:g}, beta {beta:g}, gamma {gamma:g} (alpha * beta^2 * gamma^2 = "
+          f"{alpha * beta**2 * gamma**2:.3f}){', EfficientNetV2 rules' if args.v2_rules else ''}")
+    print(format_table(["phi", "spec", "params", "FLOPs", "train px", "eval px", "blocks", "head"], rows))
+    print(f"wrote {len(family)} spec(s) to {directory}")
+    return 0
+
+
+def _search_coefficients(spec: ArchSpec, args: argparse.Namespace) -> tuple[float, float, float]:
+    from nas.coefficient_search import search_coefficients
+    from nas.data import load_data
+    from nas.scaling import coefficient_grid
+    from nas.train import TrainConfig
+
+    grid = coefficient_grid(step=args.grid_step)
+    data = load_data(args.data, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    print(f"coefficient search at phi = 1: {len(grid)} grid points, {args.epochs} epoch(s) each on {data.name}",
+          file=sys.stderr)
+
+    def show(trial: Any) -> None:
+        c, result = trial.coefficients, trial.result
+        outcome = f"accuracy {result.accuracy:.4f}" if result.ok else f"failed: {result.failure_reason}"
+        print(f"  alpha {c.depth:.2f} beta {c.width:.2f} gamma {c.resolution:.2f}  {trial.image_size}px  {outcome}",
+              file=sys.stderr, flush=True)
+
+    best, trials = search_coefficients(spec, data, config, grid, on_trial=show)
+    if best is None:
+        raise ValueError("every grid point failed; see the reasons above")
+    rows = [
+        [f"{t.coefficients.depth:.2f}", f"{t.coefficients.width:.2f}", f"{t.coefficients.resolution:.2f}",
+         f"{t.coefficients.depth * t.coefficients.width**2 * t.coefficients.resolution**2:.3f}",
+         f"{t.result.parameters or 0:,}", t.image_size,
+         "-" if t.result.accuracy is None else f"{t.result.accuracy:.4f}",
+         "-" if t.result.step_time is None else f"{t.result.step_time * 1e3:.2f}",
+         "best" if t is best else ""]
+        for t in trials
+    ]
+    print(format_table(["alpha", "beta", "gamma", "a*b^2*g^2", "params", "px", "accuracy", "S (ms)", ""], rows))
+    directory = Path(args.output)
+    directory.mkdir(parents=True, exist_ok=True)
+    coefficients = {"alpha": best.coefficients.depth, "beta": best.coefficients.width,
+                    "gamma": best.coefficients.resolution, "accuracy": best.result.accuracy,
+                    "data": data.name, "epochs": args.epochs}
+    (directory / "coefficients.json").write_text(json.dumps(coefficients, indent=2) + "\n")
+    return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
 
 
 def _write_spec(spec: ArchSpec, output: str | None, *, force: bool) -> Path | None:
@@ -436,6 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     scale_parser.add_argument("-o", "--output", help="write the spec here (default: print YAML)")
     scale_parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     scale_parser.add_argument("--num-classes", type=int, default=1000, help="for the parameter count")
+    scale_parser.add_argument("--family", type=int, metavar="N",
+                              help="write one spec per phi = 1..N into the -o directory, with a table")
+    scale_parser.add_argument("--search-coefficients", action="store_true",
+                              help="grid-search alpha, beta, gamma at phi = 1 with the proxy trainer (needs --data)")
+    scale_parser.add_argument("--data", default="synthetic", help="data for --search-coefficients")
+    scale_parser.add_argument("--epochs", type=int, default=3, help="proxy epochs per grid point (default: 3)")
+    scale_parser.add_argument("--batch-size", type=int, default=128)
+    scale_parser.add_argument("--grid-step", type=float, default=0.1, help="grid step (default: 0.1)")
+    scale_parser.add_argument("--seed", type=int, default=0)
+    scale_parser.add_argument("--device", default="auto")
     scale_parser.set_defaults(handler=cmd_scale)
 
     space = commands.add_parser("space", help="print a search space's choices and size, or samples from it")

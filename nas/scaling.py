@@ -111,7 +111,7 @@ def scale(
         train_image_size = (
             spec.train_image_size
             if image_size is None
-            else _round_image_size(eval_size * spec.train_image_size / spec.eval_image_size)
+            else round_image_size(eval_size * spec.train_image_size / spec.eval_image_size)
         )
     if max_image_size is not None:
         eval_size, train_image_size = min(eval_size, max_image_size), min(train_image_size, max_image_size)
@@ -146,7 +146,7 @@ def compound_scale(
     coefficients = compound_coefficients(phi, alpha, beta, gamma)
 
     def resolution(size: int) -> int:
-        return size if phi == 0 else _round_image_size(size * coefficients.resolution)
+        return size if phi == 0 else round_image_size(size * coefficients.resolution)
 
     return scale(
         spec,
@@ -160,7 +160,8 @@ def compound_scale(
     )
 
 
-def _round_image_size(size: float) -> int:
+def round_image_size(size: float) -> int:
+    """An image size rounded to a multiple of 8 (at least 8), friendly to the networks' strides."""
     return max(IMAGE_SIZE_DIVISOR, int(round(size / IMAGE_SIZE_DIVISOR)) * IMAGE_SIZE_DIVISOR)
 
 
@@ -176,3 +177,38 @@ def _scaled_depths(num_layers: list[int], depth_mult: float, depth_rule: str) ->
     for i in by_remainder[: extra - sum(added)]:
         added[i] += 1
     return [layers + more for layers, more in zip(num_layers, added)]
+
+
+def coefficient_grid(*, step: float = 0.05, max_alpha: float = 1.4, max_beta: float = 1.25,
+                     tolerance: float = 0.05) -> list[CompoundCoefficients]:
+    """EfficientNet's small grid at phi = 1 (Section 3.3, step 2): ``(alpha, beta, gamma)`` on a ``step`` grid,
+    each at least 1, with ``alpha * beta^2 * gamma^2`` within ``tolerance`` (relative) of 2.
+
+    For every ``(alpha, beta)`` on the grid, gamma is the grid value closest to ``sqrt(2 / (alpha * beta^2))``.
+    Returned as ``CompoundCoefficients(depth=alpha, width=beta, resolution=gamma)``.
+    """
+    if not 0 < step <= 0.5:
+        raise ValueError(f"step must be in (0, 0.5], got {step}")
+    grid = []
+    alphas = [round(1 + step * i, 6) for i in range(int(round((max_alpha - 1) / step)) + 1)]
+    betas = [round(1 + step * i, 6) for i in range(int(round((max_beta - 1) / step)) + 1)]
+    for alpha in alphas:
+        for beta in betas:
+            ideal_gamma = math.sqrt(2.0 / (alpha * beta**2)) if alpha * beta**2 < 2.0 else 1.0
+            gamma = max(1.0, round(round((ideal_gamma - 1) / step) * step + 1, 6))
+            if abs(alpha * beta**2 * gamma**2 - 2.0) <= tolerance * 2.0:
+                grid.append(CompoundCoefficients(depth=alpha, width=beta, resolution=gamma))
+    return grid
+
+
+def compound_family(
+    spec: ArchSpec,
+    phis: range | list[int],
+    *,
+    alpha: float = 1.2,
+    beta: float = 1.1,
+    gamma: float = 1.15,
+    v2_rules: bool = False,
+) -> list[ArchSpec]:
+    """One spec per phi, named ``<name>-phi<k>``: the model family of a searched network."""
+    return [compound_scale(spec, phi, alpha=alpha, beta=beta, gamma=gamma, v2_rules=v2_rules) for phi in phis]

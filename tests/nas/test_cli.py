@@ -645,3 +645,35 @@ def test_export_refuses_trials_without_a_result(capsys, finished_study, argv, wo
 def test_a_missing_study_is_named(capsys, tmp_path):
     status, out, err = run(capsys, "trials", "--study", "nope", "--storage", f"sqlite:///{tmp_path}/x.db")
     assert_refused(status, out, err, "trials", "no study 'nope'")
+
+
+# --- families and coefficient search ------------------------------------------------------------------------------
+
+
+def test_family_writes_one_spec_per_phi(capsys, tmp_path):
+    directory = tmp_path / "family"
+    status, out, err = run(capsys, "scale", "efficientnetv2-s", "--family", 3, "--v2-rules", "-o", directory)
+    assert status == 0, err
+    specs = [load_spec(directory / f"efficientnetv2-s-phi{k}.yaml") for k in (1, 2, 3)]
+    assert all(spec.eval_image_size <= 480 for spec in specs) and "wrote 3 spec(s)" in out
+    parameters = [spec_complexity(spec).parameters for spec in specs]
+    assert parameters == sorted(parameters) and f"{parameters[0]:,}" in out
+    status, out, err = run(capsys, "scale", "efficientnetv2-s", "--family", 3, "-o", directory)
+    assert_refused(status, out, err, "scale", "--force")
+    status, out, err = run(capsys, "scale", "tiny", "--family", 2)
+    assert_refused(status, out, err, "scale", "-o DIRECTORY")
+
+
+def test_coefficient_search_picks_a_grid_point_and_scales_with_it(capsys, tmp_path, monkeypatch):
+    from nas import scaling
+
+    grid = [scaling.CompoundCoefficients(1.0, 1.2, 1.2), scaling.CompoundCoefficients(1.4, 1.2, 1.0)]
+    monkeypatch.setattr(scaling, "coefficient_grid", lambda step: grid)
+    directory = tmp_path / "searched"
+    status, out, err = run(capsys, "scale", "tiny", "--search-coefficients", "--data", "synthetic:num_images=400",
+                           "--epochs", 1, "--batch-size", 64, "--device", "cpu", "--family", 2, "-o", directory)
+    assert status == 0, err
+    chosen = json.loads((directory / "coefficients.json").read_text())
+    assert (chosen["alpha"], chosen["beta"], chosen["gamma"]) in [(1.0, 1.2, 1.2), (1.4, 1.2, 1.0)]
+    assert f"alpha {chosen['alpha']:g}, beta {chosen['beta']:g}, gamma {chosen['gamma']:g}" in out
+    assert out.count("best") == 1 and (directory / "tiny-phi2.yaml").exists()

@@ -9,7 +9,9 @@ from nas.measure import spec_complexity
 from nas.scaling import (
     V2_MAX_IMAGE_SIZE,
     check_flops_constraint,
+    coefficient_grid,
     compound_coefficients,
+    compound_family,
     compound_scale,
     round_channels,
     scale,
@@ -144,3 +146,23 @@ def test_invalid_scaling_arguments(kwargs, field):
     arguments = {"width_mult": 1.0, "depth_mult": 1.0, **kwargs}
     with pytest.raises(ValueError, match=field):
         scale(presets.get("tiny"), **arguments)
+
+
+def test_coefficient_grid_keeps_the_flops_constraint():
+    grid = coefficient_grid(step=0.05)
+    assert grid and all(min(c) >= 1.0 for c in grid)
+    assert all(abs(c.depth * c.width**2 * c.resolution**2 - 2) <= 0.1 for c in grid)
+    assert len(set(grid)) == len(grid)
+    assert any(c == pytest.approx((1.2, 1.1, 1.15)) for c in grid)  # EfficientNet's choice is on the grid
+    with pytest.raises(ValueError, match="step"):
+        coefficient_grid(step=0)
+
+
+def test_family_grows_and_v2_rules_cap_the_image_size():
+    family = compound_family(presets.get("efficientnetv2-s"), range(1, 5), v2_rules=True)
+    assert [member.name for member in family] == [f"efficientnetv2-s-phi{k}" for k in range(1, 5)]
+    complexities = [spec_complexity(member) for member in family]
+    for smaller, larger, a, b in zip(complexities, complexities[1:], family, family[1:]):
+        assert larger.parameters > smaller.parameters and larger.macs > smaller.macs
+        assert b.eval_image_size >= a.eval_image_size and b.train_image_size >= a.train_image_size
+    assert max(member.eval_image_size for member in family) == V2_MAX_IMAGE_SIZE
