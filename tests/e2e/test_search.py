@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -99,17 +100,24 @@ def test_rl_campaign_completes(tmp_path):
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
 
 
+def trial_states(database: Path) -> list[str]:
+    """Trial states read straight from SQLite, read-only: an Optuna storage opened while the driver creates the
+    schema would race it to initialize the database."""
+    if not database.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+            return [state for (state,) in connection.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # no tables yet, or the database is locked for a moment
+        return []
+
+
 def wait_for_running_trial(directory: Path, name: str, complete: int, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if not (directory / "runs" / f"{name}.db").exists():
-            continue
-        try:
-            states = [t.state for t in load(directory, name).trials]
-        except KeyError:  # the driver has created the database but not yet the study
-            continue
-        if states.count(optuna.trial.TrialState.COMPLETE) >= complete and optuna.trial.TrialState.RUNNING in states:
+        states = trial_states(directory / "runs" / f"{name}.db")
+        if states.count("COMPLETE") >= complete and "RUNNING" in states:
             return
     raise AssertionError(f"the campaign never reached {complete} finished trials with one running")
 
