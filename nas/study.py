@@ -139,12 +139,15 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str = "driver stopped") -> None:
-    """Ends a RUNNING trial as an interrupted FAIL (not the candidate's fault) and enqueues its params once."""
+    """Ends a RUNNING trial as an interrupted FAIL (not the candidate's fault) and enqueues its params once,
+    if it had been handed to a worker."""
     storage = study._storage  # Optuna has no public call to set an attribute on another process's trial
     storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
     storage.set_trial_user_attr(trial._trial_id, "failure_reason", f"interrupted: {reason}")
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    if trial.params and "requeued_from" not in trial.user_attrs:
+    # Only a trial that was handed to a worker (its spec recorded) is run again; one the driver died while asking
+    # for may hold half its params.
+    if "spec" in trial.user_attrs and "requeued_from" not in trial.user_attrs:
         study.enqueue_trial(
             dict(trial.params),
             user_attrs={"requeued_from": trial.number, "role": trial.user_attrs.get("role", ROLE_CANDIDATE)},

@@ -100,24 +100,32 @@ def test_rl_campaign_completes(tmp_path):
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
 
 
-def trial_states(database: Path) -> list[str]:
-    """Trial states read straight from SQLite, read-only: an Optuna storage opened while the driver creates the
-    schema would race it to initialize the database."""
+TRIAL_STATES = """
+SELECT t.state, EXISTS(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'spec')
+FROM trials t ORDER BY t.number
+"""
+
+
+def trial_states(database: Path) -> list[tuple[str, bool]]:
+    """(state, handed to a worker) per trial, read straight from SQLite, read-only: an Optuna storage opened
+    while the driver creates the schema would race it to initialize the database."""
     if not database.exists():
         return []
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
-            return [state for (state,) in connection.execute("SELECT state FROM trials ORDER BY number")]
+            return [(state, bool(dispatched)) for state, dispatched in connection.execute(TRIAL_STATES)]
     except sqlite3.OperationalError:  # no tables yet, or the database is locked for a moment
         return []
 
 
 def wait_for_running_trial(directory: Path, name: str, complete: int, timeout: float = 240) -> None:
+    """Waits until ``complete`` trials are done and another one is training on a worker."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.5)
         states = trial_states(directory / "runs" / f"{name}.db")
-        if states.count("COMPLETE") >= complete and "RUNNING" in states:
+        if [state for state, _ in states].count("COMPLETE") >= complete and ("RUNNING", True) in states:
+            time.sleep(1.0)  # into the trial's training, past its hand-over
             return
     raise AssertionError(f"the campaign never reached {complete} finished trials with one running")
 

@@ -88,7 +88,8 @@ def test_failed_results_are_failed_trials_with_their_reason(tmp_path, space):
 
 def test_interrupted_trials_are_failed_and_enqueued_once(tmp_path, space):
     _, study = open_(tmp_path, space)
-    trial, _ = ask(study, space)
+    trial, spec = ask(study, space)
+    trial.set_user_attr("spec", spec.to_dict())
     assert studies.recover_interrupted(study) == [0]
     assert study.trials[0].state == optuna.trial.TrialState.FAIL and study.trials[0].user_attrs["interrupted"]
     assert studies.finished_trials(study) == []
@@ -119,3 +120,13 @@ def test_journal_storage_and_errors(tmp_path, space):
         studies.load_study(config.storage_url, "other")
     with pytest.raises(studies.StudyError, match="cannot open storage"):
         studies.make_storage("nosuchdialect://x")
+
+
+def test_a_trial_never_handed_to_a_worker_is_not_run_again(tmp_path, space):
+    _, study = open_(tmp_path, space)
+    trial, spec = ask(study, space)
+    trial.set_user_attr("spec", spec.to_dict())  # handed over
+    study.ask()  # the driver died while asking for this one: no spec recorded
+    assert studies.recover_interrupted(study) == [0, 1]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [trial.params]
