@@ -314,7 +314,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nas.train import TrainConfig, train_and_evaluate
 
     spec = presets.resolve_spec(args.spec)
+    progressive = None
+    if args.progressive:
+        from nas.progressive import ProgressiveConfig
+
+        progressive = ProgressiveConfig(
+            num_stages=args.stages,
+            image_size=tuple(args.image_size_range),
+            dropout=tuple(args.dropout_range),
+            randaugment_magnitude=tuple(args.randaugment_range),
+            mixup_alpha=tuple(args.mixup_range),
+        )
     config = TrainConfig(
+        progressive=progressive,
+        randaugment_magnitude=args.randaugment,
+        mixup_alpha=args.mixup,
+        eval_image_size=args.eval_image_size,
         epochs=args.epochs,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -334,7 +349,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
               f"{len(data.val_labels):,} hold-out images, {data.num_classes} classes, "
-              f"{config.image_size or data.image_size}px", file=sys.stderr)
+              + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in {progressive.num_stages} "
+                 "stages" if progressive else f"{config.image_size or data.image_size}px"), file=sys.stderr)
     result = train_and_evaluate(spec, data, config, on_epoch=None if args.json else _print_epoch)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -348,7 +364,7 @@ def _print_epoch(stats: Any) -> None:
     done = round(width * stats.epoch / stats.epochs)
     print(
         f"epoch {stats.epoch:>{len(str(stats.epochs))}}/{stats.epochs} [{'#' * done}{'.' * (width - done)}] "
-        f"loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  {stats.images_per_second:,.0f} img/s",
+        f"{stats.image_size}px  loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  {stats.images_per_second:,.0f} img/s",
         file=sys.stderr,
         flush=True,
     )
@@ -556,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=5e-4, help="(default: 5e-4)")
     train.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
     train.add_argument("--augment", choices=("crop_flip", "resized_crop_flip", "none"), default="crop_flip")
+    train.add_argument("--eval-image-size", type=int, help="evaluation image size (default: the last training size)")
+    train.add_argument("--randaugment", type=float, default=0.0, metavar="M",
+                       help="RandAugment magnitude 0-30 for a fixed-size run (default: 0, off)")
+    train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup alpha (default: 0, off)")
+    progressive = train.add_argument_group(
+        "progressive learning", "EfficientNetV2 Algorithm 1: M stages, image size and regularization growing "
+                                "linearly from MIN to MAX (defaults: the paper's Table 6 for EfficientNetV2-S)")
+    progressive.add_argument("--progressive", action="store_true", help="train in stages of growing size")
+    progressive.add_argument("--stages", type=int, default=4, help="number of stages M (default: 4)")
+    progressive.add_argument("--image-size-range", type=int, nargs=2, default=(128, 300), metavar=("MIN", "MAX"))
+    progressive.add_argument("--dropout-range", type=float, nargs=2, default=(0.1, 0.3), metavar=("MIN", "MAX"))
+    progressive.add_argument("--randaugment-range", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
+    progressive.add_argument("--mixup-range", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of the training data held out for accuracy (default: 0.1)")
     train.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.augment import MAX_MAGNITUDE, rand_augment
+
 AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
 SYNTHETIC_OPTIONS = ("num_classes", "num_images", "image_size")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -661,8 +663,10 @@ class DeviceBatches:
       (3/4, 4/3)) and flip, as one ``affine_grid`` + ``grid_sample`` over the batch.
     - ``none``: normalization only, for evaluation (use ``shuffle=False, drop_last=False``).
 
-    Batches are float32 ``(x / 255 - mean) / std``, in channels_last memory format when ``channels_last``, at
-    ``image_size`` (resized on the device when it differs from the stored size), with their int64 labels.
+    With ``randaugment_magnitude > 0``, RandAugment (``randaugment_ops`` ops per image, :mod:`nas.augment`) follows
+    the crop. Batches are float32 ``(x / 255 - mean) / std``, in channels_last memory format when
+    ``channels_last``, at ``image_size`` (resized on the device when it differs from the stored size), with their
+    int64 labels. ``image_size`` and the RandAugment settings may change between epochs (progressive learning).
     """
 
     def __init__(
@@ -680,6 +684,8 @@ class DeviceBatches:
         channels_last: bool = True,
         seed: int = 0,
         crop_padding: int = 4,
+        randaugment_magnitude: float = 0.0,
+        randaugment_ops: int = 2,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[2] != images.shape[3]:
             raise ValueError(f"images must be a uint8 (N, C, S, S) tensor, got {images.dtype} {tuple(images.shape)}")
@@ -699,6 +705,8 @@ class DeviceBatches:
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         _check_seed(seed, ValueError)
+        if not 0 <= randaugment_magnitude <= MAX_MAGNITUDE:
+            raise ValueError(f"randaugment_magnitude must be in [0, {MAX_MAGNITUDE:g}], got {randaugment_magnitude!r}")
         channels = images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std must have {channels} values (one per channel), got {mean} and {std}")
@@ -716,6 +724,9 @@ class DeviceBatches:
         self.channels_last = channels_last
         self.seed = seed
         self.crop_padding = crop_padding
+        # Progressive learning changes these (and image_size) between epochs.
+        self.randaugment_magnitude = randaugment_magnitude
+        self.randaugment_ops = randaugment_ops
         self._epoch = 0
         device = images.device
         self._generator = torch.Generator(device=device)
@@ -771,6 +782,11 @@ class DeviceBatches:
         images = images.to(torch.float32)
         if self.augment == "resized_crop_flip":
             images = self._resized_crop_flip(images, parameters)
+        if self.randaugment_magnitude > 0:
+            images = rand_augment(
+                images.div_(255.0), num_ops=self.randaugment_ops, magnitude=self.randaugment_magnitude,
+                generator=self._generator,
+            ).mul_(255.0)
         images = images.mul_(self._scale).add_(self._shift)
         if images.shape[-1] != self.image_size:
             images = F.interpolate(

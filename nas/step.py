@@ -85,6 +85,7 @@ class TrainingStep:
         self.scaler = torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``labels``: class indices (N,) or target probabilities (N, num_classes)."""
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(images)  # (N, num_classes)
         loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
@@ -98,5 +99,6 @@ class TrainingStep:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        classes = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup gives soft targets
+        correct = (logits.detach().argmax(dim=1) == classes).sum()
         return loss.detach(), correct

@@ -11,10 +11,11 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
+from nas.augment import mixup
 from nas.builder import build_model
 from nas.data import AUGMENTATIONS, DeviceBatches, ImageData
 from nas.measure import (
@@ -27,6 +28,14 @@ from nas.measure import (
     resolve_device,
     spec_complexity,
     time_step,
+)
+from nas.progressive import (
+    ProgressiveConfig,
+    Regularization,
+    Stage,
+    fixed_schedule,
+    progressive_schedule,
+    stage_for_epoch,
 )
 from nas.step import AMP_CHOICES, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
 from search_spaces.spec import ArchSpec
@@ -41,6 +50,9 @@ class TrainConfig:
 
     ``image_size`` None trains at the data's resolution; otherwise batches are resized on the device.
     ``amp`` ``auto`` is bfloat16 on CUDA and full precision on CPU. ``threads`` None leaves torch's default.
+    ``randaugment_magnitude`` (0-30, 0 off) and ``mixup_alpha`` (0 off) regularize a fixed-size run;
+    ``progressive`` instead grows image size, dropout, RandAugment and mixup together over its stages
+    (EfficientNetV2 Algorithm 1). ``eval_image_size`` None evaluates at the last training image size.
     ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
     this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
     few hundred proxy steps leave the running averages far from the trained network's statistics, which would
@@ -64,32 +76,47 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     eval_batch_size: int = 512
+    eval_image_size: int | None = None
+    randaugment_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    progressive: ProgressiveConfig | None = None
     bn_recalibration_batches: int = 20
     timing_warmup: int = 5
     timing_repeats: int = 7
 
     def __post_init__(self) -> None:
+        if isinstance(self.progressive, Mapping):
+            object.__setattr__(self, "progressive", ProgressiveConfig.from_dict(self.progressive))
+        if self.progressive is not None and not isinstance(self.progressive, ProgressiveConfig):
+            raise ValueError(f"progressive must be a ProgressiveConfig, a mapping or None, got {self.progressive!r}")
         for field, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("timing_warmup", 1),
                            ("timing_repeats", 1), ("seed", 0), ("bn_recalibration_batches", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-        for field in ("image_size", "threads"):
+        for field in ("image_size", "threads", "eval_image_size"):
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{field} must be a positive integer or None, got {value!r}")
         for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
                                  ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, math.inf),
-                                 ("label_smoothing", 0.0, 1.0)):
+                                 ("label_smoothing", 0.0, 1.0), ("randaugment_magnitude", 0.0, 30.0),
+                                 ("mixup_alpha", 0.0, 100.0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{field} must be a number in [{low}, {high}], got {value!r}")
+        if self.progressive is not None and self.epochs < self.progressive.num_stages:
+            raise ValueError(
+                f"epochs ({self.epochs}) must be at least progressive.num_stages ({self.progressive.num_stages})"
+            )
         for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("amp", AMP_CHOICES)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["progressive"] = None if self.progressive is None else self.progressive.to_dict()
+        return data
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,7 @@ class EpochStats:
     loss: float
     train_accuracy: float
     images_per_second: float
+    image_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,16 +229,39 @@ def _run(
     torch.manual_seed(config.seed)
     model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, len(train_batches))
     measured["parameters"] = count_parameters(model)
+    schedule = training_schedule(spec, config, data.image_size)
+    mixing = torch.Generator(device=device).manual_seed(config.seed)
     history: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(step, train_batches, epoch, config.epochs)
+        stage = stage_for_epoch(schedule, epoch - 1)
+        apply_stage(model, train_batches, stage)
+        stats = train_epoch(step, train_batches, epoch, config.epochs, mixup_alpha=stage.regularization.mixup_alpha,
+                            num_classes=data.num_classes, generator=mixing)
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
         if on_epoch is not None:
             on_epoch(stats)
     recalibrate_batch_norm(model, train_batches, config.bn_recalibration_batches, amp_dtype)
-    measured["accuracy"] = evaluate(model, data, config, amp_dtype)
+    eval_config = dataclasses.replace(config, image_size=config.eval_image_size or schedule[-1].image_size)
+    measured["accuracy"] = evaluate(model, data, eval_config, amp_dtype)
     measured["peak_memory_bytes"] = peak_memory_bytes(device)
+
+
+def training_schedule(spec: ArchSpec, config: TrainConfig, data_image_size: int) -> tuple[Stage, ...]:
+    """The stages of a run: Algorithm 1's with ``config.progressive``, else one stage with fixed settings."""
+    if config.progressive is not None:
+        return progressive_schedule(config.progressive, config.epochs)
+    regularization = Regularization(
+        dropout=spec.dropout, randaugment_magnitude=config.randaugment_magnitude, mixup_alpha=config.mixup_alpha
+    )
+    return fixed_schedule(config.image_size or data_image_size, regularization, config.epochs)
+
+
+def apply_stage(model: torch.nn.Module, batches: DeviceBatches, stage: Stage) -> None:
+    """Sets a stage's image size, RandAugment magnitude and dropout; the weights carry over between stages."""
+    batches.image_size = stage.image_size
+    batches.randaugment_magnitude = stage.regularization.randaugment_magnitude
+    model.dropout.p = stage.regularization.dropout
 
 
 def _batches(
@@ -278,13 +329,25 @@ def _measure_step_time(
         release_memory(device)
 
 
-def train_epoch(step: TrainingStep, batches: DeviceBatches, epoch: int, epochs: int) -> EpochStats:
-    """One pass over the training batches; reads numbers from the device once, at the end."""
+def train_epoch(
+    step: TrainingStep,
+    batches: DeviceBatches,
+    epoch: int,
+    epochs: int,
+    *,
+    mixup_alpha: float = 0.0,
+    num_classes: int | None = None,
+    generator: torch.Generator | None = None,
+) -> EpochStats:
+    """One pass over the training batches (mixed up when ``mixup_alpha`` > 0); reads the device once, at the end."""
     start = time.perf_counter()
     total_loss = torch.zeros((), device=step.optimizer.param_groups[0]["params"][0].device)
     total_correct = torch.zeros((), dtype=torch.int64, device=total_loss.device)
     seen = 0
     for images, labels in batches:
+        if mixup_alpha > 0:
+            mixed = mixup(images, labels, alpha=mixup_alpha, num_classes=num_classes, generator=generator)
+            images, labels = mixed.images, mixed.targets
         loss, correct = step(images, labels)
         total_loss += loss
         total_correct += correct
@@ -298,6 +361,7 @@ def train_epoch(step: TrainingStep, batches: DeviceBatches, epoch: int, epochs: 
         loss=mean_loss,
         train_accuracy=total_correct.item() / seen,
         images_per_second=seen / (time.perf_counter() - start),
+        image_size=batches.image_size,
     )
 
 

@@ -677,3 +677,14 @@ def test_coefficient_search_picks_a_grid_point_and_scales_with_it(capsys, tmp_pa
     assert (chosen["alpha"], chosen["beta"], chosen["gamma"]) in [(1.0, 1.2, 1.2), (1.4, 1.2, 1.0)]
     assert f"alpha {chosen['alpha']:g}, beta {chosen['beta']:g}, gamma {chosen['gamma']:g}" in out
     assert out.count("best") == 1 and (directory / "tiny-phi2.yaml").exists()
+
+
+def test_train_progressive_reports_each_stage_size(capsys):
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 2,
+                           "--batch-size", 64, "--device", "cpu", "--progressive", "--stages", 2,
+                           "--image-size-range", 24, 32, "--randaugment-range", 0, 5, "--mixup-range", 0, 0.2)
+    assert status == 0, err
+    assert "progressive 24->32px in 2 stages" in err and "24px" in err and "32px" in err
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1,
+                           "--progressive", "--stages", 2, "--device", "cpu")
+    assert_refused(status, out, err, "train", "epochs (1) must be at least progressive.num_stages (2)")

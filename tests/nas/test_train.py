@@ -1,6 +1,7 @@
 """Proxy training: learns, is deterministic on CPU, measures what the reward needs, and fails softly."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -139,3 +140,41 @@ def test_batch_norm_recalibration_averages_training_batches(data):
     assert torch.allclose(stem_norm.running_mean, expected.detach(), atol=1e-5)
     assert stem_norm.momentum == presets.get("tiny").bn_momentum
     assert stem_norm.num_batches_tracked.item() == 3
+
+
+def test_progressive_training_grows_size_and_regularization(data):
+    from nas.progressive import ProgressiveConfig
+
+    progressive = ProgressiveConfig(num_stages=2, image_size=(24, 32), dropout=(0.1, 0.25),
+                                    randaugment_magnitude=(0.0, 5.0), mixup_alpha=(0.0, 0.2))
+    config = TrainConfig(**{**RECIPE, "epochs": 2}, progressive=progressive)
+    result = train_and_evaluate(presets.get("tiny"), data, config)
+    assert result.ok, result.failure_reason
+    assert [epoch.image_size for epoch in result.history] == [24, 32]
+    again = train_and_evaluate(presets.get("tiny"), data, config)
+    assert again.accuracy == result.accuracy and again.final_loss == result.final_loss
+    assert TrainConfig(**config.to_dict()) == config  # the progressive settings round-trip as plain data
+
+
+def test_stage_settings_reach_the_model_and_the_batches(data):
+    from nas.builder import build_model
+    from nas.data import DeviceBatches
+    from nas.progressive import ProgressiveConfig
+    from nas.train import apply_stage, training_schedule
+
+    spec = presets.get("tiny")
+    config = TrainConfig(epochs=4, progressive=ProgressiveConfig.from_preset("efficientnetv2-s"))
+    schedule = training_schedule(spec, config, data.image_size)
+    model = build_model(spec, num_classes=10)
+    batches = DeviceBatches(data.train_images, data.train_labels, batch_size=8, mean=data.mean, std=data.std)
+    apply_stage(model, batches, schedule[-1])
+    assert (batches.image_size, batches.randaugment_magnitude, model.dropout.p) == (300, 15.0, 0.3)
+    fixed = training_schedule(spec, TrainConfig(epochs=3, randaugment_magnitude=7, mixup_alpha=0.1), 32)
+    assert len(fixed) == 1 and fixed[0].image_size == 32 and fixed[0].regularization.dropout == spec.dropout
+    assert (fixed[0].regularization.randaugment_magnitude, fixed[0].regularization.mixup_alpha) == (7, 0.1)
+
+
+def test_fixed_run_with_randaugment_and_mixup(data):
+    config = TrainConfig(**{**RECIPE, "epochs": 1}, randaugment_magnitude=9, mixup_alpha=0.2, eval_image_size=40)
+    result = train_and_evaluate(presets.get("tiny"), data, config)
+    assert result.ok and 0 <= result.accuracy <= 1 and math.isfinite(result.final_loss)
