@@ -330,6 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         randaugment_magnitude=args.randaugment,
         mixup_alpha=args.mixup,
         eval_image_size=args.eval_image_size,
+        ema_decay=args.ema,
         epochs=args.epochs,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -345,13 +346,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
     )
+    if args.resume and args.checkpoint is None:
+        raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
+    save = Path(args.save) if args.save else None
+    if save is not None and save.exists() and not save.is_dir():
+        raise NotADirectoryError(f"--save {save} must be a directory")
     data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
     if not args.json:
         print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
               f"{len(data.val_labels):,} hold-out images, {data.num_classes} classes, "
               + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in {progressive.num_stages} "
                  "stages" if progressive else f"{config.image_size or data.image_size}px"), file=sys.stderr)
-    result = train_and_evaluate(spec, data, config, on_epoch=None if args.json else _print_epoch)
+    result = train_and_evaluate(
+        spec, data, config, on_epoch=None if args.json else _print_epoch,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume,
+        weights=save / "weights.pt" if save is not None else None,
+    )
+    if save is not None and result.ok:
+        dump_spec(spec, save / "spec.yaml")
+        (save / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        if not args.json:
+            print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -585,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     progressive.add_argument("--dropout-range", type=float, nargs=2, default=(0.1, 0.3), metavar=("MIN", "MAX"))
     progressive.add_argument("--randaugment-range", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
     progressive.add_argument("--mixup-range", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
+    train.add_argument("--ema", type=float, metavar="DECAY",
+                       help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
+    train.add_argument("--checkpoint", help="write the full training state here after every epoch")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint (same spec and recipe)")
+    train.add_argument("--save", metavar="DIR", help="write weights.pt, spec.yaml and result.json into DIR")
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of the training data held out for accuracy (default: 0.1)")
     train.add_argument("--seed", type=int, default=0)

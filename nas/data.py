@@ -739,6 +739,14 @@ class DeviceBatches:
         # Crop offsets and flip are drawn as uniform numbers scaled to these counts of choices.
         self._crop_choices = torch.tensor([2 * crop_padding + 1, 2 * crop_padding + 1, 2], device=device)
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the batch stream is: epochs are seeded from (seed, epoch), so the epoch count is all a resumed
+        run needs to draw the same batches."""
+        return {"epoch": self._epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._epoch = int(state["epoch"])
+
     def __len__(self) -> int:
         """Batches per epoch."""
         count = self.images.shape[0]

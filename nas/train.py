@@ -11,9 +11,11 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.augment import mixup
 from nas.builder import build_model
@@ -53,6 +55,8 @@ class TrainConfig:
     ``randaugment_magnitude`` (0-30, 0 off) and ``mixup_alpha`` (0 off) regularize a fixed-size run;
     ``progressive`` instead grows image size, dropout, RandAugment and mixup together over its stages
     (EfficientNetV2 Algorithm 1). ``eval_image_size`` None evaluates at the last training image size.
+    ``ema_decay`` (e.g. 0.999) keeps an exponential moving average of the weights, updated every step, and
+    evaluates (and saves) it instead of the raw weights.
     ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
     this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
     few hundred proxy steps leave the running averages far from the trained network's statistics, which would
@@ -80,6 +84,7 @@ class TrainConfig:
     randaugment_magnitude: float = 0.0
     mixup_alpha: float = 0.0
     progressive: ProgressiveConfig | None = None
+    ema_decay: float | None = None
     bn_recalibration_batches: int = 20
     timing_warmup: int = 5
     timing_repeats: int = 7
@@ -105,6 +110,11 @@ class TrainConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{field} must be a number in [{low}, {high}], got {value!r}")
+        if self.ema_decay is not None and (
+            isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float))
+            or not 0 < self.ema_decay < 1
+        ):
+            raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
         if self.progressive is not None and self.epochs < self.progressive.num_stages:
             raise ValueError(
                 f"epochs ({self.epochs}) must be at least progressive.num_stages ({self.progressive.num_stages})"
@@ -168,12 +178,19 @@ def train_and_evaluate(
     config: TrainConfig,
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    weights: Path | None = None,
 ) -> EvalResult:
     """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
 
     The step time is measured first, on a separately built copy of the network with the same training step,
     so that the adaptive number of timed steps cannot change the training run; training is then seeded afresh,
     which makes a CPU run deterministic for a given seed.
+
+    With ``checkpoint``, the whole training state (weights, optimizer, schedule, EMA, random generators, the
+    batch stream's position) is written there after every epoch; ``resume`` continues from it, reaching the
+    same final weights as an uninterrupted run. ``weights`` receives the final state dict (the EMA's when on).
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -181,7 +198,7 @@ def train_and_evaluate(
     try:
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
-        _run(spec, data, config, device, measured, on_epoch)
+        _run(spec, data, config, device, measured, on_epoch, checkpoint, resume, weights)
         status, reason = STATUS_OK, None
     except torch.OutOfMemoryError as error:
         status, reason = STATUS_FAILED, f"out of memory: {_first_line(error)}"
@@ -205,6 +222,9 @@ def _run(
     device: torch.device,
     measured: dict[str, Any],
     on_epoch: Callable[[EpochStats], None] | None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    weights: Path | None = None,
 ) -> None:
     """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured."""
     prepare_device(device, config.threads)
@@ -231,20 +251,104 @@ def _run(
     measured["parameters"] = count_parameters(model)
     schedule = training_schedule(spec, config, data.image_size)
     mixing = torch.Generator(device=device).manual_seed(config.seed)
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    state = TrainingState(spec, config, model, step, ema, train_batches, mixing)
     history: list[EpochStats] = []
-    for epoch in range(1, config.epochs + 1):
+    if resume and checkpoint is not None and checkpoint.exists():
+        history = state.load(checkpoint)
+        measured.update(history=tuple(history), epochs_completed=len(history),
+                        final_loss=history[-1].loss if history else None)
+    for epoch in range(len(history) + 1, config.epochs + 1):
         stage = stage_for_epoch(schedule, epoch - 1)
         apply_stage(model, train_batches, stage)
         stats = train_epoch(step, train_batches, epoch, config.epochs, mixup_alpha=stage.regularization.mixup_alpha,
-                            num_classes=data.num_classes, generator=mixing)
+                            num_classes=data.num_classes, generator=mixing, ema=ema)
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
+        if checkpoint is not None:
+            state.save(checkpoint, history)
         if on_epoch is not None:
             on_epoch(stats)
-    recalibrate_batch_norm(model, train_batches, config.bn_recalibration_batches, amp_dtype)
+    final = model if ema is None else ema.module
+    recalibrate_batch_norm(final, train_batches, config.bn_recalibration_batches, amp_dtype)
     eval_config = dataclasses.replace(config, image_size=config.eval_image_size or schedule[-1].image_size)
-    measured["accuracy"] = evaluate(model, data, eval_config, amp_dtype)
+    measured["accuracy"] = evaluate(final, data, eval_config, amp_dtype)
+    if weights is not None:
+        _save_atomically({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
     measured["peak_memory_bytes"] = peak_memory_bytes(device)
+
+
+CHECKPOINT_VERSION = 1
+_RUN_INDEPENDENT_FIELDS = ("device", "threads")  # a run may resume on another device or thread count
+
+
+class TrainingState:
+    """Everything a run needs to continue exactly where it stopped, saved to and loaded from one file."""
+
+    def __init__(self, spec: ArchSpec, config: TrainConfig, model: torch.nn.Module, step: TrainingStep,
+                 ema: AveragedModel | None, batches: DeviceBatches, mixing: torch.Generator) -> None:
+        self.spec, self.config, self.model, self.step = spec, config, model, step
+        self.ema, self.batches, self.mixing = ema, batches, mixing
+
+    def _settings(self) -> dict[str, Any]:
+        config = {k: v for k, v in self.config.to_dict().items() if k not in _RUN_INDEPENDENT_FIELDS}
+        return {"spec": self.spec.to_dict(), "config": config}
+
+    def save(self, path: Path, history: list[EpochStats]) -> None:
+        device = next(self.model.parameters()).device
+        state = {
+            "version": CHECKPOINT_VERSION,
+            **self._settings(),
+            "history": [dataclasses.asdict(stats) for stats in history],
+            "model": self.model.state_dict(),
+            "optimizer": self.step.optimizer.state_dict(),
+            "scheduler": self.step.scheduler.state_dict() if self.step.scheduler is not None else None,
+            "scaler": self.step.scaler.state_dict() if self.step.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "batches": self.batches.state_dict(),
+            "mixing_rng": self.mixing.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+        _save_atomically(state, path)
+
+    def load(self, path: Path) -> list[EpochStats]:
+        """Restores the state saved in ``path``; refuses a checkpoint of another spec or recipe."""
+        device = next(self.model.parameters()).device
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        expected = self._settings()
+        differing = [key for key in ("spec", "config") if state[key] != expected[key]]
+        if differing:
+            raise ValueError(f"{path} was written for another {' and '.join(differing)}; resume with the same ones")
+        self.model.load_state_dict(state["model"])
+        self.step.optimizer.load_state_dict(state["optimizer"])
+        if self.step.scheduler is not None:
+            self.step.scheduler.load_state_dict(state["scheduler"])
+        if self.step.scaler is not None:
+            self.step.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.mixing.set_state(state["mixing_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        return [EpochStats(**stats) for stats in state["history"]]
+
+
+def _save_atomically(state: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file, so a kill mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def training_schedule(spec: ArchSpec, config: TrainConfig, data_image_size: int) -> tuple[Stage, ...]:
@@ -338,6 +442,7 @@ def train_epoch(
     mixup_alpha: float = 0.0,
     num_classes: int | None = None,
     generator: torch.Generator | None = None,
+    ema: AveragedModel | None = None,
 ) -> EpochStats:
     """One pass over the training batches (mixed up when ``mixup_alpha`` > 0); reads the device once, at the end."""
     start = time.perf_counter()
@@ -349,6 +454,8 @@ def train_epoch(
             mixed = mixup(images, labels, alpha=mixup_alpha, num_classes=num_classes, generator=generator)
             images, labels = mixed.images, mixed.targets
         loss, correct = step(images, labels)
+        if ema is not None:
+            ema.update_parameters(step.model)
         total_loss += loss
         total_correct += correct
         seen += labels.shape[0]

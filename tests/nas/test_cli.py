@@ -688,3 +688,21 @@ def test_train_progressive_reports_each_stage_size(capsys):
     status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1,
                            "--progressive", "--stages", 2, "--device", "cpu")
     assert_refused(status, out, err, "train", "epochs (1) must be at least progressive.num_stages (2)")
+
+
+def test_train_checkpoints_resumes_and_saves(capsys, tmp_path):
+    import torch
+
+    argv = ("train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 2, "--batch-size", 64,
+            "--device", "cpu", "--ema", 0.99, "--checkpoint", tmp_path / "run.pt", "--json")
+    status, out, err = run(capsys, *argv, "--save", tmp_path / "saved")
+    assert status == 0, err
+    first = json.loads(out)
+    saved = tmp_path / "saved"
+    assert load_spec(saved / "spec.yaml") == presets.get("tiny")
+    assert json.loads((saved / "result.json").read_text())["accuracy"] == first["accuracy"]
+    assert "classifier.weight" in torch.load(saved / "weights.pt", weights_only=True)
+    status, out, err = run(capsys, *argv, "--resume")  # the checkpoint is complete: nothing left to train
+    assert status == 0 and json.loads(out)["accuracy"] == first["accuracy"]
+    status, out, err = run(capsys, "train", "tiny", "--resume", "--device", "cpu")
+    assert_refused(status, out, err, "train", "--checkpoint")

@@ -178,3 +178,38 @@ def test_fixed_run_with_randaugment_and_mixup(data):
     config = TrainConfig(**{**RECIPE, "epochs": 1}, randaugment_magnitude=9, mixup_alpha=0.2, eval_image_size=40)
     result = train_and_evaluate(presets.get("tiny"), data, config)
     assert result.ok and 0 <= result.accuracy <= 1 and math.isfinite(result.final_loss)
+
+
+def test_an_interrupted_run_resumes_to_the_same_final_weights(data, tmp_path):
+    from nas.progressive import ProgressiveConfig
+
+    progressive = ProgressiveConfig(num_stages=2, image_size=(24, 32), dropout=(0.1, 0.2),
+                                    randaugment_magnitude=(0.0, 5.0), mixup_alpha=(0.0, 0.2))
+    config = TrainConfig(**{**RECIPE, "epochs": 3}, progressive=progressive, ema_decay=0.99)
+    spec = presets.get("tiny")
+    uninterrupted = train_and_evaluate(spec, data, config, checkpoint=tmp_path / "a.pt", weights=tmp_path / "a-w.pt")
+
+    def stop_after_two(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", on_epoch=stop_after_two)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["batches"]["epoch"] == 3  # timing + two epochs
+    resumed = train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", resume=True,
+                                 weights=tmp_path / "b-w.pt")
+    assert resumed.ok and resumed.accuracy == uninterrupted.accuracy
+    assert [e.loss for e in resumed.history] == [e.loss for e in uninterrupted.history]
+    final_a, final_b = (torch.load(tmp_path / f"{run}.pt", weights_only=True)["model"] for run in "ab")
+    assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    weights_a, weights_b = (torch.load(tmp_path / f"{run}-w.pt", weights_only=True) for run in "ab")
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert not any(torch.equal(weights_a[k], final_a[k]) for k in final_a if k.endswith("classifier.weight"))
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(data, tmp_path):
+    spec = presets.get("tiny")
+    train_and_evaluate(spec, data, TrainConfig(**{**RECIPE, "epochs": 1}), checkpoint=tmp_path / "c.pt")
+    other = train_and_evaluate(spec, data, TrainConfig(**{**RECIPE, "epochs": 2}), checkpoint=tmp_path / "c.pt",
+                               resume=True)
+    assert not other.ok and "written for another config" in other.failure_reason
