@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas.measure import DeviceUnavailableError, spec_complexity
+from nas.onnx_export import OnnxExportError
 from nas.study import StudyError
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
@@ -351,6 +352,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     save = Path(args.save) if args.save else None
     if save is not None and save.exists() and not save.is_dir():
         raise NotADirectoryError(f"--save {save} must be a directory")
+    if args.export_onnx and save is None:
+        raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
     data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
     if not args.json:
         print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
@@ -367,11 +370,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         (save / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if not args.json:
             print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
+        if args.export_onnx:
+            _export_onnx(spec, data.num_classes, save / "weights.pt", Path(args.export_onnx),
+                         config.eval_image_size or (progressive.image_size[1] if progressive else None)
+                         or config.image_size or data.image_size)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_result(result)
     return 0 if result.ok else 1
+
+
+def _export_onnx(spec: ArchSpec, num_classes: int, weights: Path, output: Path, image_size: int) -> None:
+    import torch
+
+    from nas.builder import build_model
+    from nas.onnx_export import export_onnx
+
+    model = build_model(spec, num_classes=num_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    difference = export_onnx(model, output, image_size=image_size)
+    print(f"wrote {output}: ONNX logits match PyTorch's within {difference:.2g}", file=sys.stderr)
 
 
 def _print_epoch(stats: Any) -> None:
@@ -605,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", help="write the full training state here after every epoch")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint (same spec and recipe)")
     train.add_argument("--save", metavar="DIR", help="write weights.pt, spec.yaml and result.json into DIR")
+    train.add_argument("--export-onnx", metavar="PATH", help="also write the trained network as ONNX (needs --save "
+                                                              "and the onnx extra); checked against PyTorch")
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of the training data held out for accuracy (default: 0.1)")
     train.add_argument("--seed", type=int, default=0)
@@ -679,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError) as error:
+    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError, OnnxExportError) as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

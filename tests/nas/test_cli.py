@@ -706,3 +706,13 @@ def test_train_checkpoints_resumes_and_saves(capsys, tmp_path):
     assert status == 0 and json.loads(out)["accuracy"] == first["accuracy"]
     status, out, err = run(capsys, "train", "tiny", "--resume", "--device", "cpu")
     assert_refused(status, out, err, "train", "--checkpoint")
+
+
+def test_train_exports_onnx_of_the_saved_weights(capsys, tmp_path):
+    argv = ("train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1, "--batch-size", 64,
+            "--device", "cpu", "--export-onnx", tmp_path / "tiny.onnx")
+    status, out, err = run(capsys, *argv)
+    assert_refused(status, out, err, "train", "--save")
+    status, out, err = run(capsys, *argv, "--save", tmp_path / "saved")
+    assert status == 0, err
+    assert (tmp_path / "tiny.onnx").exists() and "ONNX logits match PyTorch's" in err

@@ -1,0 +1,34 @@
+"""ONNX export reproduces the PyTorch network (dynamic batch) or refuses."""
+
+import pytest
+import torch
+
+from nas.builder import build_model
+from nas.onnx_export import OnnxExportError, export_onnx
+from search_spaces import presets
+
+
+def test_exported_network_matches_pytorch_for_another_batch_size(tmp_path):
+    import onnxruntime
+
+    torch.manual_seed(0)
+    model = build_model(presets.get("tiny"), num_classes=7)
+    path = tmp_path / "tiny.onnx"
+    difference = export_onnx(model, path, image_size=32)
+    assert path.stat().st_size > 100_000 and difference <= 1e-4
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randn(5, 3, 32, 32)
+    (logits,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model.eval()(images), atol=1e-4)
+
+
+def test_missing_packages_are_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxscript" else real_find_spec(name, *args))
+    with pytest.raises(OnnxExportError, match=r"needs onnxscript: pip install 'training-aware-nas\[onnx\]'"):
+        export_onnx(build_model(presets.get("tiny")), tmp_path / "x.onnx", image_size=32)
+    assert not (tmp_path / "x.onnx").exists()
