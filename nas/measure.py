@@ -292,43 +292,57 @@ def benchmark_spec(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     torch_device = resolve_device(device)
     prepare_device(torch_device, threads)
-    image_size = spec.train_image_size if image_size is None else image_size
-    amp_dtype = resolve_amp(amp, torch_device)
+    settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,
+                    num_classes=num_classes, amp_dtype=resolve_amp(amp, torch_device), channels_last=channels_last,
+                    compile=compile, warmup=warmup, repeats=repeats, inference=inference, optimizer=optimizer)
     torch.manual_seed(seed)
     reset_peak_memory(torch_device)
-    model = build_model(spec, num_classes=num_classes).to(torch_device)
+    try:
+        return _benchmark(spec, torch_device, **settings)
+    finally:
+        release_memory(torch_device)  # the model and batch went with the helper's frame
+
+
+def _benchmark(
+    spec: ArchSpec,
+    device: torch.device,
+    *,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    compile: bool,
+    warmup: int,
+    repeats: int,
+    inference: bool,
+    optimizer: str,
+) -> BenchResult:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    images = torch.randn(batch_size, 3, image_size, image_size, device=torch_device).to(memory_format=memory_format)
-    labels = torch.randint(0, num_classes, (batch_size,), device=torch_device)
+    model = build_model(spec, num_classes=num_classes).to(device=device, memory_format=memory_format)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
     runnable = torch.compile(model) if compile else model
     step = TrainingStep(
-        runnable,
-        make_optimizer(model, name=optimizer, learning_rate=0.01, weight_decay=1e-5),
-        amp_dtype=amp_dtype,
+        runnable, make_optimizer(model, name=optimizer, learning_rate=0.01, weight_decay=1e-5), amp_dtype=amp_dtype
     )
-    try:
-        timing = time_step(lambda: step(images, labels), torch_device, warmup=warmup, repeats=repeats)
-        inference_timing = _time_inference(runnable, images, amp_dtype, torch_device, warmup, repeats) if inference else None
-        peak = peak_memory_bytes(torch_device)
-        return BenchResult(
-            name=spec.name,
-            device=describe_device(torch_device),
-            batch_size=batch_size,
-            image_size=image_size,
-            amp="none" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-            channels_last=channels_last,
-            compile=compile,
-            parameters=count_parameters(model),
-            macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size).macs,
-            step=timing,
-            images_per_second=batch_size / timing.median_s,
-            peak_memory_bytes=peak,
-            inference=inference_timing,
-        )
-    finally:
-        del model, runnable, step, images, labels
-        release_memory(torch_device)
+    timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats)
+    inference_timing = _time_inference(runnable, images, amp_dtype, device, warmup, repeats) if inference else None
+    return BenchResult(
+        name=spec.name,
+        device=describe_device(device),
+        batch_size=batch_size,
+        image_size=image_size,
+        amp="none" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        channels_last=channels_last,
+        compile=compile,
+        parameters=count_parameters(model),
+        macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size).macs,
+        step=timing,
+        images_per_second=batch_size / timing.median_s,
+        peak_memory_bytes=peak_memory_bytes(device),
+        inference=inference_timing,
+    )
 
 
 def _time_inference(

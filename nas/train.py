@@ -422,15 +422,23 @@ def _measure_step_time(
     train_batches: DeviceBatches,
 ):
     """Step time S with the one protocol, on a throw-away copy of the network and one real training batch."""
+    try:
+        return _time_throwaway_copy(spec, data, config, device, amp_dtype, train_batches)
+    finally:
+        release_memory(device)  # the copy went with the helper's frame
+
+
+def _time_throwaway_copy(
+    spec: ArchSpec,
+    data: ImageData,
+    config: TrainConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    train_batches: DeviceBatches,
+):
     model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, steps_per_epoch=1)
     images, labels = next(iter(train_batches))
-    try:
-        return time_step(
-            lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats
-        )
-    finally:
-        del model, step, images, labels
-        release_memory(device)
+    return time_step(lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats)
 
 
 def train_epoch(
