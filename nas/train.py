@@ -21,6 +21,7 @@ from nas.augment import mixup
 from nas.builder import build_model
 from nas.data import AUGMENTATIONS, DeviceBatches, ImageData
 from nas.measure import (
+    StepTiming,
     count_parameters,
     describe_device,
     peak_memory_bytes,
@@ -420,25 +421,20 @@ def _measure_step_time(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     train_batches: DeviceBatches,
-):
+) -> StepTiming:
     """Step time S with the one protocol, on a throw-away copy of the network and one real training batch."""
+
+    def time_copy() -> StepTiming:
+        model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, steps_per_epoch=1)
+        images, labels = next(iter(train_batches))
+        return time_step(
+            lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats
+        )
+
     try:
-        return _time_throwaway_copy(spec, data, config, device, amp_dtype, train_batches)
+        return time_copy()
     finally:
-        release_memory(device)  # the copy went with the helper's frame
-
-
-def _time_throwaway_copy(
-    spec: ArchSpec,
-    data: ImageData,
-    config: TrainConfig,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    train_batches: DeviceBatches,
-):
-    model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, steps_per_epoch=1)
-    images, labels = next(iter(train_batches))
-    return time_step(lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats)
+        release_memory(device)  # the copy went with time_copy's frame
 
 
 def train_epoch(
