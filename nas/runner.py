@@ -148,9 +148,6 @@ class StudySearcher(Searcher):
         self.pending[trial_id] = (trial, spec)
         return {"trial_number": trial.number, "spec": spec.to_dict()}
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        return None
-
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.pending:
             return
