@@ -33,7 +33,8 @@ def training_seconds(result: EvalResult, images_per_epoch: int) -> float:
 
 
 def configurations(args: argparse.Namespace, experiment: str) -> dict[str, TrainConfig]:
-    base = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, device=args.device,
+    base = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, device=args.device, threads=args.threads,
+                augment=args.augment,
                 eval_image_size=args.image_size, timing_warmup=2, timing_repeats=3)
     sizes = (args.min_image_size, args.image_size)
     adaptive = ProgressiveConfig(num_stages=args.stages, image_size=sizes, dropout=tuple(args.dropout),
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, experiment: str) -> None:
     title = {"a": "(a) progressive vs fixed-size training", "b": "(b) adaptive vs fixed regularization"}[experiment]
     print(f"{title}: {spec.name or args.spec} on {args.data} at {args.image_size}px, {args.epochs} epochs, "
           f"{args.stages} stages from {args.min_image_size}px, RandAugment {args.randaugment[0]:g}->"
-          f"{args.randaugment[1]:g}, dropout {args.dropout[0]:g}->{args.dropout[1]:g}, {args.seeds} seeds")
+          f"{args.randaugment[1]:g}, dropout {args.dropout[0]:g}->{args.dropout[1]:g}, {args.augment}, {args.seeds} seeds")
     print(pd.DataFrame(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print()
@@ -100,10 +101,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--augment", default="crop_flip", choices=("crop_flip", "resized_crop_flip", "none"),
+                        help="base augmentation of both configurations (default: crop_flip)")
     parser.add_argument("--randaugment", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"))
     parser.add_argument("--dropout", type=float, nargs=2, default=(0.1, 0.2), metavar=("MIN", "MAX"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args()
     for experiment in ("a", "b") if args.experiment == "both" else (args.experiment,):
         run(args, experiment)
