@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nas.controllers import CONTROLLERS
+from nas.data import DataError, check_source
 from nas.train import TrainConfig
+from search_spaces import presets
 from search_spaces.io import read_yaml_mapping
+from search_spaces.spec import SpecError
 
 # TrainConfig fields a campaign decides for itself: the device follows the trial's resources, threads its CPUs.
 _RUNNER_OWNED_TRAIN_FIELDS = ("device", "threads")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Ranges of the integer fields. The caps refuse absurd values before any study, directory or Ray node exists; the
+# seed is capped at 2^32 - 1 because Optuna's samplers seed NumPy with it.
+_INTEGER_RANGES = {"trials": (1, 100_000), "workers": (1, 1024), "cpus_per_trial": (1, 1024), "seed": (0, 2**32 - 1)}
 
 
 class CampaignError(ValueError):
@@ -52,10 +58,10 @@ class CampaignConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        for name, low in (("trials", 1), ("workers", 1), ("cpus_per_trial", 1), ("seed", 0)):
+        for name, (low, high) in _INTEGER_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise CampaignError(f"{name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise CampaignError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         if self.controller not in CONTROLLERS:
             raise CampaignError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
         if not isinstance(self.study, str) or not _STUDY_NAME.fullmatch(self.study):
@@ -77,6 +83,31 @@ class CampaignConfig:
         for name in ("space", "data"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise CampaignError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("storage", "address"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise CampaignError(f"{name} must be a non-empty string or null, got {value!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise CampaignError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        try:  # the name and options only: the files it names are checked when the campaign starts
+            check_source(self.data, image_size=self.train.image_size, files=False)
+        except DataError as error:
+            raise CampaignError(f"data: {error}") from None
+
+    def check_inputs(self) -> None:
+        """Refuses a space that does not load or a data source whose directory or file is missing.
+
+        Construction checks values only; this reads the space file and looks for the data's files, without loading
+        any image. ``nas search`` calls it before it creates a study, a directory or a Ray node.
+        """
+        try:
+            presets.get_space(self.space)
+        except (SpecError, FileNotFoundError) as error:
+            raise CampaignError(f"space: {error}") from None
+        try:
+            check_source(self.data, image_size=self.train.image_size)
+        except DataError as error:
+            raise CampaignError(f"data: {error}") from None
 
     @property
     def storage_url(self) -> str:

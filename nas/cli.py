@@ -102,9 +102,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    output = None if args.output is None else _output_path("-o", args.output)
     spec = presets.resolve_spec(args.spec)
     if args.family is not None or args.search_coefficients:
-        return _scale_family(spec, args)
+        return _scale_family(spec, args, output)
     if args.phi is not None:
         if args.width is not None or args.depth is not None:
             raise SpecError("give either --phi or --width/--depth, not both")
@@ -124,33 +125,41 @@ def cmd_scale(args: argparse.Namespace) -> int:
         )
     else:
         raise SpecError("give --phi N, or --width W and/or --depth D")
-    output = _write_spec(scaled, args.output, force=args.force)
-    if output is not None:
+    if _write_spec(scaled, output, force=args.force):
         _print_spec(scaled, args.num_classes)
         print(f"wrote {output}")
     return 0
 
 
-def _scale_family(spec: ArchSpec, args: argparse.Namespace) -> int:
-    """``--search-coefficients`` and/or ``--family N``: coefficients first (when asked), then one spec per phi."""
+def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | None) -> int:
+    """``--search-coefficients`` and/or ``--family N``: coefficients first (when asked), then one spec per phi.
+
+    Files are named after the specs (``NAME-phiK.yaml``); a name that would put one outside ``directory``
+    (``../x``, ``/etc/x``) is refused before anything is trained or written.
+    """
     from nas.scaling import compound_family
 
-    if args.output is None:
+    if directory is None:
         raise ValueError("--family and --search-coefficients write files: give -o DIRECTORY")
     if args.width is not None or args.depth is not None or args.phi is not None:
         raise ValueError("--family and --search-coefficients take --alpha/--beta/--gamma, not --width/--depth/--phi")
-    directory = Path(args.output)
+    if args.family is not None and args.family < 1:
+        raise ValueError(f"--family must be >= 1, got {args.family}")
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"-o {directory} must be a directory for --family")
-    alpha, beta, gamma = args.alpha, args.beta, args.gamma
-    if args.search_coefficients:
-        alpha, beta, gamma = _search_coefficients(spec, args)
-    family = compound_family(spec, range(1, (args.family or 1) + 1), alpha=alpha, beta=beta, gamma=gamma,
-                             v2_rules=args.v2_rules)
-    paths = [directory / f"{member.name}.yaml" for member in family]
+    phis = range(1, (args.family or 1) + 1)
+    # compound_family names its members NAME-phiK; the paths are known, and checked, before any training.
+    paths = [directory / f"{spec.name}-phi{phi}.yaml" for phi in phis]
+    if any(path.resolve().parent != directory.resolve() for path in paths):
+        raise ValueError(f"spec name {spec.name!r} cannot name a file inside -o {directory}: "
+                         "rename the spec to a plain file name (no '/')")
     existing = [str(path) for path in paths if path.exists()]
     if existing and not args.force:
         raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    alpha, beta, gamma = args.alpha, args.beta, args.gamma
+    if args.search_coefficients:
+        alpha, beta, gamma = _search_coefficients(spec, args, directory)
+    family = compound_family(spec, phis, alpha=alpha, beta=beta, gamma=gamma, v2_rules=args.v2_rules)
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for phi, (member, path) in enumerate(zip(family, paths), start=1):
@@ -165,7 +174,7 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_coefficients(spec: ArchSpec, args: argparse.Namespace) -> tuple[float, float, float]:
+def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Path) -> tuple[float, float, float]:
     from nas.coefficient_search import search_coefficients
     from nas.data import load_data
     from nas.scaling import coefficient_grid
@@ -196,7 +205,6 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace) -> tuple[floa
         for t in trials
     ]
     print(format_table(["alpha", "beta", "gamma", "a*b^2*g^2", "params", "px", "accuracy", "S (ms)", ""], rows))
-    directory = Path(args.output)
     directory.mkdir(parents=True, exist_ok=True)
     coefficients = {"alpha": best.coefficients.depth, "beta": best.coefficients.width,
                     "gamma": best.coefficients.resolution, "accuracy": best.result.accuracy,
@@ -205,16 +213,34 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace) -> tuple[floa
     return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
 
 
-def _write_spec(spec: ArchSpec, output: str | None, *, force: bool) -> Path | None:
-    """Writes ``spec`` to ``output`` (refusing to overwrite unless ``force``), or prints its YAML when None."""
+def _write_spec(spec: ArchSpec, output: Path | None, *, force: bool) -> bool:
+    """Writes ``spec`` to ``output`` (refusing to overwrite unless ``force``), or prints its YAML when None.
+
+    Returns whether a file was written. ``output`` comes from :func:`_output_path`.
+    """
     if output is None:
         sys.stdout.write(spec_to_yaml(spec))
-        return None
-    path = Path(output)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    dump_spec(spec, path)
-    return path
+        return False
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
+    dump_spec(spec, output)
+    return True
+
+
+def _output_path(flag: str, value: str | Path) -> Path:
+    """``value``, refused unless it lies inside the working directory once ``..`` and symlinks are resolved.
+
+    Every file or directory a command writes (``-o``, ``--export``, ``--save``, ``--checkpoint``,
+    ``--export-onnx``) goes through here before any work starts, so a mistyped or hostile path cannot overwrite
+    anything outside the project (``/etc/x``, ``../../x``, a symlink that points out). The path is returned as
+    given, so that messages show what the user typed.
+    """
+    working_directory = Path.cwd().resolve()
+    resolved = (working_directory / value).resolve()
+    if resolved != working_directory and working_directory not in resolved.parents:
+        raise ValueError(f"{flag}: {value} is outside the working directory {working_directory}; "
+                         "write inside it (or cd first)")
+    return Path(value)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -349,10 +375,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
-    save = Path(args.save) if args.save else None
+    save = _output_path("--save", args.save) if args.save else None
+    checkpoint = _output_path("--checkpoint", args.checkpoint) if args.checkpoint else None
+    onnx_output = _output_path("--export-onnx", args.export_onnx) if args.export_onnx else None
     if save is not None and save.exists() and not save.is_dir():
         raise NotADirectoryError(f"--save {save} must be a directory")
-    if args.export_onnx and save is None:
+    if onnx_output is not None and save is None:
         raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
     data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
     if not args.json:
@@ -362,7 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "stages" if progressive else f"{config.image_size or data.image_size}px"), file=sys.stderr)
     result = train_and_evaluate(
         spec, data, config, on_epoch=None if args.json else _print_epoch,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume,
+        checkpoint=checkpoint, resume=args.resume,
         weights=save / "weights.pt" if save is not None else None,
     )
     if save is not None and result.ok:
@@ -370,8 +398,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         (save / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if not args.json:
             print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
-        if args.export_onnx:
-            _export_onnx(spec, data.num_classes, save / "weights.pt", Path(args.export_onnx),
+        if onnx_output is not None:
+            _export_onnx(spec, data.num_classes, save / "weights.pt", onnx_output,
                          config.eval_image_size or (progressive.image_size[1] if progressive else None)
                          or config.image_size or data.image_size)
     if args.json:
@@ -439,6 +467,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = load_campaign(args.config) if args.config else CampaignConfig()
     config = config.with_overrides({name: getattr(args, name) for name in _SEARCH_OVERRIDES})
+    # Everything that can be refused is refused here, before a study, a directory or a Ray node exists.
+    output = _output_path("--export", args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
+    config.check_inputs()
     try:
         outcome = run_campaign(config)
     except KeyboardInterrupt:
@@ -449,7 +480,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
     stopped = outcome.finished < outcome.budget
     if best:
-        output = Path(args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
         output.parent.mkdir(parents=True, exist_ok=True)
         dump_spec(dataclasses.replace(trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}"), output)
         print(f"best: trial {best[0].number}, reward {best[0].value:.4f}: {' '.join(best[0].user_attrs['block_strings'])}")
@@ -500,6 +530,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from nas.study import best_trials, trial_spec
 
+    output = _output_path("-o", args.output) if args.output is not None else None
     study = _open_study(args)
     if args.trial is None:
         best = best_trials(study, 1)
@@ -519,8 +550,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"# {spec.name}: timm EfficientNet arch_def; stem_size={spec.stem_channels}, "
               f"num_features={spec.head_channels}\narch_def = [\n{blocks}\n]")
         return 0
-    output = _write_spec(spec, args.output, force=args.force)
-    if output is not None:
+    if _write_spec(spec, output, force=args.force):
         print(f"wrote trial {trial.number} (reward {trial.value:.4f}) to {output}")
     return 0
 

@@ -34,9 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from nas.augment import MAX_MAGNITUDE, rand_augment
+from search_spaces.spec import MAX_IMAGE_SIZE
 
 AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
 SYNTHETIC_OPTIONS = ("num_classes", "num_images", "image_size")
+SYNTHETIC_MAXIMUM = {"num_classes": 100_000, "num_images": 100_000_000, "image_size": MAX_IMAGE_SIZE}
+# A dataset is held whole as uint8 (twice while it is resized): CIFAR-10 is 150 MiB, ImageNet at 128 px 59 GiB.
+MAX_DATASET_BYTES = 64 << 30
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 DEFAULT_IMAGEFOLDER_SIZE = 64
 CACHE_DIRNAME = ".nas-cache"
@@ -154,9 +158,8 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction <= 0.5:
         raise DataError(f"val_fraction must be a number in (0, 0.5], got {val_fraction!r}")
     _check_seed(seed, DataError)
+    check_source(source, image_size=image_size, files=False)
     name, _, argument = source.partition(":")
-    if name not in _LOADERS:
-        raise DataError(f"unknown data source {name!r} in {source!r}; allowed sources: {', '.join(_LOADERS)}")
     loaded = _LOADERS[name](argument, image_size, seed)
     images = torch.as_tensor(loaded.images)
     labels = torch.as_tensor(loaded.labels).to(torch.int64)
@@ -168,6 +171,7 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
             f"got values from {int(labels.min())} to {int(labels.max())}"
         )
     if image_size is not None and image_size != images.shape[-1]:
+        _check_dataset_bytes(source, images.shape[0], images.shape[1], image_size)
         images = _resize_images(images, image_size)
     train_index, val_index = _holdout_split(images.shape[0], val_fraction, seed, source)
     train_images = images.index_select(0, train_index)
@@ -182,6 +186,37 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
         mean=mean,
         std=std,
     )
+
+
+def check_source(source: str, *, image_size: int | None = None, files: bool = True) -> None:
+    """Refuses a source that :func:`load_data` would refuse, without reading or generating any image.
+
+    Checks the source name, the synthetic options (each up to :data:`SYNTHETIC_MAXIMUM`, the whole dataset at
+    ``image_size`` up to :data:`MAX_DATASET_BYTES`) and, with ``files``, that the named directory or file exists.
+    A campaign runs this before it creates its study, so a bad source leaves nothing behind.
+    """
+    if not isinstance(source, str):
+        raise DataError(f"source must be a string 'NAME[:ARG]', got {source!r}")
+    name, _, argument = source.partition(":")
+    if name not in _LOADERS:
+        raise DataError(f"unknown data source {name!r} in {source!r}; allowed sources: {', '.join(_LOADERS)}")
+    if name == "synthetic":
+        options = _synthetic_options(argument)
+        native_size = options.get("image_size", image_size or 32)
+        _check_dataset_bytes(source, options.get("num_images", 10000), 3, max(native_size, image_size or 0))
+    elif files and name == "npz":
+        _existing_file(name, argument)
+    elif files:
+        _existing_directory(name, argument)
+
+
+def _check_dataset_bytes(source: str, count: int, channels: int, image_size: int) -> None:
+    size = count * channels * image_size * image_size
+    if size > MAX_DATASET_BYTES:
+        raise DataError(
+            f"data source {source!r}: {count:,} images of {channels}x{image_size}x{image_size} pixels are "
+            f"{size / 2**30:,.1f} GiB; the limit is {MAX_DATASET_BYTES / 2**30:.0f} GiB (fewer or smaller images)"
+        )
 
 
 def _check_positive_int(field: str, value: Any, error: type[ValueError]) -> None:
@@ -242,6 +277,20 @@ def _resize_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def _load_synthetic(argument: str, image_size: int | None, seed: int) -> _Loaded:
+    options = _synthetic_options(argument)
+    # The native size is the option; without one, images are drawn directly at the requested size.
+    native_size = options.get("image_size", image_size or 32)
+    images, labels = synthetic_images(
+        num_classes=options.get("num_classes", 10),
+        num_images=options.get("num_images", 10000),
+        image_size=native_size,
+        seed=seed,
+    )
+    return _Loaded(images, labels, options.get("num_classes", 10))
+
+
+def _synthetic_options(argument: str) -> dict[str, int]:
+    """``num_classes=10,num_images=500`` as a dict; refuses unknown, repeated, malformed and too-large options."""
     options: dict[str, int] = {}
     for item in filter(None, argument.split(",")):
         key, separator, value = item.partition("=")
@@ -253,15 +302,9 @@ def _load_synthetic(argument: str, image_size: int | None, seed: int) -> _Loaded
         if key in options:
             raise DataError(f"synthetic option {key} is given twice in {argument!r}")
         options[key] = int(value)
-    # The native size is the option; without one, images are drawn directly at the requested size.
-    native_size = options.get("image_size", image_size or 32)
-    images, labels = synthetic_images(
-        num_classes=options.get("num_classes", 10),
-        num_images=options.get("num_images", 10000),
-        image_size=native_size,
-        seed=seed,
-    )
-    return _Loaded(images, labels, options.get("num_classes", 10))
+        if options[key] > SYNTHETIC_MAXIMUM[key]:
+            raise DataError(f"synthetic option {key} must be at most {SYNTHETIC_MAXIMUM[key]:,}, got {options[key]:,}")
+    return options
 
 
 def synthetic_images(
@@ -372,6 +415,15 @@ def _load_cifar100(argument: str, image_size: int | None, seed: int) -> _Loaded:
     return _Loaded(images, labels, 100)
 
 
+def _existing_file(source: str, argument: str) -> Path:
+    if not argument:
+        raise DataError(f"{source} needs a file: '{source}:FILE'")
+    path = Path(argument).expanduser()
+    if not path.is_file():
+        raise DataError(f"{source}: file {path} does not exist")
+    return path
+
+
 def _existing_directory(source: str, argument: str) -> Path:
     if not argument:
         raise DataError(f"{source} needs a directory: '{source}:DIR'")
@@ -453,11 +505,7 @@ def _integer_labels(labels: Any, field: str) -> np.ndarray:
 
 
 def _load_npz(argument: str, image_size: int | None, seed: int) -> _Loaded:
-    if not argument:
-        raise DataError("npz needs a file: 'npz:FILE.npz'")
-    path = Path(argument).expanduser()
-    if not path.is_file():
-        raise DataError(f"npz: file {path} does not exist")
+    path = _existing_file("npz", argument)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:

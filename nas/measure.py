@@ -11,6 +11,8 @@ FLOPs are reported as multiply-adds, the unit of the EfficientNet papers, counte
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import gc
 import math
@@ -26,8 +28,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.builder import build_model
-from nas.step import TrainingStep, make_optimizer, resolve_amp
-from search_spaces.spec import ArchSpec
+from nas.step import MAX_BATCH_SIZE, TrainingStep, make_optimizer, resolve_amp
+from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
@@ -171,12 +173,29 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def release_memory(device: torch.device) -> None:
-    """Returns freed memory to the device after a trial, so the next trial starts from the same level."""
+    """Returns freed memory to the device after a trial, so the next trial starts from the same level.
+
+    On CPU, glibc keeps freed heap pages in its arenas; ``malloc_trim`` hands them back to the system, so a
+    worker that runs hundreds of trials does not creep upward in resident memory.
+    """
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+    elif _LIBC_MALLOC_TRIM is not None:
+        _LIBC_MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on a C library without it (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC_MALLOC_TRIM = _malloc_trim()
 
 
 @dataclass(frozen=True)
@@ -288,8 +307,10 @@ def benchmark_spec(
     seed: int = 0,
 ) -> BenchResult:
     """Training step time of ``spec`` on a random batch already on the device, with the one timing protocol."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be in [1, {MAX_IMAGE_SIZE}], got {image_size}")
     torch_device = resolve_device(device)
     prepare_device(torch_device, threads)
     settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,

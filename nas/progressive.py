@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from search_spaces.spec import MAX_IMAGE_SIZE
+
 RANDAUGMENT_MAX_MAGNITUDE = 30.0  # RandAugment's magnitude scale as torchvision implements it (31 bins, 0..30)
 
 
@@ -124,6 +126,8 @@ class ProgressiveConfig:
         for size in self.image_size:
             if not _is_positive_int(size):
                 raise ValueError(f"image_size must be a pair of integers >= 1, got {self.image_size!r}")
+        if max(self.image_size) > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size!r}")
         for name in _REGULARIZATION_FIELDS:
             pair = getattr(self, name)
             _check_pair(name, pair)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import optuna
 
@@ -37,6 +37,11 @@ from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
 RESULT_KEY = "eval_result_json"
+NODE_KEY = "ray_node_id"
+
+Trainer = Callable[[ArchSpec, ImageData, TrainConfig], EvalResult]
+"""What a worker calls to evaluate a candidate: :func:`nas.train.train_and_evaluate`, or a replacement with the
+same contract (it returns a failed EvalResult rather than raising). It travels to the workers by pickling."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,30 @@ class CampaignOutcome:
     recovered: tuple[int, ...]
 
 
-def run_campaign(config: CampaignConfig, *, out: TextIO = sys.stdout) -> CampaignOutcome:
-    """Runs (or resumes) the campaign until the study holds ``config.trials`` finished trials."""
+def run_campaign(
+    config: CampaignConfig, *, out: TextIO = sys.stdout, trainer: Trainer = train_and_evaluate
+) -> CampaignOutcome:
+    """Runs (or resumes) the campaign until the study holds ``config.trials`` finished trials.
+
+    The driver holds the study's :class:`~nas.study.DriverLock` throughout: a second driver on the same study is
+    refused with a message naming the first, so trials are never numbered, counted or re-enqueued by two.
+    """
     space = presets.get_space(config.space)
-    study = studies.open_study(config, space, make_sampler(config.controller, space, seed=config.seed))
+    storage = studies.make_storage(config.storage_url)
+    with studies.DriverLock(storage, config.study) as lock:
+        return _run_locked(config, space, storage, lock, out, trainer)
+
+
+def _run_locked(
+    config: CampaignConfig,
+    space: SearchSpace,
+    storage: optuna.storages.BaseStorage,
+    lock: studies.DriverLock,
+    out: TextIO,
+    trainer: Trainer,
+) -> CampaignOutcome:
+    sampler = make_sampler(config.controller, space, seed=config.seed)
+    study = studies.open_study(config, space, sampler, storage=storage)
     recovered = tuple(studies.recover_interrupted(study))
     if recovered:
         print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted) and enqueued again", file=out)
@@ -71,9 +96,9 @@ def run_campaign(config: CampaignConfig, *, out: TextIO = sys.stdout) -> Campaig
     print(f"campaign {config.study!r}: space {space.name} ({space.size:,} architectures), {data.name}, "
           f"{config.controller} controller, {finished}/{config.trials} trials finished, "
           f"storage {config.storage_url}", file=out, flush=True)
-    searcher = StudySearcher(study, space, config, out=out)
+    searcher = StudySearcher(study, space, config, out=out, lock=lock)
     try:
-        _run_tune(config, data, searcher)
+        _run_tune(config, data, searcher, trainer)
     finally:
         searcher.interrupt_pending("campaign stopped")
     if searcher.baseline_failure is not None:
@@ -110,10 +135,19 @@ class StudySearcher(Searcher):
 
     It keeps at most ``budget - finished`` trials in flight, holds every candidate back until the baseline is
     measured, and ends the run (``FINISHED``) when the budget is met and nothing is in flight. A trial whose
-    worker died is an interrupted failure: its params are enqueued once more and it does not count.
+    worker died is an interrupted failure: its params are enqueued once more and it does not count. If the
+    driver lock is lost, it starts nothing new.
     """
 
-    def __init__(self, study: optuna.Study, space: SearchSpace, config: CampaignConfig, *, out: TextIO) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        config: CampaignConfig,
+        *,
+        out: TextIO,
+        lock: studies.DriverLock | None = None,
+    ) -> None:
         super().__init__(metric=None, mode=None)
         self.study = study
         self.space = space
@@ -124,12 +158,18 @@ class StudySearcher(Searcher):
         self.completed = 0
         self.baseline_failure: str | None = None
         self.distributions = distributions(space)
+        self.lock = lock
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher into its own experiment state, which is never restored here (the study is
+        the record); the driver lock, which holds a heartbeat thread, stays out of that copy."""
+        return {key: value for key, value in self.__dict__.items() if key != "lock"} | {"lock": None}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.baseline_failure is not None:
+        if self.baseline_failure is not None or (self.lock is not None and self.lock.lost):
             return Searcher.FINISHED if not self.pending else None
         if self.finished + len(self.pending) >= self.config.trials:
             return Searcher.FINISHED if not self.pending else None
@@ -158,6 +198,8 @@ class StudySearcher(Searcher):
             print(f"trial {trial.number}: worker failed; enqueued again", file=self.out, flush=True)
             return
         evaluation = _eval_result_from_json(result[RESULT_KEY])
+        if NODE_KEY in result:
+            trial.set_user_attr("ray_node", result[NODE_KEY])
         reward = studies.record_result(self.study, trial, spec, evaluation, self.config)
         self.finished += 1
         self.completed += 1
@@ -195,8 +237,11 @@ def _eval_result_from_json(text: str) -> EvalResult:
 _WORKER_DATA: dict[str, ImageData] = {}
 
 
-def evaluate_trial(config: dict[str, Any], *, data: ImageData, train: TrainConfig, cpus: int) -> None:
-    """Tune trainable: proxy-trains one candidate in a worker and reports its EvalResult as JSON.
+def evaluate_trial(
+    config: dict[str, Any], *, data: ImageData, train: TrainConfig, cpus: int, trainer: Trainer = train_and_evaluate
+) -> None:
+    """Tune trainable: proxy-trains one candidate in a worker and reports its EvalResult as JSON, with the id of
+    the Ray node it ran on.
 
     The worker keeps the dataset (and its copy on the device) between trials, so a reused worker fetches it
     once; the trial uses its GPU when Ray assigned one, else ``cpus`` CPU threads.
@@ -207,11 +252,11 @@ def evaluate_trial(config: dict[str, Any], *, data: ImageData, train: TrainConfi
         _WORKER_DATA.clear()
         _WORKER_DATA[key] = data.to(device)
     spec = ArchSpec.from_dict(config["spec"])
-    result = train_and_evaluate(spec, _WORKER_DATA[key], dataclasses.replace(train, device=device, threads=cpus))
-    tune.report({RESULT_KEY: json.dumps(result.to_dict())})
+    result = trainer(spec, _WORKER_DATA[key], dataclasses.replace(train, device=device, threads=cpus))
+    tune.report({RESULT_KEY: json.dumps(result.to_dict()), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
-def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any) -> None:
+def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any, trainer: Trainer) -> None:
     if not ray.is_initialized():
         ray.init(
             address=config.address,
@@ -225,7 +270,7 @@ def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any) -> None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     trainable = tune.with_resources(
         tune.with_parameters(
-            evaluate_trial, data=data, train=config.train, cpus=config.cpus_per_trial
+            evaluate_trial, data=data, train=config.train, cpus=config.cpus_per_trial, trainer=trainer
         ),
         {"cpu": config.cpus_per_trial, "gpu": gpus},
     )

@@ -16,6 +16,7 @@ from search_spaces.spec import ArchSpec
 V2_MAX_IMAGE_SIZE = 480  # EfficientNetV2 Section 3.4: inference images are capped at 480 pixels
 IMAGE_SIZE_DIVISOR = 8
 DEPTH_RULES = ("uniform", "later_stages")
+MAX_PHI = 100  # far above any family (EfficientNet-B7 is phi = 6); keeps alpha^phi finite (1e9 overflowed)
 
 
 class CompoundCoefficients(NamedTuple):
@@ -37,8 +38,8 @@ def compound_coefficients(
     for field, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 1.0):
             raise ValueError(f"{field} must be a finite number >= 1, got {value!r}")
-    if not (isinstance(phi, (int, float)) and math.isfinite(phi) and phi >= 0):
-        raise ValueError(f"phi must be a finite number >= 0, got {phi!r}")
+    if not (isinstance(phi, (int, float)) and math.isfinite(phi) and 0 <= phi <= MAX_PHI):
+        raise ValueError(f"phi must be a number in [0, {MAX_PHI}], got {phi!r}")
     check_flops_constraint(alpha, beta, gamma, tolerance=tolerance)
     return CompoundCoefficients(depth=alpha**phi, width=beta**phi, resolution=gamma**phi)
 

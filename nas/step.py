@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+MAX_BATCH_SIZE = 65_536  # images per step; far above what one accelerator holds at any useful image size
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 

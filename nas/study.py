@@ -13,11 +13,17 @@ the candidate itself caused); a different space or proxy setting is refused with
 from __future__ import annotations
 
 import math
+import os
+import socket
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 
 from nas.campaign import CampaignConfig
 from nas.train import EvalResult
@@ -37,19 +43,41 @@ class StudyError(RuntimeError):
     """The study cannot be opened or does not match this campaign; the message says why."""
 
 
+OPEN_ATTEMPTS = 5
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: any RDB URL (``sqlite:///runs/x.db``, ``postgresql://...``) or
-    ``journal:PATH`` for Optuna's journal file (one host, many processes). Refuses what it cannot open."""
-    try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
-    except Exception as error:  # SQLAlchemy and driver errors come in many types; each means "cannot open"
-        raise StudyError(f"cannot open storage {url!r}: {type(error).__name__}: {_first_line(error)}") from None
+    ``journal:PATH`` for Optuna's journal file (one host, many processes). Refuses what it cannot open.
+
+    ``postgresql://`` without a driver means psycopg 3 (``pip install -e ".[postgres]"``), whatever SQLAlchemy's
+    own default; ``postgresql+DRIVER://`` picks another.
+
+    Database errors are retried a few times (about 3 s in all): two processes opening a new database at once
+    race to create its schema, and the loser fails on a table or type the winner just made.
+    """
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return _open_storage(url)
+        except Exception as error:  # SQLAlchemy and driver errors come in many types; each means "cannot open"
+            if attempt + 1 == OPEN_ATTEMPTS or not isinstance(error, sqlalchemy.exc.SQLAlchemyError):
+                raise StudyError(
+                    f"cannot open storage {url!r}: {type(error).__name__}: {_first_line(error)}"
+                ) from None
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # the driver of the `postgres` extra
+    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
 def _first_line(error: BaseException) -> str:
@@ -57,9 +85,15 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else repr(error)
 
 
-def open_study(config: CampaignConfig, space: SearchSpace, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def open_study(
+    config: CampaignConfig,
+    space: SearchSpace,
+    sampler: optuna.samplers.BaseSampler,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> optuna.Study:
     """Creates the campaign's study or loads it, refusing a study made with another space or proxy setting."""
-    storage = make_storage(config.storage_url)
+    storage = storage if storage is not None else make_storage(config.storage_url)
     try:
         study = optuna.create_study(
             storage=storage, study_name=config.study, sampler=sampler, direction="maximize", load_if_exists=True
@@ -110,10 +144,146 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        names = [
+            summary.study_name for summary in optuna.get_all_study_summaries(storage)
+            if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX)
+        ]
         raise StudyError(
             f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) if names else 'none'}"
         ) from None
+
+
+DRIVER_LOCK_SUFFIX = ":driver"
+
+
+class DriverLock:
+    """One driver per study at a time, held in the study's storage so it works across hosts.
+
+    The lock is an empty Optuna study named ``STUDY:driver``: creating a study is atomic in every Optuna storage
+    (a second creation of the name fails), so of two drivers started at once exactly one gets it. Its user
+    attributes name the holder (host, pid) and carry a heartbeat refreshed every ``heartbeat_interval`` seconds.
+    A lock whose holder is a dead process on this host, or whose heartbeat is older than ``stale_after``
+    seconds (a killed driver on another host), is taken over; any other holder makes :meth:`acquire` raise a
+    :class:`StudyError` that names it. ``lost`` becomes true if the lock disappears while held (another driver
+    judged it stale), and the holder must then stop starting trials.
+    """
+
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        *,
+        heartbeat_interval: float = 10.0,
+        stale_after: float = 60.0,
+    ) -> None:
+        self.storage = storage
+        self.name = study_name + DRIVER_LOCK_SUFFIX
+        self.study_name = study_name
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.lost = False
+        self._lock_id: int | None = None
+        self._token = uuid.uuid4().hex  # study ids can be reused once deleted (SQLite): the token says "ours"
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Takes the lock (or a stale one over); raises StudyError when a live driver holds it."""
+        for _ in range(3):  # a stale lock may be taken over by someone else between our look and our move
+            try:
+                self._lock_id = self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.name)
+            except optuna.exceptions.DuplicatedStudyError:
+                if not self._remove_if_stale():
+                    raise StudyError(self._held_message()) from None
+                continue
+            holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "heartbeat": time.time()}
+            for key, value in holder.items():
+                self.storage.set_study_user_attr(self._lock_id, key, value)
+            self._heartbeat = threading.Thread(target=self._beat, name="nas-driver-heartbeat", daemon=True)
+            self._heartbeat.start()
+            return
+        raise StudyError(self._held_message())
+
+    def release(self) -> None:
+        """Gives the lock back (a no-op when not held or already lost)."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        if self._lock_id is not None and self._still_ours():
+            self.storage.delete_study(self._lock_id)
+        self._lock_id = None
+
+    def __enter__(self) -> "DriverLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval) and self._beat_once():
+            pass
+
+    def _beat_once(self) -> bool:
+        """Refreshes the heartbeat; False (and ``lost``) when the lock is no longer ours."""
+        if self._still_ours():
+            self.storage.set_study_user_attr(self._lock_id, "heartbeat", time.time())
+        else:
+            self.lost = True
+        return not self.lost
+
+    def _still_ours(self) -> bool:
+        try:
+            return self.storage.get_study_user_attrs(self._lock_id).get("token") == self._token
+        except KeyError:
+            return False
+
+    def _holder(self) -> tuple[int, dict[str, Any]] | None:
+        try:
+            lock_id = self.storage.get_study_id_from_name(self.name)
+            return lock_id, self.storage.get_study_user_attrs(lock_id)
+        except KeyError:
+            return None
+
+    def _remove_if_stale(self) -> bool:
+        """Deletes a stale lock; True when the lock is free to take now."""
+        holder = self._holder()
+        if holder is None:
+            return True
+        lock_id, attributes = holder
+        if not _holder_is_stale(attributes, self.stale_after):
+            return False
+        try:
+            self.storage.delete_study(lock_id)
+        except KeyError:
+            pass  # another driver removed it first; the next create decides who gets it
+        return True
+
+    def _held_message(self) -> str:
+        holder = self._holder()
+        who = "another driver"
+        if holder is not None:
+            attributes = holder[1]
+            who = f"the driver on host {attributes.get('host', '?')} (pid {attributes.get('pid', '?')})"
+        return (f"study {self.study_name!r} is being run by {who}; one driver runs a study at a time. Add workers "
+                f"to that driver's Ray cluster instead, or stop it and run this command again to resume (a lock "
+                f"left by a driver killed on another host expires {self.stale_after:g} s after its last heartbeat; "
+                f"'optuna delete-study --study-name {self.name!r}' removes it at once)")
+
+
+def _holder_is_stale(attributes: dict[str, Any], stale_after: float) -> bool:
+    """A holder is gone when it is a dead process on this host or its heartbeat stopped ``stale_after`` ago."""
+    heartbeat = attributes.get("heartbeat")
+    if not isinstance(heartbeat, (int, float)):
+        return False  # the creator has not written its attributes yet: it is alive
+    if attributes.get("host") == socket.gethostname() and isinstance(attributes.get("pid"), int):
+        try:
+            os.kill(attributes["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+    return time.time() - heartbeat > stale_after
 
 
 def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:

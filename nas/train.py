@@ -40,11 +40,23 @@ from nas.progressive import (
     progressive_schedule,
     stage_for_epoch,
 )
-from nas.step import AMP_CHOICES, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
-from search_spaces.spec import ArchSpec
+from nas.step import AMP_CHOICES, MAX_BATCH_SIZE, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
+from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+MAX_EPOCHS = 10_000
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+# (low, high) of the integer settings; the caps refuse absurd values (a typo, a hostile file) before any work.
+_INTEGER_RANGES = {
+    "epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "eval_batch_size": (1, MAX_BATCH_SIZE),
+    "timing_warmup": (1, 1000), "timing_repeats": (1, 1000), "seed": (0, MAX_SEED),
+    "bn_recalibration_batches": (0, 10_000),
+}
+_OPTIONAL_INTEGER_RANGES = {"image_size": (1, MAX_IMAGE_SIZE), "eval_image_size": (1, MAX_IMAGE_SIZE),
+                            "threads": (1, MAX_THREADS)}
+CPU_ALLOCATION_FAILURE = "can't allocate memory"  # the message of torch's CPU allocator when malloc fails
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,17 +107,21 @@ class TrainConfig:
             object.__setattr__(self, "progressive", ProgressiveConfig.from_dict(self.progressive))
         if self.progressive is not None and not isinstance(self.progressive, ProgressiveConfig):
             raise ValueError(f"progressive must be a ProgressiveConfig, a mapping or None, got {self.progressive!r}")
-        for field, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("timing_warmup", 1),
-                           ("timing_repeats", 1), ("seed", 0), ("bn_recalibration_batches", 0)):
+        for field, (low, high) in _INTEGER_RANGES.items():
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-        for field in ("image_size", "threads", "eval_image_size"):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{field} must be an integer in [{low}, {high}], got {value!r}")
+        for field, (low, high) in _OPTIONAL_INTEGER_RANGES.items():
             value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{field} must be a positive integer or None, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+            ):
+                raise ValueError(f"{field} must be an integer in [{low}, {high}] or None, got {value!r}")
+        for field in ("channels_last", "compile"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
         for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
-                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, math.inf),
+                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, float(MAX_EPOCHS)),
                                  ("label_smoothing", 0.0, 1.0), ("randaugment_magnitude", 0.0, 30.0),
                                  ("mixup_alpha", 0.0, 100.0)):
             value = getattr(self, field)
@@ -206,9 +222,16 @@ def train_and_evaluate(
     except NonFiniteLossError as error:
         status, reason = STATUS_FAILED, f"non-finite loss: {error}"
     except Exception as error:  # a failing candidate must never end the campaign
-        status, reason = STATUS_FAILED, f"{type(error).__name__}: {_first_line(error)}"
+        status, reason = STATUS_FAILED, _failure_reason(error)
     release_memory(device)
     return EvalResult(status=status, failure_reason=reason, wall_time=time.perf_counter() - start, **measured)
+
+
+def _failure_reason(error: Exception) -> str:
+    """The recorded reason of a failed run; the CPU allocator's failure is an out-of-memory like CUDA's."""
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and CPU_ALLOCATION_FAILURE in str(error)):
+        return f"out of memory: {_first_line(error)}"
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,6 +1,8 @@
 """YAML files for specs: the only place that knows the spec file format.
 
-Only ``yaml.safe_load`` is used, so a file can never construct Python objects.
+Only ``yaml.safe_load`` is used, so a file can never construct Python objects. Files are read with a size cap and
+parsed documents with a cap on their values once aliases are expanded, so that neither a huge file nor a small
+"billion laughs" one (nested ``&anchor``/``*alias`` lists) can exhaust memory when the data is validated or printed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import yaml
 
 from search_spaces.spec import ArchSpec, SpecError
 
+# Specs, spaces and campaigns are a few KiB and a few hundred values; these caps are far above any real file.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
 
 def parse_yaml(text: str, *, source: str) -> Any:
     """``yaml.safe_load`` with one-line errors that name the source; never constructs Python objects."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -25,6 +31,30 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise SpecError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
     except RecursionError:
         raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
+    _check_expanded_size(data, source)
+    return data
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuses a document of more than :data:`MAX_YAML_VALUES` values, counting every use of an alias.
+
+    ``safe_load`` shares one object among an anchor's aliases, so a 1 KiB file can describe 10^9 values that take
+    no memory until something walks them (an error message's ``repr``, ``to_dict``). The walk stops at the cap.
+    """
+    count, pending = 0, [data]
+    while pending:
+        value = pending.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise SpecError(
+                f"{source}: more than {MAX_YAML_VALUES:,} values once YAML aliases (*name) are expanded; "
+                "a spec, space or campaign file holds far fewer"
+            )
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -32,8 +62,12 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
+    with path.open("rb") as file:
+        raw = file.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise SpecError(f"{path}: a {what} file must be at most {MAX_YAML_BYTES:,} bytes; this one is larger")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SpecError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
     data = parse_yaml(text, source=str(path))

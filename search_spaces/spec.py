@@ -19,6 +19,7 @@ OP_SHORT_NAMES = {"mbconv": "mb", "fused_mbconv": "fused"}
 KERNEL_SIZES = (3, 5, 7)
 STRIDES = (1, 2)
 ACTIVATIONS = ("silu", "relu", "gelu", "hardswish")
+MAX_NUM_STAGES = 32  # the references have 6 (EfficientNetV2) or 7 (EfficientNet)
 MAX_NUM_LAYERS = 100
 MAX_CHANNELS = 16384
 MAX_EXPAND_RATIO = 16
@@ -176,6 +177,8 @@ class ArchSpec:
         stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else self.stages
         if not isinstance(stages, tuple) or not stages:
             raise SpecError(f"stages must be a non-empty list of stages, got {self.stages!r}")
+        if len(stages) > MAX_NUM_STAGES:
+            raise SpecError(f"stages must be a list of 1 to {MAX_NUM_STAGES} stages, got {len(stages)}")
         for index, stage in enumerate(stages, start=1):
             if not isinstance(stage, StageSpec):
                 raise SpecError(f"stage {index}: must be a StageSpec, got {type(stage).__name__}")

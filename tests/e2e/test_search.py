@@ -3,56 +3,22 @@
 Covers: random and RL campaigns complete; a second run on a finished study does no work and says so; a changed
 space is refused; export round-trips into a buildable spec; Ctrl-C stops cleanly; a driver killed with SIGKILL
 mid-trial and started again ends with exactly the budget, no trial left RUNNING and no finished trial evaluated
-twice.
+twice, on each storage of the matrix (SQLite, journal file, PostgreSQL).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import optuna
 import torch
-import yaml
+from e2e_support import finished, load, nas, sqlite_url, wait_for_running_trial, write_campaign
 
 from nas.builder import build_model
 from search_spaces.io import load_spec
-
-CAMPAIGN = {
-    "space": "tiny",
-    "data": "synthetic:num_images=640,image_size=32",
-    "trials": 4,
-    "controller": "random",
-    "study": "e2e",
-    "workers": 2,
-    "cpus_per_trial": 1,
-    "train": {"epochs": 1, "batch_size": 64, "timing_warmup": 1, "timing_repeats": 2, "bn_recalibration_batches": 2},
-}
-
-
-def write_campaign(directory: Path, **changes) -> Path:
-    path = directory / "campaign.yaml"
-    path.write_text(yaml.safe_dump({**CAMPAIGN, **changes}))
-    return path
-
-
-def nas(directory: Path, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nas", *argv], cwd=directory, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def load(directory: Path, name: str = "e2e") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{directory}/runs/{name}.db")
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-            or (t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted"))]
 
 
 def test_random_campaign_resume_refusal_and_export(tmp_path):
@@ -60,7 +26,7 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     first = nas(tmp_path, "search", "--config", str(campaign))
     assert first.returncode == 0, first.stderr
     assert "[4/4]" in first.stdout and "exported the best architecture" in first.stdout
-    study = load(tmp_path)
+    study = load(sqlite_url(tmp_path))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     baseline = study.trials[0]
     assert baseline.user_attrs["role"] == "baseline" and baseline.value == baseline.user_attrs["accuracy"]
@@ -72,7 +38,7 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     again = nas(tmp_path, "search", "--config", str(campaign))
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stdout and "(0 in this run)" in again.stdout
-    assert len(load(tmp_path).trials) == 4
+    assert len(load(sqlite_url(tmp_path)).trials) == 4
 
     refused = nas(tmp_path, "search", "--config", str(campaign), "--space", "efficientnet-b0")
     assert refused.returncode == 2 and "other settings" in refused.stderr and "space" in refused.stderr
@@ -81,7 +47,7 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     exported = nas(tmp_path, "export", "--study", "e2e", "-o", "winner.yaml")
     assert exported.returncode == 0, exported.stderr
     spec = load_spec(tmp_path / "winner.yaml")
-    best = max(load(tmp_path).trials, key=lambda t: t.value)
+    best = max(load(sqlite_url(tmp_path)).trials, key=lambda t: t.value)
     assert list(spec.block_strings) == best.user_attrs["block_strings"]
     logits = build_model(spec, num_classes=10)(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
@@ -93,41 +59,11 @@ def test_rl_campaign_completes(tmp_path):
     campaign = write_campaign(tmp_path, controller="rl", study="rl", trials=3, workers=1)
     result = nas(tmp_path, "search", "--config", str(campaign))
     assert result.returncode == 0, result.stderr
-    study = load(tmp_path, "rl")
+    study = load(sqlite_url(tmp_path, "rl"), "rl")
     assert len(finished(study)) == 3 and study.trials[0].user_attrs["role"] == "baseline"
     assert {t.user_attrs["controller"] for t in study.trials} == {"rl"}
     listed = nas(tmp_path, "trials", "--study", "rl", "--format", "json")
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
-
-
-TRIAL_STATES = """
-SELECT t.state, EXISTS(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'spec')
-FROM trials t ORDER BY t.number
-"""
-
-
-def trial_states(database: Path) -> list[tuple[str, bool]]:
-    """(state, handed to a worker) per trial, read straight from SQLite, read-only: an Optuna storage opened
-    while the driver creates the schema would race it to initialize the database."""
-    if not database.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
-            return [(state, bool(dispatched)) for state, dispatched in connection.execute(TRIAL_STATES)]
-    except sqlite3.OperationalError:  # no tables yet, or the database is locked for a moment
-        return []
-
-
-def wait_for_running_trial(directory: Path, name: str, complete: int, timeout: float = 240) -> None:
-    """Waits until ``complete`` trials are done and another one is training on a worker."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        states = trial_states(directory / "runs" / f"{name}.db")
-        if [state for state, _ in states].count("COMPLETE") >= complete and ("RUNNING", True) in states:
-            time.sleep(1.0)  # into the trial's training, past its hand-over
-            return
-    raise AssertionError(f"the campaign never reached {complete} finished trials with one running")
 
 
 def test_ctrl_c_stops_cleanly(tmp_path):
@@ -136,14 +72,14 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     driver = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", str(campaign)], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_running_trial(tmp_path, "stop", complete=1)
+        wait_for_running_trial(sqlite_url(tmp_path, "stop"), "stop", complete=1)
         driver.send_signal(signal.SIGINT)
         _, stderr = driver.communicate(timeout=120)
     finally:
         driver.kill()
     assert driver.returncode == 130, stderr
     assert "run the same command to resume" in stderr and "Traceback" not in stderr
-    study = load(tmp_path, "stop")
+    study = load(sqlite_url(tmp_path, "stop"), "stop")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
@@ -151,26 +87,26 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     assert len(interrupted) == 1 and [t.system_attrs["fixed_params"] for t in waiting] == [interrupted[0].params]
 
 
-def test_sigkill_mid_trial_then_resume(tmp_path):
+def test_sigkill_mid_trial_then_resume(tmp_path, storage_url):
     budget = 5
-    campaign = write_campaign(tmp_path, study="kill", trials=budget, workers=1,
+    campaign = write_campaign(tmp_path, study="kill", trials=budget, workers=1, storage=storage_url,
                               data="synthetic:num_images=2000,image_size=32")
     driver = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", str(campaign)], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for_running_trial(tmp_path, "kill", complete=2)
+        wait_for_running_trial(storage_url, "kill", complete=2)
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: its Ray workers are left to fend for themselves
         driver.wait(timeout=30)
-    before = load(tmp_path, "kill")
+    before = load(storage_url, "kill")
     interrupted_numbers = [t.number for t in before.trials if t.state == optuna.trial.TrialState.RUNNING]
     finished_before = len(finished(before))
     assert interrupted_numbers and finished_before < budget
 
-    resumed = nas(tmp_path, "search", "--config", str(campaign))
+    resumed = nas(tmp_path, "search", "--config", str(campaign))  # the dead driver's lock is taken over at once
     assert resumed.returncode == 0, resumed.stderr
     assert f"recovered interrupted trial(s) {interrupted_numbers}" in resumed.stdout
-    study = load(tmp_path, "kill")
+    study = load(storage_url, "kill")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert len(finished(study)) == budget

@@ -38,6 +38,12 @@ TINY_SPACE_SIZE = (2 * 2 * 2 * 3) ** 2 * (2 * 3 * 2 * 3) ** 2
 TINY_NUM_STAGES = 4
 
 
+@pytest.fixture(autouse=True)
+def work_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own working directory: commands write only inside it (``-o``, ``--save``, ...)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     """Runs ``nas ARGV`` in-process; returns the exit status, stdout and stderr."""
     status = main([str(arg) for arg in argv])

@@ -1,6 +1,14 @@
-"""The study as the campaign's record: attributes, rewards, resume rules and queries (no Ray, no training)."""
+"""The study as the campaign's record: attributes, rewards, resume rules and queries (no Ray, no training).
+
+Every test that takes ``storage_url`` runs on each storage of the matrix: SQLite, the journal file, PostgreSQL.
+"""
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
@@ -17,12 +25,12 @@ def space():
     return presets.get_space("tiny")
 
 
-def config_for(tmp_path, **changes):
-    return CampaignConfig(storage=f"sqlite:///{tmp_path}/s.db", study="s", **changes)
+def config_for(storage_url, **changes):
+    return CampaignConfig(storage=storage_url, study="s", **changes)
 
 
-def open_(tmp_path, space, **changes):
-    config = config_for(tmp_path, **changes)
+def open_(storage_url, space, **changes):
+    config = config_for(storage_url, **changes)
     return config, studies.open_study(config, space, make_sampler("random", space))
 
 
@@ -39,25 +47,25 @@ def ask(study, space, role="candidate"):
     return trial, space.from_params(trial.params)
 
 
-def test_a_new_study_records_space_and_settings(tmp_path, space):
-    config, study = open_(tmp_path, space)
+def test_a_new_study_records_space_and_settings(storage_url, space):
+    config, study = open_(storage_url, space)
     attributes = study.user_attrs
     assert attributes["space_fingerprint"] == space.fingerprint() and attributes["space"] == space.to_dict()
     assert attributes["proxy"] == config.proxy_settings() and attributes["campaign"]["study"] == "s"
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
-def test_reopening_with_other_settings_says_what_differs(tmp_path, space):
-    open_(tmp_path, space)
-    open_(tmp_path, space, trials=50)  # the budget is not a proxy setting
+def test_reopening_with_other_settings_says_what_differs(storage_url, space):
+    open_(storage_url, space)
+    open_(storage_url, space, trials=50)  # the budget is not a proxy setting
     with pytest.raises(studies.StudyError, match=r"train.epochs: study 10, now 3"):
-        open_(tmp_path, space, train=dataclasses.replace(CampaignConfig().train, epochs=3))
+        open_(storage_url, space, train=dataclasses.replace(CampaignConfig().train, epochs=3))
     with pytest.raises(studies.StudyError, match="space: the study has 'tiny'"):
-        open_(tmp_path, presets.get_space("efficientnet-b0"))
+        open_(storage_url, presets.get_space("efficientnet-b0"))
 
 
-def test_rewards_are_normalized_by_the_baseline(tmp_path, space):
-    config, study = open_(tmp_path, space)
+def test_rewards_are_normalized_by_the_baseline(storage_url, space):
+    config, study = open_(storage_url, space)
     baseline_trial, baseline_spec = ask(study, space, role="baseline")
     assert studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), config) == 0.6
     assert study.user_attrs["baseline"]["step_time"] == 0.02
@@ -69,15 +77,15 @@ def test_rewards_are_normalized_by_the_baseline(tmp_path, space):
     assert frozen.user_attrs["normalized_parameters"] == 2.0 and frozen.user_attrs["step_time_s"] == 0.01
 
 
-def test_a_candidate_before_the_baseline_is_an_error(tmp_path, space):
-    config, study = open_(tmp_path, space)
+def test_a_candidate_before_the_baseline_is_an_error(storage_url, space):
+    config, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     with pytest.raises(studies.StudyError, match="baseline must complete first"):
         studies.record_result(study, trial, spec, result(), config)
 
 
-def test_failed_results_are_failed_trials_with_their_reason(tmp_path, space):
-    config, study = open_(tmp_path, space)
+def test_failed_results_are_failed_trials_with_their_reason(storage_url, space):
+    config, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     assert studies.record_result(study, trial, spec, result(ok=False), config) is None
     frozen = study.trials[0]
@@ -86,8 +94,8 @@ def test_failed_results_are_failed_trials_with_their_reason(tmp_path, space):
     assert studies.finished_trials(study) == [frozen]
 
 
-def test_interrupted_trials_are_failed_and_enqueued_once(tmp_path, space):
-    _, study = open_(tmp_path, space)
+def test_interrupted_trials_are_failed_and_enqueued_once(storage_url, space):
+    _, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     trial.set_user_attr("spec", spec.to_dict())
     assert studies.recover_interrupted(study) == [0]
@@ -99,8 +107,8 @@ def test_interrupted_trials_are_failed_and_enqueued_once(tmp_path, space):
     assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # ...and is not enqueued again
 
 
-def test_best_and_pareto(tmp_path, space):
-    config, study = open_(tmp_path, space)
+def test_best_and_pareto(storage_url, space):
+    config, study = open_(storage_url, space)
     values = [(0.6, 0.02, 2000), (0.7, 0.04, 2000), (0.5, 0.03, 3000), (0.6, 0.02, 1000)]
     for index, (accuracy, step_time, parameters) in enumerate(values):
         trial, spec = ask(study, space, role="baseline" if index == 0 else "candidate")
@@ -122,11 +130,61 @@ def test_journal_storage_and_errors(tmp_path, space):
         studies.make_storage("nosuchdialect://x")
 
 
-def test_a_trial_never_handed_to_a_worker_is_not_run_again(tmp_path, space):
-    _, study = open_(tmp_path, space)
+def test_a_trial_never_handed_to_a_worker_is_not_run_again(storage_url, space):
+    _, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     trial.set_user_attr("spec", spec.to_dict())  # handed over
     study.ask()  # the driver died while asking for this one: no spec recorded
     assert studies.recover_interrupted(study) == [0, 1]
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [trial.params]
+
+
+def test_one_driver_per_study(storage_url):
+    first = studies.DriverLock(studies.make_storage(storage_url), "s")
+    second = studies.DriverLock(studies.make_storage(storage_url), "s")
+    first.acquire()
+    try:
+        with pytest.raises(studies.StudyError, match=rf"study 's' is being run by the driver on host .* \(pid {os.getpid()}\)"):
+            second.acquire()
+        with studies.DriverLock(studies.make_storage(storage_url), "other"):
+            pass  # another study's lock is independent
+    finally:
+        first.release()
+    with second:  # free again once released
+        assert not second.lost
+    with pytest.raises(studies.StudyError, match="no study 'x'.*studies there: none"):
+        studies.load_study(storage_url, "x")  # the locks are not studies of the campaign
+
+
+def test_a_dead_drivers_lock_is_taken_over(storage_url):
+    storage = studies.make_storage(storage_url)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s" + studies.DRIVER_LOCK_SUFFIX)
+    for key, value in {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}.items():
+        storage.set_study_user_attr(lock_id, key, value)
+    with studies.DriverLock(studies.make_storage(storage_url), "s"):
+        pass
+
+
+def test_a_silent_remote_lock_expires_and_the_old_holder_learns_it_lost(storage_url):
+    holder = studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.05, stale_after=60)
+    holder.acquire()
+    storage = studies.make_storage(storage_url)
+    lock_id = storage.get_study_id_from_name("s" + studies.DRIVER_LOCK_SUFFIX)
+    holder._stop.set()  # the holder's host goes silent...
+    holder._heartbeat.join()
+    storage.set_study_user_attr(lock_id, "host", "elsewhere")
+    storage.set_study_user_attr(lock_id, "heartbeat", time.time() - 120)
+    with pytest.raises(studies.StudyError, match="host elsewhere"):
+        studies.DriverLock(storage, "s", stale_after=300).acquire()  # not silent for long enough yet
+    newcomer = studies.DriverLock(studies.make_storage(storage_url), "s", stale_after=60)
+    newcomer.acquire()
+    try:
+        holder._stop.clear()  # ...and comes back: its next heartbeat finds the lock gone
+        holder._beat_once()
+        assert holder.lost
+    finally:
+        holder.release()
+        newcomer.release()
