@@ -64,21 +64,9 @@ def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
 
 
 def _stage_table(spec: ArchSpec, stage_parameters: Sequence[int]) -> str:
-    rows = []
-    resolution = spec.eval_image_size // spec.stem_stride
-    rows.append(["stem", f"conv_k3_s{spec.stem_stride}_c{spec.stem_channels}", "conv", 1, 3, spec.stem_stride, "",
-                 spec.stem_channels, "", f"{resolution}x{resolution}", ""])
-    for index, (stage, parameters) in enumerate(zip(spec.stages, stage_parameters), start=1):
-        resolution = -(-resolution // stage.stride)
-        rows.append([
-            index, stage.block_string, stage.op, stage.num_layers, stage.kernel_size, stage.stride,
-            stage.expand_ratio, stage.out_channels, f"{stage.se_ratio:g}", f"{resolution}x{resolution}",
-            f"{parameters:,}",
-        ])
-    rows.append(["head", f"conv_k1_c{spec.head_channels}", "conv", 1, 1, 1, "", spec.head_channels, "",
-                 f"{resolution}x{resolution}", ""])
-    headers = ["stage", "block", "op", "layers", "kernel", "stride", "expand", "channels", "se", "output", "params"]
-    return format_table(headers, rows)
+    from nas.report import STAGE_TABLE_HEADERS, stage_rows  # the rows the report's stage tables show too
+
+    return format_table(STAGE_TABLE_HEADERS, stage_rows(spec, stage_parameters))
 
 
 def _print_spec(spec: ArchSpec, num_classes: int) -> None:
@@ -508,20 +496,37 @@ def _print_frame(frame: Any, output_format: str) -> None:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from nas.study import trials_frame
+    from nas.report import TrialQuery, trials_table
 
-    _print_frame(trials_frame(_open_study(args)), args.format)
+    query = TrialQuery.parse(args.filter, args.sort, args.descending)
+    _print_frame(query.apply(trials_table(_open_study(args))), args.format)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from nas.study import best_trials, pareto_front, trials_frame
+    from nas.report import TrialQuery, trials_table
+    from nas.study import best_trials, pareto_front
 
-    study = _open_study(args)
+    query = TrialQuery.parse(args.filter, args.sort, args.descending)
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
-    trials = pareto_front(study) if args.pareto else best_trials(study, args.k)
-    _print_frame(trials_frame(study, trials), args.format)
+    study = _open_study(args)
+    if args.pareto:
+        _print_frame(query.apply(trials_table(study, pareto_front(study))), args.format)
+    else:  # every complete trial by reward, so that the filters pick the best k among the trials they keep
+        ranked = best_trials(study, len(study.get_trials(deepcopy=False)))
+        _print_frame(query.apply(trials_table(study, ranked), limit=args.k), args.format)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nas.report import write_report
+
+    output = _output_path("-o", args.output or f"runs/{args.study}-report")
+    report = write_report(_open_study(args), output, force=args.force)
+    for name, reason in report.not_drawn.items():
+        print(f"figure {name} not drawn: {reason}", file=sys.stderr)
+    print(f"wrote {report.path} with {len(report.figures)} figure(s)")
     return 0
 
 
@@ -689,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     trials = commands.add_parser("trials", help="list a study's trials")
     _add_study_arguments(trials)
     trials.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_query_arguments(trials)
     trials.set_defaults(handler=cmd_trials)
 
     best = commands.add_parser("best", help="the best trials by reward, or the Pareto front over A, S and P")
@@ -697,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--pareto", action="store_true", help="the trials no other beats on accuracy, step time "
                                                             "and parameters at once")
     best.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_query_arguments(best, ranking=" (with -k: the best k among the trials kept; with --pareto: the front's "
+                                       "trials that match)")
     best.set_defaults(handler=cmd_best)
 
     export = commands.add_parser("export", help="write a trial's architecture as a spec file")
@@ -708,7 +716,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("yaml", "timm"), default="yaml",
                         help="yaml: a spec file; timm: the equivalent timm arch_def block strings")
     export.set_defaults(handler=cmd_export)
+
+    report = commands.add_parser(
+        "report", help="write an HTML report of a study, with figures",
+        description="Write DIR/report.html with PNG figures beside it (no network needed to view it): the "
+                    "optimization history by controller, accuracy against step time and parameters with the Pareto "
+                    "front, the top 10% of candidates' decisions per stage, the baseline and the winner, failures "
+                    "by reason, and the campaign's settings and device.",
+    )
+    _add_study_arguments(report)
+    report.add_argument("-o", "--output", metavar="DIR", help="directory to write (default: runs/STUDY-report)")
+    report.add_argument("--force", action="store_true", help="overwrite a report already in DIR")
+    report.set_defaults(handler=cmd_report)
     return parser
+
+
+def _add_query_arguments(parser: argparse.ArgumentParser, ranking: str = "") -> None:
+    from nas.report import FILTER_FIELDS, TRIAL_TABLE_COLUMNS
+
+    fields = "; ".join(f"{name}: {', '.join(values)}" for name, values in FILTER_FIELDS.items())
+    parser.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                        help=f"keep the trials whose FIELD is VALUE, in any case ({fields}); repeat it: filters on "
+                             f"one field are alternatives, on different fields all must hold{ranking}")
+    parser.add_argument("--sort", metavar="COLUMN", help="order the rows by COLUMN, smallest first, ties in the order "
+                                                         f"shown without it; one of: {', '.join(TRIAL_TABLE_COLUMNS)}")
+    parser.add_argument("--descending", action="store_true", help="with --sort: largest first (missing values "
+                                                                  "stay last)")
 
 
 def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
