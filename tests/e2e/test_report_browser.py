@@ -18,13 +18,12 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from e2e_support import nas, write_campaign
 from PIL import Image
 
 from conftest import service_unavailable  # tests/conftest.py; pytest puts tests/ on sys.path to load it
@@ -37,16 +36,6 @@ CHROMIUM_FLAGS = (
 )
 WINDOW = (1280, 2000)
 TIMEOUT_S = 120
-CAMPAIGN = {
-    "space": "tiny",
-    "data": "synthetic:num_images=640,image_size=32",
-    "trials": 4,
-    "controller": "random",
-    "study": "e2e",
-    "workers": 2,
-    "cpus_per_trial": 1,
-    "train": {"epochs": 1, "batch_size": 64, "timing_warmup": 1, "timing_repeats": 2, "bn_recalibration_batches": 2},
-}
 IMAGES = "Array.from(document.images, image => [image.getAttribute('src'), image.complete, image.naturalWidth])"
 
 
@@ -157,10 +146,9 @@ def chromium() -> str:
 @pytest.fixture
 def campaign_report(tmp_path: Path) -> Path:
     """The report directory of a finished tiny campaign, written by the ``nas report`` command."""
-    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(CAMPAIGN))
-    for argv in (["search", "--config", "campaign.yaml"], ["report", "--study", "e2e", "-o", "report"]):
-        result = subprocess.run([sys.executable, "-m", "nas", *argv], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=300, check=False)
+    campaign = write_campaign(tmp_path)
+    for argv in (["search", "--config", str(campaign)], ["report", "--study", "e2e", "-o", "report"]):
+        result = nas(tmp_path, *argv)
         assert result.returncode == 0, result.stderr
     return tmp_path / "report"
 
