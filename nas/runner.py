@@ -159,6 +159,9 @@ class StudySearcher(Searcher):
         self.baseline_failure: str | None = None
         self.distributions = distributions(space)
         self.lock = lock
+        best = studies.best_trials(study, 1)
+        # (reward, trial number) of the best complete trial, kept up to date here rather than re-read per trial
+        self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its searcher into its own experiment state, which is never restored here (the study is
@@ -203,6 +206,8 @@ class StudySearcher(Searcher):
         reward = studies.record_result(self.study, trial, spec, evaluation, self.config)
         self.finished += 1
         self.completed += 1
+        if reward is not None and (self.best is None or reward > self.best[0]):
+            self.best = (reward, trial.number)
         if trial.user_attrs.get("role") == studies.ROLE_BASELINE and not evaluation.ok:
             self.baseline_failure = evaluation.failure_reason
         self._report(trial.number, spec, evaluation, reward)
@@ -216,8 +221,7 @@ class StudySearcher(Searcher):
         self.pending.clear()
 
     def _report(self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None) -> None:
-        best = studies.best_trials(self.study, 1)
-        best_text = f"best {best[0].value:.4f} (#{best[0].number})" if best else "best -"
+        best_text = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best is not None else "best -"
         width = len(str(self.config.trials))
         head = f"[{self.finished:>{width}}/{self.config.trials}] trial {number:>3}"
         if reward is None:

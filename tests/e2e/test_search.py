@@ -34,6 +34,9 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     for trial in study.trials[1:]:
         expected = trial.user_attrs["normalized_step_time"] ** -0.07 * trial.user_attrs["normalized_parameters"] ** -0.05
         assert abs(trial.value - trial.user_attrs["accuracy"] * expected) < 1e-9
+    last_line = next(line for line in first.stdout.splitlines() if line.startswith("[4/4]"))
+    best = max(study.trials, key=lambda t: (t.value, -t.number))
+    assert f"best {best.value:.4f} (#{best.number})" in last_line  # the running best matches the study's
 
     again = nas(tmp_path, "search", "--config", str(campaign))
     assert again.returncode == 0, again.stderr
