@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any, Iterable
 import optuna
 import pandas as pd
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from nas.campaign import CampaignConfig
 from nas.train import EvalResult
@@ -78,6 +80,21 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # the driver of the `postgres` extra
     return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+
+
+def mask_url(url: str) -> str:
+    """A storage URL fit to print or write: the password of an RDB URL shown as ``***`` (reports and logs get
+    shared). A password holding ``/`` or ``@`` is masked whole, and so is one in a URL SQLAlchemy cannot parse."""
+    try:
+        masked = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an RDB URL (journal:PATH) or a malformed one: mask by shape
+        masked = url
+    if "@" in masked.partition("***@")[2].split("/", 1)[0] or masked == url:
+        masked = _PASSWORD.sub(r"\1:***@", url)
+    return masked
+
+
+_PASSWORD = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@]*):.*@")
 
 
 def _first_line(error: BaseException) -> str:

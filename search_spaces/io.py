@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from search_spaces.files import write_file
 from search_spaces.spec import ArchSpec, SpecError
 
 # Specs, spaces and campaigns are a few KiB and a few hundred values; these caps are far above any real file.
@@ -106,17 +107,10 @@ def load_spec(path: str | Path) -> ArchSpec:
         raise SpecError(f"{path}: {error}") from None
 
 
-def dump_spec(spec: ArchSpec, path: str | Path) -> None:
-    """Writes ``spec`` to ``path`` atomically, so an interrupted write never leaves half a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write the spec to {path}: it is a directory; give a file name")
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(spec_to_yaml(spec), encoding="utf-8")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def dump_spec(spec: ArchSpec, path: str | Path, *, overwrite: bool = True) -> None:
+    """Writes ``spec`` to ``path`` through :func:`~search_spaces.files.write_file`: atomically, never through a
+    planted link, refusing an existing file unless ``overwrite``."""
+    write_file(path, spec_to_yaml(spec), overwrite=overwrite)
 
 
 def timm_arch_def(spec: ArchSpec) -> list[str]:
