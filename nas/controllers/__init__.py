@@ -4,6 +4,10 @@
 gradient controller of EfficientNetV2's search (:mod:`nas.controllers.rl`); ``tpe`` is Optuna's multivariate
 TPE, a sample-efficient model-based alternative that comes for free. The campaign asks every controller for a
 trial the same way: ``study.ask(fixed_distributions=distributions(space))``.
+
+Every controller runs inside :class:`DistinctSampler` (:mod:`nas.controllers.distinct`): its draws are seeded by
+``(seed, trial.number)``, so a resumed study does not replay its first trials, and it never proposes an
+architecture the study already holds until :func:`space_exhausted` says every one is taken.
 """
 
 from __future__ import annotations
@@ -13,11 +17,28 @@ from typing import Any, Callable
 
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
+from nas.controllers.distinct import (
+    DistinctSampler,
+    OptunaProposer,
+    Proposer,
+    space_exhausted,
+    taken_architectures,
+)
 from nas.controllers.params import choice_indices, distributions
 from nas.controllers.rl import PolicyGradientSampler
 from search_spaces.space import SearchSpace
 
-__all__ = ["CONTROLLERS", "PolicyGradientSampler", "choice_indices", "distributions", "make_sampler"]
+__all__ = [
+    "CONTROLLERS",
+    "DistinctSampler",
+    "OptunaProposer",
+    "PolicyGradientSampler",
+    "choice_indices",
+    "distributions",
+    "make_sampler",
+    "space_exhausted",
+    "taken_architectures",
+]
 
 CONTROLLERS = ("random", "rl", "tpe")
 
@@ -26,31 +47,38 @@ CONTROLLERS = ("random", "rl", "tpe")
 _TPE_DEFAULTS = {"multivariate": True, "group": False, "n_startup_trials": 10}
 
 
-def make_sampler(name: str, space: SearchSpace, *, seed: int = 0, **options: Any) -> BaseSampler:
+def make_sampler(name: str, space: SearchSpace, *, seed: int = 0, **options: Any) -> DistinctSampler:
     """The controller called ``name`` (one of :data:`CONTROLLERS`) over ``space``, seeded with ``seed``.
 
     ``options`` are keyword arguments of the controller's constructor: those of :class:`PolicyGradientSampler`
-    for ``rl`` (``learning_rate``, ...), of Optuna's ``TPESampler`` for ``tpe`` (overriding the defaults above);
-    ``random`` takes none.
+    for ``rl`` (``learning_rate``, ...), of Optuna's ``TPESampler`` for ``tpe`` (overriding the defaults above;
+    not ``constraints_func``, whose bookkeeping needs one sampler object for the whole study: the campaign
+    applies its constraints itself); ``random`` takes none. The controller is wrapped in a
+    :class:`DistinctSampler`, whose ``proposer`` it is.
     """
     if name == "random":
         _check_options(name, RandomSampler, options)
-        return RandomSampler(seed=seed)
-    if name == "tpe":
-        _check_options(name, TPESampler, options)
-        return TPESampler(seed=seed, **{**_TPE_DEFAULTS, **options})
-    if name == "rl":
+        proposer: Proposer = OptunaProposer(RandomSampler)
+    elif name == "tpe":
+        _check_options(name, TPESampler, options, refused=("seed", "constraints_func"))
+        proposer = OptunaProposer(TPESampler, **{**_TPE_DEFAULTS, **options})
+    elif name == "rl":
         _check_options(name, PolicyGradientSampler, options)
-        return PolicyGradientSampler(space, seed=seed, **options)
-    raise ValueError(f"controller must be one of {CONTROLLERS}, got {name!r}")
+        proposer = PolicyGradientSampler(space, seed=seed, **options)
+    else:
+        raise ValueError(f"controller must be one of {CONTROLLERS}, got {name!r}")
+    return DistinctSampler(space, proposer, seed=seed)
 
 
-def _check_options(name: str, constructor: Callable[..., BaseSampler], options: dict[str, Any]) -> None:
-    """Raises ValueError naming the options ``constructor`` does not take, and those it takes."""
+def _check_options(
+    name: str, constructor: Callable[..., BaseSampler], options: dict[str, Any], *, refused: tuple[str, ...] = ("seed",)
+) -> None:
+    """Raises ValueError naming the options ``constructor`` does not take (or that are ``refused``), and those
+    it takes."""
     allowed = [
         parameter.name
         for parameter in inspect.signature(constructor).parameters.values()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "seed"
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in refused
     ]
     unknown = sorted(option for option in options if option not in allowed)
     if unknown:

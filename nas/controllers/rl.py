@@ -26,11 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.controllers.params import choice_indices, distributions
+from nas.controllers.seeding import attempt_seed, check_seed, sample_uniform
 from search_spaces.space import SearchSpace
 
 #: The trial states whose outcome is final and may teach the policy.
@@ -81,7 +82,8 @@ class PolicyGradientSampler(BaseSampler):
     The policy depends on nothing but the study: on every :meth:`sample_relative` the finished trials are
     replayed in trial-number order from where the cached state stopped, or from scratch when they no longer
     extend it (a lower-numbered trial finished late, or a new process resumes the study). Samples are drawn
-    with a generator seeded by ``(seed, trial.number)``, so a trial's params do not depend on the process.
+    with a generator seeded by ``(seed, trial.number)``, so a trial's params do not depend on the process;
+    :meth:`propose` draws with any seed, for a wrapper that redraws (:class:`~nas.controllers.DistinctSampler`).
 
     Args:
         space: The search space whose decisions the policy emits.
@@ -106,8 +108,7 @@ class PolicyGradientSampler(BaseSampler):
         _check_real("baseline_decay", baseline_decay, "a number in [0, 1)", lambda value: 0 <= value < 1)
         _check_real("entropy_weight", entropy_weight, "a finite number >= 0", lambda value: value >= 0)
         _check_real("failed_reward", failed_reward, "a finite number", lambda value: True)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        check_seed(seed)
         self._space = space
         self._decisions = space.decisions
         self._distributions = distributions(space)
@@ -116,7 +117,6 @@ class PolicyGradientSampler(BaseSampler):
         self._entropy_weight = float(entropy_weight)
         self._failed_reward = float(failed_reward)
         self._seed = seed
-        self._independent_sampler = RandomSampler(seed=seed)
         self._policy = self._initial_policy()
         self._lock = threading.Lock()
 
@@ -138,10 +138,17 @@ class PolicyGradientSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         """Catches up with the study's finished trials, then draws every decision from the policy."""
+        return self.propose(study, trial, search_space, seed=attempt_seed(self._seed, trial.number, 0))
+
+    def propose(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution], *, seed: int
+    ) -> dict[str, Any]:
+        """The decisions of ``search_space`` drawn from the policy brought up to date, with a generator seeded by
+        ``seed`` alone."""
         self.update(study)
         with self._lock:
             probabilities = [_softmax(logits) for logits in self._policy.logits]
-        generator = np.random.default_rng((self._seed, trial.number))
+        generator = np.random.default_rng(seed)
         params = {}
         for decision, decision_probabilities in zip(self._decisions, probabilities):
             # Draw every decision, even one outside ``search_space``, so each trial's stream is the same.
@@ -153,12 +160,8 @@ class PolicyGradientSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        """A parameter the policy does not cover is drawn uniformly at random."""
-        return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
-
-    def reseed_rng(self) -> None:
-        """Reseeds the fallback sampler for parallel workers; the policy's samples are seeded per trial."""
-        self._independent_sampler.reseed_rng()
+        """A parameter the policy does not cover is drawn uniformly, seeded by ``(seed, trial.number, its name)``."""
+        return sample_uniform(study, trial, param_name, param_distribution, seed=self._seed)
 
     def update(self, study: Study) -> None:
         """Brings the policy up to date with the study's finished trials, replaying them in trial-number order.

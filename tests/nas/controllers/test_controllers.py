@@ -14,7 +14,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from nas.controllers import CONTROLLERS, PolicyGradientSampler, distributions, make_sampler
+from nas.controllers import CONTROLLERS, DistinctSampler, PolicyGradientSampler, distributions, make_sampler
 from search_spaces.presets import get_space
 from search_spaces.space import SearchSpace
 
@@ -122,10 +122,12 @@ def test_distributions_are_the_decisions_in_space_order():
     assert space_distributions["stage3.op"].choices == ("mbconv", "fused_mbconv")
 
 
-def test_make_sampler_gives_the_named_samplers():
-    assert type(make_sampler("random", SPACE)) is optuna.samplers.RandomSampler
-    assert type(make_sampler("rl", SPACE)) is PolicyGradientSampler
-    tpe = make_sampler("tpe", SPACE, n_startup_trials=5)
+def test_make_sampler_gives_the_named_samplers_in_the_distinct_wrapper():
+    random_sampler = make_sampler("random", SPACE)
+    assert type(random_sampler) is DistinctSampler
+    assert type(random_sampler.proposer.sampler(seed=1)) is optuna.samplers.RandomSampler
+    assert type(make_sampler("rl", SPACE).proposer) is PolicyGradientSampler
+    tpe = make_sampler("tpe", SPACE, n_startup_trials=5).proposer.sampler(seed=1)
     assert type(tpe) is optuna.samplers.TPESampler
     assert tpe._n_startup_trials == 5 and tpe._multivariate and not tpe._group
 
@@ -141,6 +143,7 @@ def test_unknown_controller_is_refused_with_the_allowed_names():
         ("random", {"learning_rate": 0.1}, r"controller 'random': unknown option\(s\) \['learning_rate'\]"),
         ("rl", {"lr": 0.1}, r"unknown option\(s\) \['lr'\]; allowed options are \['learning_rate', "),
         ("tpe", {"learning_rate": 0.1}, r"controller 'tpe': unknown option\(s\) \['learning_rate'\]"),
+        ("tpe", {"constraints_func": len}, r"controller 'tpe': unknown option\(s\) \['constraints_func'\]"),
     ],
 )
 def test_unknown_options_are_refused_with_the_allowed_ones(name, options, message):
@@ -211,7 +214,20 @@ def test_failed_and_running_trials_do_not_break_sampling(name):
     assert study.trials[running.number].state == TrialState.RUNNING
 
 
-@pytest.mark.parametrize("name", ["random", "rl"])
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_a_pickled_controller_samples_like_the_original(name):
+    """Ray Tune pickles the campaign's searcher, and with it the study's sampler."""
+    study = maximizing_study(name)
+    for _ in range(12):
+        trial = ask_architecture(study)
+        study.tell(trial, toy_reward(trial.params))
+    copy = optuna.create_study(direction="maximize", sampler=pickle.loads(pickle.dumps(study.sampler)))
+    for trial in study.trials:
+        copy.add_trial(trial)
+    assert ask_architecture(copy).params == ask_architecture(study).params
+
+
+@pytest.mark.parametrize("name", CONTROLLERS)
 def test_same_seed_gives_same_samples(name):
     def first_samples(seed: int) -> list[dict]:
         study = maximizing_study(name, seed=seed)
@@ -268,8 +284,8 @@ def test_rl_learns_to_avoid_architectures_that_fail():
     sampler = make_sampler("rl", SPACE)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=100, catch=(RuntimeError,))
-    sampler.update(study)
-    failing_probability = sampler.policy_probabilities()["stage6.expand_ratio"][6]
+    sampler.proposer.update(study)
+    failing_probability = sampler.proposer.policy_probabilities()["stage6.expand_ratio"][6]
     print(f"p(stage6.expand_ratio=6) after 100 trials: {failing_probability:.3f} (uniform: 0.333)")
     # Far below the uniform 1/3 (0.016 when calibrated): the controller stops proposing what fails.
     assert failing_probability < 0.1
@@ -293,11 +309,12 @@ def test_a_resumed_sampler_replays_to_the_identical_policy(tmp_path):
     for _ in range(20):
         trial = ask_architecture(study)
         study.tell(trial, toy_reward(trial.params))
+    incremental = incremental.proposer
     incremental.update(study)
 
     resumed = make_sampler("rl", SPACE, seed=5)
-    resumed.update(optuna.load_study(study_name="nas", storage=storage, sampler=resumed))
-    assert resumed.policy_probabilities() == incremental.policy_probabilities()
+    resumed.proposer.update(optuna.load_study(study_name="nas", storage=storage, sampler=resumed))
+    assert resumed.proposer.policy_probabilities() == incremental.policy_probabilities()
     assert incremental.policy_probabilities() != PolicyGradientSampler(SPACE).policy_probabilities()
 
     unpickled = pickle.loads(pickle.dumps(incremental))
