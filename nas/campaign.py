@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nas.controllers import CONTROLLERS
-from nas.data import DataError, check_source
+from nas.data import DataError, check_source, holdout_count
 from nas.train import TrainConfig
 from search_spaces import presets
 from search_spaces.io import read_yaml_mapping
@@ -95,19 +95,28 @@ class CampaignConfig:
             raise CampaignError(f"data: {error}") from None
 
     def check_inputs(self) -> None:
-        """Refuses a space that does not load or a data source whose directory or file is missing.
+        """Refuses a space that does not load, a data source that would be refused (missing or malformed files,
+        caps), and a batch larger than the training set.
 
-        Construction checks values only; this reads the space file and looks for the data's files, without loading
-        any image. ``nas search`` calls it before it creates a study, a directory or a Ray node.
+        Construction checks values only; this reads the space file and the data's headers, without loading any
+        image. ``nas search`` calls it before it creates a study, a directory or a Ray node.
         """
         try:
             presets.get_space(self.space)
         except (SpecError, FileNotFoundError) as error:
             raise CampaignError(f"space: {error}") from None
         try:
-            check_source(self.data, image_size=self.train.image_size)
+            summary = check_source(self.data, image_size=self.train.image_size)
         except DataError as error:
             raise CampaignError(f"data: {error}") from None
+        if summary.num_images is not None:
+            train_images = summary.num_images - holdout_count(summary.num_images, self.val_fraction)
+            if self.train.batch_size > train_images:
+                raise CampaignError(
+                    f"train.batch_size {self.train.batch_size} is larger than the {train_images:,} training images "
+                    f"of {self.data!r} (after holding out val_fraction {self.val_fraction:g}); use at most "
+                    f"{train_images:,}"
+                )
 
     @property
     def storage_url(self) -> str:

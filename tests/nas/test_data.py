@@ -1,14 +1,32 @@
 """Data sources, the hold-out split and on-device batches (nas/data.py)."""
 
+import io
 import os
 import pickle
+import struct
+import time
+import tracemalloc
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from nas.data import AUGMENTATIONS, CACHE_DIRNAME, DataError, DeviceBatches, ImageData, load_data
+import nas.data
+from nas.data import (
+    AUGMENTATIONS,
+    CACHE_DIRNAME,
+    MAX_CLASSES,
+    DataError,
+    DeviceBatches,
+    ImageData,
+    SourceSummary,
+    check_source,
+    load_data,
+)
 
 SMALL_SYNTHETIC = "synthetic:num_classes=4,num_images=200,image_size=16"
 
@@ -131,10 +149,11 @@ def test_load_keyword_errors(keyword, value):
 
 
 def cifar_rows(indices: range) -> np.ndarray:
-    """CIFAR rows (N, 3072) that are zero except green (row 3, column 5) = 77 and red (0, 0) = the image's index."""
+    """CIFAR rows (N, 3072) that are zero except green (row 3, column 5) = 77 and red (0, 0) = blue (31, 31) = the
+    image's index (so no channel is constant)."""
     rows = np.zeros((len(indices), 3072), dtype=np.uint8)
     rows[:, 1 * 1024 + 3 * 32 + 5] = 77
-    rows[:, 0] = np.asarray(indices)
+    rows[:, 0] = rows[:, 3071] = np.asarray(indices)
     return rows
 
 
@@ -164,8 +183,8 @@ def test_cifar10_decodes_rows_in_chw_order(tmp_path, protocol):
     images, labels = images[order], labels[order]
     assert images[:, 0, 0, 0].tolist() == list(range(60))  # every image of both batches, none of test_batch
     assert labels.tolist() == [index % 10 for index in range(60)]
-    assert (images[:, 1, 3, 5] == 77).all()
-    assert int(images.long().sum()) == 77 * 60 + sum(range(60))  # nothing else is set
+    assert (images[:, 1, 3, 5] == 77).all() and images[:, 2, 31, 31].tolist() == list(range(60))
+    assert int(images.long().sum()) == 77 * 60 + 2 * sum(range(60))  # nothing else is set
 
 
 def test_cifar10_uses_the_batches_present(tmp_path):
@@ -239,7 +258,7 @@ def test_a_truncated_cifar_batch_is_refused(tmp_path):
 def test_npz_nhwc_becomes_nchw(tmp_path):
     images = np.zeros((10, 8, 8, 3), dtype=np.uint8)
     images[:, 2, 5, 1] = 99  # row 2, column 5, green
-    images[:, 0, 0, 0] = np.arange(10)
+    images[:, 0, 0, 0] = images[:, 7, 7, 2] = np.arange(10)
     np.savez(tmp_path / "data.npz", images=images, labels=np.arange(10) % 4)
     data = load_data(f"npz:{tmp_path / 'data.npz'}")
     loaded, labels = all_images_and_labels(data)
@@ -249,7 +268,8 @@ def test_npz_nhwc_becomes_nchw(tmp_path):
 
 
 def test_npz_grayscale_has_one_channel(tmp_path):
-    np.savez(tmp_path / "gray.npz", images=np.full((6, 5, 5), 7, np.uint8), labels=np.array([0, 1, 2, 0, 1, 2]))
+    images = np.arange(6 * 5 * 5, dtype=np.uint8).reshape(6, 5, 5)
+    np.savez(tmp_path / "gray.npz", images=images, labels=np.array([0, 1, 2, 0, 1, 2]))
     data = load_data(f"npz:{tmp_path / 'gray.npz'}")
     assert (data.in_channels, data.image_size, data.num_classes) == (1, 5, 3)
     assert len(data.mean) == len(data.std) == 1
@@ -261,15 +281,21 @@ ZEROS = np.zeros(4, int)
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"images": np.zeros((4, 8, 8, 3), np.float32), "labels": ZEROS}, "images must be uint8, got float32"),
+        ({"images": np.zeros((4, 8, 8, 3), np.float32), "labels": ZEROS},
+         r"images \(array 'images'\) must be uint8, got float32; store pixel values 0..255 as uint8"),
         ({"images": np.zeros((4, 8, 8, 2), np.uint8), "labels": ZEROS}, r"1 or 3 channels.*\(4, 8, 8, 2\)"),
         ({"images": np.zeros((4, 3, 8, 8), np.uint8), "labels": ZEROS}, r"1 or 3 channels.*\(4, 3, 8, 8\)"),
         ({"images": np.zeros((4, 8, 6, 3), np.uint8), "labels": ZEROS}, "must be square, got height 8 and width 6"),
         ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.zeros(3, int)}, "4 images but 3 labels"),
-        ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.array([0, 1, -1, 2])}, "labels must be >= 0, got -1"),
-        ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.zeros(4, np.float32)}, "labels must be .* integers"),
+        ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.array([0, 1, -1, 2])},
+         r"labels \(array 'labels'\) must be >= 0, got -1; relabel"),
+        ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.zeros(4, np.float32)},
+         r"labels \(array 'labels'\) must be integers, got float32"),
+        ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.zeros((4, 2), int)}, r"\(N,\) or \(N, 1\)"),
         ({"images": np.zeros((0, 8, 8), np.uint8), "labels": np.zeros(0, int)}, "holds no images"),
-        ({"pictures": np.zeros((4, 8, 8), np.uint8), "labels": ZEROS}, r"lacks array\(s\) \['images'\]"),
+        ({"pictures": np.zeros((4, 8, 8), np.uint8), "labels": ZEROS},
+         r"neither arrays 'images' and 'labels' nor Keras-style 'x_train' and 'y_train'; arrays present: "
+         r"\['labels', 'pictures'\]; name them as in 'npz:.*bad.npz\?images=NAME&labels=NAME'"),
         ({"images": np.zeros((1, 8, 8), np.uint8), "labels": np.zeros(1, int)}, "leaves none to train on"),
     ],
 )
@@ -293,19 +319,255 @@ def test_a_file_that_is_not_npz_is_refused(tmp_path):
 
 
 def test_resize_at_load_gives_the_requested_size(tmp_path):
-    images = np.full((8, 16, 16, 3), 90, np.uint8)
+    images = np.broadcast_to(np.arange(90, 98, dtype=np.uint8).reshape(8, 1, 1, 1), (8, 16, 16, 3))
     np.savez(tmp_path / "data.npz", images=images, labels=np.arange(8) % 2)
     for size in (8, 24):
         data = load_data(f"npz:{tmp_path / 'data.npz'}", image_size=size)
         assert data.train_images.shape[1:] == (3, size, size) and data.val_images.shape[1:] == (3, size, size)
-        assert (data.train_images == 90).all()  # a constant image stays constant
+        assert (data.train_images == data.train_images[:, :1, :1, :1]).all()  # a constant image stays constant
     assert load_data("synthetic:num_images=20,image_size=32", image_size=16).image_size == 16
+
+
+def npy_bytes(shape, descr="|u1", data=b"") -> bytes:
+    """A .npy file whose header declares ``shape`` and ``descr``, followed by ``data`` whatever the header says."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+def write_zip(path, members: dict, compression=zipfile.ZIP_STORED):
+    """An npz made by hand: member name -> bytes (an .npy file, or anything)."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return path
+
+
+def varied_images(count, size=4, channels=None):
+    """uint8 NHW (or NHWC) images in which no channel is constant."""
+    shape = (count, size, size) if channels is None else (count, size, size, channels)
+    return (np.arange(np.prod(shape)) % 251).astype(np.uint8).reshape(shape)
+
+
+def small_labels(count):
+    return np.arange(count) % 2
+
+
+def test_a_header_claiming_a_billion_images_is_refused_instantly_without_allocating(tmp_path):
+    path = write_zip(tmp_path / "forged.npz", {"images.npy": npy_bytes((10**9, 28, 28)),
+                                                "labels.npy": npy_bytes((10**9,), "<i8")})
+    for check in (lambda: check_source(f"npz:{path}"), lambda: load_data(f"npz:{path}")):
+        tracemalloc.start()
+        started = time.perf_counter()
+        try:
+            with pytest.raises(DataError, match=r"forged.npz: images \(array 'images'\) of shape \(1000000000, 28, 28\) "
+                                                r"and dtype uint8 is 730.2 GiB; the limit is 64 GiB"):
+                check()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20 and time.perf_counter() - started < 2
+
+
+def test_a_header_that_disagrees_with_the_archive_is_refused(tmp_path):
+    path = write_zip(tmp_path / "forged.npz", {"images.npy": npy_bytes((1000, 8, 8), data=b"\1" * 100),
+                                                "labels.npy": npy_bytes((1000,), "<i8")})
+    with pytest.raises(DataError, match=r"forged.npz: images \(array 'images'\): its .npy header declares 64,128 "
+                                        r"bytes but the archive member holds 228; the file is damaged or forged"):
+        check_source(f"npz:{path}")
+
+
+def test_an_npz_that_inflates_beyond_the_budget_is_refused_without_inflating(tmp_path, monkeypatch):
+    # 16 MiB of zeros deflate to ~16 KiB: the same shape as a 1.2 MB file that inflates to 1.2 GB.
+    np.savez_compressed(tmp_path / "bomb.npz", images=np.zeros((1 << 14, 32, 32), np.uint8),
+                        labels=np.zeros(1 << 14, np.uint8))
+    assert (tmp_path / "bomb.npz").stat().st_size < 100_000
+    monkeypatch.setattr(nas.data, "MAX_DATASET_BYTES", 4 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb.npz: images \(array 'images'\) of shape \(16384, 32, 32\) and "
+                                            r"dtype uint8 is 0.0 GiB; the limit is 0 GiB"):
+            load_data(f"npz:{tmp_path / 'bomb.npz'}")
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_decompression_stops_at_the_declared_size(tmp_path, monkeypatch):
+    """The images are read in chunks into a buffer of the header's size; a stream that ends early is named."""
+    monkeypatch.setattr(nas.data, "_NPZ_READ_CHUNK", 7)
+    images = varied_images(10)
+    np.savez_compressed(tmp_path / "data.npz", images=images, labels=small_labels(10))
+    data = load_data(f"npz:{tmp_path / 'data.npz'}", val_fraction=0.5)
+    assert sorted(torch.cat([data.train_images, data.val_images])[:, 0, 0, 0].tolist()) == images[:, 0, 0].tolist()
+    content = bytearray((tmp_path / "data.npz").read_bytes())
+    position = content.index(b"images.npy") + len("images.npy")  # the deflated data after the local header
+    content[position + 40 : position + 60] = bytes(20)
+    (tmp_path / "damaged.npz").write_bytes(bytes(content))
+    with pytest.raises(DataError, match=r"damaged.npz: .*array 'images'.*(Bad CRC-32|Error -3)"):
+        load_data(f"npz:{tmp_path / 'damaged.npz'}")
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ({"images.npy": npy_bytes((2, 4, 4), "<u2", bytes(64)), "labels.npy": npy_bytes((2,), "<i8", bytes(16))},
+         r"images \(array 'images'\) must be uint8, got uint16"),
+        ({"images.npy": npy_bytes((2, 4, 4), data=bytes(32)), "labels.npy": npy_bytes((2,), "|O", bytes(16))},
+         r"labels \(array 'labels'\) must be integers, got object"),
+        ({"images.npy": npy_bytes((2, 4, 4), data=bytes(32)), "labels.npy": npy_bytes((2,), "|b1", bytes(2))},
+         r"labels \(array 'labels'\) must be integers, got bool"),
+        ({"images.npy": b"\x93NUMPY\x03\x00" + bytes(40), "labels.npy": npy_bytes((2,), "<i8", bytes(16))},
+         r"array 'images' is not a readable .npy array: .npy format version 3.0 is not supported"),
+        ({"images.npy": b"not an npy file at all", "labels.npy": npy_bytes((2,), "<i8", bytes(16))},
+         r"array 'images' is not a readable .npy array"),
+    ],
+)
+def test_npz_headers_are_checked_before_loading(tmp_path, members, message):
+    path = write_zip(tmp_path / "bad.npz", members)
+    for check in (check_source, load_data):
+        with pytest.raises(DataError, match=message):
+            check(f"npz:{path}")
+
+
+def test_an_object_array_is_refused_without_unpickling(tmp_path):
+    np.savez(tmp_path / "pickled.npz", images=varied_images(2), labels=np.array([RunsAShellCommand(tmp_path / "x")] * 2))
+    with pytest.raises(DataError, match="must be integers, got object"):
+        load_data(f"npz:{tmp_path / 'pickled.npz'}")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------- npz array names
+
+
+def test_keras_style_arrays_are_found_and_the_test_split_is_never_read(tmp_path):
+    images, labels = varied_images(10, channels=3), small_labels(10).reshape(-1, 1)  # Keras CIFAR: labels (N, 1)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=images, y_train=labels)
+    path = tmp_path / "keras.npz"
+    path.write_bytes(buffer.getvalue())
+    with zipfile.ZipFile(path, "a") as archive:  # a test split that fails if anything reads it
+        archive.writestr("x_test.npy", b"reading x_test fails")
+        archive.writestr("y_test.npy", b"reading y_test fails")
+    data = load_data(f"npz:{path}", val_fraction=0.5)
+    assert (data.in_channels, data.num_classes, data.train_images.shape[0] + data.val_images.shape[0]) == (3, 2, 10)
+    assert check_source(f"npz:{path}") == SourceSummary(num_images=10, in_channels=3, num_classes=2)
+
+
+def test_array_names_are_given_after_a_question_mark(tmp_path):
+    np.savez(tmp_path / "named.npz", pixels=varied_images(6), classes=small_labels(6),
+             images=np.zeros((2, 3), np.float32))
+    data = load_data(f"npz:{tmp_path / 'named.npz'}?images=pixels&labels=classes")
+    assert (data.in_channels, data.num_classes, data.image_size) == (1, 2, 4)
+    with pytest.raises(DataError, match=r"named.npz has no array named as in labels=nope; arrays present: "
+                                        r"\['classes', 'images', 'pixels'\]"):
+        load_data(f"npz:{tmp_path / 'named.npz'}?images=pixels&labels=nope")
+
+
+def test_a_file_name_with_a_question_mark_ends_with_one(tmp_path):
+    np.savez(tmp_path / "odd?name.npz", images=varied_images(6), labels=small_labels(6))
+    assert load_data(f"npz:{tmp_path / 'odd?name.npz'}?").num_classes == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("pixels=x", r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels "
+                     r"\(as in 'npz:FILE\?images=x_train&labels=y_train'\)"),
+        ("images", r"npz option images needs an array name, 'images=NAME', got 'images'"),
+        ("images=", r"npz option images needs an array name"),
+        ("images=a&images=b", r"npz option images is given twice"),
+    ],
+)
+def test_npz_option_errors_are_refused_before_any_file_is_read(query, message):
+    with pytest.raises(DataError, match=message):
+        check_source(f"npz:data.npz?{query}", files=False)
+
+
+# ----------------------------------------------------------------------------------------------- npz files
+
+
+@pytest.mark.parametrize("kind", ["device", "directory", "fifo"])
+def test_an_npz_that_is_not_a_regular_file_is_refused_as_such(tmp_path, kind):
+    path = {"device": "/dev/zero", "directory": tmp_path, "fifo": tmp_path / "pipe"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    words = {"device": "character device", "directory": "directory", "fifo": "FIFO"}[kind]
+    for check in (check_source, load_data):
+        with pytest.raises(DataError, match=f"npz: {path} is not a regular file \\(it is a {words}\\); give a file"):
+            check(f"npz:{path}")
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+
+def write_labels(path, labels, count=None):
+    np.savez(path, images=varied_images(len(labels)), labels=labels)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([0, 1, 5_000_000]), r"must be below 100,000 \(at most 100,000 classes\), got 5000000; relabel"),
+        (np.array([0, 1, 2**63 + 5], np.uint64), r"must be below 100,000 .*got 9223372036854775813"),
+        (np.array([0, 1, -3], np.int8), r"labels \(array 'labels'\) must be >= 0, got -3"),
+        (np.array([0, 999, 0, 999]), r"must be exactly the classes 0..999 \(largest label \+ 1 = 1,000 classes\), "
+                                     r"but labels 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... \(998 missing in all\) do not "
+                                     r"occur; relabel the classes as 0..K-1"),
+        (np.array([0, 2, 2, 0]), r"but labels 1 do not occur"),
+    ],
+)
+def test_label_sets_that_are_not_0_to_k_minus_1_are_refused(tmp_path, labels, message):
+    source = write_labels(tmp_path / "labels.npz", labels)
+    for check in (check_source, load_data):
+        with pytest.raises(DataError, match=message):
+            check(source)
+
+
+def test_labels_are_counted_before_anything_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(nas.data, "_resize_images", lambda *args: pytest.fail("resized before the label check"))
+    with pytest.raises(DataError, match="at most 100,000 classes"):
+        load_data(write_labels(tmp_path / "labels.npz", np.array([0, 1, MAX_CLASSES])), image_size=8)
+    assert load_data(write_labels(tmp_path / "ok.npz", np.arange(6) % 3), val_fraction=0.5).num_classes == 3
+
+
+def test_cifar_labels_beyond_64_bits_are_reported_as_they_are(tmp_path):
+    write_pickle(tmp_path / "data_batch_1", {b"data": cifar_rows(range(3)), b"labels": [0, 1, 2**70]})
+    with pytest.raises(DataError, match=r"b'labels' must be below 100,000 .*got 1180591620717411303424"):
+        load_data(f"cifar10:{tmp_path}")
+
+
+def test_check_source_skips_the_values_of_large_label_arrays(tmp_path, monkeypatch):
+    source = write_labels(tmp_path / "labels.npz", np.array([0, 999, 0, 999]))
+    monkeypatch.setattr(nas.data, "_PREFLIGHT_LABEL_BYTES", 16)
+    assert check_source(source) == SourceSummary(num_images=4, in_channels=1, num_classes=None)
+    with pytest.raises(DataError, match="998 missing in all"):
+        load_data(source)
+
+
+# ----------------------------------------------------------------------------------------------- constant images
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.full((6, 4, 4), 7, np.uint8), "channel 0 of 1 \\(every training pixel is 7\\)"),
+        (np.stack([varied_images(6), np.full((6, 4, 4), 200, np.uint8), varied_images(6)], axis=-1),
+         "channel 1 of 3 \\(every training pixel is 200\\)"),
+    ],
+)
+def test_constant_images_are_refused_by_channel(tmp_path, images, message):
+    np.savez(tmp_path / "flat.npz", images=images, labels=small_labels(6))
+    with pytest.raises(DataError, match=f"data source 'npz:.*flat.npz': all images are constant in {message}; "
+                                        "nothing can be learned from it: check that the source holds real images"):
+        load_data(f"npz:{tmp_path / 'flat.npz'}", val_fraction=0.5)
 
 
 # ----------------------------------------------------------------------------------------------- imagefolder
 
 
-def write_image_folder(directory, shapes=((20, 10), (12, 12)), colours=(("cat", (255, 0, 0)), ("dog", (0, 0, 255)))):
+def write_image_folder(directory, shapes=((20, 10), (12, 12)), colours=(("cat", (255, 0, 0)), ("dog", (0, 128, 255)))):
     for name, colour in colours:
         (directory / name).mkdir(parents=True, exist_ok=True)
         for number, shape in enumerate(shapes):
@@ -314,7 +576,7 @@ def write_image_folder(directory, shapes=((20, 10), (12, 12)), colours=(("cat", 
 
 
 def test_imagefolder_labels_follow_sorted_class_names(tmp_path):
-    directory = write_image_folder(tmp_path, colours=(("zebra", (0, 0, 255)), ("ant", (255, 0, 0))))
+    directory = write_image_folder(tmp_path, colours=(("zebra", (0, 128, 255)), ("ant", (255, 0, 0))))
     (directory / "zebra" / "notes.txt").write_text("not an image")
     data = load_data(f"imagefolder:{directory}", image_size=8, val_fraction=0.25)
     images, labels = all_images_and_labels(data)
@@ -391,12 +653,112 @@ def test_imagefolder_errors(tmp_path):
         load_data(f"imagefolder:{tmp_path}", image_size=8)
 
 
+def png_claiming(path, width, height):
+    """A 1x1 PNG whose IHDR is patched to claim ``width`` x ``height`` pixels, with a valid chunk checksum."""
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(path)
+    content = bytearray(path.read_bytes())
+    content[16:24] = struct.pack(">II", width, height)  # IHDR data starts at byte 16: width, height
+    content[29:33] = struct.pack(">I", zlib.crc32(bytes(content[12:29])))  # CRC of the chunk type and data
+    path.write_bytes(bytes(content))
+    return path
+
+
+@pytest.mark.parametrize("side", [60_000, 10_000])  # beyond twice Pillow's limit (an error); between (a warning)
+def test_imagefolder_refuses_a_decompression_bomb_by_name(tmp_path, side):
+    directory = write_image_folder(tmp_path)
+    png_claiming(directory / "cat" / "huge.png", side, side)
+    filters = list(warnings.filters)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"imagefolder: image .*cat/huge.png is too large to decode safely "
+                                            r"\(.*exceeds limit.*\); remove it"):
+            load_data(f"imagefolder:{directory}", image_size=8)
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()
+    assert warnings.filters == filters  # the warning is an error only while the folder decodes
+
+
+def test_imagefolder_names_a_truncated_image(tmp_path):
+    directory = write_image_folder(tmp_path)
+    Image.fromarray(varied_images(1, size=64, channels=3)[0]).save(directory / "dog" / "cut.png")
+    (directory / "dog" / "cut.png").write_bytes((directory / "dog" / "cut.png").read_bytes()[:200])
+    with pytest.raises(DataError, match=r"imagefolder: cannot read image .*dog/cut.png: .*; remove or replace it"):
+        load_data(f"imagefolder:{directory}", image_size=8)
+
+
+def test_imagefolder_cache_is_written_through_the_safe_writer(tmp_path, monkeypatch):
+    written, write_file = [], nas.data.write_file
+
+    def recording_write_file(path, content, **options):
+        written.append(path.name)
+        return write_file(path, content, **options)
+
+    monkeypatch.setattr(nas.data, "write_file", recording_write_file)
+    directory = write_image_folder(tmp_path)
+    load_data(f"imagefolder:{directory}", image_size=8, val_fraction=0.25)
+    assert written == ["images_8.npy", "labels_8.npy", "classes.json"]
+    assert sorted(path.name for path in (directory / CACHE_DIRNAME).iterdir()) == sorted(written)  # no temporaries
+
+
+# ----------------------------------------------------------------------------------------------- check_source
+
+
+def test_check_source_summarizes_each_source_without_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "open", lambda *args: pytest.fail("check_source decoded an image"))
+    monkeypatch.setattr(nas.data, "_read_cifar_batch", lambda *args: pytest.fail("check_source read a CIFAR batch"))
+    assert check_source("synthetic:num_classes=4,num_images=500") == SourceSummary(500, 3, 4)
+    assert check_source("synthetic") == SourceSummary(10000, 3, 10)
+    assert check_source(f"cifar10:{write_cifar10(tmp_path / 'c10', batches=3)}") == SourceSummary(30000, 3, 10)
+    (tmp_path / "c100").mkdir()
+    (tmp_path / "c100" / "train").write_bytes(b"")
+    assert check_source(f"cifar100:{tmp_path / 'c100'}") == SourceSummary(50000, 3, 100)
+    assert check_source(f"imagefolder:{write_image_folder(tmp_path / 'folder')}") == SourceSummary(4, 3, 2)
+    np.savez(tmp_path / "rgb.npz", images=varied_images(12, channels=3), labels=np.arange(12) % 4)
+    assert check_source(f"npz:{tmp_path / 'rgb.npz'}") == SourceSummary(12, 3, 4)
+    assert check_source(f"npz:{tmp_path / 'missing.npz'}", files=False) == SourceSummary(None, None, None)
+
+
+def test_check_source_reads_no_npz_image_data(tmp_path):
+    """Stored (not deflated) images whose pixel bytes are damaged far past the header (zipfile reads ahead 4 KiB):
+    the headers pass, only loading fails."""
+    np.savez(tmp_path / "data.npz", images=varied_images(64, size=16), labels=small_labels(64))
+    content = bytearray((tmp_path / "data.npz").read_bytes())
+    pixels = content.index(b"\x93NUMPY") + 10_000  # inside the images' 16 KiB of data
+    content[pixels : pixels + 8] = b"\xff" * 8
+    (tmp_path / "data.npz").write_bytes(bytes(content))
+    assert check_source(f"npz:{tmp_path / 'data.npz'}") == SourceSummary(64, 1, 2)
+    with pytest.raises(DataError, match=r"data.npz: images \(array 'images'\): cannot read its data: Bad CRC-32"):
+        load_data(f"npz:{tmp_path / 'data.npz'}")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "has no class subfolders"),
+        (lambda path: write_image_folder(path), r"4 images of 3x2048x2048 pixels are 0.0 GiB; the limit is 0 GiB"),
+    ],
+)
+def test_check_source_refuses_imagefolders_from_their_listing(tmp_path, monkeypatch, make, message):
+    make(tmp_path / "folder")
+    monkeypatch.setattr(nas.data, "MAX_DATASET_BYTES", 1 << 20)
+    with pytest.raises(DataError, match=message):
+        check_source(f"imagefolder:{tmp_path / 'folder'}", image_size=2048)
+
+
+def test_check_source_refuses_a_cifar10_directory_without_batches(tmp_path):
+    with pytest.raises(DataError, match=f"no data_batch_\\* files in {tmp_path}"):
+        check_source(f"cifar10:{tmp_path}")
+
+
 # ----------------------------------------------------------------------------------------------- hold-out split
 
 
 def indexed_npz(path, count):
-    """An npz whose image i is filled with the value i, so a loaded image tells which source image it is."""
+    """An npz whose image i is filled with the value i (but for a last pixel of 255, so that no training split is
+    constant), so a loaded image tells which source image it is."""
     images = np.repeat(np.arange(count, dtype=np.uint8), 16).reshape(count, 4, 4)
+    images[:, -1, -1] = 255
     np.savez(path, images=images, labels=np.arange(count) % 3)
     return f"npz:{path}"
 
