@@ -17,10 +17,12 @@ Matplotlib is imported only when a report is drawn, on the Agg backend: reports 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import itertools
 import math
 import numbers
+import os
 import re
 import warnings
 from collections import Counter
@@ -32,7 +34,10 @@ import pandas as pd
 
 from nas.controllers import CONTROLLERS
 from nas.measure import spec_complexity
-from nas.study import ROLE_BASELINE, TABLE_COLUMNS, best_trials, is_interrupted, pareto_front, trial_spec, trials_frame
+from nas.study import (
+    ROLE_BASELINE, TABLE_COLUMNS, best_trials, is_interrupted, mask_url, pareto_front, trial_spec, trials_frame,
+)
+from search_spaces.files import Content, write_file
 from search_spaces.space import DECISION_FIELDS, Decision, SearchSpace
 from search_spaces.spec import ArchSpec
 
@@ -211,27 +216,92 @@ class Report:
 
 
 def write_report(study: optuna.Study, directory: Path, *, force: bool = False) -> Report:
-    """Writes ``directory/report.html`` and its figures; refuses to overwrite an earlier report unless ``force``."""
+    """Writes ``directory/report.html`` and its figures; refuses to overwrite an earlier report unless ``force``.
+
+    Every file goes through :func:`~search_spaces.files.write_file`. A run that fails part-way (a full disk, a
+    figure that cannot be drawn) removes the files and directories it created, never one that was there before,
+    so a re-run is not refused; a write error is an OSError naming the file and the reason. With ``force`` the
+    earlier report's files are replaced one by one, and figures it had that this run does not draw are removed
+    once the new report is complete.
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} exists and is not a directory; give a directory for the report")
     outputs = [directory / REPORT_FILE, *(directory / f"{figure.name}.png" for figure in FIGURES)]
-    existing = [path.name for path in outputs if path.exists()]
+    existing = [path for path in outputs if os.path.lexists(path)]
     if existing and not force:
         raise FileExistsError(
-            f"{directory} already holds a report ({', '.join(existing)}); pass --force to overwrite it"
+            f"{directory} already holds a report ({', '.join(path.name for path in existing)}); "
+            "pass --force to overwrite it"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    for path in outputs:  # with --force: no figure of the earlier report is left beside the new one
-        path.unlink(missing_ok=True)
     snapshot = StudySnapshot.read(study)
-    drawn, not_drawn = _draw_figures(snapshot, directory)
-    path = directory / REPORT_FILE
-    path.write_text(_page(snapshot, not_drawn), encoding="utf-8")
+    files = _NewFiles(existing)
+    try:
+        files.make_directory(directory)
+        drawn, not_drawn = _draw_figures(snapshot, directory, files)
+        path = files.write(directory / REPORT_FILE, _page(snapshot, not_drawn))
+    except BaseException:
+        files.remove()
+        raise
+    for stale in set(existing) - set(files.written):  # with --force: no figure of the earlier report is left
+        stale.unlink(missing_ok=True)
     return Report(path, drawn, not_drawn)
 
 
-def _draw_figures(snapshot: StudySnapshot, directory: Path) -> tuple[tuple[Path, ...], dict[str, str]]:
+class _NewFiles:
+    """What one run of :func:`write_report` writes, so that a failed run can remove exactly what it created."""
+
+    def __init__(self, existing: Iterable[Path]) -> None:
+        self.existing = frozenset(existing)
+        self.written: list[Path] = []
+        self.directories: list[Path] = []
+
+    def make_directory(self, directory: Path) -> None:
+        """Creates ``directory`` and its missing parents, remembering each one this run created."""
+        missing = [path for path in (directory, *directory.parents) if not path.exists()]
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue  # made by someone else meanwhile: not ours to remove
+            except OSError as error:
+                raise OSError(f"cannot create {path}: {_reason(error)}") from error
+            self.directories.append(path)
+
+    def write(self, path: Path, content: Content) -> Path:
+        """Writes ``path`` through :func:`~search_spaces.files.write_file`; errors name the file and the reason."""
+        try:
+            write_file(path, content)
+        except OSError as error:
+            if error.errno is None:
+                raise  # write_file's own one-line message, which names the file ("... is a directory")
+            raise OSError(f"cannot write {path}: {_reason(error)}") from error
+        self.written.append(path)
+        return path
+
+    def remove(self) -> None:
+        """Removes the files and (empty) directories this run created; files that were there before stay."""
+        for path in self.written:
+            if path not in self.existing:
+                path.unlink(missing_ok=True)
+        for directory in reversed(self.directories):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # something else was put there meanwhile: keep it
+
+
+def _reason(error: OSError) -> str:
+    """The OS's reason alone (``no space left on device``), for a one-line message that names the file itself."""
+    if error.errno is None:
+        return str(error)
+    reason = os.strerror(error.errno)
+    return reason[:1].lower() + reason[1:]
+
+
+def _draw_figures(
+    snapshot: StudySnapshot, directory: Path, files: _NewFiles
+) -> tuple[tuple[Path, ...], dict[str, str]]:
     pyplot = _pyplot()
     drawn, not_drawn = [], {}
     for figure in FIGURES:
@@ -242,9 +312,8 @@ def _draw_figures(snapshot: StudySnapshot, directory: Path) -> tuple[tuple[Path,
                 not_drawn[figure.name] = str(reason)
                 continue
             try:
-                path = directory / f"{figure.name}.png"
-                plot.savefig(path, dpi=DPI, bbox_inches="tight")
-                drawn.append(path)
+                save = functools.partial(plot.savefig, format="png", dpi=DPI, bbox_inches="tight")
+                drawn.append(files.write(directory / f"{figure.name}.png", save))
             finally:
                 pyplot.close(plot)
     return tuple(drawn), not_drawn
@@ -559,7 +628,7 @@ def _settings(snapshot: StudySnapshot) -> str:
         ["trials recorded", len(snapshot.trials)],
     ]
     setting_rows = [
-        [key, _hide_password(value) if key == "storage" and isinstance(value, str) else value]
+        [key, mask_url(value) if isinstance(value, str) else value]  # any URL: reports get shared
         for key, value in _flatten(attributes.get("campaign") or {})
     ]
     settings = (_table("settings", ("setting", "value"), setting_rows) if setting_rows else
@@ -576,11 +645,6 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
         else:
             items.append((f"{prefix}{key}", value))
     return items
-
-
-def _hide_password(url: str) -> str:
-    """``postgresql://user:secret@host/db`` as ``postgresql://user:***@host/db``: reports get shared."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
 def _table(

@@ -1,16 +1,20 @@
 """YAML files for specs: the only place that knows the spec file format.
 
-Only ``yaml.safe_load`` is used, so a file can never construct Python objects. Files are read with a size cap and
-parsed documents with a cap on their values once aliases are expanded, so that neither a huge file nor a small
-"billion laughs" one (nested ``&anchor``/``*alias`` lists) can exhaust memory when the data is validated or printed.
+Only the loader of ``yaml.safe_load`` is used (``yaml.SafeLoader``, extended to refuse duplicate keys), so a file
+can never construct Python objects. Files are read with a size cap and parsed documents with a cap on their values
+once aliases are expanded, so that neither a huge file nor a small "billion laughs" one (nested ``&anchor``/``*alias``
+lists) can exhaust memory when the data is validated or printed. A key given twice in one mapping is refused, as
+an unknown key is: ``safe_load`` would silently keep the last one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, Node
 
 from search_spaces.files import write_file
 from search_spaces.spec import ArchSpec, SpecError
@@ -20,10 +24,51 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader``, the loader of ``yaml.safe_load`` (plain data only), refusing a mapping whose key
+    appears twice: ``duplicate key 'trials' at line 7, first given at line 3``.
+
+    The check sits in ``flatten_mapping``, which sees every mapping (also one merged into another with ``<<``)
+    before ``<<`` merges keys into it: a key a mapping writes itself is checked, a merged key it overrides is not.
+    Keys are compared as constructed (``1`` and ``0x1`` are one key), as the mapping ``safe_load`` builds does.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._flattened: set[MappingNode] = set()
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        if node in self._flattened:  # flattened once already: it now holds the keys merged into it as well
+            super().flatten_mapping(node)
+            return
+        self._flattened.add(node)
+        written = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+        super().flatten_mapping(node)  # also makes a "=" key a string, so that it can be constructed
+        self._refuse_duplicates(written)
+
+    def _refuse_duplicates(self, keys: list[Node]) -> None:
+        lines: dict[Any, int] = {}
+        for node in keys:
+            key = self.construct_object(node)
+            if not isinstance(key, Hashable):
+                continue  # refused by construct_mapping with its own message ("found unhashable key")
+            line = node.start_mark.line + 1
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r} at line {line}, first given at line {lines[key]}"
+                )
+            lines[key] = line
+
+
 def parse_yaml(text: str, *, source: str) -> Any:
-    """``yaml.safe_load`` with one-line errors that name the source; never constructs Python objects."""
+    """``yaml.safe_load`` with duplicate keys refused and one-line errors that name the source; never constructs
+    Python objects."""
     try:
-        data = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
