@@ -8,15 +8,18 @@ The baseline trial runs first and alone: every reward is normalized by its step 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import optuna
 
@@ -29,7 +32,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from nas import study as studies
 from nas.campaign import CampaignConfig
-from nas.controllers import distributions, make_sampler
+from nas.controllers import distributions, make_sampler, space_exhausted
 from nas.data import ImageData, load_data
 from nas.train import EvalResult, EpochStats, TrainConfig, train_and_evaluate
 from search_spaces import presets
@@ -56,6 +59,16 @@ class CampaignOutcome:
     best_trial: int | None
     best_reward: float | None
     recovered: tuple[int, ...]
+    exhausted: bool = False  # every architecture of the space is in the study: stopped short of the budget
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the driver, handled as Ctrl-C is: trials in flight end as interrupted (each runs once more on
+    resume), nothing is left RUNNING or WAITING, and the driver lock is released."""
+
+
+class LockLostError(studies.StudyError):
+    """The driver lost its study's lock mid-campaign; it stopped starting trials and let those in flight record."""
 
 
 def run_campaign(
@@ -64,12 +77,27 @@ def run_campaign(
     """Runs (or resumes) the campaign until the study holds ``config.trials`` finished trials.
 
     The driver holds the study's :class:`~nas.study.DriverLock` throughout: a second driver on the same study is
-    refused with a message naming the first, so trials are never numbered, counted or re-enqueued by two.
+    refused with a message naming the first, so trials are never numbered, counted or re-run twice. Raises
+    :class:`Terminated` after a SIGTERM (as ``KeyboardInterrupt`` after Ctrl-C before Tune runs),
+    :class:`LockLostError` when the lock was lost, and :class:`~nas.study.StudyError` for a storage that cannot
+    be written (a read-only or damaged database, a full disk), always with the lock released where possible.
     """
     space = presets.get_space(config.space)
     storage = studies.make_storage(config.storage_url)
-    with studies.DriverLock(storage, config.study) as lock:
-        return _run_locked(config, space, storage, lock, out, trainer)
+    lock = studies.DriverLock(storage, config.study)
+    with _sigterm_as_interrupt() as stop, studies.storage_errors(config.storage_url, "write to"):
+        lock.acquire()
+        try:
+            outcome = _run_locked(config, space, storage, lock, out, trainer, stop)
+        except BaseException:
+            with contextlib.suppress(studies.StudyError):  # the error under way says more (a full disk, say)
+                lock.release()
+            raise
+        lock.release()
+    if lock.lost:
+        raise LockLostError(f"{lock.lost_reason}. This driver started no trial after that and recorded those in "
+                            "flight; run the same command to resume once the storage is reachable")
+    return outcome
 
 
 def _run_locked(
@@ -79,34 +107,84 @@ def _run_locked(
     lock: studies.DriverLock,
     out: TextIO,
     trainer: Trainer,
+    stop: "_StopSignal",
 ) -> CampaignOutcome:
     sampler = make_sampler(config.controller, space, seed=config.seed)
     study = studies.open_study(config, space, sampler, storage=storage)
     recovered = tuple(studies.recover_interrupted(study))
     if recovered:
-        print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted) and enqueued again", file=out)
+        print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted); each runs once more",
+              file=out)
     finished = len(studies.finished_trials(study))
     if finished >= config.trials:
         print(f"study {config.study!r} already has {finished} finished trials (budget {config.trials}); "
               "nothing to do", file=out)
         return _outcome(config, study, ran=0, recovered=recovered)
-    _enqueue_baseline_if_needed(study, space)
     data = load_data(config.data, image_size=config.train.image_size, val_fraction=config.val_fraction,
                      seed=config.seed)
     print(f"campaign {config.study!r}: space {space.name} ({space.size:,} architectures), {data.name}, "
           f"{config.controller} controller, {finished}/{config.trials} trials finished, "
-          f"storage {config.storage_url}", file=out, flush=True)
+          f"storage {studies.mask_url(config.storage_url)}", file=out, flush=True)
     searcher = StudySearcher(study, space, config, out=out, lock=lock)
     try:
-        _run_tune(config, data, searcher, trainer)
+        _run_tune(config, data, searcher, trainer, stop)
     finally:
-        searcher.interrupt_pending("campaign stopped")
+        if searcher.storage_failure is None:
+            searcher.interrupt_pending("campaign stopped")  # (a failed storage leaves them RUNNING: resume recovers)
+    if searcher.storage_failure is not None:
+        raise searcher.storage_failure
+    if stop.received is not None:
+        raise Terminated()
     if searcher.baseline_failure is not None:
         raise studies.StudyError(f"the baseline failed, so no reward can be computed: {searcher.baseline_failure}")
-    return _outcome(config, study, ran=searcher.completed, recovered=recovered)
+    return _outcome(config, study, ran=searcher.completed, recovered=recovered, exhausted=searcher.exhausted)
 
 
-def _outcome(config: CampaignConfig, study: optuna.Study, *, ran: int, recovered: tuple[int, ...]) -> CampaignOutcome:
+class _StopSignal:
+    """SIGTERM as a graceful stop: inside Tune's run it asks Tune to stop (as its own Ctrl-C handler does);
+    outside it raises :class:`Terminated` in the main thread. ``received`` is the signal's number once one came.
+
+    Ray installs its own SIGTERM handler (``sys.exit`` mid-run, which ends in an abort of Ray's core) when the
+    driver connects, so :meth:`install` runs again after ``ray.init``.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.tune_running = False
+        self.previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's "end the run" handler, installed by fit()
+        if self.tune_running and callable(tune_stop):
+            if first:
+                tune_stop(signum, frame)
+        else:
+            raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[_StopSignal]:
+    """Handles SIGTERM with a :class:`_StopSignal` for the block, then restores the previous handler."""
+    stop = _StopSignal()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    stop.install()
+    try:
+        yield stop
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _outcome(
+    config: CampaignConfig, study: optuna.Study, *, ran: int, recovered: tuple[int, ...], exhausted: bool = False
+) -> CampaignOutcome:
     best = studies.best_trials(study, 1)
     return CampaignOutcome(
         study_name=config.study,
@@ -117,17 +195,8 @@ def _outcome(config: CampaignConfig, study: optuna.Study, *, ran: int, recovered
         best_trial=best[0].number if best else None,
         best_reward=best[0].value if best else None,
         recovered=recovered,
+        exhausted=exhausted,
     )
-
-
-def _enqueue_baseline_if_needed(study: optuna.Study, space: SearchSpace) -> None:
-    """Puts the baseline first in line unless it has completed or already waits (enqueued by a previous run)."""
-    if studies.baseline(study) is not None:
-        return
-    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    if any(trial.user_attrs.get("role") == studies.ROLE_BASELINE for trial in waiting):
-        return
-    study.enqueue_trial(space.to_params(space.baseline), user_attrs={"role": studies.ROLE_BASELINE})
 
 
 class StudySearcher(Searcher):
@@ -159,6 +228,9 @@ class StudySearcher(Searcher):
         self.baseline_failure: str | None = None
         self.distributions = distributions(space)
         self.lock = lock
+        self.exhausted = False
+        self.storage_failure: Exception | None = None
+        self.reruns = studies.pending_reruns(study)  # interrupted trials owed their one re-run, oldest first
         best = studies.best_trials(study, 1)
         # (reward, trial number) of the best complete trial, kept up to date here rather than re-read per trial
         self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
@@ -172,15 +244,42 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict | None:
+        try:
+            return self._suggest(trial_id)
+        except studies.STORAGE_ERRORS as error:
+            self._stop_on(error)
+            return Searcher.FINISHED if not self.pending else None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            self._complete(trial_id, result, error)
+        except studies.STORAGE_ERRORS as storage_error:
+            self._stop_on(storage_error)
+
+    def _stop_on(self, error: Exception) -> None:
+        """A storage that fails (a full disk, a database gone read-only) ends the campaign: nothing new starts and
+        the error is raised once Tune has stopped, rather than inside Tune, which would only log it."""
+        if self.storage_failure is None:
+            self.storage_failure = error
+
+    def _suggest(self, trial_id: str) -> dict | None:
+        if self.storage_failure is not None:
+            return Searcher.FINISHED if not self.pending else None
         if self.baseline_failure is not None or (self.lock is not None and self.lock.lost):
             return Searcher.FINISHED if not self.pending else None
         if self.finished + len(self.pending) >= self.config.trials:
             return Searcher.FINISHED if not self.pending else None
-        if studies.baseline(self.study) is None and self.pending:
+        measuring_baseline = studies.baseline(self.study) is None
+        if measuring_baseline and self.pending:
             return None  # candidates wait for the baseline's S and P
+        if not self._enqueue_fixed_trial(measuring_baseline) and self._space_exhausted():
+            print(f"search space exhausted: all {self.space.size:,} architectures of {self.space.name!r} are in the "
+                  f"study; stopping at {self.finished}/{self.config.trials} finished trials", file=self.out, flush=True)
+            self.exhausted = True
+            return Searcher.FINISHED if not self.pending else None
         trial = self.study.ask(fixed_distributions=self.distributions)
         spec = self.space.from_params(trial.params)
-        if studies.baseline(self.study) is None:
+        if measuring_baseline:
             trial.set_user_attr("role", studies.ROLE_BASELINE)
             spec = dataclasses.replace(spec, name=self.space.baseline.name)
         else:
@@ -191,14 +290,43 @@ class StudySearcher(Searcher):
         self.pending[trial_id] = (trial, spec)
         return {"trial_number": trial.number, "spec": spec.to_dict()}
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def _enqueue_fixed_trial(self, measuring_baseline: bool) -> bool:
+        """Puts the baseline, or the oldest interrupted trial owed a re-run, in line just before it is asked for,
+        so that a stopped campaign never leaves a WAITING trial behind. A WAITING trial an older version left in
+        the study goes first, as Optuna's ask takes it. Returns whether the next trial is a fixed one."""
+        if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return True
+        if measuring_baseline:
+            self.study.enqueue_trial(self.space.to_params(self.space.baseline),
+                                     user_attrs={"role": studies.ROLE_BASELINE})
+            return True
+        if self.reruns:
+            studies.enqueue_rerun(self.study, self.reruns.pop(0))
+            return True
+        return False
+
+    def _space_exhausted(self) -> bool:
+        """Whether the controller's next trial could only repeat an architecture; counted only once the study holds
+        as many trials as the space has architectures (the tiny spaces of tests and demos)."""
+        return self.exhausted or (len(self.study.get_trials(deepcopy=False)) >= self.space.size
+                                  and space_exhausted(self.study, self.space))
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self.pending:
             return
         trial, spec = self.pending.pop(trial_id)
+        frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            print(f"trial {trial.number}: result not recorded: another driver ended the trial after this one lost "
+                  "the study's lock", file=self.out, flush=True)
+            return
         if error or result is None or RESULT_KEY not in result:
-            frozen = self.study.get_trials(deepcopy=False)[trial.number]
             studies.mark_interrupted(self.study, frozen, reason="the trial's worker failed")
-            print(f"trial {trial.number}: worker failed; enqueued again", file=self.out, flush=True)
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if studies.may_rerun(frozen):
+                self.reruns.append(frozen)
+            print(f"trial {trial.number}: worker failed" + ("; it runs once more" if studies.may_rerun(frozen) else ""),
+                  file=self.out, flush=True)
             return
         evaluation = _eval_result_from_json(result[RESULT_KEY])
         if NODE_KEY in result:
@@ -213,7 +341,7 @@ class StudySearcher(Searcher):
         self._report(trial.number, spec, evaluation, reward)
 
     def interrupt_pending(self, reason: str) -> None:
-        """Ends trials still in flight as interrupted failures (their params are enqueued for the next run)."""
+        """Ends trials still in flight as interrupted failures (each runs once more when the campaign resumes)."""
         trials = self.study.get_trials(deepcopy=False)
         for trial, _ in self.pending.values():
             if trials[trial.number].state == optuna.trial.TrialState.RUNNING:
@@ -260,7 +388,7 @@ def evaluate_trial(
     tune.report({RESULT_KEY: json.dumps(result.to_dict()), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
-def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any, trainer: Trainer) -> None:
+def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any, trainer: Trainer, stop: _StopSignal) -> None:
     if not ray.is_initialized():
         ray.init(
             address=config.address,
@@ -269,6 +397,7 @@ def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any, trainer: T
             configure_logging=True,
             logging_level=logging.ERROR,
         )
+        stop.install()  # ray.init replaced the SIGTERM handler
     gpus = config.gpus_per_trial
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -290,4 +419,8 @@ def _run_tune(config: CampaignConfig, data: ImageData, searcher: Any, trainer: T
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    tuner.fit()
+    stop.tune_running = True
+    try:
+        tuner.fit()
+    finally:
+        stop.tune_running = False

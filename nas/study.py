@@ -12,6 +12,7 @@ the candidate itself caused); a different space or proxy setting is refused with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -20,10 +21,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 import optuna
 import pandas as pd
+import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
@@ -64,7 +67,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         except Exception as error:  # SQLAlchemy and driver errors come in many types; each means "cannot open"
             if attempt + 1 == OPEN_ATTEMPTS or not isinstance(error, sqlalchemy.exc.SQLAlchemyError):
                 raise StudyError(
-                    f"cannot open storage {url!r}: {type(error).__name__}: {_first_line(error)}"
+                    f"cannot open storage {mask_url(url)}: {type(error).__name__}: {storage_problem(error)}"
                 ) from None
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
@@ -116,7 +119,9 @@ def open_study(
             storage=storage, study_name=config.study, sampler=sampler, direction="maximize", load_if_exists=True
         )
     except Exception as error:
-        raise StudyError(f"cannot open study {config.study!r} in {config.storage_url}: {_first_line(error)}") from None
+        raise StudyError(
+            f"cannot open study {config.study!r} in {mask_url(config.storage_url)}: {storage_problem(error)}"
+        ) from None
     attributes = study.user_attrs
     if "space_fingerprint" not in attributes:
         study.set_user_attr("format_version", FORMAT_VERSION)
@@ -129,7 +134,7 @@ def open_study(
     differences = _differences(attributes, space, config)
     if differences:
         raise StudyError(
-            f"study {config.study!r} in {config.storage_url} was made with other settings; "
+            f"study {config.study!r} in {mask_url(config.storage_url)} was made with other settings; "
             f"resume it with the same ones or use another --study: {'; '.join(differences)}"
         )
     study.set_user_attr("campaign", config.to_dict())
@@ -156,33 +161,111 @@ def _differences(attributes: dict[str, Any], space: SearchSpace, config: Campaig
 
 
 def load_study(storage_url: str, study_name: str) -> optuna.Study:
-    """An existing study, for inspection and export; a missing one is a clear error listing the others."""
-    storage = make_storage(storage_url)
+    """An existing study, for inspection and export: opened read-only, so a mistyped name or path creates no
+    file, directory or table; a missing one is a clear error listing the studies that do exist there."""
+    storage = open_storage_readonly(storage_url)
+    with storage_errors(storage_url, "read"):
+        try:
+            return optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = [
+                summary.study_name for summary in optuna.get_all_study_summaries(storage)
+                if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX)
+            ]
+    raise StudyError(
+        f"no study {study_name!r} in {mask_url(storage_url)}; studies there: {', '.join(names) if names else 'none'}"
+    )
+
+
+def open_storage_readonly(url: str) -> optuna.storages.BaseStorage:
+    """A storage to read from that never creates anything: a missing SQLite or journal file is an error naming
+    the study databases beside it, SQLite is opened read-only, and an RDB without Optuna's tables is refused
+    instead of being given them."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        if not path.is_file():
+            raise StudyError(f"no journal file {path}{_neighbours(path)}")
+        with storage_errors(url, "read"):
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise StudyError(f"no study database {path}{_neighbours(path)}")
+        url = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+    elif url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    with storage_errors(url, "read"):
+        engine = sqlalchemy.create_engine(url)
+        try:
+            has_studies = sqlalchemy.inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+        if not has_studies:
+            raise StudyError(f"{mask_url(url)} holds no Optuna studies")
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_table_creation=True)
+
+
+def _neighbours(path: Path) -> str:
+    """``; databases in runs/: a.db, b.db`` for a missing file, so a typo is easy to see (or the folder's absence)."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f" (no folder {folder}{'' if path.is_absolute() else f' under {Path.cwd()}'})"
+    others = sorted(entry.name for entry in folder.iterdir() if entry.suffix in (".db", ".journal"))
+    return f"; study files in {folder}: {', '.join(others) if others else 'none'}"
+
+
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+"""What a failing database raises through Optuna: SQLAlchemy's errors, and Optuna's wrapper around them."""
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, action: str) -> Iterator[None]:
+    """Turns a database error into a one-line StudyError naming the storage (masked) and what to do."""
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = [
-            summary.study_name for summary in optuna.get_all_study_summaries(storage)
-            if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX)
-        ]
-        raise StudyError(
-            f"no study {study_name!r} in {storage_url}; studies there: {', '.join(names) if names else 'none'}"
-        ) from None
+        yield
+    except STORAGE_ERRORS as error:
+        raise StudyError(f"cannot {action} storage {mask_url(url)}: {storage_problem(error)}") from None
+
+
+def storage_problem(error: BaseException) -> str:
+    """What a storage error means, with advice: a full disk, a read-only or damaged database, or the driver's text.
+
+    Optuna wraps SQLAlchemy's error, which wraps the database driver's: the innermost one says what happened.
+    """
+    while (cause := getattr(error, "orig", None) or error.__cause__) is not None:
+        error = cause
+    text = _first_line(error)
+    lowered = text.lower()
+    if "disk is full" in lowered or "no space left" in lowered:
+        return f"{text}: free some space, then run the same command to resume (finished trials are kept)"
+    if "readonly" in lowered or "read-only" in lowered:
+        return f"{text}: make the database writable (or copy it somewhere writable and use --storage)"
+    if "malformed" in lowered or "not a database" in lowered or "file is encrypted" in lowered:
+        return f"{text}: the database file is damaged; restore it from a backup"
+    return text
 
 
 DRIVER_LOCK_SUFFIX = ":driver"
+HEARTBEAT_FIRST_RETRY = 0.25  # seconds before the first retry of a failed heartbeat; doubles on each failure
 
 
 class DriverLock:
     """One driver per study at a time, held in the study's storage so it works across hosts.
 
-    The lock is an empty Optuna study named ``STUDY:driver``: creating a study is atomic in every Optuna storage
-    (a second creation of the name fails), so of two drivers started at once exactly one gets it. Its user
-    attributes name the holder (host, pid) and carry a heartbeat refreshed every ``heartbeat_interval`` seconds.
-    A lock whose holder is a dead process on this host, or whose heartbeat is older than ``stale_after``
-    seconds (a killed driver on another host), is taken over; any other holder makes :meth:`acquire` raise a
-    :class:`StudyError` that names it. ``lost`` becomes true if the lock disappears while held (another driver
-    judged it stale), and the holder must then stop starting trials.
+    This is the one place that defines the lock and its takeover window:
+
+    * The lock is an empty Optuna study named ``STUDY:driver``: creating a study is atomic in every Optuna storage
+      (a second creation of the name fails), so of two drivers started at once exactly one gets it. Its user
+      attributes name the holder (host, pid) and carry a heartbeat (wall-clock time) refreshed every
+      ``heartbeat_interval`` seconds (10 s).
+    * Another driver takes the lock over when its holder is a dead process on the same host (at once), or when the
+      heartbeat is older than ``stale_after`` seconds (60 s: a driver killed on another host). Hosts' clocks must
+      agree to well within that window. Any other holder makes :meth:`acquire` raise a :class:`StudyError` naming it.
+    * The holder's heartbeat survives short storage errors (a database locked by another client for a few
+      seconds, a dropped connection): it retries with backoff. If it cannot refresh the lock for ``lost_after``
+      seconds (half the takeover window, so it gives up well before anyone may take over), or finds the lock gone
+      or taken, the lock is ``lost``: the holder must start no new trial, let its in-flight trials record, and exit
+      with ``lost_reason``.
     """
 
     def __init__(
@@ -192,17 +275,39 @@ class DriverLock:
         *,
         heartbeat_interval: float = 10.0,
         stale_after: float = 60.0,
+        lost_after: float | None = None,
     ) -> None:
         self.storage = storage
         self.name = study_name + DRIVER_LOCK_SUFFIX
         self.study_name = study_name
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
-        self.lost = False
+        self.lost_after = stale_after / 2 if lost_after is None else lost_after
+        if not 0 < heartbeat_interval < self.lost_after <= stale_after:
+            raise ValueError(f"the driver lock needs 0 < heartbeat_interval ({heartbeat_interval:g}) < lost_after "
+                             f"({self.lost_after:g}) <= stale_after ({stale_after:g})")
+        self.lost_reason: str | None = None
         self._lock_id: int | None = None
         self._token = uuid.uuid4().hex  # study ids can be reused once deleted (SQLite): the token says "ours"
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._last_refresh = time.monotonic()
+        self._last_error: Exception | None = None  # the storage error of the last failed refresh, if it failed
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lock was lost while held (see the class doc); ``lost_reason`` says why. A heartbeat stuck
+        in a storage call for longer than ``lost_after`` counts as lost too, before the call returns."""
+        if self.lost_reason is None and self._lock_id is not None:
+            silent = time.monotonic() - self._last_refresh
+            if silent > self.lost_after:
+                self._lose_after_silence(silent)
+        return self.lost_reason is not None
+
+    def _lose_after_silence(self, silent: float) -> None:
+        problem = "the storage does not answer" if self._last_error is None else storage_problem(self._last_error)
+        self.lost_reason = (f"the driver lock of study {self.study_name!r} could not be refreshed for {silent:.1f} s "
+                            f"({problem}); another driver may take it over after {self.stale_after:g} s")
 
     def acquire(self) -> None:
         """Takes the lock (or a stale one over); raises StudyError when a live driver holds it."""
@@ -216,19 +321,33 @@ class DriverLock:
             holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "heartbeat": time.time()}
             for key, value in holder.items():
                 self.storage.set_study_user_attr(self._lock_id, key, value)
+            self._last_refresh = time.monotonic()
             self._heartbeat = threading.Thread(target=self._beat, name="nas-driver-heartbeat", daemon=True)
             self._heartbeat.start()
             return
         raise StudyError(self._held_message())
 
     def release(self) -> None:
-        """Gives the lock back (a no-op when not held or already lost)."""
+        """Gives the lock back (a no-op when not held or already lost); retried like a heartbeat, since a driver
+        stopping on a storage error is when the storage is least reliable."""
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if self._lock_id is not None and self._still_ours():
-            self.storage.delete_study(self._lock_id)
-        self._lock_id = None
+        lock_id, self._lock_id = self._lock_id, None
+        if lock_id is None:
+            return
+        for delay in (0.0, 0.5, 1.0, 2.0):
+            time.sleep(delay)
+            try:
+                if self._owns(lock_id):
+                    self.storage.delete_study(lock_id)
+                return
+            except Exception as error:  # a storage error of any driver's type; the last one is reported
+                failure = error
+        raise StudyError(
+            f"could not release the driver lock of study {self.study_name!r}: {storage_problem(failure)}; a driver "
+            f"on this host takes it over at once, one on another host after {self.stale_after:g} s"
+        )
 
     def __enter__(self) -> "DriverLock":
         self.acquire()
@@ -238,20 +357,35 @@ class DriverLock:
         self.release()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval) and self._beat_once():
-            pass
+        """Refreshes the heartbeat until stopped or lost, retrying storage errors with exponential backoff."""
+        retries, delay = 0, self.heartbeat_interval
+        while not self._stop.wait(delay):
+            try:
+                if not self._beat_once():
+                    return
+            except Exception as error:  # any storage error: the thread must outlive it, or the lock dies silently
+                self._last_error = error
+                silent = time.monotonic() - self._last_refresh
+                if silent >= self.lost_after:
+                    self._lose_after_silence(silent)
+                    return
+                delay = min(HEARTBEAT_FIRST_RETRY * 2**retries, self.heartbeat_interval, self.lost_after - silent)
+                retries += 1
+                continue
+            self._last_refresh, self._last_error, retries, delay = time.monotonic(), None, 0, self.heartbeat_interval
 
     def _beat_once(self) -> bool:
         """Refreshes the heartbeat; False (and ``lost``) when the lock is no longer ours."""
-        if self._still_ours():
+        if self._lock_id is not None and self._owns(self._lock_id):
             self.storage.set_study_user_attr(self._lock_id, "heartbeat", time.time())
-        else:
-            self.lost = True
-        return not self.lost
+            return True
+        self.lost_reason = (f"the driver lock of study {self.study_name!r} was taken over by another driver (this "
+                            f"one's heartbeat had stopped for more than {self.stale_after:g} s)")
+        return False
 
-    def _still_ours(self) -> bool:
+    def _owns(self, lock_id: int) -> bool:
         try:
-            return self.storage.get_study_user_attrs(self._lock_id).get("token") == self._token
+            return self.storage.get_study_user_attrs(lock_id).get("token") == self._token
         except KeyError:
             return False
 
@@ -313,10 +447,10 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Marks trials a dead driver left RUNNING as interrupted failures and enqueues their params once more.
+    """Marks trials a dead driver left RUNNING as interrupted failures; returns their numbers.
 
-    A trial that was itself a re-enqueued one is not enqueued again, so a candidate that kills its driver cannot
-    loop forever. Returns the numbers of the recovered trials.
+    Their re-runs are not enqueued here but asked for by the campaign when it has room (:func:`pending_reruns`),
+    so a stopped campaign leaves no WAITING trial behind.
     """
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -326,20 +460,39 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str = "driver stopped") -> None:
-    """Ends a RUNNING trial as an interrupted FAIL (not the candidate's fault) and enqueues its params once,
-    if it had been handed to a worker."""
+    """Ends a RUNNING trial as an interrupted FAIL: not the candidate's fault, not counted, run once more."""
     storage = study._storage  # Optuna has no public call to set an attribute on another process's trial
     storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
     storage.set_trial_user_attr(trial._trial_id, "failure_reason", f"interrupted: {reason}")
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    # Only a trial that was handed to a worker (its spec recorded) is run again; one the driver died while asking
-    # for may hold half its params.
-    if "spec" in trial.user_attrs and "requeued_from" not in trial.user_attrs:
-        study.enqueue_trial(
-            dict(trial.params),
-            user_attrs={"requeued_from": trial.number, "role": trial.user_attrs.get("role", ROLE_CANDIDATE)},
-            skip_if_exists=False,
-        )
+
+
+def pending_reruns(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Interrupted candidate trials still owed their one re-run, oldest first.
+
+    A trial is re-run exactly once, whatever stopped it (SIGKILL, SIGTERM, Ctrl-C, a dead worker): only if it had
+    been handed to a worker (its spec recorded; one the driver died while asking for may hold half its params),
+    if it is not itself a re-run (so a candidate that kills its driver cannot loop forever) and if no trial is
+    its re-run yet. The baseline is not among them: the campaign asks for it until it is measured.
+    """
+    trials = study.get_trials(deepcopy=False)
+    rerun = {trial.user_attrs.get("requeued_from") for trial in trials}
+    return [trial for trial in trials if may_rerun(trial) and trial.number not in rerun]
+
+
+def may_rerun(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether an interrupted trial may be re-run (see :func:`pending_reruns`): handed to a worker, neither a
+    re-run itself nor the baseline."""
+    attributes = trial.user_attrs
+    return (is_interrupted(trial) and "spec" in attributes and "requeued_from" not in attributes
+            and attributes.get("role") != ROLE_BASELINE)
+
+
+def enqueue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Puts ``trial``'s params first in line, marked as its re-run; the caller asks for it at once."""
+    study.enqueue_trial(
+        dict(trial.params), user_attrs={"requeued_from": trial.number, "role": ROLE_CANDIDATE}, skip_if_exists=False
+    )
 
 
 def baseline(study: optuna.Study) -> dict[str, Any] | None:
@@ -422,6 +575,8 @@ TABLE_COLUMNS = [
     "normalized_parameters", "architecture", "failure_reason",
 ]
 
+INTEGER_COLUMNS = ("number", "parameters", "macs")
+
 
 def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial with the campaign's columns, in trial order."""
@@ -443,7 +598,9 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
             "architecture": " ".join(attributes.get("block_strings", [])),
             "failure_reason": attributes.get("failure_reason"),
         })
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    # Counts stay integers where a value is missing (pandas would make the whole column float): "-" in a table,
+    # empty in CSV, null in JSON.
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({column: "Int64" for column in INTEGER_COLUMNS})
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:

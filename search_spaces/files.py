@@ -32,7 +32,7 @@ _TEMPORARY_ATTEMPTS = 100
 def write_file(path: str | os.PathLike[str], content: Content, *, overwrite: bool = True) -> Path:
     """Writes ``content`` to ``path`` atomically and durably, through a unique temporary file in its directory.
 
-    The target's directory must exist. ``overwrite=False`` refuses an existing target with FileExistsError (a
+    Missing parent directories are made, as for every output of the CLI. ``overwrite=False`` refuses an existing target with FileExistsError (a
     command checks ``--force`` before any work; this is the last guard). A symlink *at* ``path`` is replaced by
     the new file, never written through. On any error (a full disk, say) the temporary file is removed and the
     previous target is left as it was.
@@ -42,6 +42,7 @@ def write_file(path: str | os.PathLike[str], content: Content, *, overwrite: boo
         raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name")
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = _create_temporary(path)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -91,23 +92,24 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def check_output(path: str | os.PathLike[str], *, flag: str, force: bool, directory: bool = False) -> Path:
-    """Refuses, before any work, an output the command could not write: an existing target without ``force``,
-    a file where a directory is wanted (or the reverse), or a parent that is not a directory.
+def check_output(
+    path: str | os.PathLike[str], *, flag: str, force: bool, directory: bool | None = False
+) -> Path:
+    """Refuses, before any work, an output the command could not write: an existing file without ``force``, a
+    file where a directory is wanted (``directory=True``) or a directory where a file is (``False``; ``None``
+    takes either), or a parent that is not a directory.
 
-    Any location is allowed: a path the user types is theirs. Returns the path as typed, so messages show it.
+    Any location is allowed: a path the user types is theirs. Returns the path as typed (``~`` expanded).
     """
     path = Path(path).expanduser()
-    if directory:
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"{flag} {path} must be a directory")
-    else:
-        if path.is_dir():
-            raise IsADirectoryError(f"{flag} {path} is a directory; give a file name")
-        if os.path.lexists(path) and not force:
-            raise FileExistsError(f"{flag} {path} exists; pass --force to overwrite it")
-    for parent in (path.parent, *path.parent.parents):
-        if parent.exists():
+    if directory is True and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path} must be a directory")
+    if directory is False and path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a directory; give a file name")
+    if not force and not path.is_dir() and os.path.lexists(path):
+        raise FileExistsError(f"{flag} {path} exists; pass --force to overwrite it")
+    for parent in path.parents:
+        if os.path.lexists(parent):
             if not parent.is_dir():
                 raise NotADirectoryError(f"{flag} {path}: {parent} is not a directory")
             break

@@ -6,12 +6,15 @@ Every test that takes ``storage_url`` runs on each storage of the matrix: SQLite
 import dataclasses
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
 import pytest
+import sqlalchemy.exc
 
 from nas import study as studies
 from nas.campaign import CampaignConfig
@@ -94,17 +97,30 @@ def test_failed_results_are_failed_trials_with_their_reason(storage_url, space):
     assert studies.finished_trials(study) == [frozen]
 
 
-def test_interrupted_trials_are_failed_and_enqueued_once(storage_url, space):
+def test_interrupted_trials_are_failed_and_owed_one_rerun(storage_url, space):
     _, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     trial.set_user_attr("spec", spec.to_dict())
     assert studies.recover_interrupted(study) == [0]
     assert study.trials[0].state == optuna.trial.TrialState.FAIL and study.trials[0].user_attrs["interrupted"]
     assert studies.finished_trials(study) == []
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # nothing is left waiting...
+    assert [t.number for t in studies.pending_reruns(study)] == [0]  # ...but the re-run is owed
+    studies.enqueue_rerun(study, studies.pending_reruns(study)[0])
     rerun = study.ask(fixed_distributions=distributions(space))
     assert rerun.params == trial.params and rerun.user_attrs["requeued_from"] == 0
+    rerun.set_user_attr("spec", spec.to_dict())
+    assert studies.pending_reruns(study) == []  # its re-run exists
     assert studies.recover_interrupted(study) == [1]  # the re-run dies too...
-    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # ...and is not enqueued again
+    assert studies.pending_reruns(study) == []  # ...and is not run again
+
+
+def test_the_baseline_is_not_owed_a_rerun(storage_url, space):
+    _, study = open_(storage_url, space)
+    trial, spec = ask(study, space, role="baseline")
+    trial.set_user_attr("spec", spec.to_dict())
+    studies.recover_interrupted(study)
+    assert studies.pending_reruns(study) == []  # the campaign asks for the baseline until it is measured
 
 
 def test_best_and_pareto(storage_url, space):
@@ -136,8 +152,7 @@ def test_a_trial_never_handed_to_a_worker_is_not_run_again(storage_url, space):
     trial.set_user_attr("spec", spec.to_dict())  # handed over
     study.ask()  # the driver died while asking for this one: no spec recorded
     assert studies.recover_interrupted(study) == [0, 1]
-    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [trial.params]
+    assert [t.number for t in studies.pending_reruns(study)] == [0]
 
 
 def test_one_driver_per_study(storage_url):
@@ -188,3 +203,145 @@ def test_a_silent_remote_lock_expires_and_the_old_holder_learns_it_lost(storage_
     finally:
         holder.release()
         newcomer.release()
+
+
+class FlakyStorage:
+    """A storage whose study-attribute calls raise "database is locked" while ``failing`` is set, as SQLite does
+    while another client holds an exclusive transaction."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.failing = False
+        self.failures = 0
+        self.hang = threading.Event()
+        self.hang.set()
+
+    def __getattr__(self, name):
+        method = getattr(self.storage, name)
+        if name not in ("set_study_user_attr", "get_study_user_attrs"):
+            return method
+
+        def call(*args, **kwargs):
+            self.hang.wait()
+            if self.failing:
+                self.failures += 1
+                raise sqlalchemy.exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+            return method(*args, **kwargs)
+
+        return call
+
+
+def heartbeat_of(storage_url):
+    storage = studies.make_storage(storage_url)
+    return storage.get_study_user_attrs(storage.get_study_id_from_name("s" + studies.DRIVER_LOCK_SUFFIX))["heartbeat"]
+
+
+def test_the_heartbeat_rides_out_a_short_storage_error_and_keeps_a_remote_driver_out(storage_url, monkeypatch):
+    flaky = FlakyStorage(studies.make_storage(storage_url))
+    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
+    holder.acquire()
+    try:
+        monkeypatch.setattr(studies.socket, "gethostname", lambda: "another-host")  # the second driver's view
+        flaky.failing = True  # the storage is locked for half the safe share of the takeover window
+        time.sleep(0.5)
+        assert flaky.failures >= 2 and not holder.lost and holder._heartbeat.is_alive()
+        with pytest.raises(studies.StudyError, match="is being run by"):
+            studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
+        flaky.failing = False
+        before = heartbeat_of(storage_url)
+        time.sleep(0.5)
+        assert heartbeat_of(storage_url) > before and not holder.lost  # beating again
+        time.sleep(2.0)  # longer than the takeover window: a live holder's lock never goes stale
+        with pytest.raises(studies.StudyError, match="is being run by"):
+            studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
+    finally:
+        holder.release()
+
+
+def test_a_heartbeat_that_cannot_refresh_for_the_safe_share_marks_the_lock_lost(storage_url, monkeypatch):
+    flaky = FlakyStorage(studies.make_storage(storage_url))
+    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
+    holder.acquire()
+    flaky.failing = True
+    started = time.monotonic()
+    while not holder.lost and time.monotonic() - started < 5:
+        time.sleep(0.05)
+    lost_at = time.monotonic() - started
+    assert holder.lost and 0.9 <= lost_at < 2.0  # after the safe share (1 s), before anyone may take over (2 s)
+    assert "could not be refreshed" in holder.lost_reason and "database is locked" in holder.lost_reason
+    monkeypatch.setattr(studies.socket, "gethostname", lambda: "another-host")
+    time.sleep(max(0.0, 2.2 - lost_at))
+    newcomer = studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0)
+    newcomer.acquire()  # the silent lock expired: the other host takes it over
+    try:
+        flaky.failing = False
+        holder.release()  # the old holder leaves the newcomer's lock alone
+        assert heartbeat_of(storage_url) and not newcomer.lost
+    finally:
+        newcomer.release()
+
+
+def test_a_heartbeat_stuck_in_a_storage_call_counts_as_lost(storage_url):
+    flaky = FlakyStorage(studies.make_storage(storage_url))
+    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0, lost_after=0.5)
+    holder.acquire()
+    try:
+        flaky.hang.clear()  # the next refresh blocks inside the storage call
+        time.sleep(0.7)
+        assert holder._heartbeat.is_alive()  # still waiting for the storage...
+        assert holder.lost and "does not answer" in holder.lost_reason  # ...but the driver knows
+    finally:
+        flaky.hang.set()
+        holder.release()
+
+
+def test_the_lock_windows_must_nest():
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        studies.DriverLock(None, "s", heartbeat_interval=40, stale_after=60)
+
+
+def test_reading_creates_nothing_and_names_the_study_files_there(tmp_path, monkeypatch, space):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(studies.StudyError, match=r"no study database runs/typo.db \(no folder runs under"):
+        studies.load_study("sqlite:///runs/typo.db", "typo")
+    with pytest.raises(studies.StudyError, match="no journal file"):
+        studies.load_study("journal:runs/typo.journal", "typo")
+    assert list(tmp_path.iterdir()) == []
+    studies.open_study(CampaignConfig(study="demo"), space, make_sampler("random", space))
+    before = sorted(path.name for path in (tmp_path / "runs").iterdir())
+    with pytest.raises(studies.StudyError, match="no study database runs/typo.db; study files in runs: demo.db"):
+        studies.load_study("sqlite:///runs/typo.db", "typo")
+    with pytest.raises(studies.StudyError, match="no study 'typo' in sqlite:///runs/demo.db; studies there: demo"):
+        studies.load_study("sqlite:///runs/demo.db", "typo")
+    other = tmp_path / "plain.db"
+    sqlite3.connect(other).close()  # an SQLite file that holds no study is not given Optuna's tables
+    with pytest.raises(studies.StudyError, match="holds no Optuna studies"):
+        studies.load_study(f"sqlite:///{other}", "x")
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == before
+    assert other.stat().st_size == 0
+
+
+def test_a_damaged_database_is_a_one_line_error(tmp_path, space):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    study = studies.open_study(CampaignConfig(study="x", storage=url), space, make_sampler("random", space))
+    for _ in range(30):
+        trial = study.ask(fixed_distributions=distributions(space))
+        trial.set_user_attr("note", "x" * 2000)
+        study.tell(trial, 0.5)
+    with open(tmp_path / "x.db", "r+b") as file:  # dd if=/dev/urandom of=x.db bs=4096 seek=5 count=10 conv=notrunc
+        file.seek(5 * 4096)
+        file.write(os.urandom(10 * 4096))
+    with pytest.raises(studies.StudyError, match=r"cannot read storage .*x.db: .*(malformed|not a database).*backup"):
+        with studies.storage_errors(url, "read"):
+            studies.load_study(url, "x").get_trials()
+
+
+def test_storage_urls_are_masked():
+    assert studies.mask_url("postgresql://u:pa/ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert studies.mask_url("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"
+    assert studies.mask_url("postgresql+psycopg://u:secret@h/db?x=1") == "postgresql+psycopg://u:***@h/db?x=1"
+    assert studies.mask_url("sqlite:///runs/x.db") == "sqlite:///runs/x.db"
+    assert studies.mask_url("journal:runs/x.journal") == "journal:runs/x.journal"
+    with pytest.raises(studies.StudyError) as error:
+        studies.make_storage("nosuchdialect://u:hunter2@h/db")
+    assert "hunter2" not in str(error.value) and "u:***@h" in str(error.value)
