@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nas.blocks import ACTIVATION_LAYERS, BLOCKS, ConvNormAct
-from search_spaces.spec import ArchSpec
+from search_spaces.spec import MAX_CHANNELS, ArchSpec, SpecError
 
 
 class EfficientNet(nn.Module):
@@ -35,8 +35,11 @@ class EfficientNet(nn.Module):
         return self.classifier(self.dropout(features))  # (N, num_classes)
 
 
-def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int = 3) -> EfficientNet:
+def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int | None = None) -> EfficientNet:
     """Builds the network ``spec`` describes, initialized as the reference implementations do.
+
+    ``in_channels`` is the input images' channels (the data's: 1 grayscale, 3 RGB); None takes the spec's pinned
+    ``in_channels``, else 3. A value that contradicts the spec's pinned one is refused, naming both.
 
     Stochastic depth grows linearly with the block index over the whole network (block ``i`` of ``n`` drops
     its residual branch with probability ``drop_path_rate * i / n``), and only the first layer of a stage
@@ -44,8 +47,7 @@ def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int = 3) -
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    in_channels = resolve_in_channels(spec, in_channels)
     norm = functools.partial(nn.BatchNorm2d, eps=spec.bn_eps, momentum=spec.bn_momentum)
     activation = ACTIVATION_LAYERS[spec.activation]
     stem = ConvNormAct(
@@ -77,6 +79,21 @@ def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int = 3) -
     model = EfficientNet(stem, nn.Sequential(*stages), head, spec.dropout, nn.Linear(spec.head_channels, num_classes))
     model.apply(_reference_init)
     return model
+
+
+def resolve_in_channels(spec: ArchSpec, in_channels: int | None) -> int:
+    """The input channels to build ``spec`` for: ``in_channels`` when given, else the spec's pinned value, else 3
+    (RGB); refuses a value that contradicts the spec's pinned one."""
+    if in_channels is None:
+        return 3 if spec.in_channels is None else spec.in_channels
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_CHANNELS:
+        raise ValueError(f"in_channels must be an integer in [1, {MAX_CHANNELS}], got {in_channels!r}")
+    if spec.in_channels is not None and spec.in_channels != in_channels:
+        raise SpecError(
+            f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, got in_channels {in_channels}: "
+            f"drop in_channels from the spec to follow the input, or give {spec.in_channels}"
+        )
+    return in_channels
 
 
 def _reference_init(module: nn.Module) -> None:

@@ -21,10 +21,14 @@ from nas.onnx_export import OnnxExportError
 from nas.study import StudyError
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
+from search_spaces.files import LockHeldError, check_output, write_file
 from search_spaces.io import dump_spec, spec_to_yaml, timm_arch_def
 from search_spaces.spec import ArchSpec, SpecError
 
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # a run that started and failed
+EXIT_USAGE = 2  # refused input: a one-line error, nothing done
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 MAX_SAMPLES = 100_000
 
 
@@ -197,7 +201,7 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Pa
     coefficients = {"alpha": best.coefficients.depth, "beta": best.coefficients.width,
                     "gamma": best.coefficients.resolution, "accuracy": best.result.accuracy,
                     "data": data.name, "epochs": args.epochs}
-    (directory / "coefficients.json").write_text(json.dumps(coefficients, indent=2) + "\n")
+    write_file(directory / "coefficients.json", json.dumps(coefficients, indent=2) + "\n")
     return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
 
 
@@ -216,19 +220,14 @@ def _write_spec(spec: ArchSpec, output: Path | None, *, force: bool) -> bool:
 
 
 def _output_path(flag: str, value: str | Path) -> Path:
-    """``value``, refused unless it lies inside the working directory once ``..`` and symlinks are resolved.
+    """``value`` as a path to write, anywhere the user can write (a path the user types is theirs; DESIGN.md).
 
     Every file or directory a command writes (``-o``, ``--export``, ``--save``, ``--checkpoint``,
-    ``--export-onnx``) goes through here before any work starts, so a mistyped or hostile path cannot overwrite
-    anything outside the project (``/etc/x``, ``../../x``, a symlink that points out). The path is returned as
-    given, so that messages show what the user typed.
+    ``--export-onnx``) goes through here before any work starts, so that a parent that is a file is refused
+    at once; ``--force`` for an existing file is checked by the command. Safety from planted links comes from
+    :func:`search_spaces.files.write_file`, not from confinement.
     """
-    working_directory = Path.cwd().resolve()
-    resolved = (working_directory / value).resolve()
-    if resolved != working_directory and working_directory not in resolved.parents:
-        raise ValueError(f"{flag}: {value} is outside the working directory {working_directory}; "
-                         "write inside it (or cd first)")
-    return Path(value)
+    return check_output(value, flag=flag, force=True, directory=None)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -280,23 +279,34 @@ def _format_macs(macs: int) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from nas.measure import benchmark_spec
+    """Times a spec's training step; a batch the device cannot hold is a one-line error with advice (exit 2)."""
+    from nas.measure import benchmark_spec, is_out_of_memory
 
     spec = presets.resolve_spec(args.spec)
-    result = benchmark_spec(
-        spec,
-        device=args.device,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        num_classes=args.num_classes,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        inference=args.inference,
-        threads=args.threads,
-    )
+    try:
+        result = benchmark_spec(
+            spec,
+            device=args.device,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            inference=args.inference,
+            threads=args.threads,
+        )
+    except (MemoryError, RuntimeError) as error:  # CUDA's OutOfMemoryError and the CPU allocator's are RuntimeErrors
+        if not is_out_of_memory(error):
+            raise
+        image_size = spec.train_image_size if args.image_size is None else args.image_size
+        raise ValueError(
+            f"out of memory timing {spec.name or args.spec} at batch size {args.batch_size} and image size "
+            f"{image_size}px on device {args.device}: use a smaller --batch-size or --image-size"
+        ) from None
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -304,7 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = [
         ["spec", result.name or args.spec],
         ["device", result.device],
-        ["batch x image", f"{result.batch_size} x {result.image_size}px"],
+        ["batch x image", f"{result.batch_size} x {result.image_size}px, {result.in_channels} channel(s)"],
         ["precision", f"amp {result.amp}, {'channels_last' if result.channels_last else 'NCHW'}"
                       + (", torch.compile" if result.compile else "")],
         ["parameters", f"{result.parameters:,}"],
@@ -325,8 +335,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts: the
+    checkpoint to resume (missing, not one, of another spec, recipe or data), a checkpoint another ``nas train``
+    holds, data the spec cannot train on; exit 1 is for a run that started and failed."""
+    import contextlib
+
     from nas.data import load_data
-    from nas.train import TrainConfig, train_and_evaluate
+    from nas.train import TrainConfig, check_checkpoint_data, check_data, read_checkpoint, train_and_evaluate
+    from search_spaces.files import FileLock
 
     spec = presets.resolve_spec(args.spec)
     progressive = None
@@ -370,42 +386,64 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--save {save} must be a directory")
     if onnx_output is not None and save is None:
         raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
-    data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
-    if not args.json:
-        print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
-              f"{len(data.val_labels):,} hold-out images, {data.num_classes} classes, "
-              + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in {progressive.num_stages} "
-                 "stages" if progressive else f"{config.image_size or data.image_size}px"), file=sys.stderr)
-    result = train_and_evaluate(
-        spec, data, config, on_epoch=None if args.json else _print_epoch,
-        checkpoint=checkpoint, resume=args.resume,
-        weights=save / "weights.pt" if save is not None else None,
-    )
-    if save is not None and result.ok:
-        dump_spec(spec, save / "spec.yaml")
-        (save / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if checkpoint is not None and checkpoint.is_dir():
+        raise IsADirectoryError(f"--checkpoint {checkpoint} is a directory; give a file name")
+    with contextlib.ExitStack() as held:
+        # One run owns a checkpoint: a second is refused, naming this one's host and pid. (A --resume whose
+        # directory is missing has no checkpoint to resume, which read_checkpoint says without creating it.)
+        if checkpoint is not None and (not args.resume or checkpoint.parent.is_dir()):
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(FileLock(checkpoint, what="checkpoint"))
+        # Read before the data loads (tensors memory-mapped): a missing, foreign or mismatched checkpoint costs nothing.
+        saved = read_checkpoint(checkpoint, spec, config) if args.resume else None
+        data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
+        check_data(spec, config, data)
+        if saved is not None:
+            check_checkpoint_data(saved, checkpoint, spec, data)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
         if not args.json:
-            print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
-        if onnx_output is not None:
-            _export_onnx(spec, data.num_classes, save / "weights.pt", onnx_output,
-                         config.eval_image_size or (progressive.image_size[1] if progressive else None)
-                         or config.image_size or data.image_size)
+            print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
+                  f"{len(data.val_labels):,} hold-out images, {data.in_channels} channel(s), {data.num_classes} "
+                  "classes, " + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in "
+                                 f"{progressive.num_stages} stages" if progressive
+                                 else f"{config.image_size or data.image_size}px"), file=sys.stderr)
+        result = train_and_evaluate(
+            spec, data, config, on_epoch=None if args.json else _print_epoch,
+            checkpoint=checkpoint, resume=args.resume,
+            weights=save / "weights.pt" if save is not None else None,
+        )
+        if save is not None and result.ok:
+            # spec.yaml builds the network weights.pt fits: grayscale weights pin their channel count.
+            trained = spec if data.in_channels == 3 else dataclasses.replace(spec, in_channels=data.in_channels)
+            dump_spec(trained, save / "spec.yaml")
+            write_file(save / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+            if not args.json:
+                print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
+            if onnx_output is not None:
+                _export_onnx(trained, data.num_classes, data.in_channels, save / "weights.pt", onnx_output,
+                             config.eval_image_size or (progressive.image_size[1] if progressive else None)
+                             or config.image_size or data.image_size)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_result(result)
-    return 0 if result.ok else 1
+    return 0 if result.ok else EXIT_FAILED
 
 
-def _export_onnx(spec: ArchSpec, num_classes: int, weights: Path, output: Path, image_size: int) -> None:
+def _export_onnx(
+    spec: ArchSpec, num_classes: int, in_channels: int, weights: Path, output: Path, image_size: int
+) -> None:
+    """Exports the saved ``weights`` as ONNX for ``in_channels``-channel images (the data's) and says how close
+    ONNX Runtime's logits came to PyTorch's."""
     import torch
 
     from nas.builder import build_model
     from nas.onnx_export import export_onnx
 
-    model = build_model(spec, num_classes=num_classes)
+    model = build_model(spec, num_classes, in_channels)
     model.load_state_dict(torch.load(weights, weights_only=True))
-    difference = export_onnx(model, output, image_size=image_size)
+    difference = export_onnx(model, output, image_size=image_size, in_channels=in_channels)
     print(f"wrote {output}: ONNX logits match PyTorch's within {difference:.2g}", file=sys.stderr)
 
 
@@ -450,7 +488,7 @@ _SEARCH_OVERRIDES = (
 
 def cmd_search(args: argparse.Namespace) -> int:
     from nas.campaign import CampaignConfig, load_campaign
-    from nas.runner import run_campaign
+    from nas.runner import LockLostError, Terminated, run_campaign
     from nas.study import best_trials, load_study, trial_spec
 
     config = load_campaign(args.config) if args.config else CampaignConfig()
@@ -460,13 +498,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     config.check_inputs()
     try:
         outcome = run_campaign(config)
-    except KeyboardInterrupt:
-        print("\nstopped: finished trials are kept in the study; run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        signal_name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        print(f"\nstopped ({signal_name}): trials in flight were marked interrupted and run once more on resume; "
+              "finished trials are kept in the study; run the same command to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+    except LockLostError as error:
+        print(f"nas search: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     study = load_study(outcome.storage, outcome.study_name)
     best = best_trials(study, 1)
     print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
-    stopped = outcome.finished < outcome.budget
+    stopped = outcome.finished < outcome.budget and not outcome.exhausted
     if best:
         output.parent.mkdir(parents=True, exist_ok=True)
         dump_spec(dataclasses.replace(trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}"), output)
@@ -475,14 +518,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     if stopped:
         print("stopped before the budget: finished trials are kept in the study; run the same command to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _storage_url(args: argparse.Namespace) -> str:
+    return args.storage or f"sqlite:///runs/{args.study}.db"
 
 
 def _open_study(args: argparse.Namespace) -> Any:
     from nas.study import load_study
 
-    return load_study(args.storage or f"sqlite:///runs/{args.study}.db", args.study)
+    return load_study(_storage_url(args), args.study)
+
+
+def _reads_study(handler: Any) -> Any:
+    """Runs a command that reads a study with database errors (a damaged file, say) as one-line errors."""
+
+    def run(args: argparse.Namespace) -> int:
+        from nas.study import storage_errors
+
+        with storage_errors(_storage_url(args), "read"):
+            return handler(args)
+
+    return run
 
 
 def _print_frame(frame: Any, output_format: str) -> None:
@@ -490,9 +549,13 @@ def _print_frame(frame: Any, output_format: str) -> None:
         sys.stdout.write(frame.to_csv(index=False))
     elif output_format == "json":
         print(frame.to_json(orient="records", indent=2))
+    elif len(frame):
+        # pandas prints a missing integer as <NA> whatever na_rep says: such cells become "-" here.
+        integers = [column for column in frame.columns if str(frame[column].dtype) == "Int64"]
+        table = frame.astype({column: object for column in integers}).fillna({column: "-" for column in integers})
+        print(table.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4g}"))
     else:
-        print(frame.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4g}") if len(frame)
-              else "no trials")
+        print("no trials")
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
@@ -621,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arguments(bench)
     bench.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     bench.add_argument("--image-size", type=int, help="image size (default: the spec's train image size)")
+    bench.add_argument("--in-channels", type=int, metavar="N",
+                       help="input image channels, 1 grayscale or 3 RGB (default: 3, or the spec's in_channels)")
     bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default: 5)")
     bench.add_argument("--repeats", type=int, default=7, help="timed windows; the median is reported (default: 7)")
@@ -656,8 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     progressive.add_argument("--mixup-range", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     train.add_argument("--ema", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
-    train.add_argument("--checkpoint", help="write the full training state here after every epoch")
-    train.add_argument("--resume", action="store_true", help="continue from --checkpoint (same spec and recipe)")
+    train.add_argument("--checkpoint", help="write the full training state here after every epoch; one run at a "
+                                            "time owns it (a second is refused, naming the first's host and pid)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from --checkpoint, which must exist (same spec, recipe and data)")
     train.add_argument("--save", metavar="DIR", help="write weights.pt, spec.yaml and result.json into DIR")
     train.add_argument("--export-onnx", metavar="PATH", help="also write the trained network as ONNX (needs --save "
                                                               "and the onnx extra); checked against PyTorch")
@@ -695,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(trials)
     trials.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_query_arguments(trials)
-    trials.set_defaults(handler=cmd_trials)
+    trials.set_defaults(handler=_reads_study(cmd_trials))
 
     best = commands.add_parser("best", help="the best trials by reward, or the Pareto front over A, S and P")
     _add_study_arguments(best)
@@ -705,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_query_arguments(best, ranking=" (with -k: the best k among the trials kept; with --pareto: the front's "
                                        "trials that match)")
-    best.set_defaults(handler=cmd_best)
+    best.set_defaults(handler=_reads_study(cmd_best))
 
     export = commands.add_parser("export", help="write a trial's architecture as a spec file")
     _add_study_arguments(export)
@@ -715,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="name of the exported spec (default: STUDY-trialN)")
     export.add_argument("--format", choices=("yaml", "timm"), default="yaml",
                         help="yaml: a spec file; timm: the equivalent timm arch_def block strings")
-    export.set_defaults(handler=cmd_export)
+    export.set_defaults(handler=_reads_study(cmd_export))
 
     report = commands.add_parser(
         "report", help="write an HTML report of a study, with figures",
@@ -727,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(report)
     report.add_argument("-o", "--output", metavar="DIR", help="directory to write (default: runs/STUDY-report)")
     report.add_argument("--force", action="store_true", help="overwrite a report already in DIR")
-    report.set_defaults(handler=cmd_report)
+    report.set_defaults(handler=_reads_study(cmd_report))
     return parser
 
 
@@ -763,7 +830,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError, OnnxExportError) as error:
+    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError, OnnxExportError,
+            LockHeldError) as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

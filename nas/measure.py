@@ -27,15 +27,26 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.builder import build_model
+from nas.builder import build_model, resolve_in_channels
 from nas.step import MAX_BATCH_SIZE, TrainingStep, make_optimizer, resolve_amp
 from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+# What torch's CPU allocator says when malloc fails ("DefaultCPUAllocator: can't allocate memory: ..."); a CUDA
+# allocation failure is a torch.OutOfMemoryError instead.
+CPU_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator")
 
 
 class DeviceUnavailableError(RuntimeError):
     """The requested device does not exist on this machine."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: CUDA's OutOfMemoryError, Python's MemoryError, or the CPU
+    allocator's RuntimeError (which torch raises as a plain RuntimeError)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in CPU_ALLOCATION_FAILURES)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -70,15 +81,21 @@ class Complexity:
     image_size: int
 
 
-def spec_complexity(spec: ArchSpec, *, num_classes: int = 1000, image_size: int | None = None) -> Complexity:
-    """Parameters and multiply-adds of ``spec`` (at its eval image size unless given), without building weights."""
+def spec_complexity(
+    spec: ArchSpec, *, num_classes: int = 1000, image_size: int | None = None, in_channels: int | None = None
+) -> Complexity:
+    """Parameters and multiply-adds of ``spec`` (at its eval image size unless given), without building weights.
+
+    ``in_channels`` as for :func:`~nas.builder.build_model` (None: the spec's pinned value, else 3).
+    """
     image_size = spec.eval_image_size if image_size is None else image_size
+    in_channels = resolve_in_channels(spec, in_channels)
     with torch.device("meta"):
-        model = build_model(spec, num_classes=num_classes)
+        model = build_model(spec, num_classes=num_classes, in_channels=in_channels)
     return Complexity(
         parameters=count_parameters(model),
         stage_parameters=tuple(count_parameters(stage) for stage in model.stages),
-        macs=count_macs(model, image_size),
+        macs=count_macs(model, image_size, in_channels),
         image_size=image_size,
     )
 
@@ -271,6 +288,7 @@ class BenchResult:
     device: str
     batch_size: int
     image_size: int
+    in_channels: int
     amp: str
     channels_last: bool
     compile: bool
@@ -295,6 +313,7 @@ def benchmark_spec(
     device: str = "auto",
     batch_size: int = 32,
     image_size: int | None = None,
+    in_channels: int | None = None,
     num_classes: int = 1000,
     amp: str = "auto",
     channels_last: bool = True,
@@ -306,15 +325,21 @@ def benchmark_spec(
     threads: int | None = None,
     seed: int = 0,
 ) -> BenchResult:
-    """Training step time of ``spec`` on a random batch already on the device, with the one timing protocol."""
+    """Training step time of ``spec`` on a random batch already on the device, with the one timing protocol.
+
+    ``in_channels`` None takes the spec's pinned value, else 3. An allocation that fails (a batch too large for the
+    device) raises what the allocator raised; :func:`is_out_of_memory` recognizes it.
+    """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
     if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"image_size must be in [1, {MAX_IMAGE_SIZE}], got {image_size}")
+    in_channels = resolve_in_channels(spec, in_channels)
     torch_device = resolve_device(device)
     prepare_device(torch_device, threads)
     settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,
-                    num_classes=num_classes, amp_dtype=resolve_amp(amp, torch_device), channels_last=channels_last,
+                    in_channels=in_channels, num_classes=num_classes, amp_dtype=resolve_amp(amp, torch_device),
+                    channels_last=channels_last,
                     compile=compile, warmup=warmup, repeats=repeats, inference=inference, optimizer=optimizer)
     torch.manual_seed(seed)
     reset_peak_memory(torch_device)
@@ -330,6 +355,7 @@ def _benchmark(
     *,
     batch_size: int,
     image_size: int,
+    in_channels: int,
     num_classes: int,
     amp_dtype: torch.dtype | None,
     channels_last: bool,
@@ -340,8 +366,9 @@ def _benchmark(
     optimizer: str,
 ) -> BenchResult:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(spec, num_classes=num_classes).to(device=device, memory_format=memory_format)
-    images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=memory_format)
+    model = build_model(spec, num_classes, in_channels).to(device=device, memory_format=memory_format)
+    images = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
+    images = images.to(memory_format=memory_format)  # (N, C, H, W)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     runnable = torch.compile(model) if compile else model
     step = TrainingStep(
@@ -354,11 +381,12 @@ def _benchmark(
         device=describe_device(device),
         batch_size=batch_size,
         image_size=image_size,
+        in_channels=in_channels,
         amp="none" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
         channels_last=channels_last,
         compile=compile,
         parameters=count_parameters(model),
-        macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size).macs,
+        macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels).macs,
         step=timing,
         images_per_second=batch_size / timing.median_s,
         peak_memory_bytes=peak_memory_bytes(device),

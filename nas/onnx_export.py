@@ -1,9 +1,10 @@
 """ONNX export of a trained network, checked against PyTorch.
 
 Uses torch's ``torch.export``-based ONNX exporter (which needs ``onnxscript``) with a dynamic batch dimension,
-then runs the file in ONNX Runtime on a test batch of another size and compares the logits with PyTorch's, so
-a file that does not reproduce the model is never reported as exported. Install with ``pip install
-training-aware-nas[onnx]``.
+then runs the serialized model in ONNX Runtime on a test batch of another size and compares the logits with
+PyTorch's. Only a model that reproduces PyTorch's logits is written, as one self-contained file through
+:func:`~search_spaces.files.write_file` (so never through a fixed temporary name or a planted link). Install with
+``pip install training-aware-nas[onnx]``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from search_spaces.files import write_file
+
 REQUIRED_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+MAX_PROTOBUF_BYTES = 2**31 - 1  # one ONNX file (a protobuf message) holds at most 2 GiB, weights included
 
 
 class OnnxExportError(RuntimeError):
@@ -24,7 +28,10 @@ class OnnxExportError(RuntimeError):
 def export_onnx(
     model: nn.Module, path: Path, *, image_size: int, in_channels: int = 3, tolerance: float = 1e-4
 ) -> float:
-    """Writes ``model`` (in eval mode) to ``path`` and returns the largest logit difference to PyTorch."""
+    """Writes ``model`` (in eval mode) to ``path`` and returns the largest logit difference to PyTorch.
+
+    ``in_channels`` is the input images' channels (the data's). ``path``'s directory is created if missing.
+    """
     missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise OnnxExportError(
@@ -33,24 +40,30 @@ def export_onnx(
     import onnxruntime
 
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
-    example = torch.randn(2, in_channels, image_size, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
+    example = torch.randn(2, in_channels, image_size, image_size)  # (N, C, H, W)
+    program = torch.onnx.export(  # no file argument: the program is serialized here, then written once
         model,
         (example,),
-        str(path),
         dynamo=True,
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
         verbose=False,
     )
+    proto = program.model_proto
+    if proto.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise OnnxExportError(
+            f"{path}: the network is {proto.ByteSize() / 2**30:.1f} GiB as ONNX, above the 2 GiB of one ONNX file"
+        )
+    serialized = proto.SerializeToString()
     test = torch.randn(3, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(None, {"images": test.numpy()})
     with torch.no_grad():
         torch_logits = model(test)
     difference = float((torch.from_numpy(onnx_logits) - torch_logits).abs().max())
     if not difference <= tolerance:
         raise OnnxExportError(f"{path}: ONNX logits differ from PyTorch's by {difference:.3g} (> {tolerance:g})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, serialized)
     return difference

@@ -3,6 +3,11 @@
 ``train_and_evaluate(spec, data, config) -> EvalResult`` knows nothing of Ray or Optuna. It never raises into a
 campaign: out-of-memory, a non-finite loss or any other exception ends as a failed result with the reason, and the
 memory the trial used is released before it returns.
+
+Problems a caller can see before any work (:func:`check_data`, :func:`read_checkpoint`) are public checks, so
+that ``nas train`` refuses them with a one-line usage error before data reaches the device, while a campaign gets
+them as failed results. Every file a run writes (checkpoints, weights) goes through
+:func:`~search_spaces.files.write_file`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from nas.measure import (
     StepTiming,
     count_parameters,
     describe_device,
+    is_out_of_memory,
     peak_memory_bytes,
     prepare_device,
     release_memory,
@@ -41,7 +47,8 @@ from nas.progressive import (
     stage_for_epoch,
 )
 from nas.step import AMP_CHOICES, MAX_BATCH_SIZE, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
-from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
+from search_spaces.files import write_file
+from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec, SpecError, StageSpec
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -56,7 +63,6 @@ _INTEGER_RANGES = {
 }
 _OPTIONAL_INTEGER_RANGES = {"image_size": (1, MAX_IMAGE_SIZE), "eval_image_size": (1, MAX_IMAGE_SIZE),
                             "threads": (1, MAX_THREADS)}
-CPU_ALLOCATION_FAILURE = "can't allocate memory"  # the message of torch's CPU allocator when malloc fails
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +213,10 @@ def train_and_evaluate(
 
     With ``checkpoint``, the whole training state (weights, optimizer, schedule, EMA, random generators, the
     batch stream's position) is written there after every epoch; ``resume`` continues from it, reaching the
-    same final weights as an uninterrupted run. ``weights`` receives the final state dict (the EMA's when on).
+    same final weights as an uninterrupted run; a missing checkpoint, a file that is not one, or one of another
+    spec, recipe or data is a failed result before step timing. The caller guards ``checkpoint`` against a second
+    process (``nas train`` holds a :class:`~search_spaces.files.FileLock` on it). ``weights`` receives the final
+    state dict (the EMA's when on). Missing parent directories of both are created.
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -217,8 +226,6 @@ def train_and_evaluate(
         measured["device"] = describe_device(device)
         _run(spec, data, config, device, measured, on_epoch, checkpoint, resume, weights)
         status, reason = STATUS_OK, None
-    except torch.OutOfMemoryError as error:
-        status, reason = STATUS_FAILED, f"out of memory: {_first_line(error)}"
     except NonFiniteLossError as error:
         status, reason = STATUS_FAILED, f"non-finite loss: {error}"
     except Exception as error:  # a failing candidate must never end the campaign
@@ -229,7 +236,7 @@ def train_and_evaluate(
 
 def _failure_reason(error: Exception) -> str:
     """The recorded reason of a failed run; the CPU allocator's failure is an out-of-memory like CUDA's."""
-    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and CPU_ALLOCATION_FAILURE in str(error)):
+    if is_out_of_memory(error):
         return f"out of memory: {_first_line(error)}"
     return f"{type(error).__name__}: {_first_line(error)}"
 
@@ -251,15 +258,23 @@ def _run(
     weights: Path | None = None,
 ) -> None:
     """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured."""
+    check_data(spec, config, data)
+    saved = None
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint to resume from")
+        saved = read_checkpoint(checkpoint, spec, config)
+        check_checkpoint_data(saved, checkpoint, spec, data)
+    for output in (checkpoint, weights):
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
     prepare_device(device, config.threads)
     image_size = config.image_size or data.image_size
-    measured["macs"] = spec_complexity(spec, num_classes=data.num_classes, image_size=image_size).macs
+    measured["macs"] = spec_complexity(
+        spec, num_classes=data.num_classes, image_size=image_size, in_channels=data.in_channels
+    ).macs
     data = data.to(device)
     train_batches = _batches(data.train_images, data.train_labels, data, config, train=True)
-    if len(train_batches) == 0:
-        raise ValueError(
-            f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images"
-        )
     amp_dtype = resolve_amp(config.amp, device)
     reset_peak_memory(device)
 
@@ -271,7 +286,7 @@ def _run(
     )
 
     torch.manual_seed(config.seed)
-    model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, len(train_batches))
+    model, step = _model_and_step(spec, data, config, device, amp_dtype, len(train_batches))
     measured["parameters"] = count_parameters(model)
     schedule = training_schedule(spec, config, data.image_size)
     mixing = torch.Generator(device=device).manual_seed(config.seed)
@@ -280,8 +295,8 @@ def _run(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     state = TrainingState(spec, config, model, step, ema, train_batches, mixing)
     history: list[EpochStats] = []
-    if resume and checkpoint is not None and checkpoint.exists():
-        history = state.load(checkpoint)
+    if saved is not None:
+        history = state.load(saved, checkpoint)
         measured.update(history=tuple(history), epochs_completed=len(history),
                         final_loss=history[-1].loss if history else None)
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -300,12 +315,129 @@ def _run(
     eval_config = dataclasses.replace(config, image_size=config.eval_image_size or schedule[-1].image_size)
     measured["accuracy"] = evaluate(final, data, eval_config, amp_dtype)
     if weights is not None:
-        _save_atomically({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
+        _write_torch({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
     measured["peak_memory_bytes"] = peak_memory_bytes(device)
+
+
+def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData) -> None:
+    """Refuses data this run cannot train on, before any work: a spec that pins other input channels than the
+    data's, or a batch larger than the training split (every epoch would be empty, as batches drop the rest)."""
+    if spec.in_channels is not None and spec.in_channels != data.in_channels:
+        raise SpecError(
+            f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, but the data {data.name} has "
+            f"{data.in_channels} channel(s): remove in_channels from the spec to follow the data, or use "
+            f"{spec.in_channels}-channel data"
+        )
+    train_images = len(data.train_labels)
+    if config.batch_size > train_images:
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the training set: {train_images} images of {data.name} "
+            f"after the hold-out split; use a batch size of at most {train_images}"
+        )
 
 
 CHECKPOINT_VERSION = 1
 _RUN_INDEPENDENT_FIELDS = ("device", "threads")  # a run may resume on another device or thread count
+_CHECKPOINT_KEYS = ("version", "spec", "config", "history", "model", "optimizer", "scheduler", "scaler", "ema",
+                    "batches", "mixing_rng", "torch_rng", "cuda_rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot continue this run: missing, not written by ``nas train``, or of another spec,
+    recipe or data. The message names the file and, for a mismatch, each differing field with both values."""
+
+
+def _settings(spec: ArchSpec, config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the spec and the recipe, less the run-independent fields."""
+    recipe = {k: v for k, v in config.to_dict().items() if k not in _RUN_INDEPENDENT_FIELDS}
+    return {"spec": spec.to_dict(), "config": recipe}
+
+
+def read_checkpoint(path: Path, spec: ArchSpec, config: TrainConfig) -> dict[str, Any]:
+    """Reads the checkpoint at ``path`` and checks that it continues a run of ``spec`` with ``config``.
+
+    Cheap enough to call before loading data: tensors are memory-mapped, not read. Refuses, with a
+    :class:`CheckpointError`, a missing file, a file that is not a ``nas train`` checkpoint (random bytes, a
+    truncated file, a weights file or any other torch file), and a checkpoint of another spec or recipe, naming
+    every differing field with its value in the checkpoint and now. Returns the state for :meth:`TrainingState.load`.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; run without --resume to start")
+    not_ours = f"{path} is not a checkpoint written by nas train"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except OSError:
+        raise  # unreadable (permissions, I/O): the operating system's message says why
+    except Exception:  # torch raises many types for a foreign file (UnpicklingError, RuntimeError, ...)
+        raise CheckpointError(f"{not_ours} (not a readable torch file: damaged, truncated or another kind)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{not_ours} (it holds a {type(state).__name__}, not a training state)")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing and state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{not_ours} (it holds network weights only, like --save's weights.pt)")
+    if missing:
+        raise CheckpointError(f"{not_ours} (it lacks {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is checkpoint version {state['version']!r}; this nas train resumes version "
+                              f"{CHECKPOINT_VERSION} only: run without --resume to start")
+    well_formed = (
+        isinstance(state["spec"], dict) and isinstance(state["config"], dict)
+        and isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())
+        and isinstance(state["history"], list) and all(isinstance(stats, dict) for stats in state["history"])
+    )
+    if not well_formed:
+        raise CheckpointError(f"{not_ours} (its spec, config, model or history has the wrong type)")
+    differences = _differences(state, _settings(spec, config))
+    if differences:
+        raise CheckpointError(f"{path} was written for another run: {'; '.join(differences)}; resume with the same "
+                              "spec and settings, or run without --resume to start")
+    return state
+
+
+def _differences(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """``spec FIELD A in the checkpoint, B now`` for every spec and recipe field that differs (stages by stage)."""
+    differences = []
+    for part in ("spec", "config"):
+        saved, current = state[part], expected[part]
+        for field in dict.fromkeys([*current, *saved]):
+            old, new = saved.get(field, "unset"), current.get(field, "unset")
+            if old == new:
+                continue
+            if field == "stages" and isinstance(old, list) and len(old) == len(new):
+                differences += [f"spec stage {index} {_stage_text(a)} in the checkpoint, {_stage_text(b)} now"
+                                for index, (a, b) in enumerate(zip(old, new), start=1) if a != b]
+            elif field == "stages":
+                old_text = " ".join(map(_stage_text, old)) if isinstance(old, list) else repr(old)
+                differences.append(f"spec stages [{old_text}] in the checkpoint, "
+                                   f"[{' '.join(map(_stage_text, new))}] now")
+            else:
+                differences.append(f"{part} {field} {old!r} in the checkpoint, {new!r} now")
+    return differences
+
+
+def _stage_text(stage: Any) -> str:
+    """A stage as its block string, or as written when it is not a valid stage."""
+    try:
+        return StageSpec.from_dict(stage).block_string
+    except SpecError:
+        return repr(stage)
+
+
+def check_checkpoint_data(state: Mapping[str, Any], path: Path, spec: ArchSpec, data: ImageData) -> None:
+    """Refuses a checkpoint whose network does not fit ``data`` (another number of input channels or classes),
+    naming the differing tensors' shapes; the network is built on the meta device, without memory."""
+    with torch.device("meta"):
+        model = build_model(spec, data.num_classes, data.in_channels)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    saved = {name: tuple(tensor.shape) for name, tensor in state["model"].items()}
+    differing = [name for name in dict.fromkeys([*expected, *saved]) if expected.get(name) != saved.get(name)]
+    if differing:
+        shown = "; ".join(f"{name} {saved.get(name, 'absent')} in the checkpoint, {expected.get(name, 'absent')} now"
+                          for name in differing[:3])
+        raise CheckpointError(
+            f"{path} was written for other data: {shown} (the data {data.name} has {data.in_channels} channel(s) "
+            f"and {data.num_classes} classes); resume with the same data, or run without --resume to start"
+        )
 
 
 class TrainingState:
@@ -316,15 +448,11 @@ class TrainingState:
         self.spec, self.config, self.model, self.step = spec, config, model, step
         self.ema, self.batches, self.mixing = ema, batches, mixing
 
-    def _settings(self) -> dict[str, Any]:
-        config = {k: v for k, v in self.config.to_dict().items() if k not in _RUN_INDEPENDENT_FIELDS}
-        return {"spec": self.spec.to_dict(), "config": config}
-
     def save(self, path: Path, history: list[EpochStats]) -> None:
         device = next(self.model.parameters()).device
         state = {
             "version": CHECKPOINT_VERSION,
-            **self._settings(),
+            **_settings(self.spec, self.config),
             "history": [dataclasses.asdict(stats) for stats in history],
             "model": self.model.state_dict(),
             "optimizer": self.step.optimizer.state_dict(),
@@ -336,43 +464,35 @@ class TrainingState:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         }
-        _save_atomically(state, path)
+        _write_torch(state, path)
 
-    def load(self, path: Path) -> list[EpochStats]:
-        """Restores the state saved in ``path``; refuses a checkpoint of another spec or recipe."""
+    def load(self, state: Mapping[str, Any], path: Path) -> list[EpochStats]:
+        """Restores ``state``, as :func:`read_checkpoint` returned it from ``path``; returns the epochs done."""
         device = next(self.model.parameters()).device
-        state = torch.load(path, map_location=device, weights_only=True)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
-        expected = self._settings()
-        differing = [key for key in ("spec", "config") if state[key] != expected[key]]
-        if differing:
-            raise ValueError(f"{path} was written for another {' and '.join(differing)}; resume with the same ones")
-        self.model.load_state_dict(state["model"])
-        self.step.optimizer.load_state_dict(state["optimizer"])
-        if self.step.scheduler is not None:
-            self.step.scheduler.load_state_dict(state["scheduler"])
-        if self.step.scaler is not None:
-            self.step.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.batches.load_state_dict(state["batches"])
-        self.mixing.set_state(state["mixing_rng"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-        return [EpochStats(**stats) for stats in state["history"]]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.step.optimizer.load_state_dict(state["optimizer"])
+            if self.step.scheduler is not None:
+                self.step.scheduler.load_state_dict(state["scheduler"])
+            if self.step.scaler is not None:
+                self.step.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.batches.load_state_dict(state["batches"])
+            self.mixing.set_state(state["mixing_rng"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if state["cuda_rng"] is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+            return [EpochStats(**stats) for stats in state["history"]]
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            if is_out_of_memory(error):
+                raise
+            raise CheckpointError(f"{path} is not a checkpoint written by nas train ({_first_line(error)})") from None
 
 
-def _save_atomically(state: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file, so a kill mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def _write_torch(value: Any, path: Path) -> None:
+    """``torch.save`` through :func:`~search_spaces.files.write_file`: a kill mid-write leaves the previous file."""
+    write_file(path, lambda file: torch.save(value, file))
 
 
 def training_schedule(spec: ArchSpec, config: TrainConfig, data_image_size: int) -> tuple[Stage, ...]:
@@ -412,14 +532,14 @@ def _batches(
 
 def _model_and_step(
     spec: ArchSpec,
-    num_classes: int,
+    data: ImageData,
     config: TrainConfig,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     steps_per_epoch: int,
 ) -> tuple[torch.nn.Module, TrainingStep]:
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_model(spec, num_classes=num_classes).to(device=device, memory_format=memory_format)
+    model = build_model(spec, data.num_classes, data.in_channels).to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(
         model,
         name=config.optimizer,
@@ -448,7 +568,7 @@ def _measure_step_time(
     """Step time S with the one protocol, on a throw-away copy of the network and one real training batch."""
 
     def time_copy() -> StepTiming:
-        model, step = _model_and_step(spec, data.num_classes, config, device, amp_dtype, steps_per_epoch=1)
+        model, step = _model_and_step(spec, data, config, device, amp_dtype, steps_per_epoch=1)
         images, labels = next(iter(train_batches))
         return time_step(
             lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats

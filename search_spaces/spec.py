@@ -134,6 +134,9 @@ class ArchSpec:
       channels are rounded to the nearest multiple of ``channel_divisor``, and when the result falls below
       ``round_limit`` times the unrounded width one divisor is added. EfficientNet (V1) uses 0.9; EfficientNetV2
       has no such guard (0.0).
+    - ``in_channels`` pins the input image channels (1 grayscale, 3 RGB). None, the default, follows the data the
+      network is trained on; a pinned value that differs from the data's is refused before training. A spec that
+      does not pin it writes no ``in_channels`` key, so that reference files and their hashes stay as they were.
     """
 
     name: str = ""
@@ -150,6 +153,7 @@ class ArchSpec:
     bn_eps: float = 1e-3
     channel_divisor: int = 8
     round_limit: float = 0.0
+    in_channels: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -161,6 +165,8 @@ class ArchSpec:
         _check_int("train_image_size", self.train_image_size, 1, MAX_IMAGE_SIZE)
         _check_int("eval_image_size", self.eval_image_size, 1, MAX_IMAGE_SIZE)
         _check_int("channel_divisor", self.channel_divisor, 1, 256)
+        if self.in_channels is not None:
+            _check_int("in_channels", self.in_channels, 1, MAX_CHANNELS)
         for field, low, high in (
             ("dropout", 0.0, 1.0),
             ("drop_path_rate", 0.0, 1.0),
@@ -183,6 +189,12 @@ class ArchSpec:
             if not isinstance(stage, StageSpec):
                 raise SpecError(f"stage {index}: must be a StageSpec, got {type(stage).__name__}")
         object.__setattr__(self, "stages", stages)
+        if self.total_stride > MAX_IMAGE_SIZE:
+            raise SpecError(
+                f"the network downsamples by {self.total_stride} in total (stem_stride times the stage strides), "
+                f"more than the largest image size {MAX_IMAGE_SIZE}: the last feature map would be empty; "
+                "use fewer stride-2 stages"
+            )
         for field in ("train_image_size", "eval_image_size"):
             size = getattr(self, field)
             if self.total_stride > size:
@@ -205,9 +217,15 @@ class ArchSpec:
         return tuple(stage.block_string for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data in field order (stages as a list of mappings), the form written to YAML."""
+        """Plain data in field order (stages as a list of mappings), the form written to YAML.
+
+        ``in_channels`` appears only when pinned: an unpinned spec has the same data (and hash) as before the
+        field existed.
+        """
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["stages"] = [stage.to_dict() for stage in self.stages]
+        if self.in_channels is None:
+            del data["in_channels"]
         return data
 
     @classmethod

@@ -165,3 +165,23 @@ def test_two_hundred_samples_build_and_twenty_train_a_step(space_name):
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None for p in model.parameters())
+
+
+# --- input channels (issue 11) ------------------------------------------------------------------------------------
+
+
+def test_input_channels_default_to_rgb_or_to_what_the_spec_pins():
+    spec = presets.get("tiny")
+    assert build_model(spec, num_classes=10).stem[0].in_channels == 3
+    assert build_model(spec, num_classes=10, in_channels=1).stem[0].in_channels == 1
+    pinned = dataclasses.replace(spec, in_channels=1)
+    assert build_model(pinned, num_classes=10).stem[0].in_channels == 1
+    assert build_model(pinned, num_classes=10, in_channels=1)(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_channels_that_contradict_the_spec_are_refused_naming_both():
+    from search_spaces.spec import SpecError
+
+    pinned = dataclasses.replace(presets.get("tiny"), in_channels=1)
+    with pytest.raises(SpecError, match="spec tiny pins in_channels 1, got in_channels 3"):
+        build_model(pinned, num_classes=10, in_channels=3)

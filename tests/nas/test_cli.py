@@ -613,6 +613,19 @@ def test_trials_lists_every_trial_in_each_format(capsys, finished_study):
     assert "baseline" in out and "RUNNING" in out
 
 
+def test_trials_keep_counts_integer_and_show_missing_values_as_a_dash(capsys, finished_study):
+    storage, _ = finished_study
+    rows = json.loads(run(capsys, "trials", "--study", "s", "--storage", storage, "--format", "json")[1])
+    assert [row["parameters"] for row in rows] == [2000, 2000, None, 1000, None]  # ints and nulls, not floats
+    csv_rows = run(capsys, "trials", "--study", "s", "--storage", storage, "--format", "csv")[1].splitlines()
+    assert csv_rows[1].split(",")[6:8] == ["2000", "1"] and csv_rows[3].split(",")[6:8] == ["", ""]
+    table = run(capsys, "trials", "--study", "s", "--storage", storage)[1].splitlines()
+    header = table[0].split()
+    failed = table[3].split()
+    assert failed[header.index("parameters")] == "-" and failed[header.index("reward")] == "-"
+    assert table[1].split()[header.index("parameters")] == "2000" and "<NA>" not in "\n".join(table)
+
+
 def test_best_by_reward_and_pareto(capsys, finished_study):
     storage, _ = finished_study
     status, out, err = run(capsys, "best", "--study", "s", "--storage", storage, "-k", "2", "--format", "json")
@@ -650,7 +663,8 @@ def test_export_refuses_trials_without_a_result(capsys, finished_study, argv, wo
 
 def test_a_missing_study_is_named(capsys, tmp_path):
     status, out, err = run(capsys, "trials", "--study", "nope", "--storage", f"sqlite:///{tmp_path}/x.db")
-    assert_refused(status, out, err, "trials", "no study 'nope'")
+    assert_refused(status, out, err, "trials", f"no study database {tmp_path}/x.db", "study files in", ": none")
+    assert not (tmp_path / "x.db").exists()
 
 
 # --- families and coefficient search ------------------------------------------------------------------------------
@@ -722,3 +736,154 @@ def test_train_exports_onnx_of_the_saved_weights(capsys, tmp_path):
     status, out, err = run(capsys, *argv, "--save", tmp_path / "saved")
     assert status == 0, err
     assert (tmp_path / "tiny.onnx").exists() and "ONNX logits match PyTorch's" in err
+
+
+# --- input channels, checkpoints and clean refusals of training runs (issue 11) ------------------------------------
+
+TINY_TRAIN = ("train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1, "--batch-size", 64,
+              "--device", "cpu")
+
+
+def _tripwires(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Makes ``nas.data.load_data`` and/or ``nas.train.train_and_evaluate`` fail the test if a command reaches them."""
+    import nas.data
+    import nas.train
+
+    def reached(what: str):
+        def fail(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"the refused command reached {what}")
+        return fail
+
+    for name in names:
+        monkeypatch.setattr(nas.data if name == "load_data" else nas.train, name, reached(name))
+
+
+def test_bench_times_one_channel_images_and_refuses_a_contradicting_spec(capsys, tmp_path):
+    argv = ("bench", "tiny", "--device", "cpu", "--batch-size", 2, "--image-size", 32, "--num-classes", 10,
+            "--warmup", 1, "--repeats", 1)
+    status, out, err = run(capsys, *argv, "--in-channels", 1, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["in_channels"] == 1
+    assert report["parameters"] == spec_complexity(presets.get("tiny"), num_classes=10, in_channels=1).parameters
+    status, out, err = run(capsys, *argv)
+    assert status == 0 and "32px, 3 channel(s)" in out
+    dump_spec(dataclasses.replace(presets.get("tiny"), in_channels=1), tmp_path / "gray.yaml")
+    status, out, err = run(capsys, "bench", tmp_path / "gray.yaml", *argv[2:], "--in-channels", 3)
+    assert_refused(status, out, err, "bench", "pins in_channels 1", "got in_channels 3")
+    status, out, err = run(capsys, *argv, "--in-channels", 0)
+    assert_refused(status, out, err, "bench", "in_channels must be an integer in [1, 16384]", "got 0")
+
+
+@pytest.mark.parametrize("error", [
+    "torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 96.00 GiB')",
+    "RuntimeError(\"DefaultCPUAllocator: can't allocate memory: you tried to allocate 103079215104 bytes.\")",
+    "MemoryError()",
+])
+def test_bench_out_of_memory_is_one_line_naming_spec_batch_and_image_size(capsys, monkeypatch, error):
+    import torch
+
+    import nas.measure
+
+    def step_that_runs_out(*args: object, **kwargs: object) -> None:
+        raise eval(error, {"torch": torch})
+
+    monkeypatch.setattr(nas.measure, "time_step", step_that_runs_out)  # the step fails; the batch is small
+    status, out, err = run(capsys, "bench", "tiny", "--device", "cpu", "--batch-size", 6, "--image-size", 48)
+    assert_refused(status, out, err, "bench", "out of memory", "tiny", "batch size 6", "image size 48px",
+                   "smaller --batch-size or --image-size")
+
+
+def test_bench_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    import nas.measure
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not a full device")
+
+    monkeypatch.setattr(nas.measure, "time_step", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["bench", "tiny", "--device", "cpu"])
+
+
+def test_train_on_grayscale_npz_saves_a_one_channel_spec_and_exports_onnx(capsys, tmp_path):
+    import numpy as np
+    import onnx
+    import torch
+
+    generator = np.random.default_rng(0)
+    np.savez(tmp_path / "gray.npz", images=generator.integers(0, 256, (300, 16, 16), dtype=np.uint8),
+             labels=np.arange(300) % 3)
+    status, out, err = run(capsys, "train", "tiny", "--data", f"npz:{tmp_path / 'gray.npz'}", "--epochs", 1,
+                           "--batch-size", 32, "--device", "cpu", "--save", tmp_path / "saved",
+                           "--export-onnx", tmp_path / "gray.onnx")
+    assert status == 0, err
+    assert "1 channel(s)" in err and "ONNX logits match PyTorch's" in err
+    saved = tmp_path / "saved"
+    assert load_spec(saved / "spec.yaml") == dataclasses.replace(presets.get("tiny"), in_channels=1)
+    assert torch.load(saved / "weights.pt", weights_only=True)["stem.0.weight"].shape[1] == 1
+    dimensions = onnx.load(str(tmp_path / "gray.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [dimension.dim_value for dimension in dimensions][1:] == [1, 16, 16]
+    assert sorted(entry.name for entry in saved.iterdir()) == ["result.json", "spec.yaml", "weights.pt"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["gray.npz", "gray.onnx", "saved"]
+
+
+def test_train_refuses_a_spec_pinning_other_channels_than_the_data(capsys, tmp_path, monkeypatch):
+    _tripwires(monkeypatch, "train_and_evaluate")
+    dump_spec(dataclasses.replace(presets.get("tiny"), in_channels=1), tmp_path / "gray.yaml")
+    status, out, err = run(capsys, "train", tmp_path / "gray.yaml", *TINY_TRAIN[2:])
+    assert_refused(status, out, err, "train", "pins in_channels 1", "the data synthetic", "has 3 channel(s)")
+
+
+def test_train_refuses_a_batch_larger_than_the_training_split_before_training(capsys, tmp_path, monkeypatch):
+    _tripwires(monkeypatch, "train_and_evaluate")
+    status, out, err = run(capsys, *TINY_TRAIN, "--batch-size", 1000, "--checkpoint", tmp_path / "run.pt")
+    assert_refused(status, out, err, "train", "batch_size 1000", "630 images", "at most 630")
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == []  # the lock went with the refusal
+
+
+def test_train_resume_refusals_come_before_the_data_loads(capsys, tmp_path, monkeypatch):
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "run.pt", "--json")
+    assert status == 0, err
+    checkpoint = (tmp_path / "run.pt").read_bytes()
+    _tripwires(monkeypatch, "load_data", "train_and_evaluate")
+
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "new" / "none.pt", "--resume")
+    assert_refused(status, out, err, "train", f"no checkpoint at {tmp_path / 'new' / 'none.pt'}",
+                   "run without --resume to start")
+    assert not (tmp_path / "new").exists()
+
+    status, out, err = run(capsys, *TINY_TRAIN, "--epochs", 3, "--lr", 0.05, "--checkpoint", tmp_path / "run.pt",
+                           "--resume")
+    assert_refused(status, out, err, "train", "run.pt was written for another run",
+                   "config epochs 1 in the checkpoint, 3 now", "config learning_rate 0.1 in the checkpoint, 0.05 now")
+
+    (tmp_path / "garbage.pt").write_bytes(checkpoint[: len(checkpoint) // 3])
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "garbage.pt", "--resume")
+    assert_refused(status, out, err, "train", f"{tmp_path / 'garbage.pt'} is not a checkpoint written by nas train")
+
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path, "--resume")
+    assert_refused(status, out, err, "train", "--checkpoint", "is a directory")
+    assert (tmp_path / "run.pt").read_bytes() == checkpoint
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["garbage.pt", "run.pt"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_second_train_on_a_held_checkpoint_is_refused_naming_the_holder(capsys, tmp_path, monkeypatch, resume):
+    import os
+    import socket
+
+    from search_spaces.files import FileLock
+
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "run.pt", "--json")
+    assert status == 0, err
+    checkpoint = (tmp_path / "run.pt").read_bytes()
+    with FileLock(tmp_path / "run.pt", what="checkpoint"), monkeypatch.context() as tripped:
+        _tripwires(tripped, "load_data", "train_and_evaluate")
+        status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "run.pt",
+                               *(["--resume"] if resume else []))
+        assert_refused(status, out, err, "train", f"checkpoint {tmp_path / 'run.pt'} is in use by process "
+                                                  f"{os.getpid()} on host {socket.gethostname()}")
+    assert (tmp_path / "run.pt").read_bytes() == checkpoint
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "run.pt", "--resume", "--json")
+    assert status == 0, err  # released: the same command runs
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["run.pt"]

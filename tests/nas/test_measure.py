@@ -1,5 +1,6 @@
 """Parameter and multiply-add counts."""
 
+import dataclasses
 import time
 
 import pytest
@@ -110,3 +111,35 @@ def test_benchmark_spec_reports_a_consistent_result():
     assert data["step"]["median_s"] == result.step.median_s and "inference_images_per_second" in data
     with pytest.raises(ValueError, match="amp"):
         benchmark_spec(spec, device="cpu", amp="fp8")
+
+
+# --- input channels and out-of-memory (issue 11) ------------------------------------------------------------------
+
+
+def test_one_channel_costs_follow_the_stem():
+    spec = presets.get("tiny")
+    rgb, gray = spec_complexity(spec, image_size=32), spec_complexity(spec, image_size=32, in_channels=1)
+    stem_weights_per_channel = spec.stem_channels * 3 * 3
+    assert rgb.parameters - gray.parameters == 2 * stem_weights_per_channel
+    assert rgb.macs - gray.macs == 2 * stem_weights_per_channel * 16 * 16  # stem stride 2: a 16x16 output
+    assert spec_complexity(dataclasses.replace(spec, in_channels=1), image_size=32) == gray
+
+
+def test_benchmark_spec_times_one_channel_images():
+    result = benchmark_spec(presets.get("tiny"), device="cpu", batch_size=4, image_size=32, num_classes=10,
+                            in_channels=1, warmup=1, repeats=2)
+    assert result.in_channels == 1 and result.to_dict()["in_channels"] == 1
+    assert result.parameters == spec_complexity(presets.get("tiny"), num_classes=10, in_channels=1).parameters
+
+
+@pytest.mark.parametrize("error, expected", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 12884901888 bytes."), True),
+    (MemoryError(), True),
+    (RuntimeError("Given groups=1, weight of size [16, 3, 3, 3], expected input to have 3 channels"), False),
+    (ValueError("can't allocate memory"), False),
+])
+def test_is_out_of_memory_recognizes_every_allocator(error, expected):
+    from nas.measure import is_out_of_memory
+
+    assert is_out_of_memory(error) is expected

@@ -32,3 +32,23 @@ def test_missing_packages_are_named(tmp_path, monkeypatch):
     with pytest.raises(OnnxExportError, match=r"needs onnxscript: pip install 'training-aware-nas\[onnx\]'"):
         export_onnx(build_model(presets.get("tiny")), tmp_path / "x.onnx", image_size=32)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_one_channel_network_exports_with_a_one_channel_input_and_leaves_no_temporary(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    model = build_model(presets.get("tiny"), num_classes=4, in_channels=1)
+    path = tmp_path / "out" / "gray.onnx"
+    assert export_onnx(model, path, image_size=32, in_channels=1) <= 1e-4
+    dimensions = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [dimension.dim_value for dimension in dimensions][1:] == [1, 32, 32]
+    assert [entry.name for entry in path.parent.iterdir()] == ["gray.onnx"]  # one self-contained file
+
+
+def test_a_model_that_does_not_reproduce_is_never_written(tmp_path):
+    (tmp_path / "keep.onnx").write_bytes(b"previous export")
+    with pytest.raises(OnnxExportError, match="ONNX logits differ from PyTorch's"):
+        export_onnx(build_model(presets.get("tiny")), tmp_path / "keep.onnx", image_size=32, tolerance=-1.0)
+    assert (tmp_path / "keep.onnx").read_bytes() == b"previous export"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["keep.onnx"]

@@ -2,15 +2,30 @@
 
 import dataclasses
 import math
+import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import nas.train
-from nas.data import load_data
+from nas.data import ImageData, load_data
 from nas.measure import spec_complexity
-from nas.train import STATUS_FAILED, STATUS_OK, EvalResult, TrainConfig, train_and_evaluate
+from nas.train import (
+    STATUS_FAILED,
+    STATUS_OK,
+    CheckpointError,
+    EvalResult,
+    TrainConfig,
+    check_checkpoint_data,
+    check_data,
+    read_checkpoint,
+    train_and_evaluate,
+)
 from search_spaces import presets
+from search_spaces.files import write_file
+from search_spaces.spec import SpecError
 
 FAST = dict(device="cpu", batch_size=64, timing_warmup=1, timing_repeats=2)
 RECIPE = dict(epochs=4, learning_rate=0.05, warmup_epochs=0.5, **FAST)
@@ -90,7 +105,7 @@ def test_out_of_memory_fails_softly_and_releases_memory(data, monkeypatch):
 def test_any_exception_becomes_a_failed_result(data):
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=1, **{**FAST, "batch_size": 5000}))
     assert result.status == STATUS_FAILED
-    assert result.failure_reason.startswith("ValueError: batch_size 5000 is larger than")
+    assert result.failure_reason.startswith("ValueError: batch_size 5000 is larger than the training set")
 
 
 def test_a_missing_device_is_a_failed_result(data, monkeypatch):
@@ -207,9 +222,148 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(data, tmp_path):
     assert not any(torch.equal(weights_a[k], final_a[k]) for k in final_a if k.endswith("classifier.weight"))
 
 
-def test_resume_refuses_a_checkpoint_of_another_recipe(data, tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory) -> Path:
+    """A real one-epoch checkpoint of tiny with ONE_EPOCH; tests copy it before they change anything."""
+    path = tmp_path_factory.mktemp("checkpoint") / "c.pt"
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path)
+    assert result.ok, result.failure_reason
+    return path
+
+
+ONE_EPOCH = TrainConfig(**{**RECIPE, "epochs": 1})
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe_naming_both_values_before_timing(data, checkpoint):
+    other = train_and_evaluate(presets.get("tiny"), data, TrainConfig(**{**RECIPE, "epochs": 2, "batch_size": 32}),
+                               checkpoint=checkpoint, resume=True)
+    assert not other.ok and other.failure_reason.startswith(f"CheckpointError: {checkpoint} was written for another")
+    assert "config epochs 1 in the checkpoint, 2 now" in other.failure_reason
+    assert "config batch_size 64 in the checkpoint, 32 now" in other.failure_reason
+    assert other.step_time is None and other.macs is None  # refused before step timing and any device work
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec_naming_the_stage(data, checkpoint):
     spec = presets.get("tiny")
-    train_and_evaluate(spec, data, TrainConfig(**{**RECIPE, "epochs": 1}), checkpoint=tmp_path / "c.pt")
-    other = train_and_evaluate(spec, data, TrainConfig(**{**RECIPE, "epochs": 2}), checkpoint=tmp_path / "c.pt",
-                               resume=True)
-    assert not other.ok and "written for another config" in other.failure_reason
+    changed = dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], kernel_size=5),
+                                                *spec.stages[1:]), dropout=0.5)
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(checkpoint, changed, ONE_EPOCH)
+    message = str(refused.value)
+    assert f"spec stage 1 {spec.stages[0].block_string} in the checkpoint, " \
+           f"{changed.stages[0].block_string} now" in message
+    assert f"spec dropout {spec.dropout!r} in the checkpoint, 0.5 now" in message and len(message.splitlines()) == 1
+    run_independent = dataclasses.replace(ONE_EPOCH, device="cuda", threads=3)
+    assert read_checkpoint(checkpoint, spec, run_independent)["history"][0]["epoch"] == 1
+
+
+def test_resume_without_a_checkpoint_file_is_an_error_not_a_fresh_start(data, tmp_path):
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=tmp_path / "none.pt", resume=True)
+    assert not result.ok and result.epochs_completed == 0 and result.step_time is None
+    assert result.failure_reason == f"CheckpointError: no checkpoint at {tmp_path / 'none.pt'}; " \
+                                    "run without --resume to start"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _garbage(kind: str, checkpoint: Path, path: Path) -> None:
+    if kind == "random bytes":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    elif kind == "weights only":
+        torch.save(torch.load(checkpoint, weights_only=True)["model"], path)
+    elif kind == "a tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "another dict":
+        torch.save({"epoch": 3, "state": [1, 2]}, path)
+    elif kind == "wrong types":
+        state = torch.load(checkpoint, weights_only=True)
+        torch.save({**state, "history": "three epochs"}, path)
+    elif kind == "damaged state":
+        state = torch.load(checkpoint, weights_only=True)
+        torch.save({**state, "optimizer": {"state": {}, "param_groups": []}}, path)
+
+
+GARBAGE = ("random bytes", "empty", "truncated", "weights only", "a tensor", "another dict", "wrong types")
+
+
+@pytest.mark.parametrize("kind", GARBAGE)
+def test_a_garbage_checkpoint_is_named_as_not_a_checkpoint(data, checkpoint, tmp_path, kind):
+    path = tmp_path / "garbage.pt"
+    _garbage(kind, checkpoint, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))} is not a checkpoint written by nas train"):
+        read_checkpoint(path, presets.get("tiny"), ONE_EPOCH)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path, resume=True)
+    assert result.failure_reason.startswith(f"CheckpointError: {path} is not a checkpoint written by nas train")
+    assert result.step_time is None and path.read_bytes() == before
+
+
+def test_a_checkpoint_whose_state_does_not_load_is_named_too(data, checkpoint, tmp_path):
+    """Structure and settings pass, the optimizer's state does not fit: still a CheckpointError, not a traceback."""
+    path = tmp_path / "damaged.pt"
+    _garbage("damaged state", checkpoint, path)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path, resume=True)
+    assert result.failure_reason.startswith(f"CheckpointError: {path} is not a checkpoint written by nas train")
+
+
+def test_batch_larger_than_the_training_split_is_refused_naming_both_numbers(data):
+    config = TrainConfig(**{**FAST, "batch_size": 5000})
+    with pytest.raises(ValueError, match="batch_size 5000 is larger than the training set: 2700 images"):
+        check_data(presets.get("tiny"), config, data)
+    check_data(presets.get("tiny"), TrainConfig(**{**FAST, "batch_size": 2700}), data)  # exactly one batch: fine
+
+
+def grayscale(data: ImageData) -> ImageData:
+    """``data`` with its first channel only: an (N, 1, S, S) dataset, as an NHW npz loads."""
+    return dataclasses.replace(data, train_images=data.train_images[:, :1].contiguous(),
+                               val_images=data.val_images[:, :1].contiguous(), mean=data.mean[:1], std=data.std[:1])
+
+
+def test_grayscale_data_trains_a_one_channel_network(data, tmp_path):
+    gray = grayscale(data)
+    result = train_and_evaluate(presets.get("tiny"), gray, ONE_EPOCH, weights=tmp_path / "w.pt")
+    assert result.ok, result.failure_reason
+    expected = spec_complexity(presets.get("tiny"), num_classes=10, image_size=32, in_channels=1)
+    assert (result.parameters, result.macs) == (expected.parameters, expected.macs)
+    assert result.parameters < spec_complexity(presets.get("tiny"), num_classes=10).parameters
+    stem = torch.load(tmp_path / "w.pt", weights_only=True)["stem.0.weight"]
+    assert stem.shape[1] == 1
+
+
+def test_a_spec_pinning_other_channels_than_the_data_is_refused_before_training(data):
+    pinned = dataclasses.replace(presets.get("tiny"), in_channels=1)
+    with pytest.raises(SpecError, match="pins in_channels 1, but the data synthetic.* has 3 channel"):
+        check_data(pinned, ONE_EPOCH, data)
+    result = train_and_evaluate(pinned, data, ONE_EPOCH)
+    assert not result.ok and "pins in_channels 1" in result.failure_reason and result.step_time is None
+    assert train_and_evaluate(pinned, grayscale(data), ONE_EPOCH).ok
+
+
+def test_a_checkpoint_of_other_data_is_refused_naming_the_shapes(data, checkpoint, tmp_path):
+    state = read_checkpoint(checkpoint, presets.get("tiny"), ONE_EPOCH)
+    with pytest.raises(CheckpointError) as refused:
+        check_checkpoint_data(state, checkpoint, presets.get("tiny"), grayscale(data))
+    message = str(refused.value)
+    assert "was written for other data" in message and "1 channel(s) and 10 classes" in message
+    assert "stem.0.weight (16, 3, 3, 3) in the checkpoint, (16, 1, 3, 3) now" in message
+    check_checkpoint_data(state, checkpoint, presets.get("tiny"), data)
+
+
+def test_checkpoints_and_weights_are_written_through_the_safe_write_helper(data, tmp_path, monkeypatch):
+    written = []
+
+    def spy(path, content, **options):
+        written.append(Path(path))
+        return write_file(path, content, **options)
+
+    monkeypatch.setattr(nas.train, "write_file", spy)
+    run = tmp_path / "new" / "dir"  # missing parents are created
+    result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(**{**RECIPE, "epochs": 2}),
+                                checkpoint=run / "c.pt", weights=run / "w.pt")
+    assert result.ok, result.failure_reason
+    assert written == [run / "c.pt", run / "c.pt", run / "w.pt"]
+    assert sorted(path.name for path in run.iterdir()) == ["c.pt", "w.pt"]  # no temporary file left behind
+    assert not hasattr(nas.train, "_save_atomically")

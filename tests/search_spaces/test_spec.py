@@ -140,3 +140,46 @@ def test_load_spec_errors(tmp_path):
     bad.write_text(spec_to_yaml(make_spec()).replace("kernel_size: 3", "kernel_size: 4"))
     with pytest.raises(SpecError, match=rf"{bad.name}: stage 1: kernel_size"):
         load_spec(bad)
+
+
+# --- input channels and the total-stride advice (issue 11) ------------------------------------------------------------
+
+
+def test_in_channels_is_optional_and_a_spec_without_it_writes_no_key(tmp_path):
+    spec = make_spec()
+    assert spec.in_channels is None and "in_channels" not in spec.to_dict()
+    assert "in_channels" not in spec_to_yaml(spec)
+    for name in presets.names():
+        assert "in_channels" not in presets.get(name).to_dict(), name
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_pinned_in_channels_round_trips_through_yaml_exactly(channels, tmp_path):
+    spec = make_spec(in_channels=channels)
+    assert f"in_channels: {channels}\n" in spec_to_yaml(spec)
+    dump_spec(spec, tmp_path / "spec.yaml")
+    assert load_spec(tmp_path / "spec.yaml") == spec
+    assert spec_to_yaml(load_spec(tmp_path / "spec.yaml")) == spec_to_yaml(spec)
+    assert ArchSpec.from_dict(spec.to_dict()) == spec and spec != make_spec()
+
+
+@pytest.mark.parametrize("value", [0, -1, 3.0, True, "3", 16385])
+def test_in_channels_must_be_a_positive_integer(value):
+    with pytest.raises(SpecError, match=r"in_channels must be an integer in \[1, 16384\]"):
+        make_spec(in_channels=value)
+
+
+def test_total_stride_beyond_the_largest_image_size_asks_for_fewer_stride_2_stages():
+    stages = tuple(StageSpec(**{**STAGE, "num_layers": 1}) for _ in range(12))  # 2 * 2**12 = 8192 > 4096
+    with pytest.raises(SpecError) as refused:
+        make_spec(stages=stages, train_image_size=4096, eval_image_size=4096)
+    message = str(refused.value)
+    assert "downsamples by 8192" in message and "largest image size 4096" in message
+    assert "fewer stride-2 stages" in message and "image size >=" not in message
+
+
+def test_total_stride_at_most_the_largest_image_size_still_suggests_an_image_size():
+    stages = tuple(StageSpec(**{**STAGE, "num_layers": 1}) for _ in range(11))  # 2 * 2**11 = 4096
+    with pytest.raises(SpecError, match="use an image size >= 4096"):
+        make_spec(stages=stages, train_image_size=2048, eval_image_size=4096)
+    assert make_spec(stages=stages, train_image_size=4096, eval_image_size=4096).total_stride == 4096
