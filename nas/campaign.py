@@ -96,19 +96,24 @@ class CampaignConfig:
 
     def check_inputs(self) -> None:
         """Refuses a space that does not load, a data source that would be refused (missing or malformed files,
-        caps), and a batch larger than the training set.
+        caps), a backbone that pins other input channels than the data has, and a batch larger than the training
+        set.
 
         Construction checks values only; this reads the space file and the data's headers, without loading any
         image. ``nas search`` calls it before it creates a study, a directory or a Ray node.
         """
         try:
-            presets.get_space(self.space)
+            space = presets.get_space(self.space)
         except (SpecError, FileNotFoundError) as error:
             raise CampaignError(f"space: {error}") from None
         try:
             summary = check_source(self.data, image_size=self.train.image_size)
         except DataError as error:
             raise CampaignError(f"data: {error}") from None
+        pinned = space.baseline.in_channels
+        if pinned is not None and summary.in_channels is not None and pinned != summary.in_channels:
+            raise CampaignError(f"space: its backbone pins in_channels {pinned}, but the data {self.data!r} has "
+                                f"{summary.in_channels} channel(s); unpin it to follow the data, or use other data")
         if summary.num_images is not None:
             train_images = summary.num_images - holdout_count(summary.num_images, self.val_fraction)
             if self.train.batch_size > train_images:

@@ -7,6 +7,7 @@ specs run out of memory, diverge, raise, or wait to be killed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from e2e_support import CAMPAIGN, finished, load, nas, write_campaign
+from conftest import service_unavailable
+from e2e_support import CAMPAIGN, finished, load, nas, wait_for_running_trial, write_campaign
 
 from search_spaces import presets
 
@@ -113,7 +115,7 @@ def test_a_killed_worker_fails_its_trial_which_runs_again(tmp_path):
     finally:
         driver.kill()
     assert driver.returncode == 0, stderr
-    assert "worker failed; enqueued again" in stdout and "finished 3/3" in stdout
+    assert "worker failed; it runs once more" in stdout and "finished 3/3" in stdout
 
     study = load(storage, "worker")
     killed = [t for t in study.trials if t.user_attrs.get("interrupted")]
@@ -158,6 +160,85 @@ def test_an_unreachable_storage_is_a_clear_error_and_nothing_is_written(tmp_path
     assert result.stderr.startswith("nas search: error: cannot open storage") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before  # no runs/, no database, no Ray session
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, unmounted afterwards: a disk that a test can fill for real."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        service_unavailable(f"a small tmpfs could not be mounted (it needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Writes a file into ``directory`` until its file system has no space left; returns the file."""
+    filler = directory / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        while True:
+            os.write(descriptor, b"\0" * 4096)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def test_a_full_disk_stops_the_search_with_one_line_and_the_campaign_resumes(tmp_path, small_disk):
+    url = f"sqlite:///{small_disk}/study.db"
+    campaign = write_campaign(tmp_path, study="full", trials=5, workers=1, storage=url,
+                              data="synthetic:num_images=2000,image_size=32")
+    driver = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", str(campaign)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_running_trial(url, "full", complete=1)
+        filler = fill(small_disk)  # the disk fills up while a trial trains: its result cannot be written
+        _, stderr = driver.communicate(timeout=240)
+    finally:
+        driver.kill()
+    assert driver.returncode == 2, stderr
+    assert stderr.startswith("nas search: error: cannot write to storage") and "Traceback" not in stderr
+    assert "disk is full" in stderr and "free some space, then run the same command to resume" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    filler.unlink()
+    resumed = nas(tmp_path, "search", "--config", str(campaign))  # the dead driver's lock is taken over at once
+    assert resumed.returncode == 0, resumed.stderr
+    study = load(url, "full")
+    assert len(finished(study)) == 5
+    assert not {t.state for t in study.trials} & {optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING}
+
+
+CREATE_STUDY = """
+import sys
+from nas.campaign import load_campaign
+from nas.controllers import make_sampler
+from nas.study import open_study
+from search_spaces import presets
+config = load_campaign(sys.argv[1])
+space = presets.get_space(config.space)
+open_study(config, space, make_sampler(config.controller, space))
+"""
+
+
+def test_a_read_only_database_is_a_one_line_error_on_resume(tmp_path, small_disk):
+    url = f"sqlite:///{small_disk}/study.db"
+    campaign = write_campaign(tmp_path, study="ro", storage=url)
+    subprocess.run([sys.executable, "-c", CREATE_STUDY, str(campaign)], check=True)  # a campaign ran here before...
+    before = (small_disk / "study.db").read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # ...and its disk became read-only
+    result = nas(tmp_path, "search", "--config", str(campaign), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"nas search: error: cannot write to storage {url}:")
+    assert "readonly" in result.stderr and "make the database writable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (small_disk / "study.db").read_bytes() == before
 
 
 class RayNodes:
