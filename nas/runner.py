@@ -229,6 +229,10 @@ class StudySearcher(Searcher):
         self.distributions = distributions(space)
         self.lock = lock
         self.exhausted = False
+        trials = study.get_trials(deepcopy=False)
+        self.trial_count = len(trials)  # trials in the study, kept up to date here rather than re-read per trial
+        # WAITING trials an older version left in the study; Optuna's ask takes them first
+        self.waiting = sum(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
         self.storage_failure: Exception | None = None
         self.reruns = studies.pending_reruns(study)  # interrupted trials owed their one re-run, oldest first
         best = studies.best_trials(study, 1)
@@ -278,6 +282,7 @@ class StudySearcher(Searcher):
             self.exhausted = True
             return Searcher.FINISHED if not self.pending else None
         trial = self.study.ask(fixed_distributions=self.distributions)
+        self.trial_count += 1
         spec = self.space.from_params(trial.params)
         if measuring_baseline:
             trial.set_user_attr("role", studies.ROLE_BASELINE)
@@ -294,7 +299,8 @@ class StudySearcher(Searcher):
         """Puts the baseline, or the oldest interrupted trial owed a re-run, in line just before it is asked for,
         so that a stopped campaign never leaves a WAITING trial behind. A WAITING trial an older version left in
         the study goes first, as Optuna's ask takes it. Returns whether the next trial is a fixed one."""
-        if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if self.waiting:
+            self.waiting -= 1  # Optuna's ask takes it
             return True
         if measuring_baseline:
             self.study.enqueue_trial(self.space.to_params(self.space.baseline),
@@ -307,9 +313,9 @@ class StudySearcher(Searcher):
 
     def _space_exhausted(self) -> bool:
         """Whether the controller's next trial could only repeat an architecture; counted only once the study holds
-        as many trials as the space has architectures (the tiny spaces of tests and demos)."""
-        return self.exhausted or (len(self.study.get_trials(deepcopy=False)) >= self.space.size
-                                  and space_exhausted(self.study, self.space))
+        as many trials as the space has architectures (the tiny spaces of tests and demos), so a large space costs
+        no read of the study."""
+        return self.exhausted or (self.trial_count >= self.space.size and space_exhausted(self.study, self.space))
 
     def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self.pending:

@@ -3,11 +3,13 @@ DriverLock and study, one trial at a time, with a stand-in trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import itertools
 import sqlite3
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -19,7 +21,8 @@ from nas import runner
 from nas import study as studies
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_FAILED, main
-from nas.train import EvalResult
+from nas.train import EvalResult, train_and_evaluate
+from search_spaces.spec import ArchSpec
 
 DATA = "synthetic:num_images=200,image_size=32"
 
@@ -29,18 +32,20 @@ def measured(spec, data, config) -> EvalResult:
                       device="cpu", wall_time=1.0, epochs_completed=1)
 
 
-def synchronous_tune(during_trial=lambda number: None):
-    """Tune's loop with one worker: suggest, 'train' (:func:`measured`), complete, until the searcher says FINISHED.
-    ``during_trial`` runs while a trial trains (with its number), to inject a fault there."""
+def synchronous_tune(during_trial=lambda number: None, *, trainer=measured):
+    """Tune's loop with one worker, in this process: suggest, train with ``trainer`` (None: the campaign's own),
+    complete, until the searcher says FINISHED. ``during_trial`` runs while a trial trains (with its number), to
+    inject a fault there."""
 
-    def run(config, data, searcher, trainer, stop):
+    def run(config, data, searcher, campaign_trainer, stop):
         for trial_id in map(str, itertools.count()):
             suggestion = searcher.suggest(trial_id)
             if suggestion == Searcher.FINISHED:
                 return
             assert suggestion is not None, "one worker: nothing else is in flight"
             during_trial(suggestion["trial_number"])
-            result = measured(None, data, config.train)  # whatever trainer the campaign was given
+            result = (trainer or campaign_trainer)(ArchSpec.from_dict(suggestion["spec"]), data,
+                                                   dataclasses.replace(config.train, device="cpu"))
             searcher.on_trial_complete(trial_id, {runner.RESULT_KEY: runner.json.dumps(result.to_dict())})
 
     return run
@@ -132,3 +137,22 @@ def test_sigterm_before_tune_stops_like_ctrl_c(tmp_path, monkeypatch):
         runner.run_campaign(config, out=io.StringIO(), trainer=measured)
     assert optuna.get_all_study_names("sqlite:///runs/term.db") == ["term"]  # the lock was released
     assert runner.signal.getsignal(runner.signal.SIGTERM) is runner.signal.SIG_DFL  # the handler was restored
+
+
+MNIST = Path(__file__).resolve().parents[1] / "data" / "mnist5k.npz"
+
+
+def test_a_campaign_searches_on_real_grayscale_digits(tmp_path, monkeypatch):
+    """Real MNIST digits (1 channel): the baseline and a candidate train with 1-channel stems and learn."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "_run_tune", synchronous_tune(trainer=None))
+    config = CampaignConfig.from_dict({"data": f"npz:{MNIST}", "trials": 2, "controller": "random", "study": "mnist",
+                                       "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.05,
+                                                 "augment": "none", "timing_repeats": 2}})
+    config.check_inputs()
+    outcome = runner.run_campaign(config, out=io.StringIO(), trainer=train_and_evaluate)
+    study = optuna.load_study(study_name="mnist", storage="sqlite:///runs/mnist.db")
+    assert outcome.finished == 2 and [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    baseline = study.trials[0].user_attrs
+    assert baseline["accuracy"] > 0.9  # 10 classes: chance is 0.1
+    assert baseline["parameters"] == 183_460  # the tiny backbone with a 1-channel stem and a 10-way head
