@@ -51,3 +51,14 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "journal":
         return f"journal:{tmp_path / 'study.journal'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial (and every expected failure's traceback); keep only errors while testing."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    yield
+    optuna.logging.set_verbosity(verbosity)

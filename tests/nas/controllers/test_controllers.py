@@ -18,16 +18,9 @@ from nas.controllers import CONTROLLERS, DistinctSampler, PolicyGradientSampler,
 from search_spaces.presets import get_space
 from search_spaces.space import SearchSpace
 
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
 SPACE = get_space("efficientnetv2-s")
-
-
-@pytest.fixture(autouse=True)
-def quiet_optuna():
-    """Optuna logs every trial (and every expected failure's traceback); keep only errors while testing."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    yield
-    optuna.logging.set_verbosity(verbosity)
 
 
 class SyntheticReward:

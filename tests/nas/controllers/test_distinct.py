@@ -24,6 +24,8 @@ from nas.controllers import (
 from search_spaces import presets
 from search_spaces.space import SearchSpace
 
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
 # Four stages of the tiny backbone; every decision has one choice (the backbone's) except those listed.
 _TINY_STAGES = (
     {"op": ["fused_mbconv"], "num_layers": [1], "kernel_size": [3], "expand_ratio": [1]},
@@ -53,14 +55,6 @@ TWENTY_FOUR = tiny_space(
     stage3_expand_ratio=[1, 4, 6],
 )
 LARGE = presets.get_space("efficientnetv2-s")
-
-
-@pytest.fixture(autouse=True)
-def quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    yield
-    optuna.logging.set_verbosity(verbosity)
 
 
 def reward(params: dict) -> float:
