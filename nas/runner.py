@@ -107,7 +107,7 @@ def _run_locked(
     lock: studies.DriverLock,
     out: TextIO,
     trainer: Trainer,
-    stop: "_StopSignal",
+    stop: _StopSignal,
 ) -> CampaignOutcome:
     sampler = make_sampler(config.controller, space, seed=config.seed)
     study = studies.open_study(config, space, sampler, storage=storage)
@@ -151,7 +151,6 @@ class _StopSignal:
     def __init__(self) -> None:
         self.received: int | None = None
         self.tune_running = False
-        self.previous: Any = None
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -204,8 +203,8 @@ class StudySearcher(Searcher):
 
     It keeps at most ``budget - finished`` trials in flight, holds every candidate back until the baseline is
     measured, and ends the run (``FINISHED``) when the budget is met and nothing is in flight. A trial whose
-    worker died is an interrupted failure: its params are enqueued once more and it does not count. If the
-    driver lock is lost, it starts nothing new.
+    worker died is an interrupted failure: it does not count and runs once more. If the driver lock is lost, the
+    space is exhausted or the storage fails, it starts nothing new.
     """
 
     def __init__(
