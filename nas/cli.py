@@ -219,7 +219,7 @@ def _write_spec(spec: ArchSpec, output: Path | None, *, force: bool) -> bool:
     return True
 
 
-def _output_path(flag: str, value: str | Path) -> Path:
+def _output_path(flag: str, value: str | Path, *, directory: bool | None = None) -> Path:
     """``value`` as a path to write, anywhere the user can write (a path the user types is theirs; DESIGN.md).
 
     Every file or directory a command writes (``-o``, ``--export``, ``--save``, ``--checkpoint``,
@@ -227,7 +227,7 @@ def _output_path(flag: str, value: str | Path) -> Path:
     at once; ``--force`` for an existing file is checked by the command. Safety from planted links comes from
     :func:`search_spaces.files.write_file`, not from confinement.
     """
-    return check_output(value, flag=flag, force=True, directory=None)
+    return check_output(value, flag=flag, force=True, directory=directory)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -379,15 +379,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
-    save = _output_path("--save", args.save) if args.save else None
-    checkpoint = _output_path("--checkpoint", args.checkpoint) if args.checkpoint else None
-    onnx_output = _output_path("--export-onnx", args.export_onnx) if args.export_onnx else None
-    if save is not None and save.exists() and not save.is_dir():
-        raise NotADirectoryError(f"--save {save} must be a directory")
+    save = _output_path("--save", args.save, directory=True) if args.save else None
+    checkpoint = _output_path("--checkpoint", args.checkpoint, directory=False) if args.checkpoint else None
+    onnx_output = _output_path("--export-onnx", args.export_onnx, directory=False) if args.export_onnx else None
     if onnx_output is not None and save is None:
         raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
-    if checkpoint is not None and checkpoint.is_dir():
-        raise IsADirectoryError(f"--checkpoint {checkpoint} is a directory; give a file name")
     with contextlib.ExitStack() as held:
         # One run owns a checkpoint: a second is refused, naming this one's host and pid. (A --resume whose
         # directory is missing has no checkpoint to resume, which read_checkpoint says without creating it.)
