@@ -1,4 +1,4 @@
-"""A campaign as people judge it: the HTML report of ``nas report``, and the trials table of ``nas trials|best``.
+"""A campaign as people judge it: the HTML report of ``nas report``.
 
 Everything comes from the study, the campaign's single source of truth. :func:`write_report` writes
 ``report.html`` with PNG figures beside it, referenced by relative paths and styled inline, so the directory can be
@@ -8,15 +8,11 @@ against those of all candidates, the trials over time, the baseline and the winn
 reason, and the campaign's settings and device. A figure the study cannot support yet (nothing completed, only the
 baseline) is replaced by a sentence saying why; the report itself is always written.
 
-:class:`TrialQuery` is the ``--filter FIELD=VALUE`` / ``--sort COLUMN`` rule of the trials table: it lives here, with
-the table it arranges (``trials_table`` adds the controller to :func:`nas.study.trials_frame`'s columns).
-
 Matplotlib is imported only when a report is drawn, on the Agg backend: reports are written without a display.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import html
 import itertools
@@ -30,16 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Mapping, Sequence
 
-import pandas as pd
-
-from nas.controllers import CONTROLLERS
-from nas.measure import spec_complexity
-from nas.study import (
-    ROLE_BASELINE, TABLE_COLUMNS, best_trials, is_interrupted, mask_url, pareto_front, trial_spec, trials_frame,
-)
+from nas import records
+from nas.measure import STAGE_TABLE_HEADERS, spec_complexity, stage_rows
+from nas.storage import mask_url
+from nas.study import is_interrupted, trial_spec
+from nas.trials import best_trials, pareto_front, trials_frame
 from search_spaces.files import Content, write_file
 from search_spaces.space import DECISION_FIELDS, Decision, SearchSpace
-from search_spaces.spec import ArchSpec
 
 if TYPE_CHECKING:
     import optuna
@@ -47,12 +40,6 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.html"
 TOP_FRACTION = 0.1  # the decisions of the best tenth of the candidates are compared with those of all of them
-TRIAL_STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING")
-FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
-TRIAL_TABLE_COLUMNS = (*TABLE_COLUMNS, "controller")
-STAGE_TABLE_HEADERS = (
-    "stage", "block", "op", "layers", "kernel", "stride", "expand", "channels", "se", "output", "params",
-)
 TOP_TABLE_COLUMNS = (
     "number", "controller", "reward", "accuracy", "step_time_ms", "parameters", "normalized_step_time",
     "normalized_parameters", "architecture",
@@ -61,88 +48,6 @@ DPI = 100
 COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
 FIELD_TITLES = {"op": "op", "num_layers": "layers", "kernel_size": "kernel", "expand_ratio": "expansion"}
 OP_LABELS = {"mbconv": "MBConv", "fused_mbconv": "Fused"}
-
-
-# --- the trials table: --filter and --sort --------------------------------------------------------------------------
-
-
-def trials_table(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
-    """:func:`nas.study.trials_frame` with one more column, the controller that proposed each trial."""
-    trials = list(study.get_trials(deepcopy=False) if trials is None else trials)
-    frame = trials_frame(study, trials)
-    frame["controller"] = [trial.user_attrs.get("controller") for trial in trials]
-    return frame
-
-
-@dataclass(frozen=True)
-class TrialQuery:
-    """Which rows of a trials table to show, in which order; validated on construction.
-
-    ``filters`` maps a field of :data:`FILTER_FIELDS` to the values it may take: filters on different fields must
-    all hold, values of one field are alternatives. ``sort`` is a column of :data:`TRIAL_TABLE_COLUMNS`; sorting
-    is stable (ties keep their order) and puts missing values last, also with ``descending``.
-    """
-
-    filters: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
-    sort: str | None = None
-    descending: bool = False
-
-    def __post_init__(self) -> None:
-        for name, values in self.filters.items():
-            if name not in FILTER_FIELDS:
-                raise ValueError(f"--filter: unknown field {name!r}; allowed fields are {', '.join(FILTER_FIELDS)}")
-            unknown = sorted(set(values) - set(FILTER_FIELDS[name]))
-            if unknown:
-                allowed = ", ".join(FILTER_FIELDS[name])
-                raise ValueError(f"--filter {name}: must be one of {allowed}, got {unknown[0]!r}")
-        if self.sort is not None and self.sort not in TRIAL_TABLE_COLUMNS:
-            raise ValueError(f"--sort: unknown column {self.sort!r}; columns are {', '.join(TRIAL_TABLE_COLUMNS)}")
-        if self.descending and self.sort is None:
-            raise ValueError("--descending orders by a column: give --sort COLUMN as well")
-
-    @classmethod
-    def parse(cls, filters: Sequence[str] = (), sort: str | None = None, descending: bool = False) -> TrialQuery:
-        """From ``FIELD=VALUE`` texts as typed on the command line; states and controllers in any case."""
-        chosen: dict[str, set[str]] = {}
-        for text in filters:
-            name, separator, value = (part.strip() for part in text.partition("="))
-            if not separator or not name or not value:
-                raise ValueError(f"--filter must be FIELD=VALUE with FIELD one of {', '.join(FILTER_FIELDS)} "
-                                 f"(e.g. state=COMPLETE), got {text!r}")
-            chosen.setdefault(name.lower(), set()).add(value.upper() if name.lower() == "state" else value.lower())
-        return cls({name: frozenset(values) for name, values in chosen.items()}, sort, descending)
-
-    def apply(self, frame: pd.DataFrame, limit: int | None = None) -> pd.DataFrame:
-        """The rows of ``frame`` that pass every filter, the first ``limit`` of them, then sorted."""
-        for name, values in self.filters.items():
-            frame = frame[frame[name].isin(values)]
-        if limit is not None:
-            frame = frame.head(limit)
-        if self.sort is not None:
-            frame = frame.sort_values(self.sort, ascending=not self.descending, kind="stable", na_position="last")
-        return frame.reset_index(drop=True)
-
-
-# --- stage tables (shared with ``nas show``) ------------------------------------------------------------------------
-
-
-def stage_rows(spec: ArchSpec, stage_parameters: Sequence[int]) -> list[list[Any]]:
-    """The rows of a spec's stage table under :data:`STAGE_TABLE_HEADERS`: the stem, one row per stage (block
-    string, decisions, channels, output resolution at the eval image size, parameters) and the head."""
-    rows: list[list[Any]] = []
-    resolution = spec.eval_image_size // spec.stem_stride
-    rows.append(["stem", f"conv_k3_s{spec.stem_stride}_c{spec.stem_channels}", "conv", 1, 3, spec.stem_stride, "",
-                 spec.stem_channels, "", f"{resolution}x{resolution}", ""])
-    for index, (stage, parameters) in enumerate(zip(spec.stages, stage_parameters), start=1):
-        resolution = -(-resolution // stage.stride)
-        rows.append([
-            index, stage.block_string, stage.op, stage.num_layers, stage.kernel_size, stage.stride,
-            stage.expand_ratio, stage.out_channels, f"{stage.se_ratio:g}", f"{resolution}x{resolution}",
-            f"{parameters:,}",
-        ])
-    rows.append(["head", f"conv_k1_c{spec.head_channels}", "conv", 1, 1, 1, "", spec.head_channels, "",
-                 f"{resolution}x{resolution}", ""])
-    return rows
 
 
 # --- the report -----------------------------------------------------------------------------------------------------
@@ -171,8 +76,9 @@ class StudySnapshot:
     @property
     def baseline_trial(self) -> optuna.trial.FrozenTrial | None:
         """The trial that evaluated the baseline (the completed one if it was run again)."""
-        recorded = (self.attributes.get("baseline") or {}).get("trial")
-        baselines = [trial for trial in self.trials if trial.user_attrs.get("role") == ROLE_BASELINE]
+        measured = records.study_baseline(self.attributes)
+        recorded = None if measured is None else measured.trial
+        baselines = [trial for trial in self.trials if trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE]
         return next((trial for trial in baselines if trial.number == recorded), baselines[0] if baselines else None)
 
     @property
@@ -183,7 +89,7 @@ class StudySnapshot:
     @property
     def candidates(self) -> list[optuna.trial.FrozenTrial]:
         """Complete candidate trials (the baseline excluded), best reward first."""
-        return [trial for trial in self.ranked if trial.user_attrs.get("role") != ROLE_BASELINE]
+        return [trial for trial in self.ranked if trial.user_attrs.get(records.ROLE) != records.ROLE_BASELINE]
 
     @property
     def top(self) -> list[optuna.trial.FrozenTrial]:
@@ -192,7 +98,7 @@ class StudySnapshot:
 
     @property
     def space(self) -> SearchSpace | None:
-        data = self.attributes.get("space")
+        data = self.attributes.get(records.SPACE)
         return None if data is None else SearchSpace.from_dict(data)
 
 
@@ -344,7 +250,7 @@ def _draw_history(snapshot: StudySnapshot) -> PlotFigure:
         axes.plot([baseline.number], [baseline.value], "*", color="black", markersize=12, label="baseline")
     by_controller: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in sorted(snapshot.candidates, key=lambda trial: trial.number):
-        by_controller.setdefault(trial.user_attrs.get("controller", "unknown"), []).append(trial)
+        by_controller.setdefault(trial.user_attrs.get(records.CONTROLLER, "unknown"), []).append(trial)
     for color, (controller, trials) in zip(itertools.cycle(COLORS), by_controller.items()):
         numbers, rewards = [trial.number for trial in trials], [trial.value for trial in trials]
         axes.scatter(numbers, rewards, color=color, alpha=0.55, s=22, label=f"{controller}: reward")
@@ -366,7 +272,7 @@ def _draw_tradeoffs(snapshot: StudySnapshot) -> PlotFigure:
     """Accuracy against normalized step time and against parameters, the Pareto front marked."""
     measured = [
         trial for trial in snapshot.ranked
-        if {"accuracy", "normalized_step_time", "parameters"} <= set(trial.user_attrs)
+        if {records.ACCURACY, records.NORMALIZED_STEP_TIME, records.PARAMETERS} <= set(trial.user_attrs)
     ]
     if not measured:
         raise NotDrawable("no trial has completed yet")
@@ -377,7 +283,7 @@ def _draw_tradeoffs(snapshot: StudySnapshot) -> PlotFigure:
     time_axes.set_xlabel("training step time / baseline's  (S/S₀)")
     size_axes.set_xlabel("parameters  P")
     time_axes.set_ylabel("proxy accuracy  A")
-    values = [trial.user_attrs["parameters"] for trial in measured]
+    values = [trial.user_attrs[records.PARAMETERS] for trial in measured]
     if max(values) > 10 * min(values):
         size_axes.set_xscale("log")
     size_axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
@@ -386,7 +292,7 @@ def _draw_tradeoffs(snapshot: StudySnapshot) -> PlotFigure:
 
 def _tradeoff_panel(axes: Any, snapshot: StudySnapshot, measured: list[optuna.trial.FrozenTrial], key: str) -> None:
     def point(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
-        return trial.user_attrs[key], trial.user_attrs["accuracy"]
+        return trial.user_attrs[key], trial.user_attrs[records.ACCURACY]
 
     front = [trial for trial in measured if trial.number in snapshot.front]
     others = [trial for trial in measured if trial.number not in snapshot.front]
@@ -421,7 +327,7 @@ def _draw_decisions(snapshot: StudySnapshot) -> PlotFigure:
         raise NotDrawable("no candidate has completed yet")
     proposed = [
         trial for trial in snapshot.trials
-        if trial.user_attrs.get("role") != ROLE_BASELINE and not is_interrupted(trial)
+        if trial.user_attrs.get(records.ROLE) != records.ROLE_BASELINE and not is_interrupted(trial)
         and all(decision.name in trial.params for decision in space.decisions)
     ]
     figure = _pyplot().figure(figsize=(3.0 * len(DECISION_FIELDS), 1.9 * len(space.stages) + 0.8))
@@ -524,7 +430,7 @@ def _page(snapshot: StudySnapshot, not_drawn: Mapping[str, str]) -> str:
 
 def _summary(snapshot: StudySnapshot) -> str:
     states = Counter(trial.state.name for trial in snapshot.trials)
-    parts = [f"space {snapshot.attributes.get('space_name', '?')}",
+    parts = [f"space {snapshot.attributes.get(records.SPACE_NAME, '?')}",
              f"{len(snapshot.trials)} trials ({', '.join(f'{count} {state}' for state, count in states.items())})"]
     if snapshot.winner is not None:
         parts.append(f"best reward {snapshot.winner.value:.4f} (trial {snapshot.winner.number})")
@@ -545,7 +451,7 @@ def _figure_html(figure: Figure, reason: str | None) -> str:
 def _top_table(snapshot: StudySnapshot) -> str:
     if not snapshot.top:
         return ""
-    frame = trials_table(snapshot.study, snapshot.top)
+    frame = trials_frame(snapshot.study, snapshot.top)
     rows = frame[list(TOP_TABLE_COLUMNS)].itertuples(index=False)
     return (f"<h3>The top {TOP_FRACTION:.0%} of {len(snapshot.candidates)} complete candidates</h3>"
             + _table("top-trials", TOP_TABLE_COLUMNS, rows))
@@ -562,7 +468,7 @@ def _architectures(snapshot: StudySnapshot) -> str:
 
 
 def _stage_rows(trial: optuna.trial.FrozenTrial | None) -> list[list[Any]] | None:
-    if trial is None or "spec" not in trial.user_attrs:
+    if trial is None or records.SPEC not in trial.user_attrs:
         return None
     spec = trial_spec(trial)
     return stage_rows(spec, spec_complexity(spec).stage_parameters)
@@ -587,11 +493,12 @@ def _architecture(
 def _measurements(trial: optuna.trial.FrozenTrial) -> str:
     attributes = trial.user_attrs
     if trial.state.name != "COMPLETE":
-        return f"{trial.state.name}: {attributes.get('failure_reason', 'no result')}"
-    return (f"accuracy {attributes['accuracy']:.4f}, step time {attributes['step_time_s'] * 1e3:.2f} ms "
-            f"({attributes['normalized_step_time']:.2f}x the baseline's), {attributes['parameters']:,} parameters "
-            f"({attributes['normalized_parameters']:.2f}x), reward {trial.value:.4f}, "
-            f"on {attributes.get('device', '?')}")
+        return f"{trial.state.name}: {attributes.get(records.FAILURE_REASON, 'no result')}"
+    return (f"accuracy {attributes[records.ACCURACY]:.4f}, step time {attributes[records.STEP_TIME_S] * 1e3:.2f} ms "
+            f"({attributes[records.NORMALIZED_STEP_TIME]:.2f}x the baseline's), "
+            f"{attributes[records.PARAMETERS]:,} parameters "
+            f"({attributes[records.NORMALIZED_PARAMETERS]:.2f}x), reward {trial.value:.4f}, "
+            f"on {attributes.get(records.DEVICE, '?')}")
 
 
 def _failures(snapshot: StudySnapshot) -> str:
@@ -599,13 +506,13 @@ def _failures(snapshot: StudySnapshot) -> str:
     groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in snapshot.trials:
         if trial.state.name == "FAIL":
-            reason = trial.user_attrs.get("failure_reason") or "no reason recorded"
+            reason = trial.user_attrs.get(records.FAILURE_REASON) or "no reason recorded"
             groups.setdefault(reason.split(":", 1)[0], []).append(trial)
     if not groups:
         return '<p class="note" id="no-failures">No trial failed.</p>'
     rows = [
         [kind, len(trials), ", ".join(str(trial.number) for trial in trials),
-         trials[0].user_attrs.get("failure_reason", "")]
+         trials[0].user_attrs.get(records.FAILURE_REASON, "")]
         for kind, trials in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
     ]
     return (_table("failures", ("reason", "trials", "trial numbers", "first message"), rows)
@@ -617,19 +524,21 @@ def _failures(snapshot: StudySnapshot) -> str:
 def _settings(snapshot: StudySnapshot) -> str:
     """Where the numbers come from (study, space, devices), then the campaign's settings as the study holds them."""
     attributes = snapshot.attributes
-    space, baseline = snapshot.space, attributes.get("baseline") or {}
-    devices = sorted({trial.user_attrs["device"] for trial in snapshot.trials if "device" in trial.user_attrs})
+    space, baseline = snapshot.space, records.study_baseline(attributes)
+    devices = sorted({trial.user_attrs[records.DEVICE] for trial in snapshot.trials
+                      if records.DEVICE in trial.user_attrs})
     device_rows = [
         ["study", snapshot.study.study_name],
-        ["search space", f"{attributes.get('space_name', '?')} (fingerprint {attributes.get('space_fingerprint', '?')}"
+        ["search space", f"{attributes.get(records.SPACE_NAME, '?')} "
+                         f"(fingerprint {attributes.get(records.SPACE_FINGERPRINT, '?')}"
                          + (f", {space.size:,} architectures)" if space is not None else ")")],
-        ["baseline's device", baseline.get("device", "-")],
+        ["baseline's device", (baseline.device if baseline is not None else None) or "-"],
         ["devices of the trials", "; ".join(devices) or "-"],
         ["trials recorded", len(snapshot.trials)],
     ]
     setting_rows = [
         [key, mask_url(value) if isinstance(value, str) else value]  # any URL: reports get shared
-        for key, value in _flatten(attributes.get("campaign") or {})
+        for key, value in _flatten(attributes.get(records.CAMPAIGN) or {})
     ]
     settings = (_table("settings", ("setting", "value"), setting_rows) if setting_rows else
                 '<p class="missing" id="missing-settings">The study records no campaign settings.</p>')

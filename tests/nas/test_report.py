@@ -18,13 +18,15 @@ import pytest
 from matplotlib import pyplot
 from PIL import Image
 
+from nas import records
 from nas import report as reports
 from nas import study as studies
+from nas import trials as trial_tables
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
 from nas.controllers import distributions, make_sampler
+from nas.records import EvalResult
 from nas.report import FIGURES, REPORT_FILE, StudySnapshot, write_report
-from nas.train import EvalResult
 from search_spaces import files, presets
 
 SPACE = presets.get_space("tiny")
@@ -41,8 +43,8 @@ TABLES = ("top-trials", "stages-baseline", "stages-winner", "failures", "device"
 
 
 def measured(accuracy: float, step_time: float, parameters: int) -> EvalResult:
-    return EvalResult(status="ok", accuracy=accuracy, step_time=step_time, step_time_iqr=step_time / 20,
-                      parameters=parameters, macs=parameters * 100, device=DEVICE, wall_time=1.0, epochs_completed=1)
+    return EvalResult(status="ok", accuracy=accuracy, step_time_s=step_time, step_time_iqr_s=step_time / 20,
+                      parameters=parameters, macs=parameters * 100, device=DEVICE, wall_time_s=1.0, epochs_completed=1)
 
 
 class Recorder:
@@ -54,10 +56,10 @@ class Recorder:
 
     def ask(self, controller: str = "random", *, baseline: bool = False) -> tuple[optuna.trial.Trial, object]:
         if baseline:
-            self.study.enqueue_trial(SPACE.to_params(SPACE.baseline), user_attrs={"role": studies.ROLE_BASELINE})
+            self.study.enqueue_trial(SPACE.to_params(SPACE.baseline), user_attrs={"role": records.ROLE_BASELINE})
         trial = self.study.ask(fixed_distributions=distributions(SPACE))
         spec = SPACE.from_params(trial.params)
-        trial.set_user_attr("role", trial.user_attrs.get("role", studies.ROLE_CANDIDATE))
+        trial.set_user_attr("role", trial.user_attrs.get("role", records.ROLE_CANDIDATE))
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("block_strings", list(spec.block_strings))
         trial.set_user_attr("controller", controller)
@@ -165,7 +167,7 @@ def test_the_report_has_every_figure_and_table(campaign, tmp_path):
     for table in TABLES:
         assert page.tables.get(table), f"table {table} missing or empty"
     # The winner is the best trial by reward, the baseline trial 0; both tables show their stages' block strings.
-    winner = studies.best_trials(study, 1)[0]
+    winner = trial_tables.best_trials(study, 1)[0]
     assert column(page, "stages-winner", 1)[1:-1] == winner.user_attrs["block_strings"]
     assert column(page, "stages-baseline", 1)[1:-1] == list(SPACE.baseline.block_strings)
     # The top 10% of the ten complete candidates is the best one.
@@ -188,14 +190,14 @@ def test_history_is_by_controller_and_the_front_is_marked(campaign):
     tradeoffs = figures["tradeoffs"].draw(data)
     for axes in tradeoffs.axes:
         front = [collection for collection in axes.collections if collection.get_label().startswith("Pareto front")]
-        assert len(front) == 1 and len(front[0].get_offsets()) == len(studies.pareto_front(campaign.study))
+        assert len(front) == 1 and len(front[0].get_offsets()) == len(trial_tables.pareto_front(campaign.study))
     pyplot.close(history)
     pyplot.close(tradeoffs)
 
 
 def test_the_decisions_compare_the_top_tenth_with_all_candidates(campaign):
     data = StudySnapshot.read(campaign.study)
-    assert [trial.number for trial in data.top] == [studies.best_trials(campaign.study, 1)[0].number]
+    assert [trial.number for trial in data.top] == [trial_tables.best_trials(campaign.study, 1)[0].number]
     figure = {figure.name: figure for figure in FIGURES}["decisions"].draw(data)
     assert len(figure.axes) == len(SPACE.decisions)
     proposed = 10 + 2 + 1  # complete, failed by themselves, running; not the interrupted one nor its waiting re-run
@@ -403,7 +405,7 @@ def test_trials_filter_by_state_and_controller_and_sort(capsys, campaign):
 
 def test_best_ranks_among_the_filtered_trials(capsys, campaign):
     storage, study = campaign.config.storage_url, campaign.study
-    by_reward = studies.best_trials(study, len(study.trials))
+    by_reward = trial_tables.best_trials(study, len(study.trials))
     random_best = [t.number for t in by_reward if t.user_attrs["controller"] == "random"][:2]
     assert [row["number"] for row in rows(capsys, "best", storage, "-k", 2, "--filter", "controller=random")] \
         == random_best
@@ -411,7 +413,7 @@ def test_best_ranks_among_the_filtered_trials(capsys, campaign):
     assert {row["number"] for row in result} == {t.number for t in by_reward[:3]}
     assert [row["parameters"] for row in result] == sorted(row["parameters"] for row in result)
     front = rows(capsys, "best", storage, "--pareto", "--filter", "controller=rl")
-    assert {row["number"] for row in front} == {t.number for t in studies.pareto_front(study)
+    assert {row["number"] for row in front} == {t.number for t in trial_tables.pareto_front(study)
                                                 if t.user_attrs["controller"] == "rl"}
 
 

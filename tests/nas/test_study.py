@@ -16,10 +16,12 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
+from nas import storage as storages
+from nas import trials
 from nas import study as studies
 from nas.campaign import CampaignConfig
 from nas.controllers import distributions, make_sampler
-from nas.train import EvalResult
+from nas.records import EvalResult
 from search_spaces import presets
 
 
@@ -39,9 +41,9 @@ def open_(storage_url, space, **changes):
 
 def result(accuracy=0.5, step_time=0.01, parameters=1000, ok=True):
     if not ok:
-        return EvalResult(status="failed", failure_reason="out of memory: x", step_time=step_time, device="cpu")
-    return EvalResult(status="ok", accuracy=accuracy, step_time=step_time, step_time_iqr=0.001,
-                      parameters=parameters, macs=10, device="cpu", wall_time=1.0, epochs_completed=1)
+        return EvalResult(status="failed", failure_reason="out of memory: x", step_time_s=step_time, device="cpu")
+    return EvalResult(status="ok", accuracy=accuracy, step_time_s=step_time, step_time_iqr_s=0.001,
+                      parameters=parameters, macs=10, device="cpu", wall_time_s=1.0, epochs_completed=1)
 
 
 def ask(study, space, role="candidate"):
@@ -71,7 +73,7 @@ def test_rewards_are_normalized_by_the_baseline(storage_url, space):
     config, study = open_(storage_url, space)
     baseline_trial, baseline_spec = ask(study, space, role="baseline")
     assert studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), config) == 0.6
-    assert study.user_attrs["baseline"]["step_time"] == 0.02
+    assert study.user_attrs["baseline"]["step_time_s"] == 0.02
     trial, spec = ask(study, space)
     reward = studies.record_result(study, trial, spec, result(0.5, 0.01, 4000), config)
     assert reward == pytest.approx(0.5 * 0.5 ** -0.07 * 2.0 ** -0.05)
@@ -129,10 +131,10 @@ def test_best_and_pareto(storage_url, space):
     for index, (accuracy, step_time, parameters) in enumerate(values):
         trial, spec = ask(study, space, role="baseline" if index == 0 else "candidate")
         studies.record_result(study, trial, spec, result(accuracy, step_time, parameters), config)
-    assert [t.number for t in studies.best_trials(study, 2)] == [1, 3]  # 0.7 * 2^-0.07 > 0.6 * 0.5^-0.05
-    assert sorted(t.number for t in studies.pareto_front(study)) == [1, 3]  # 0 and 2 are dominated by 3
-    frame = studies.trials_frame(study)
-    assert list(frame.columns) == studies.TABLE_COLUMNS and list(frame["number"]) == [0, 1, 2, 3]
+    assert [t.number for t in trials.best_trials(study, 2)] == [1, 3]  # 0.7 * 2^-0.07 > 0.6 * 0.5^-0.05
+    assert sorted(t.number for t in trials.pareto_front(study)) == [1, 3]  # 0 and 2 are dominated by 3
+    frame = trials.trials_frame(study)
+    assert tuple(frame.columns) == trials.TABLE_COLUMNS and list(frame["number"]) == [0, 1, 2, 3]
     assert frame.loc[0, "role"] == "baseline" and frame.loc[1, "step_time_ms"] == pytest.approx(40.0)
 
 
@@ -143,7 +145,7 @@ def test_journal_storage_and_errors(tmp_path, space):
     with pytest.raises(studies.StudyError, match="no study 'other'.*studies there: j"):
         studies.load_study(config.storage_url, "other")
     with pytest.raises(studies.StudyError, match="cannot open storage"):
-        studies.make_storage("nosuchdialect://x")
+        storages.make_storage("nosuchdialect://x")
 
 
 def test_a_trial_never_handed_to_a_worker_is_not_run_again(storage_url, space):
@@ -156,13 +158,13 @@ def test_a_trial_never_handed_to_a_worker_is_not_run_again(storage_url, space):
 
 
 def test_one_driver_per_study(storage_url):
-    first = studies.DriverLock(studies.make_storage(storage_url), "s")
-    second = studies.DriverLock(studies.make_storage(storage_url), "s")
+    first = storages.DriverLock(storages.make_storage(storage_url), "s")
+    second = storages.DriverLock(storages.make_storage(storage_url), "s")
     first.acquire()
     try:
         with pytest.raises(studies.StudyError, match=rf"study 's' is being run by the driver on host .* \(pid {os.getpid()}\)"):
             second.acquire()
-        with studies.DriverLock(studies.make_storage(storage_url), "other"):
+        with storages.DriverLock(storages.make_storage(storage_url), "other"):
             pass  # another study's lock is independent
     finally:
         first.release()
@@ -173,28 +175,28 @@ def test_one_driver_per_study(storage_url):
 
 
 def test_a_dead_drivers_lock_is_taken_over(storage_url):
-    storage = studies.make_storage(storage_url)
+    storage = storages.make_storage(storage_url)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s" + studies.DRIVER_LOCK_SUFFIX)
+    lock_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s" + storages.DRIVER_LOCK_SUFFIX)
     for key, value in {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}.items():
         storage.set_study_user_attr(lock_id, key, value)
-    with studies.DriverLock(studies.make_storage(storage_url), "s"):
+    with storages.DriverLock(storages.make_storage(storage_url), "s"):
         pass
 
 
 def test_a_silent_remote_lock_expires_and_the_old_holder_learns_it_lost(storage_url):
-    holder = studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.05, stale_after=60)
+    holder = storages.DriverLock(storages.make_storage(storage_url), "s", heartbeat_interval=0.05, stale_after=60)
     holder.acquire()
-    storage = studies.make_storage(storage_url)
-    lock_id = storage.get_study_id_from_name("s" + studies.DRIVER_LOCK_SUFFIX)
+    storage = storages.make_storage(storage_url)
+    lock_id = storage.get_study_id_from_name("s" + storages.DRIVER_LOCK_SUFFIX)
     holder._stop.set()  # the holder's host goes silent...
     holder._heartbeat.join()
     storage.set_study_user_attr(lock_id, "host", "elsewhere")
     storage.set_study_user_attr(lock_id, "heartbeat", time.time() - 120)
     with pytest.raises(studies.StudyError, match="host elsewhere"):
-        studies.DriverLock(storage, "s", stale_after=300).acquire()  # not silent for long enough yet
-    newcomer = studies.DriverLock(studies.make_storage(storage_url), "s", stale_after=60)
+        storages.DriverLock(storage, "s", stale_after=300).acquire()  # not silent for long enough yet
+    newcomer = storages.DriverLock(storages.make_storage(storage_url), "s", stale_after=60)
     newcomer.acquire()
     try:
         holder._stop.clear()  # ...and comes back: its next heartbeat finds the lock gone
@@ -232,35 +234,35 @@ class FlakyStorage:
 
 
 def heartbeat_of(storage_url):
-    storage = studies.make_storage(storage_url)
-    return storage.get_study_user_attrs(storage.get_study_id_from_name("s" + studies.DRIVER_LOCK_SUFFIX))["heartbeat"]
+    storage = storages.make_storage(storage_url)
+    return storage.get_study_user_attrs(storage.get_study_id_from_name("s" + storages.DRIVER_LOCK_SUFFIX))["heartbeat"]
 
 
 def test_the_heartbeat_rides_out_a_short_storage_error_and_keeps_a_remote_driver_out(storage_url, monkeypatch):
-    flaky = FlakyStorage(studies.make_storage(storage_url))
-    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
+    flaky = FlakyStorage(storages.make_storage(storage_url))
+    holder = storages.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
     holder.acquire()
     try:
-        monkeypatch.setattr(studies.socket, "gethostname", lambda: "another-host")  # the second driver's view
+        monkeypatch.setattr(storages.socket, "gethostname", lambda: "another-host")  # the second driver's view
         flaky.failing = True  # the storage is locked for half the safe share of the takeover window
         time.sleep(0.5)
         assert flaky.failures >= 2 and not holder.lost and holder._heartbeat.is_alive()
         with pytest.raises(studies.StudyError, match="is being run by"):
-            studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
+            storages.DriverLock(storages.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
         flaky.failing = False
         before = heartbeat_of(storage_url)
         time.sleep(0.5)
         assert heartbeat_of(storage_url) > before and not holder.lost  # beating again
         time.sleep(2.0)  # longer than the takeover window: a live holder's lock never goes stale
         with pytest.raises(studies.StudyError, match="is being run by"):
-            studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
+            storages.DriverLock(storages.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0).acquire()
     finally:
         holder.release()
 
 
 def test_a_heartbeat_that_cannot_refresh_for_the_safe_share_marks_the_lock_lost(storage_url, monkeypatch):
-    flaky = FlakyStorage(studies.make_storage(storage_url))
-    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
+    flaky = FlakyStorage(storages.make_storage(storage_url))
+    holder = storages.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0)
     holder.acquire()
     flaky.failing = True
     started = time.monotonic()
@@ -269,9 +271,9 @@ def test_a_heartbeat_that_cannot_refresh_for_the_safe_share_marks_the_lock_lost(
     lost_at = time.monotonic() - started
     assert holder.lost and 0.9 <= lost_at < 2.0  # after the safe share (1 s), before anyone may take over (2 s)
     assert "could not be refreshed" in holder.lost_reason and "database is locked" in holder.lost_reason
-    monkeypatch.setattr(studies.socket, "gethostname", lambda: "another-host")
+    monkeypatch.setattr(storages.socket, "gethostname", lambda: "another-host")
     time.sleep(max(0.0, 2.2 - lost_at))
-    newcomer = studies.DriverLock(studies.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0)
+    newcomer = storages.DriverLock(storages.make_storage(storage_url), "s", heartbeat_interval=0.1, stale_after=2.0)
     newcomer.acquire()  # the silent lock expired: the other host takes it over
     try:
         flaky.failing = False
@@ -282,8 +284,8 @@ def test_a_heartbeat_that_cannot_refresh_for_the_safe_share_marks_the_lock_lost(
 
 
 def test_a_heartbeat_stuck_in_a_storage_call_counts_as_lost(storage_url):
-    flaky = FlakyStorage(studies.make_storage(storage_url))
-    holder = studies.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0, lost_after=0.5)
+    flaky = FlakyStorage(storages.make_storage(storage_url))
+    holder = storages.DriverLock(flaky, "s", heartbeat_interval=0.1, stale_after=2.0, lost_after=0.5)
     holder.acquire()
     try:
         flaky.hang.clear()  # the next refresh blocks inside the storage call
@@ -297,7 +299,7 @@ def test_a_heartbeat_stuck_in_a_storage_call_counts_as_lost(storage_url):
 
 def test_the_lock_windows_must_nest():
     with pytest.raises(ValueError, match="heartbeat_interval"):
-        studies.DriverLock(None, "s", heartbeat_interval=40, stale_after=60)
+        storages.DriverLock(None, "s", heartbeat_interval=40, stale_after=60)
 
 
 def test_reading_creates_nothing_and_names_the_study_files_there(tmp_path, monkeypatch, space):
@@ -332,16 +334,16 @@ def test_a_damaged_database_is_a_one_line_error(tmp_path, space):
         file.seek(5 * 4096)
         file.write(os.urandom(10 * 4096))
     with pytest.raises(studies.StudyError, match=r"cannot read storage .*x.db: .*(malformed|not a database).*backup"):
-        with studies.storage_errors(url, "read"):
+        with storages.storage_errors(url, "read"):
             studies.load_study(url, "x").get_trials()
 
 
 def test_storage_urls_are_masked():
-    assert studies.mask_url("postgresql://u:pa/ss@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert studies.mask_url("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"
-    assert studies.mask_url("postgresql+psycopg://u:secret@h/db?x=1") == "postgresql+psycopg://u:***@h/db?x=1"
-    assert studies.mask_url("sqlite:///runs/x.db") == "sqlite:///runs/x.db"
-    assert studies.mask_url("journal:runs/x.journal") == "journal:runs/x.journal"
+    assert storages.mask_url("postgresql://u:pa/ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert storages.mask_url("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"
+    assert storages.mask_url("postgresql+psycopg://u:secret@h/db?x=1") == "postgresql+psycopg://u:***@h/db?x=1"
+    assert storages.mask_url("sqlite:///runs/x.db") == "sqlite:///runs/x.db"
+    assert storages.mask_url("journal:runs/x.journal") == "journal:runs/x.journal"
     with pytest.raises(studies.StudyError) as error:
-        studies.make_storage("nosuchdialect://u:hunter2@h/db")
+        storages.make_storage("nosuchdialect://u:hunter2@h/db")
     assert "hunter2" not in str(error.value) and "u:***@h" in str(error.value)

@@ -1,0 +1,106 @@
+"""The training recipe as plain data: :class:`TrainConfig` and the choices it offers.
+
+A campaign stores its recipe in the study and ``nas train`` reads it from flags, so the recipe, its choices and
+its limits live here, importing no torch: reading or checking a recipe must not start the workshop. The code that
+carries a choice out (``nas.step`` for optimizers and precision, ``nas.data`` for augmentation) registers
+exactly these names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from nas.progressive import RANDAUGMENT_MAX_MAGNITUDE, ProgressiveConfig
+from search_spaces.checks import check_bool, check_choice, check_int, check_real
+from search_spaces.spec import MAX_IMAGE_SIZE
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
+MAX_BATCH_SIZE = 65_536  # images per step; far above what one accelerator holds at any useful image size
+MAX_EPOCHS = 10_000
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+# (low, high) of the integer settings; the caps refuse absurd values (a typo, a hostile file) before any work.
+_INTEGER_RANGES = {
+    "epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "eval_batch_size": (1, MAX_BATCH_SIZE),
+    "timing_warmup": (1, 1000), "timing_repeats": (1, 1000), "seed": (0, MAX_SEED),
+    "bn_recalibration_batches": (0, 10_000),
+}
+_OPTIONAL_INTEGER_RANGES = {"image_size": (1, MAX_IMAGE_SIZE), "eval_image_size": (1, MAX_IMAGE_SIZE),
+                            "threads": (1, MAX_THREADS)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Proxy-training settings. Defaults follow the paper's search (about 10 epochs) with a CIFAR-style recipe.
+
+    ``image_size`` None trains at the data's resolution; otherwise batches are resized on the device.
+    ``amp`` ``auto`` is bfloat16 on CUDA and full precision on CPU. ``threads`` None leaves torch's default.
+    ``randaugment_magnitude`` (0-30, 0 off) and ``mixup_alpha`` (0 off) regularize a fixed-size run;
+    ``progressive`` instead grows image size, dropout, RandAugment and mixup together over its stages
+    (EfficientNetV2 Algorithm 1). ``eval_image_size`` None evaluates at the last training image size.
+    ``ema_decay`` (e.g. 0.999) keeps an exponential moving average of the weights, updated every step, and
+    evaluates (and saves) it instead of the raw weights.
+    ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
+    this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
+    few hundred proxy steps leave the running averages far from the trained network's statistics, which would
+    make hold-out accuracy measure BN lag rather than the architecture.
+    """
+
+    epochs: int = 10
+    image_size: int | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "crop_flip"
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    eval_batch_size: int = 512
+    eval_image_size: int | None = None
+    randaugment_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    progressive: ProgressiveConfig | None = None
+    ema_decay: float | None = None
+    bn_recalibration_batches: int = 20
+    timing_warmup: int = 5
+    timing_repeats: int = 7
+
+    def __post_init__(self) -> None:
+        if isinstance(self.progressive, Mapping):
+            object.__setattr__(self, "progressive", ProgressiveConfig.from_dict(self.progressive))
+        if self.progressive is not None and not isinstance(self.progressive, ProgressiveConfig):
+            raise ValueError(f"progressive must be a ProgressiveConfig, a mapping or None, got {self.progressive!r}")
+        for field, (low, high) in _INTEGER_RANGES.items():
+            check_int(field, getattr(self, field), low, high)
+        for field, (low, high) in _OPTIONAL_INTEGER_RANGES.items():
+            check_int(field, getattr(self, field), low, high, optional=True)
+        for field in ("channels_last", "compile"):
+            check_bool(field, getattr(self, field))
+        for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
+                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, float(MAX_EPOCHS)),
+                                 ("label_smoothing", 0.0, 1.0), ("randaugment_magnitude", 0.0, RANDAUGMENT_MAX_MAGNITUDE),
+                                 ("mixup_alpha", 0.0, 100.0)):
+            check_real(field, getattr(self, field), low, high)
+        check_real("ema_decay", self.ema_decay, 0, 1, low_open=True, high_open=True, optional=True)
+        if self.progressive is not None and self.epochs < self.progressive.num_stages:
+            raise ValueError(
+                f"epochs ({self.epochs}) must be at least progressive.num_stages ({self.progressive.num_stages})"
+            )
+        for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("amp", AMP_CHOICES)):
+            check_choice(field, getattr(self, field), allowed)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["progressive"] = None if self.progressive is None else self.progressive.to_dict()
+        return data

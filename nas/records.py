@@ -1,0 +1,174 @@
+"""The trial record: what an evaluation measured, and the study attributes it becomes.
+
+This is the only code that turns a result into Optuna attributes and back, and the one place that names the
+attributes a study and its trials hold, so a reader (the CLI, the report, a controller, Optuna's own dashboard)
+and a writer never disagree on a key. One name per quantity, with its unit in the name (``step_time_s``).
+
+Adding a measured field is one change here (a field of :class:`EvalResult`) plus the code that measures it: it is
+then recorded on every trial, travels from a Ray worker and reads back with the rest.
+
+Imports no torch, no Ray and no Optuna: a worker builds an :class:`EvalResult` and the driver records it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from search_spaces.spec import ArchSpec
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# --- trial attributes -------------------------------------------------------------------------------------------
+ROLE = "role"  # ROLE_BASELINE or ROLE_CANDIDATE
+ROLE_BASELINE = "baseline"
+ROLE_CANDIDATE = "candidate"
+SPEC = "spec"  # the evaluated ArchSpec as a dict
+BLOCK_STRINGS = "block_strings"  # one short string per stage, for tables
+CONTROLLER = "controller"
+RAY_NODE = "ray_node"  # the id of the Ray node the trial ran on
+INTERRUPTED = "interrupted"  # True on a FAIL the candidate did not cause (a stopped driver, a dead worker)
+REQUEUED_FROM = "requeued_from"  # on a re-run: the number of the interrupted trial it repeats
+FAILURE_REASON = "failure_reason"
+LOSS_HISTORY = "loss_history"  # the training loss after each epoch
+NORMALIZED_STEP_TIME = "normalized_step_time"  # S / S_baseline
+NORMALIZED_PARAMETERS = "normalized_parameters"  # P / P_baseline
+REWARD = "reward"
+# the measured quantities (EvalResult's fields of the same names)
+ACCURACY = "accuracy"
+STEP_TIME_S = "step_time_s"
+PARAMETERS = "parameters"
+MACS = "macs"
+DEVICE = "device"
+WALL_TIME_S = "wall_time_s"
+
+# --- study attributes -------------------------------------------------------------------------------------------
+FORMAT_VERSION_KEY = "format_version"
+SPACE = "space"  # the SearchSpace as a dict
+SPACE_NAME = "space_name"
+SPACE_FINGERPRINT = "space_fingerprint"
+PROXY = "proxy"  # CampaignConfig.proxy_settings(): what a trial's numbers depend on
+CAMPAIGN = "campaign"  # the last run's CampaignConfig as a dict
+BASELINE = "baseline"  # a Baseline as a dict, once the baseline trial completed
+FORMAT_VERSION = 1
+
+# Keys of studies written before the units were in the names; read as their new names.
+_LEGACY_KEYS = {"step_time": "step_time_s", "step_time_iqr": "step_time_iqr_s", "wall_time": "wall_time_s"}
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Training progress after one epoch (accuracy on the augmented training batches, not the hold-out)."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    images_per_second: float
+    image_size: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What one proxy evaluation measured. A failed result keeps whatever was measured before the failure."""
+
+    status: str
+    failure_reason: str | None = None
+    accuracy: float | None = None
+    final_loss: float | None = None
+    step_time_s: float | None = None
+    step_time_iqr_s: float | None = None
+    images_per_second: float | None = None
+    parameters: int | None = None
+    macs: int | None = None
+    peak_memory_bytes: int | None = None
+    wall_time_s: float | None = None
+    device: str | None = None
+    epochs_completed: int = 0
+    history: tuple[EpochStats, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        fields = dict(data)
+        fields["history"] = tuple(EpochStats(**epoch) for epoch in fields.get("history", ()))
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        """The result as JSON text: how it travels from a worker to the driver."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalResult:
+        return cls.from_dict(json.loads(text))
+
+
+def started_attributes(role: str, spec: ArchSpec, controller: str) -> dict[str, Any]:
+    """The attributes a trial gets when it is handed to a worker: its role, architecture and controller."""
+    return {ROLE: role, SPEC: spec.to_dict(), BLOCK_STRINGS: list(spec.block_strings), CONTROLLER: controller}
+
+
+def result_attributes(result: EvalResult) -> dict[str, Any]:
+    """The trial attributes recording ``result``: every measured field under its own name, the per-epoch
+    history as a loss list; missing and NaN values are left out (JSON has no NaN)."""
+    data = result.to_dict()
+    history = data.pop("history")
+    data[LOSS_HISTORY] = [round(epoch["loss"], 6) for epoch in history]
+    return {key: value for key, value in data.items() if value is not None and not _is_nan(value)}
+
+
+def result_from_attributes(attributes: Mapping[str, Any]) -> EvalResult:
+    """The :class:`EvalResult` a trial recorded (its history only as far as the recorded losses go)."""
+    attributes = _current_keys(attributes)
+    names = {field.name for field in dataclasses.fields(EvalResult)} - {"history"}
+    return EvalResult(**{key: value for key, value in attributes.items() if key in names})
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The baseline trial's measurements, kept on the study: every reward is normalized by its S and P."""
+
+    trial: int
+    step_time_s: float
+    parameters: int
+    accuracy: float
+    macs: int | None
+    device: str | None
+    block_strings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["block_strings"] = list(self.block_strings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Baseline:
+        data = _current_keys(data)
+        return cls(trial=data["trial"], step_time_s=data["step_time_s"], parameters=data["parameters"],
+                   accuracy=data["accuracy"], macs=data.get("macs"), device=data.get("device"),
+                   block_strings=tuple(data.get("block_strings", ())))
+
+
+def study_baseline(study_attributes: Mapping[str, Any]) -> Baseline | None:
+    """The study's baseline once its trial has completed, else None."""
+    data = study_attributes.get(BASELINE)
+    return None if data is None else Baseline.from_dict(data)
+
+
+def _current_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {_LEGACY_KEYS.get(key, key): value for key, value in data.items()}
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
