@@ -1,4 +1,7 @@
-"""Data sources, the hold-out split and on-device batches (nas/data.py)."""
+"""Loading data sources into tensors, the hold-out split and on-device batches (nas/data.py).
+
+Most source errors are raised by nas/sources.py; they are tested here through load_data (and check_source where
+both must agree), and tests/nas/test_sources.py holds those of check_source alone."""
 
 import io
 import os
@@ -16,17 +19,10 @@ import torch
 from PIL import Image
 
 import nas.data
-from nas.data import (
-    AUGMENTATIONS,
-    CACHE_DIRNAME,
-    MAX_CLASSES,
-    DataError,
-    DeviceBatches,
-    ImageData,
-    SourceSummary,
-    check_source,
-    load_data,
-)
+import nas.sources
+from nas.data import CACHE_DIRNAME, DeviceBatches, ImageData, load_data
+from nas.recipe import AUGMENTATIONS
+from nas.sources import MAX_CLASSES, SOURCE_NAMES, DataError, SourceSummary, check_source
 
 SMALL_SYNTHETIC = "synthetic:num_classes=4,num_images=200,image_size=16"
 
@@ -115,6 +111,10 @@ def test_synthetic_draws_directly_at_the_requested_size():
 
 
 # ----------------------------------------------------------------------------------------------- sources
+
+
+def test_every_source_that_nas_sources_checks_has_a_loader():
+    assert tuple(nas.data._LOADERS) == SOURCE_NAMES
 
 
 @pytest.mark.parametrize(
@@ -382,7 +382,7 @@ def test_an_npz_that_inflates_beyond_the_budget_is_refused_without_inflating(tmp
     np.savez_compressed(tmp_path / "bomb.npz", images=np.zeros((1 << 14, 32, 32), np.uint8),
                         labels=np.zeros(1 << 14, np.uint8))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000
-    monkeypatch.setattr(nas.data, "MAX_DATASET_BYTES", 4 << 20)
+    monkeypatch.setattr(nas.sources, "MAX_DATASET_BYTES", 4 << 20)
     tracemalloc.start()
     try:
         with pytest.raises(DataError, match=r"bomb.npz: images \(array 'images'\) of shape \(16384, 32, 32\) and "
@@ -395,7 +395,7 @@ def test_an_npz_that_inflates_beyond_the_budget_is_refused_without_inflating(tmp
 
 def test_decompression_stops_at_the_declared_size(tmp_path, monkeypatch):
     """The images are read in chunks into a buffer of the header's size; a stream that ends early is named."""
-    monkeypatch.setattr(nas.data, "_NPZ_READ_CHUNK", 7)
+    monkeypatch.setattr(nas.sources, "_NPZ_READ_CHUNK", 7)
     images = varied_images(10)
     np.savez_compressed(tmp_path / "data.npz", images=images, labels=small_labels(10))
     data = load_data(f"npz:{tmp_path / 'data.npz'}", val_fraction=0.5)
@@ -469,21 +469,6 @@ def test_a_file_name_with_a_question_mark_ends_with_one(tmp_path):
     assert load_data(f"npz:{tmp_path / 'odd?name.npz'}?").num_classes == 2
 
 
-@pytest.mark.parametrize(
-    ("query", "message"),
-    [
-        ("pixels=x", r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels "
-                     r"\(as in 'npz:FILE\?images=x_train&labels=y_train'\)"),
-        ("images", r"npz option images needs an array name, 'images=NAME', got 'images'"),
-        ("images=", r"npz option images needs an array name"),
-        ("images=a&images=b", r"npz option images is given twice"),
-    ],
-)
-def test_npz_option_errors_are_refused_before_any_file_is_read(query, message):
-    with pytest.raises(DataError, match=message):
-        check_source(f"npz:data.npz?{query}", files=False)
-
-
 # ----------------------------------------------------------------------------------------------- npz files
 
 
@@ -540,7 +525,7 @@ def test_cifar_labels_beyond_64_bits_are_reported_as_they_are(tmp_path):
 
 def test_check_source_skips_the_values_of_large_label_arrays(tmp_path, monkeypatch):
     source = write_labels(tmp_path / "labels.npz", np.array([0, 999, 0, 999]))
-    monkeypatch.setattr(nas.data, "_PREFLIGHT_LABEL_BYTES", 16)
+    monkeypatch.setattr(nas.sources, "_PREFLIGHT_LABEL_BYTES", 16)
     assert check_source(source) == SourceSummary(num_images=4, in_channels=1, num_classes=None)
     with pytest.raises(DataError, match="998 missing in all"):
         load_data(source)
@@ -704,21 +689,6 @@ def test_imagefolder_cache_is_written_through_the_safe_writer(tmp_path, monkeypa
 # ----------------------------------------------------------------------------------------------- check_source
 
 
-def test_check_source_summarizes_each_source_without_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "open", lambda *args: pytest.fail("check_source decoded an image"))
-    monkeypatch.setattr(nas.data, "_read_cifar_batch", lambda *args: pytest.fail("check_source read a CIFAR batch"))
-    assert check_source("synthetic:num_classes=4,num_images=500") == SourceSummary(500, 3, 4)
-    assert check_source("synthetic") == SourceSummary(10000, 3, 10)
-    assert check_source(f"cifar10:{write_cifar10(tmp_path / 'c10', batches=3)}") == SourceSummary(30000, 3, 10)
-    (tmp_path / "c100").mkdir()
-    (tmp_path / "c100" / "train").write_bytes(b"")
-    assert check_source(f"cifar100:{tmp_path / 'c100'}") == SourceSummary(50000, 3, 100)
-    assert check_source(f"imagefolder:{write_image_folder(tmp_path / 'folder')}") == SourceSummary(4, 3, 2)
-    np.savez(tmp_path / "rgb.npz", images=varied_images(12, channels=3), labels=np.arange(12) % 4)
-    assert check_source(f"npz:{tmp_path / 'rgb.npz'}") == SourceSummary(12, 3, 4)
-    assert check_source(f"npz:{tmp_path / 'missing.npz'}", files=False) == SourceSummary(None, None, None)
-
-
 def test_check_source_reads_no_npz_image_data(tmp_path):
     """Stored (not deflated) images whose pixel bytes are damaged far past the header (zipfile reads ahead 4 KiB):
     the headers pass, only loading fails."""
@@ -730,25 +700,6 @@ def test_check_source_reads_no_npz_image_data(tmp_path):
     assert check_source(f"npz:{tmp_path / 'data.npz'}") == SourceSummary(64, 1, 2)
     with pytest.raises(DataError, match=r"data.npz: images \(array 'images'\): cannot read its data: Bad CRC-32"):
         load_data(f"npz:{tmp_path / 'data.npz'}")
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda path: path.mkdir(), "has no class subfolders"),
-        (lambda path: write_image_folder(path), r"4 images of 3x2048x2048 pixels are 0.0 GiB; the limit is 0 GiB"),
-    ],
-)
-def test_check_source_refuses_imagefolders_from_their_listing(tmp_path, monkeypatch, make, message):
-    make(tmp_path / "folder")
-    monkeypatch.setattr(nas.data, "MAX_DATASET_BYTES", 1 << 20)
-    with pytest.raises(DataError, match=message):
-        check_source(f"imagefolder:{tmp_path / 'folder'}", image_size=2048)
-
-
-def test_check_source_refuses_a_cifar10_directory_without_batches(tmp_path):
-    with pytest.raises(DataError, match=f"no data_batch_\\* files in {tmp_path}"):
-        check_source(f"cifar10:{tmp_path}")
 
 
 # ----------------------------------------------------------------------------------------------- hold-out split

@@ -1,0 +1,77 @@
+"""Checking data sources without loading them, and without torch (nas/sources.py).
+
+Errors that loading must raise as well are tested through both entry points in tests/nas/test_data.py."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nas.sources
+from nas.sources import DataError, SourceSummary, check_source
+
+
+def empty_files(directory, *names):
+    """Creates ``directory`` holding empty files: any attempt to read or decode one of them fails."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(b"")
+    return directory
+
+
+def test_the_module_imports_no_torch():
+    """The ledger (campaign config, study) checks sources in processes that never train."""
+    code = "import sys, nas.sources\nnas.sources.check_source('synthetic')\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_check_source_summarizes_each_source_without_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(nas.sources, "_read_cifar_batch", lambda *args: pytest.fail("check_source read a CIFAR batch"))
+    assert check_source("synthetic:num_classes=4,num_images=500") == SourceSummary(500, 3, 4)
+    assert check_source("synthetic") == SourceSummary(10000, 3, 10)
+    cifar10 = empty_files(tmp_path / "c10", "data_batch_1", "data_batch_2", "data_batch_3", "test_batch")
+    assert check_source(f"cifar10:{cifar10}") == SourceSummary(30000, 3, 10)
+    assert check_source(f"cifar100:{empty_files(tmp_path / 'c100', 'train')}") == SourceSummary(50000, 3, 100)
+    folder = empty_files(tmp_path / "folder", "cat/0.png", "cat/1.jpg", "dog/0.png", "dog/1.png", "dog/notes.txt")
+    assert check_source(f"imagefolder:{folder}") == SourceSummary(4, 3, 2)
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((12, 4, 4, 3), np.uint8), labels=np.arange(12) % 4)
+    assert check_source(f"npz:{tmp_path / 'rgb.npz'}") == SourceSummary(12, 3, 4)
+    assert check_source(f"npz:{tmp_path / 'missing.npz'}", files=False) == SourceSummary(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("pixels=x", r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels "
+                     r"\(as in 'npz:FILE\?images=x_train&labels=y_train'\)"),
+        ("images", r"npz option images needs an array name, 'images=NAME', got 'images'"),
+        ("images=", r"npz option images needs an array name"),
+        ("images=a&images=b", r"npz option images is given twice"),
+    ],
+)
+def test_npz_option_errors_are_refused_before_any_file_is_read(query, message):
+    with pytest.raises(DataError, match=message):
+        check_source(f"npz:data.npz?{query}", files=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "has no class subfolders"),
+        (lambda path: empty_files(path, "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"),
+         r"4 images of 3x2048x2048 pixels are 0.0 GiB; the limit is 0 GiB"),
+    ],
+)
+def test_check_source_refuses_imagefolders_from_their_listing(tmp_path, monkeypatch, make, message):
+    make(tmp_path / "folder")
+    monkeypatch.setattr(nas.sources, "MAX_DATASET_BYTES", 1 << 20)
+    with pytest.raises(DataError, match=message):
+        check_source(f"imagefolder:{tmp_path / 'folder'}", image_size=2048)
+
+
+def test_check_source_refuses_a_cifar10_directory_without_batches(tmp_path):
+    with pytest.raises(DataError, match=f"no data_batch_\\* files in {tmp_path}"):
+        check_source(f"cifar10:{tmp_path}")
