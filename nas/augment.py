@@ -11,7 +11,7 @@ RandAugment (Cubuk et al., "RandAugment: Practical automated data augmentation w
 NeurIPS 2020) applies ``num_ops`` operations drawn uniformly from the paper's 14 (:data:`RANDAUGMENT_OPS`), all
 at one shared magnitude.
 
-**Magnitude scale.** ``magnitude`` is a float in [0, :data:`MAX_MAGNITUDE`] = [0, 30]. Magnitude 10 is the top of
+**Magnitude scale.** ``magnitude`` is a float in [0, :data:`RANDAUGMENT_MAX_MAGNITUDE`] = [0, 30]. Magnitude 10 is the top of
 the RandAugment paper's scale (the official EfficientNetV2 code's ``_MAX_LEVEL = 10``), where every operation
 reaches the AutoAugment/RandAugment range maximum; larger magnitudes extrapolate linearly, as in the official
 EfficientNetV2 code, whose schedules go to 15 (V2-S), 20 (V2-M) and 25 (V2-L), and are clamped where a
@@ -60,7 +60,8 @@ from types import MappingProxyType
 import torch
 import torch.nn.functional as F
 
-MAX_MAGNITUDE = 30.0
+from nas.progressive import RANDAUGMENT_MAX_MAGNITUDE
+
 PAPER_MAX_MAGNITUDE = 10.0  # top of the RandAugment paper's scale; the official EfficientNetV2 code's _MAX_LEVEL
 
 # Parameters at PAPER_MAX_MAGNITUDE: the AutoAugment search ranges (Cubuk et al., 2019, Table 1) that
@@ -511,9 +512,9 @@ def _check_magnitude(magnitude: float) -> None:
         isinstance(magnitude, bool)
         or not isinstance(magnitude, int | float)
         or not math.isfinite(magnitude)
-        or not 0 <= magnitude <= MAX_MAGNITUDE
+        or not 0 <= magnitude <= RANDAUGMENT_MAX_MAGNITUDE
     ):
-        raise ValueError(f"magnitude must be a number in [0, {MAX_MAGNITUDE:g}], got {magnitude!r}")
+        raise ValueError(f"magnitude must be a number in [0, {RANDAUGMENT_MAX_MAGNITUDE:g}], got {magnitude!r}")
 
 
 def _check_op_arguments(images: torch.Tensor, magnitude: float, signs: torch.Tensor) -> None:

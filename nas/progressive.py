@@ -24,11 +24,11 @@ This module is plain data (stdlib only), so schedules can be stored in checkpoin
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from search_spaces.checks import check_int, check_real, is_int
 from search_spaces.spec import MAX_IMAGE_SIZE
 
 RANDAUGMENT_MAX_MAGNITUDE = 30.0  # RandAugment's magnitude scale as torchvision implements it (31 bins, 0..30)
@@ -58,26 +58,15 @@ TABLE_6: dict[str, _Table6Row] = {
 _V2_S = TABLE_6["efficientnetv2-s"]
 
 
-# What each regularization accepts: dropout is a probability of dropping (1 would drop everything), RandAugment
-# magnitudes live on the 0..30 scale, mixup alpha is the Beta(alpha, alpha) parameter (0 means no mixup).
-_REGULARIZATION_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "dropout": (lambda value: 0.0 <= value < 1.0, "a number in [0, 1)"),
-    "randaugment_magnitude": (lambda value: 0.0 <= value <= RANDAUGMENT_MAX_MAGNITUDE, "a number in [0, 30]"),
-    "mixup_alpha": (lambda value: value >= 0.0, "a finite number >= 0"),
+# What each regularization accepts, as check_real's bounds: dropout is a probability of dropping (1 would drop
+# everything), RandAugment magnitudes live on the 0..30 scale, mixup alpha is the Beta(alpha, alpha) parameter (0
+# means no mixup).
+_REGULARIZATION_RANGES: dict[str, dict[str, Any]] = {
+    "dropout": {"low": 0, "high": 1, "high_open": True},
+    "randaugment_magnitude": {"low": 0, "high": int(RANDAUGMENT_MAX_MAGNITUDE)},  # int: the message says [0, 30]
+    "mixup_alpha": {"low": 0},
 }
 _REGULARIZATION_FIELDS = tuple(_REGULARIZATION_RANGES)  # also the Regularization fields a schedule interpolates
-
-
-def _check_regularization_value(name: str, value: object) -> None:
-    """Raises ``ValueError`` naming ``name`` and its allowed values unless ``value`` is one of them."""
-    in_range, allowed = _REGULARIZATION_RANGES[name]
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (is_number and in_range(value)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +83,7 @@ class Regularization:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            _check_regularization_value(field.name, getattr(self, field.name))
+            check_real(field.name, getattr(self, field.name), **_REGULARIZATION_RANGES[field.name])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,21 +107,18 @@ class ProgressiveConfig:
     image_size_divisor: int = 8
 
     def __post_init__(self) -> None:
-        if not _is_positive_int(self.num_stages):
-            raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
-        if not _is_positive_int(self.image_size_divisor):
-            raise ValueError(f"image_size_divisor must be an integer >= 1, got {self.image_size_divisor!r}")
+        check_int("num_stages", self.num_stages, 1)
+        check_int("image_size_divisor", self.image_size_divisor, 1)
         _check_pair("image_size", self.image_size)
-        for size in self.image_size:
-            if not _is_positive_int(size):
-                raise ValueError(f"image_size must be a pair of integers >= 1, got {self.image_size!r}")
+        if not all(is_int(size, 1) for size in self.image_size):
+            raise ValueError(f"image_size must be a pair of integers >= 1, got {self.image_size!r}")
         if max(self.image_size) > MAX_IMAGE_SIZE:
             raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size!r}")
         for name in _REGULARIZATION_FIELDS:
             pair = getattr(self, name)
             _check_pair(name, pair)
             for value in pair:
-                _check_regularization_value(name, value)
+                check_real(name, value, **_REGULARIZATION_RANGES[name])
 
     @classmethod
     def from_preset(cls, name: str) -> ProgressiveConfig:
@@ -211,8 +197,7 @@ def progressive_schedule(config: ProgressiveConfig, total_epochs: int) -> tuple[
     Sizes and regularization follow the paper's ``i / (M - 1)``; the reference code uses ``(i + 1) / M`` for the
     image size (so it never trains at ``S_0``), which this module does not copy.
     """
-    if not _is_positive_int(total_epochs):
-        raise ValueError(f"total_epochs must be an integer >= 1, got {total_epochs!r}")
+    check_int("total_epochs", total_epochs, 1)
     num_stages = config.num_stages
     if total_epochs < num_stages:
         raise ValueError(
@@ -239,12 +224,10 @@ def progressive_schedule(config: ProgressiveConfig, total_epochs: int) -> tuple[
 
 def fixed_schedule(image_size: int, regularization: Regularization, total_epochs: int) -> tuple[Stage, ...]:
     """One stage at a fixed size and regularization: the non-progressive baseline that Section 4 compares against."""
-    if not _is_positive_int(image_size):
-        raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
+    check_int("image_size", image_size, 1)
     if not isinstance(regularization, Regularization):
         raise ValueError(f"regularization must be a Regularization, got {type(regularization).__name__}")
-    if not _is_positive_int(total_epochs):
-        raise ValueError(f"total_epochs must be an integer >= 1, got {total_epochs!r}")
+    check_int("total_epochs", total_epochs, 1)
     stage = Stage(index=0, first_epoch=0, num_epochs=total_epochs, image_size=image_size, regularization=regularization)
     return (stage,)
 
@@ -254,6 +237,5 @@ def stage_for_epoch(schedule: tuple[Stage, ...], epoch: int) -> Stage:
     if not schedule:
         raise ValueError("schedule must hold at least one stage, got an empty schedule")
     total_epochs = schedule[-1].first_epoch + schedule[-1].num_epochs
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < total_epochs):
-        raise ValueError(f"epoch must be an integer in [0, {total_epochs}), got {epoch!r}")
+    check_int("epoch", epoch, 0, total_epochs, high_open=True)
     return next(stage for stage in schedule if epoch < stage.first_epoch + stage.num_epochs)

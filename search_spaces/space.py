@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from search_spaces.checks import check_int, is_int
 from search_spaces.spec import MAX_IMAGE_SIZE, MAX_NUM_LAYERS, OPS, ArchSpec, SpecError, StageSpec
 
 DECISION_FIELDS = ("op", "num_layers", "kernel_size", "expand_ratio")
@@ -186,10 +187,8 @@ class SearchSpace:
             raise SpaceError(f"missing required key(s) {missing}")
         backbone = _backbone(data["backbone"], resolve_backbone)
         image_size = data.get("image_size")
-        if image_size is not None and (
-            isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE
-        ):
-            raise SpaceError(f"image_size must be an integer in [1, {MAX_IMAGE_SIZE}], got {image_size!r}")
+        if image_size is not None:
+            check_int("image_size", image_size, 1, MAX_IMAGE_SIZE, error=SpaceError)
         se_ratio = data.get("se_ratio") or {}
         if not isinstance(se_ratio, Mapping):
             raise SpaceError(f"se_ratio must map ops {list(OPS)} to ratios, got {se_ratio!r}")
@@ -250,7 +249,7 @@ def _layer_range(where: str, value: Mapping[str, Any]) -> list[int]:
         raise SpaceError(f"{where}: num_layers as a range must have exactly the keys min and max, got {dict(value)}")
     low, high = value["min"], value["max"]
     for bound in (low, high):
-        if isinstance(bound, bool) or not isinstance(bound, int) or not 1 <= bound <= MAX_NUM_LAYERS:
+        if not is_int(bound, 1, MAX_NUM_LAYERS):
             raise SpaceError(f"{where}: num_layers min and max must be integers in [1, {MAX_NUM_LAYERS}], got {bound!r}")
     if low > high:
         raise SpaceError(f"{where}: num_layers min ({low}) is greater than max ({high})")

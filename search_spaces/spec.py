@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from search_spaces.checks import check_choice, check_int, check_real
+
 OPS = ("mbconv", "fused_mbconv")
 OP_SHORT_NAMES = {"mbconv": "mb", "fused_mbconv": "fused"}
 KERNEL_SIZES = (3, 5, 7)
@@ -28,29 +30,6 @@ MAX_IMAGE_SIZE = 4096
 
 class SpecError(ValueError):
     """An architecture spec (or a file describing one) is invalid; the message names the field."""
-
-
-def _check_int(field: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{field} must be an integer in [{low}, {high}], got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{field} must be an integer in [{low}, {high}], got {value}")
-
-
-def _check_choice(field: str, value: Any, allowed: tuple) -> None:
-    # type check first: 3.0 == 3 and True == 1, but neither is a kernel size
-    if type(value) not in {type(choice) for choice in allowed} or value not in allowed:
-        raise SpecError(f"{field} must be one of {allowed}, got {value!r}")
-
-
-def _as_float(field: str, value: Any, low: float, high: float, *, high_inclusive: bool = True) -> float:
-    """Returns ``value`` as a float, so that ``0`` and ``0.0`` make the same spec."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(f"{field} must be a number in [{low}, {high}{']' if high_inclusive else ')'}, got {value!r}")
-    in_range = low <= value <= high if high_inclusive else low <= value < high
-    if not in_range:
-        raise SpecError(f"{field} must be a number in [{low}, {high}{']' if high_inclusive else ')'}, got {value}")
-    return float(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,13 +50,14 @@ class StageSpec:
     se_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_choice("op", self.op, OPS)
-        _check_int("num_layers", self.num_layers, 1, MAX_NUM_LAYERS)
-        _check_choice("kernel_size", self.kernel_size, KERNEL_SIZES)
-        _check_choice("stride", self.stride, STRIDES)
-        _check_int("expand_ratio", self.expand_ratio, 1, MAX_EXPAND_RATIO)
-        _check_int("out_channels", self.out_channels, 1, MAX_CHANNELS)
-        object.__setattr__(self, "se_ratio", _as_float("se_ratio", self.se_ratio, 0.0, 1.0, high_inclusive=False))
+        check_choice("op", self.op, OPS, error=SpecError)
+        check_int("num_layers", self.num_layers, 1, MAX_NUM_LAYERS, error=SpecError)
+        check_choice("kernel_size", self.kernel_size, KERNEL_SIZES, error=SpecError)
+        check_choice("stride", self.stride, STRIDES, error=SpecError)
+        check_int("expand_ratio", self.expand_ratio, 1, MAX_EXPAND_RATIO, error=SpecError)
+        check_int("out_channels", self.out_channels, 1, MAX_CHANNELS, error=SpecError)
+        se_ratio = check_real("se_ratio", self.se_ratio, 0.0, 1.0, high_open=True, error=SpecError)
+        object.__setattr__(self, "se_ratio", float(se_ratio))  # 0 and 0.0 make the same spec
 
     @property
     def block_string(self) -> str:
@@ -158,15 +138,15 @@ class ArchSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise SpecError(f"name must be a string, got {self.name!r}")
-        _check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
-        _check_int("head_channels", self.head_channels, 1, MAX_CHANNELS)
-        _check_choice("stem_stride", self.stem_stride, STRIDES)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_int("train_image_size", self.train_image_size, 1, MAX_IMAGE_SIZE)
-        _check_int("eval_image_size", self.eval_image_size, 1, MAX_IMAGE_SIZE)
-        _check_int("channel_divisor", self.channel_divisor, 1, 256)
+        check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS, error=SpecError)
+        check_int("head_channels", self.head_channels, 1, MAX_CHANNELS, error=SpecError)
+        check_choice("stem_stride", self.stem_stride, STRIDES, error=SpecError)
+        check_choice("activation", self.activation, ACTIVATIONS, error=SpecError)
+        check_int("train_image_size", self.train_image_size, 1, MAX_IMAGE_SIZE, error=SpecError)
+        check_int("eval_image_size", self.eval_image_size, 1, MAX_IMAGE_SIZE, error=SpecError)
+        check_int("channel_divisor", self.channel_divisor, 1, 256, error=SpecError)
         if self.in_channels is not None:
-            _check_int("in_channels", self.in_channels, 1, MAX_CHANNELS)
+            check_int("in_channels", self.in_channels, 1, MAX_CHANNELS, error=SpecError)
         for field, low, high in (
             ("dropout", 0.0, 1.0),
             ("drop_path_rate", 0.0, 1.0),
@@ -174,10 +154,9 @@ class ArchSpec:
             ("bn_eps", 0.0, 1.0),
             ("round_limit", 0.0, 1.0),
         ):
-            high_inclusive = field == "round_limit"
-            object.__setattr__(
-                self, field, _as_float(field, getattr(self, field), low, high, high_inclusive=high_inclusive)
-            )
+            high_open = field != "round_limit"
+            value = check_real(field, getattr(self, field), low, high, high_open=high_open, error=SpecError)
+            object.__setattr__(self, field, float(value))  # 0 and 0.0 make the same spec
         if self.bn_eps <= 0.0:
             raise SpecError(f"bn_eps must be a number in (0, 1), got {self.bn_eps}")
         stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else self.stages

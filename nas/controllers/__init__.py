@@ -26,6 +26,7 @@ from nas.controllers.distinct import (
 )
 from nas.controllers.params import choice_indices, distributions
 from nas.controllers.rl import PolicyGradientSampler
+from search_spaces.checks import check_choice
 from search_spaces.space import SearchSpace
 
 __all__ = [
@@ -56,17 +57,16 @@ def make_sampler(name: str, space: SearchSpace, *, seed: int = 0, **options: Any
     applies its constraints itself); ``random`` takes none. The controller is wrapped in a
     :class:`DistinctSampler`, whose ``proposer`` it is.
     """
+    check_choice("controller", name, CONTROLLERS)
     if name == "random":
         _check_options(name, RandomSampler, options)
         proposer: Proposer = OptunaProposer(RandomSampler)
     elif name == "tpe":
         _check_options(name, TPESampler, options, refused=("seed", "constraints_func"))
         proposer = OptunaProposer(TPESampler, **{**_TPE_DEFAULTS, **options})
-    elif name == "rl":
+    else:  # rl
         _check_options(name, PolicyGradientSampler, options)
         proposer = PolicyGradientSampler(space, seed=seed, **options)
-    else:
-        raise ValueError(f"controller must be one of {CONTROLLERS}, got {name!r}")
     return DistinctSampler(space, proposer, seed=seed)
 
 

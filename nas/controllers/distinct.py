@@ -30,7 +30,8 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from nas.controllers.params import choice_indices, distributions
-from nas.controllers.seeding import attempt_seed, check_seed, sample_uniform
+from nas.controllers.seeding import attempt_seed, sample_uniform
+from search_spaces.checks import check_int
 from search_spaces.space import SearchSpace
 
 _logger = logging.getLogger(__name__)
@@ -109,9 +110,8 @@ class DistinctSampler(BaseSampler):
     """
 
     def __init__(self, space: SearchSpace, proposer: Proposer, *, seed: int = 0, attempts: int = 8) -> None:
-        check_seed(seed)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
+        check_int("seed", seed, 0)
+        check_int("attempts", attempts, 1)
         self._space = space
         self._decisions = space.decisions
         self._distributions = distributions(space)

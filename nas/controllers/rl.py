@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution
@@ -30,14 +30,12 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import records
 from nas.controllers.params import choice_indices, distributions
-from nas.controllers.seeding import attempt_seed, check_seed, sample_uniform
+from nas.controllers.seeding import attempt_seed, sample_uniform
+from nas.study import FINISHED_STATES
+from search_spaces.checks import check_int, check_real
 from search_spaces.space import SearchSpace
-
-#: The trial states whose outcome is final and may teach the policy.
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL)
-#: User attribute marking a FAIL trial whose driver died: the architecture is not to blame.
-INTERRUPTED_ATTR = "interrupted"
 
 
 @dataclass
@@ -104,11 +102,11 @@ class PolicyGradientSampler(BaseSampler):
         failed_reward: float = 0.0,
         seed: int = 0,
     ) -> None:
-        _check_real("learning_rate", learning_rate, "a finite number > 0", lambda value: value > 0)
-        _check_real("baseline_decay", baseline_decay, "a number in [0, 1)", lambda value: 0 <= value < 1)
-        _check_real("entropy_weight", entropy_weight, "a finite number >= 0", lambda value: value >= 0)
-        _check_real("failed_reward", failed_reward, "a finite number", lambda value: True)
-        check_seed(seed)
+        check_real("learning_rate", learning_rate, 0, low_open=True)
+        check_real("baseline_decay", baseline_decay, 0, 1, high_open=True)
+        check_real("entropy_weight", entropy_weight, 0)
+        check_real("failed_reward", failed_reward)
+        check_int("seed", seed, 0)
         self._space = space
         self._decisions = space.decisions
         self._distributions = distributions(space)
@@ -232,7 +230,7 @@ class PolicyGradientSampler(BaseSampler):
     def _reward(self, trial: FrozenTrial) -> float | None:
         """The reward a finished trial teaches, or ``None`` if it teaches nothing."""
         if trial.state == TrialState.FAIL:
-            return None if trial.user_attrs.get(INTERRUPTED_ATTR) else self._failed_reward
+            return None if trial.user_attrs.get(records.INTERRUPTED) else self._failed_reward
         value = trial.value
         return value if value is not None and math.isfinite(value) else None
 
@@ -240,9 +238,3 @@ class PolicyGradientSampler(BaseSampler):
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     return shifted / shifted.sum()
-
-
-def _check_real(name: str, value: object, allowed: str, within: Callable[[float], bool]) -> None:
-    """Raises ValueError naming ``name`` unless ``value`` is a finite real number (not a bool) ``within`` range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not within(value):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")

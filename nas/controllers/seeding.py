@@ -22,12 +22,6 @@ _ATTEMPT_STREAM = 0
 _PARAMETER_STREAM = 1
 
 
-def check_seed(seed: object) -> None:
-    """Raises ValueError unless ``seed`` is an integer >= 0 (the entropy of every derived seed)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-
-
 def attempt_seed(seed: int, trial_number: int, attempt: int) -> int:
     """The seed of draw number ``attempt`` (0 first) for trial ``trial_number``: a 32-bit integer.
 

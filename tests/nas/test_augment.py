@@ -8,7 +8,6 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from nas.augment import (
-    MAX_MAGNITUDE,
     RANDAUGMENT_OPS,
     ColourOp,
     GeometricOp,
@@ -17,8 +16,9 @@ from nas.augment import (
     mixup,
     rand_augment,
 )
+from nas.progressive import RANDAUGMENT_MAX_MAGNITUDE
 
-MAGNITUDES = (0, 5, 10, 15, MAX_MAGNITUDE)
+MAGNITUDES = (0, 5, 10, 15, RANDAUGMENT_MAX_MAGNITUDE)
 SYMMETRIC_OPS = (
     "Brightness", "Color", "Contrast", "Sharpness", "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY",
 )  # fmt: skip
@@ -117,7 +117,7 @@ def test_ops_are_the_papers_fourteen():
     assert all(isinstance(op, ColourOp) for name, op in RANDAUGMENT_OPS.items() if name not in geometric)
 
 
-@pytest.mark.parametrize("magnitude", (-1, MAX_MAGNITUDE + 1, math.nan, math.inf, True, "5", None))
+@pytest.mark.parametrize("magnitude", (-1, RANDAUGMENT_MAX_MAGNITUDE + 1, math.nan, math.inf, True, "5", None))
 def test_op_rejects_bad_magnitudes(magnitude):
     with pytest.raises(ValueError, match=r"magnitude must be a number in \[0, 30\]"):
         RANDAUGMENT_OPS["Brightness"](random_images(), magnitude, ones(4))
