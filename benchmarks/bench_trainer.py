@@ -1,9 +1,11 @@
 """Our proxy-training loop against the loop a user would write, on the same model, data and number of epochs.
 
 Ours: the dataset as uint8 on the device, batches cut and augmented there (random crop with padding, flip),
-channels_last, the shared training step (``nas.train.train_epoch``). Theirs: a ``DataLoader`` over a
-``TensorDataset`` with per-sample augmentation in Python, float32, NCHW. Two middle rows separate the effect of the
-memory format from that of the data path. Prints training images/s of each and the ratio to the plain loop.
+channels_last, the training step that ``nas train`` assembles (``nas.step.build_training_step`` with the default
+recipe: optimizer, warm-up-cosine schedule, label smoothing) run by ``nas.train.train_epoch``. Theirs: a
+``DataLoader`` over a ``TensorDataset`` with per-sample augmentation in Python, float32, NCHW, the same optimizer.
+Two middle rows separate the effect of the memory format from that of the data path. Prints training images/s of
+each and the ratio to the plain loop.
 
     python benchmarks/bench_trainer.py                    # CPU, tiny baseline, synthetic 32px, batch 128
     python benchmarks/bench_trainer.py --device cuda --spec efficientnetv2-b0 --batch-size 256
@@ -12,6 +14,7 @@ memory format from that of the data path. Prints training images/s of each and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 
@@ -22,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from nas.builder import build_model
 from nas.data import DeviceBatches, ImageData, load_data
 from nas.measure import describe_device, prepare_device, resolve_device, synchronize
-from nas.step import TrainingStep, make_optimizer, resolve_amp
+from nas.recipe import TrainConfig
+from nas.step import build_training_step, make_optimizer
 from nas.train import train_epoch
 from search_spaces import presets
 from search_spaces.spec import ArchSpec
@@ -66,17 +70,25 @@ def plain_epoch(model, optimizer, loader, device, label_smoothing, channels_last
     return seen
 
 
+RECIPE = TrainConfig()  # the default nas train recipe: both loops use its optimizer and label smoothing
+
+
 def setup(spec: ArchSpec, data: ImageData, device, channels_last: bool, seed: int):
     torch.manual_seed(seed)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(spec, num_classes=data.num_classes).to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(model, name="sgd", learning_rate=0.05, weight_decay=5e-4)
+    optimizer = make_optimizer(model, name=RECIPE.optimizer, learning_rate=RECIPE.learning_rate,
+                               weight_decay=RECIPE.weight_decay, momentum=RECIPE.momentum)
     return model, optimizer
 
 
 def run_ours(spec, data, device, args, channels_last: bool) -> float:
-    model, optimizer = setup(spec, data, device, channels_last, args.seed)
-    step = TrainingStep(model, optimizer, amp_dtype=resolve_amp(args.amp, device), label_smoothing=0.1)
+    torch.manual_seed(args.seed)
+    model = build_model(spec, num_classes=data.num_classes)
+    recipe = dataclasses.replace(RECIPE, epochs=args.epochs + 1, batch_size=args.batch_size, amp=args.amp,
+                                 channels_last=channels_last)
+    steps_per_epoch = max(1, len(data.train_labels) // args.batch_size)
+    step = build_training_step(model, recipe, device=device, steps_per_epoch=steps_per_epoch)
     on_device = data.to(device)
 
     def batches(images, labels):
@@ -106,12 +118,13 @@ def run_plain(spec, data, device, args, channels_last: bool) -> float:
                           num_workers=args.workers, pin_memory=device.type == "cuda")
 
     warmup = args.warmup_images
-    plain_epoch(model, optimizer, loader(data.train_images[:warmup], data.train_labels[:warmup]), device, 0.1,
+    smoothing = RECIPE.label_smoothing
+    plain_epoch(model, optimizer, loader(data.train_images[:warmup], data.train_labels[:warmup]), device, smoothing,
                 channels_last)
     full = loader(data.train_images, data.train_labels)
     synchronize(device)
     start = time.perf_counter()
-    seen = sum(plain_epoch(model, optimizer, full, device, 0.1, channels_last) for _ in range(args.epochs))
+    seen = sum(plain_epoch(model, optimizer, full, device, smoothing, channels_last) for _ in range(args.epochs))
     synchronize(device)
     return seen / (time.perf_counter() - start)
 

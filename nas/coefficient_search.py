@@ -9,13 +9,20 @@ the grid already fixes the cost; a reward would penalize the depth/width/resolut
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from nas.data import ImageData
-from nas.scaling import CompoundCoefficients, round_image_size, compound_scale
-from nas.train import EvalResult, TrainConfig, train_and_evaluate
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.scaling import CompoundCoefficients, compound_scale, round_image_size
+from nas.train import train_and_evaluate
+from search_spaces.files import write_file
 from search_spaces.spec import ArchSpec
+
+COEFFICIENTS_FILE = "coefficients.json"
 
 
 @dataclass(frozen=True)
@@ -54,3 +61,20 @@ def search_coefficients(
     successful = [trial for trial in trials if trial.result.ok]
     best = max(successful, key=lambda trial: trial.result.accuracy, default=None)
     return best, trials
+
+
+def coefficients_record(best: CoefficientTrial, data: ImageData, config: TrainConfig) -> dict[str, Any]:
+    """What a coefficient search found, as plain data: the winning alpha (depth), beta (width) and gamma
+    (resolution), its hold-out accuracy, and the data and number of epochs that decided it."""
+    return {"alpha": best.coefficients.depth, "beta": best.coefficients.width,
+            "gamma": best.coefficients.resolution, "accuracy": best.result.accuracy,
+            "data": data.name, "epochs": config.epochs}
+
+
+def save_coefficients(directory: Path, best: CoefficientTrial, data: ImageData, config: TrainConfig) -> Path:
+    """Writes :func:`coefficients_record` as ``directory/coefficients.json`` (the directory is created) through
+    :func:`~search_spaces.files.write_file`; returns the file's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / COEFFICIENTS_FILE
+    write_file(path, json.dumps(coefficients_record(best, data, config), indent=2) + "\n")
+    return path

@@ -1,9 +1,10 @@
 """What a network costs: parameters, FLOPs, training step time and memory, and on which device.
 
-The one timing protocol (:func:`time_step`) is used by proxy training, ``nas bench`` and the benchmarks: the model
-and optimizer are built and the batch is on the device before timing starts; warm-up steps are excluded; the device
-is synchronized around each timed window (CUDA events on GPUs); the result is the median over several windows of
-the whole training step (forward, backward, optimizer update).
+The one timing protocol (:func:`time_step`) is used by proxy training, ``nas bench`` and the benchmarks, on the one
+training step that :func:`nas.step.build_training_step` assembles: the model and optimizer are built and the batch
+is on the device before timing starts; warm-up steps are excluded; the device is synchronized around each timed
+window (CUDA events on GPUs); the result is the median over several windows of the whole training step (forward,
+backward, optimizer update).
 
 FLOPs are reported as multiply-adds, the unit of the EfficientNet papers, counted by ``torch.utils.flop_counter``
 (convolutions and matrix products; element-wise work is not counted).
@@ -21,14 +22,15 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.builder import build_model, resolve_in_channels
-from nas.step import MAX_BATCH_SIZE, TrainingStep, make_optimizer, resolve_amp
+from nas.recipe import AMP_CHOICES, MAX_BATCH_SIZE, TrainConfig
+from nas.step import build_training_step
 from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
@@ -282,7 +284,10 @@ def _time_window(step: Callable[[], Any], device: torch.device, steps: int) -> f
 
 @dataclass(frozen=True)
 class BenchResult:
-    """A training-step benchmark of one spec on one device (and, optionally, forward-only latency)."""
+    """A training-step benchmark of one spec on one device (and, optionally, forward-only latency).
+
+    ``optimizer`` is the recipe's optimizer the timed step updated the weights with.
+    """
 
     name: str
     device: str
@@ -292,6 +297,7 @@ class BenchResult:
     amp: str
     channels_last: bool
     compile: bool
+    optimizer: str
     parameters: int
     macs: int
     step: StepTiming
@@ -305,6 +311,11 @@ class BenchResult:
         if self.inference is not None:
             data["inference_images_per_second"] = self.batch_size / self.inference.median_s
         return data
+
+
+# The learning-rate schedule that ``nas bench`` steps through spans this many steps per epoch of the recipe. Only
+# the learning rate's value depends on it, never the work of a step, so it need not match any dataset.
+BENCH_STEPS_PER_EPOCH = 100
 
 
 def benchmark_spec(
@@ -321,26 +332,32 @@ def benchmark_spec(
     warmup: int = 5,
     repeats: int = 7,
     inference: bool = False,
-    optimizer: str = "sgd",
     threads: int | None = None,
     seed: int = 0,
+    recipe: TrainConfig | None = None,
 ) -> BenchResult:
     """Training step time of ``spec`` on a random batch already on the device, with the one timing protocol.
 
-    ``in_channels`` None takes the spec's pinned value, else 3. An allocation that fails (a batch too large for the
-    device) raises what the allocator raised; :func:`is_out_of_memory` recognizes it.
+    The timed step is the one training runs, assembled by :func:`nas.step.build_training_step`: ``recipe``
+    (None: ``TrainConfig()``, the recipe a default ``nas train`` and search train with) gives the optimizer,
+    learning rate, momentum, weight decay, warm-up-cosine schedule and label smoothing; ``amp``,
+    ``channels_last`` and ``compile`` given here replace the recipe's. ``in_channels`` None takes the spec's
+    pinned value, else 3. An allocation that fails (a batch too large for the device) raises what the allocator
+    raised; :func:`is_out_of_memory` recognizes it.
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
     if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"image_size must be in [1, {MAX_IMAGE_SIZE}], got {image_size}")
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    recipe = dataclasses.replace(recipe or TrainConfig(), amp=amp, channels_last=channels_last, compile=compile)
     in_channels = resolve_in_channels(spec, in_channels)
     torch_device = resolve_device(device)
     prepare_device(torch_device, threads)
     settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,
-                    in_channels=in_channels, num_classes=num_classes, amp_dtype=resolve_amp(amp, torch_device),
-                    channels_last=channels_last,
-                    compile=compile, warmup=warmup, repeats=repeats, inference=inference, optimizer=optimizer)
+                    in_channels=in_channels, num_classes=num_classes, recipe=recipe, warmup=warmup, repeats=repeats,
+                    inference=inference)
     torch.manual_seed(seed)
     reset_peak_memory(torch_device)
     try:
@@ -357,34 +374,31 @@ def _benchmark(
     image_size: int,
     in_channels: int,
     num_classes: int,
-    amp_dtype: torch.dtype | None,
-    channels_last: bool,
-    compile: bool,
+    recipe: TrainConfig,
     warmup: int,
     repeats: int,
     inference: bool,
-    optimizer: str,
 ) -> BenchResult:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(spec, num_classes, in_channels).to(device=device, memory_format=memory_format)
+    model = build_model(spec, num_classes, in_channels)
+    step = build_training_step(model, recipe, device=device, steps_per_epoch=BENCH_STEPS_PER_EPOCH)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     images = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
-    images = images.to(memory_format=memory_format)  # (N, C, H, W)
+    images = images.to(memory_format=memory_format)  # (N, C, H, W), as the training batches come
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    runnable = torch.compile(model) if compile else model
-    step = TrainingStep(
-        runnable, make_optimizer(model, name=optimizer, learning_rate=0.01, weight_decay=1e-5), amp_dtype=amp_dtype
-    )
     timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats)
-    inference_timing = _time_inference(runnable, images, amp_dtype, device, warmup, repeats) if inference else None
+    inference_timing = (
+        _time_inference(step.model, images, step.amp_dtype, device, warmup, repeats) if inference else None
+    )
     return BenchResult(
         name=spec.name,
         device=describe_device(device),
         batch_size=batch_size,
         image_size=image_size,
         in_channels=in_channels,
-        amp="none" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-        channels_last=channels_last,
-        compile=compile,
+        amp="none" if step.amp_dtype is None else str(step.amp_dtype).removeprefix("torch."),
+        channels_last=recipe.channels_last,
+        compile=recipe.compile,
+        optimizer=recipe.optimizer,
         parameters=count_parameters(model),
         macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels).macs,
         step=timing,
@@ -395,7 +409,12 @@ def _benchmark(
 
 
 def _time_inference(
-    model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None, device: torch.device, warmup: int, repeats: int
+    model: nn.Module,
+    images: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
 ) -> StepTiming:
     model.eval()
 
@@ -407,3 +426,28 @@ def _time_inference(
         return time_step(forward, device, warmup=warmup, repeats=repeats)
     finally:
         model.train()
+
+
+# The columns of a spec's stage table (`nas show`, the report's architectures).
+STAGE_TABLE_HEADERS = (
+    "stage", "block", "op", "layers", "kernel", "stride", "expand", "channels", "se", "output", "params",
+)
+
+
+def stage_rows(spec: ArchSpec, stage_parameters: Sequence[int]) -> list[list[Any]]:
+    """The rows of a spec's stage table under :data:`STAGE_TABLE_HEADERS`: the stem, one row per stage (block
+    string, decisions, channels, output resolution at the eval image size, parameters) and the head."""
+    rows: list[list[Any]] = []
+    resolution = spec.eval_image_size // spec.stem_stride
+    rows.append(["stem", f"conv_k3_s{spec.stem_stride}_c{spec.stem_channels}", "conv", 1, 3, spec.stem_stride, "",
+                 spec.stem_channels, "", f"{resolution}x{resolution}", ""])
+    for index, (stage, parameters) in enumerate(zip(spec.stages, stage_parameters), start=1):
+        resolution = -(-resolution // stage.stride)
+        rows.append([
+            index, stage.block_string, stage.op, stage.num_layers, stage.kernel_size, stage.stride,
+            stage.expand_ratio, stage.out_channels, f"{stage.se_ratio:g}", f"{resolution}x{resolution}",
+            f"{parameters:,}",
+        ])
+    rows.append(["head", f"conv_k1_c{spec.head_channels}", "conv", 1, 1, 1, "", spec.head_channels, "",
+                 f"{resolution}x{resolution}", ""])
+    return rows

@@ -4,7 +4,7 @@ Uses torch's ``torch.export``-based ONNX exporter (which needs ``onnxscript``) w
 then runs the serialized model in ONNX Runtime on a test batch of another size and compares the logits with
 PyTorch's. Only a model that reproduces PyTorch's logits is written, as one self-contained file through
 :func:`~search_spaces.files.write_file` (so never through a fixed temporary name or a planted link). Install with
-``pip install training-aware-nas[onnx]``.
+``pip install training-aware-nas[onnx]``. :func:`export_weights_onnx` exports the weights a run saved.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nas.builder import build_model
 from search_spaces.files import write_file
+from search_spaces.spec import ArchSpec
 
 REQUIRED_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 MAX_PROTOBUF_BYTES = 2**31 - 1  # one ONNX file (a protobuf message) holds at most 2 GiB, weights included
@@ -67,3 +69,17 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, serialized)
     return difference
+
+
+def export_weights_onnx(
+    spec: ArchSpec, weights: Path, path: Path, *, num_classes: int, in_channels: int, image_size: int
+) -> float:
+    """Builds ``spec``'s network, loads the state dict saved at ``weights`` (``nas train --save``'s ``weights.pt``)
+    and exports it with :func:`export_onnx`; returns the largest logit difference to PyTorch.
+
+    ``in_channels`` is the data's; ``image_size`` the size the run evaluated at
+    (:func:`nas.train.evaluation_image_size`).
+    """
+    model = build_model(spec, num_classes, in_channels)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return export_onnx(model, path, image_size=image_size, in_channels=in_channels)

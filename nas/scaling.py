@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import NamedTuple
 
+from search_spaces.io import dump_spec
 from search_spaces.spec import ArchSpec
 
 V2_MAX_IMAGE_SIZE = 480  # EfficientNetV2 Section 3.4: inference images are capped at 480 pixels
@@ -213,3 +215,25 @@ def compound_family(
 ) -> list[ArchSpec]:
     """One spec per phi, named ``<name>-phi<k>``: the model family of a searched network."""
     return [compound_scale(spec, phi, alpha=alpha, beta=beta, gamma=gamma, v2_rules=v2_rules) for phi in phis]
+
+
+def family_paths(spec: ArchSpec, directory: Path, phis: range | list[int], *, force: bool) -> list[Path]:
+    """Where :func:`write_family` puts each member (``NAME-phiK.yaml`` in ``directory``), checked before any work:
+    a spec name that would put a file outside ``directory`` (``../x``, ``/etc/x``) is refused, and so are existing
+    files unless ``force``."""
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"-o {directory} must be a directory for --family")
+    paths = [directory / f"{spec.name}-phi{phi}.yaml" for phi in phis]
+    if any(path.resolve().parent != directory.resolve() for path in paths):
+        raise ValueError(f"spec name {spec.name!r} cannot name a file inside -o {directory}: "
+                         "rename the spec to a plain file name (no '/')")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    return paths
+
+
+def write_family(family: list[ArchSpec], paths: list[Path]) -> None:
+    """Writes each member of a :func:`compound_family` to its path from :func:`family_paths`."""
+    for member, path in zip(family, paths, strict=True):
+        dump_spec(member, path)

@@ -1,20 +1,23 @@
 """The training step: forward, loss, backward and optimizer update under autocast.
 
 This is the one definition that proxy training runs and that step-time measurement times, so the S that enters
-the reward is the cost of exactly the step the candidate trains with.
+the reward is the cost of exactly the step the candidate trains with. :func:`build_training_step` is the one
+assembly of a network and its step from a :class:`~nas.recipe.TrainConfig` (optimizer, warm-up-cosine schedule,
+label smoothing, precision, memory format, compilation): proxy training (``nas.train``), the step time measured
+inside training and ``nas bench`` (``nas.measure.benchmark_spec``) all call it, so none of them can drift from
+the others.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-MAX_BATCH_SIZE = 65_536  # images per step; far above what one accelerator holds at any useful image size
-OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+from nas.recipe import AMP_CHOICES, OPTIMIZERS, TrainConfig
+
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
@@ -103,3 +106,55 @@ class TrainingStep:
         classes = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup gives soft targets
         correct = (logits.detach().argmax(dim=1) == classes).sum()
         return loss.detach(), correct
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's, the schedule's and the gradient scaler's state (the model's weights are not here)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def build_training_step(
+    model: nn.Module, config: TrainConfig, *, device: torch.device, steps_per_epoch: int
+) -> TrainingStep:
+    """Assembles ``model``'s training step as ``config`` trains it; the one assembly that training and timing use.
+
+    Moves ``model`` (in place) to ``device`` in ``config.channels_last``'s memory format; builds the optimizer
+    (``config.optimizer``, ``learning_rate``, ``momentum``, ``weight_decay``; no decay on norms and biases), the
+    warm-up-cosine schedule over ``config.epochs * steps_per_epoch`` steps with ``config.warmup_epochs`` of
+    warm-up (at least one step), the loss with ``config.label_smoothing``, autocast at ``config.amp`` resolved
+    for ``device``, and ``torch.compile`` when ``config.compile``. The returned step's ``model`` is the compiled
+    module when compiling; ``model`` itself stays the plain module whose parameters both share.
+    """
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    optimizer = make_optimizer(
+        model,
+        name=config.optimizer,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+    )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, max(1, round(config.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    runnable = torch.compile(model) if config.compile else model
+    return TrainingStep(
+        runnable,
+        optimizer,
+        amp_dtype=resolve_amp(config.amp, device),
+        label_smoothing=config.label_smoothing,
+        scheduler=scheduler,
+    )

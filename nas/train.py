@@ -6,16 +6,17 @@ memory the trial used is released before it returns.
 
 Problems a caller can see before any work (:func:`check_data`, :func:`read_checkpoint`) are public checks, so
 that ``nas train`` refuses them with a one-line usage error before data reaches the device, while a campaign gets
-them as failed results. Every file a run writes (checkpoints, weights) goes through
-:func:`~search_spaces.files.write_file`.
+them as failed results. Every file a run writes (checkpoints, weights, and :func:`save_run`'s spec and result) goes
+through :func:`~search_spaces.files.write_file`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -24,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.augment import mixup
 from nas.builder import build_model
-from nas.data import AUGMENTATIONS, DeviceBatches, ImageData
+from nas.data import DeviceBatches, ImageData
 from nas.measure import (
     StepTiming,
     count_parameters,
@@ -39,156 +40,18 @@ from nas.measure import (
     time_step,
 )
 from nas.progressive import (
-    ProgressiveConfig,
     Regularization,
     Stage,
     fixed_schedule,
     progressive_schedule,
     stage_for_epoch,
 )
-from nas.step import AMP_CHOICES, MAX_BATCH_SIZE, OPTIMIZERS, TrainingStep, make_optimizer, resolve_amp, warmup_cosine
+from nas.recipe import TrainConfig
+from nas.records import STATUS_FAILED, STATUS_OK, EpochStats, EvalResult
+from nas.step import TrainingStep, build_training_step
 from search_spaces.files import write_file
-from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec, SpecError, StageSpec
-
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-MAX_EPOCHS = 10_000
-MAX_THREADS = 1024
-MAX_SEED = 2**32 - 1
-# (low, high) of the integer settings; the caps refuse absurd values (a typo, a hostile file) before any work.
-_INTEGER_RANGES = {
-    "epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "eval_batch_size": (1, MAX_BATCH_SIZE),
-    "timing_warmup": (1, 1000), "timing_repeats": (1, 1000), "seed": (0, MAX_SEED),
-    "bn_recalibration_batches": (0, 10_000),
-}
-_OPTIONAL_INTEGER_RANGES = {"image_size": (1, MAX_IMAGE_SIZE), "eval_image_size": (1, MAX_IMAGE_SIZE),
-                            "threads": (1, MAX_THREADS)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Proxy-training settings. Defaults follow the paper's search (about 10 epochs) with a CIFAR-style recipe.
-
-    ``image_size`` None trains at the data's resolution; otherwise batches are resized on the device.
-    ``amp`` ``auto`` is bfloat16 on CUDA and full precision on CPU. ``threads`` None leaves torch's default.
-    ``randaugment_magnitude`` (0-30, 0 off) and ``mixup_alpha`` (0 off) regularize a fixed-size run;
-    ``progressive`` instead grows image size, dropout, RandAugment and mixup together over its stages
-    (EfficientNetV2 Algorithm 1). ``eval_image_size`` None evaluates at the last training image size.
-    ``ema_decay`` (e.g. 0.999) keeps an exponential moving average of the weights, updated every step, and
-    evaluates (and saves) it instead of the raw weights.
-    ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
-    this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
-    few hundred proxy steps leave the running averages far from the trained network's statistics, which would
-    make hold-out accuracy measure BN lag rather than the architecture.
-    """
-
-    epochs: int = 10
-    image_size: int | None = None
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    augment: str = "crop_flip"
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    eval_batch_size: int = 512
-    eval_image_size: int | None = None
-    randaugment_magnitude: float = 0.0
-    mixup_alpha: float = 0.0
-    progressive: ProgressiveConfig | None = None
-    ema_decay: float | None = None
-    bn_recalibration_batches: int = 20
-    timing_warmup: int = 5
-    timing_repeats: int = 7
-
-    def __post_init__(self) -> None:
-        if isinstance(self.progressive, Mapping):
-            object.__setattr__(self, "progressive", ProgressiveConfig.from_dict(self.progressive))
-        if self.progressive is not None and not isinstance(self.progressive, ProgressiveConfig):
-            raise ValueError(f"progressive must be a ProgressiveConfig, a mapping or None, got {self.progressive!r}")
-        for field, (low, high) in _INTEGER_RANGES.items():
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"{field} must be an integer in [{low}, {high}], got {value!r}")
-        for field, (low, high) in _OPTIONAL_INTEGER_RANGES.items():
-            value = getattr(self, field)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-            ):
-                raise ValueError(f"{field} must be an integer in [{low}, {high}] or None, got {value!r}")
-        for field in ("channels_last", "compile"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
-        for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
-                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, float(MAX_EPOCHS)),
-                                 ("label_smoothing", 0.0, 1.0), ("randaugment_magnitude", 0.0, 30.0),
-                                 ("mixup_alpha", 0.0, 100.0)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ValueError(f"{field} must be a number in [{low}, {high}], got {value!r}")
-        if self.ema_decay is not None and (
-            isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float))
-            or not 0 < self.ema_decay < 1
-        ):
-            raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
-        if self.progressive is not None and self.epochs < self.progressive.num_stages:
-            raise ValueError(
-                f"epochs ({self.epochs}) must be at least progressive.num_stages ({self.progressive.num_stages})"
-            )
-        for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("amp", AMP_CHOICES)):
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["progressive"] = None if self.progressive is None else self.progressive.to_dict()
-        return data
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """Training progress after one epoch (accuracy on the augmented training batches, not the hold-out)."""
-
-    epoch: int
-    epochs: int
-    loss: float
-    train_accuracy: float
-    images_per_second: float
-    image_size: int | None = None
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What one proxy evaluation measured. A failed result keeps whatever was measured before the failure."""
-
-    status: str
-    failure_reason: str | None = None
-    accuracy: float | None = None
-    final_loss: float | None = None
-    step_time: float | None = None
-    step_time_iqr: float | None = None
-    images_per_second: float | None = None
-    parameters: int | None = None
-    macs: int | None = None
-    peak_memory_bytes: int | None = None
-    wall_time: float | None = None
-    device: str | None = None
-    epochs_completed: int = 0
-    history: tuple[EpochStats, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_OK
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from search_spaces.io import dump_spec
+from search_spaces.spec import ArchSpec, SpecError, StageSpec
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -207,9 +70,10 @@ def train_and_evaluate(
 ) -> EvalResult:
     """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
 
-    The step time is measured first, on a separately built copy of the network with the same training step,
-    so that the adaptive number of timed steps cannot change the training run; training is then seeded afresh,
-    which makes a CPU run deterministic for a given seed.
+    The network is built (and with ``config.compile`` compiled) once. Its step time is measured first, on the
+    training network and step themselves (:func:`time_training_step`), which then return to their initial state,
+    so the adaptive number of timed steps cannot change the training run: a CPU run is deterministic for a given
+    seed, and the same as it would be without timing.
 
     With ``checkpoint``, the whole training state (weights, optimizer, schedule, EMA, random generators, the
     batch stream's position) is written there after every epoch; ``resume`` continues from it, reaching the
@@ -231,7 +95,7 @@ def train_and_evaluate(
     except Exception as error:  # a failing candidate must never end the campaign
         status, reason = STATUS_FAILED, _failure_reason(error)
     release_memory(device)
-    return EvalResult(status=status, failure_reason=reason, wall_time=time.perf_counter() - start, **measured)
+    return EvalResult(status=status, failure_reason=reason, wall_time_s=time.perf_counter() - start, **measured)
 
 
 def _failure_reason(error: Exception) -> str:
@@ -270,24 +134,27 @@ def _run(
             output.parent.mkdir(parents=True, exist_ok=True)
     prepare_device(device, config.threads)
     image_size = config.image_size or data.image_size
-    measured["macs"] = spec_complexity(
+    measured["macs"] = spec_complexity(  # on the meta device: no weights, no work
         spec, num_classes=data.num_classes, image_size=image_size, in_channels=data.in_channels
     ).macs
     data = data.to(device)
     train_batches = _batches(data.train_images, data.train_labels, data, config, train=True)
-    amp_dtype = resolve_amp(config.amp, device)
     reset_peak_memory(device)
 
-    timing = _measure_step_time(spec, data, config, device, amp_dtype, train_batches)
+    torch.manual_seed(config.seed)
+    model = build_model(spec, data.num_classes, data.in_channels)  # the run's one build of the network
+    step = build_training_step(model, config, device=device, steps_per_epoch=len(train_batches))
+    amp_dtype = step.amp_dtype
+    measured["parameters"] = count_parameters(model)
+
+    timing = time_training_step(model, step, train_batches, device, warmup=config.timing_warmup,
+                                repeats=config.timing_repeats)
     measured.update(
-        step_time=timing.median_s,
-        step_time_iqr=timing.iqr_s,
+        step_time_s=timing.median_s,
+        step_time_iqr_s=timing.iqr_s,
         images_per_second=config.batch_size / timing.median_s,
     )
 
-    torch.manual_seed(config.seed)
-    model, step = _model_and_step(spec, data, config, device, amp_dtype, len(train_batches))
-    measured["parameters"] = count_parameters(model)
     schedule = training_schedule(spec, config, data.image_size)
     mixing = torch.Generator(device=device).manual_seed(config.seed)
     ema = None
@@ -312,7 +179,7 @@ def _run(
             on_epoch(stats)
     final = model if ema is None else ema.module
     recalibrate_batch_norm(final, train_batches, config.bn_recalibration_batches, amp_dtype)
-    eval_config = dataclasses.replace(config, image_size=config.eval_image_size or schedule[-1].image_size)
+    eval_config = dataclasses.replace(config, image_size=evaluation_image_size(config, data.image_size))
     measured["accuracy"] = evaluate(final, data, eval_config, amp_dtype)
     if weights is not None:
         _write_torch({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
@@ -530,54 +397,62 @@ def _batches(
     )
 
 
-def _model_and_step(
-    spec: ArchSpec,
-    data: ImageData,
-    config: TrainConfig,
+def time_training_step(
+    model: torch.nn.Module,
+    step: TrainingStep,
+    batches: DeviceBatches,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
-    steps_per_epoch: int,
-) -> tuple[torch.nn.Module, TrainingStep]:
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_model(spec, data.num_classes, data.in_channels).to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(
-        model,
-        name=config.optimizer,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        momentum=config.momentum,
-    )
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, max(1, round(config.warmup_epochs * steps_per_epoch)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
-    runnable = torch.compile(model) if config.compile else model
-    step = TrainingStep(
-        runnable, optimizer, amp_dtype=amp_dtype, label_smoothing=config.label_smoothing, scheduler=scheduler
-    )
-    return model, step
-
-
-def _measure_step_time(
-    spec: ArchSpec,
-    data: ImageData,
-    config: TrainConfig,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    train_batches: DeviceBatches,
+    *,
+    warmup: int,
+    repeats: int,
 ) -> StepTiming:
-    """Step time S with the one protocol, on a throw-away copy of the network and one real training batch."""
+    """Step time S with the one protocol, on the training network and step themselves and one real batch.
 
-    def time_copy() -> StepTiming:
-        model, step = _model_and_step(spec, data, config, device, amp_dtype, steps_per_epoch=1)
-        images, labels = next(iter(train_batches))
-        return time_step(
-            lambda: step(images, labels), device, warmup=config.timing_warmup, repeats=config.timing_repeats
-        )
+    Timing happens on the network that will train, not on a copy, because a copy costs a second full build (and
+    with ``torch.compile`` a second compilation, the slowest part of a short run), and because the timed step is
+    then, by construction, the very step training runs: same module, optimizer, schedule and compiled graph.
+    Afterwards everything the timed steps touched goes back to how it was: the parameters and buffers (batch-norm
+    statistics), the optimizer's, schedule's and gradient scaler's state, the batch stream's position and the
+    random generators of the CPU and ``device``. Training after timing is exactly what it would be without timing.
+    """
+    initial_weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+    initial_step = copy.deepcopy(step.state_dict())
+    initial_batches = batches.state_dict()
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        images, labels = next(iter(batches))
+        timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats)
+    model.load_state_dict(initial_weights)
+    model.zero_grad(set_to_none=True)
+    step.load_state_dict(initial_step)
+    batches.load_state_dict(initial_batches)
+    return timing
 
-    try:
-        return time_copy()
-    finally:
-        release_memory(device)  # the copy went with time_copy's frame
+
+def evaluation_image_size(config: TrainConfig, data_image_size: int) -> int:
+    """The image size a run evaluates (and its weights are exported) at: ``config.eval_image_size``, else the last
+    training size (the final size of a progressive schedule, else ``config.image_size``, else the data's)."""
+    if config.eval_image_size is not None:
+        return config.eval_image_size
+    if config.progressive is not None:
+        return progressive_schedule(config.progressive, config.epochs)[-1].image_size
+    return config.image_size or data_image_size
+
+
+def trained_spec(spec: ArchSpec, data: ImageData) -> ArchSpec:
+    """The spec that builds the network a run on ``data`` trained: data of other than 3 channels pins its channel
+    count (``in_channels``), so that the spec saved next to the weights builds a network they fit."""
+    return spec if data.in_channels == 3 else dataclasses.replace(spec, in_channels=data.in_channels)
+
+
+def save_run(directory: Path, spec: ArchSpec, data: ImageData, result: EvalResult) -> ArchSpec:
+    """Writes a finished run's artifacts next to its weights (``weights.pt``, which :func:`train_and_evaluate`
+    writes): ``spec.yaml`` (:func:`trained_spec`) and ``result.json`` (the result as ``nas train --json`` prints
+    it), through :func:`~search_spaces.files.write_file`. Returns the spec written."""
+    trained = trained_spec(spec, data)
+    directory.mkdir(parents=True, exist_ok=True)
+    dump_spec(trained, directory / "spec.yaml")
+    write_file(directory / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return trained
 
 
 def train_epoch(

@@ -143,3 +143,71 @@ def test_is_out_of_memory_recognizes_every_allocator(error, expected):
     from nas.measure import is_out_of_memory
 
     assert is_out_of_memory(error) is expected
+
+
+# --- nas bench times the step training runs ------------------------------------------------------------------------
+
+
+def _spy_on_step_assembly(monkeypatch, module):
+    """Records every (config, step) that ``module``'s :func:`nas.step.build_training_step` assembles."""
+    from nas.step import build_training_step
+
+    assembled = []
+
+    def spy(model, config, **options):
+        step = build_training_step(model, config, **options)
+        assembled.append((config, step))
+        return step
+
+    monkeypatch.setattr(module, "build_training_step", spy)
+    return assembled
+
+
+def _step_settings(step):
+    """What makes two training steps the same step: optimizer and its settings, loss, precision, schedule."""
+    groups = [{key: value for key, value in group.items() if key not in ("params", "lr", "initial_lr")}
+              for group in step.optimizer.param_groups]
+    return (type(step.optimizer), groups, [group["initial_lr"] for group in step.optimizer.param_groups],
+            step.label_smoothing, step.amp_dtype, type(step.scheduler), step.scaler is None)
+
+
+def test_bench_times_the_step_a_default_training_runs(monkeypatch):
+    import nas.measure
+    import nas.train
+    from nas.data import load_data
+    from nas.recipe import TrainConfig
+    from nas.train import train_and_evaluate
+
+    benched = _spy_on_step_assembly(monkeypatch, nas.measure)
+    trained = _spy_on_step_assembly(monkeypatch, nas.train)
+    result = benchmark_spec(presets.get("tiny"), device="cpu", batch_size=8, image_size=32, num_classes=10,
+                            warmup=1, repeats=1)
+    data = load_data("synthetic:num_images=300,image_size=32", seed=0)
+    default = TrainConfig()
+    training = train_and_evaluate(presets.get("tiny"), data, dataclasses.replace(
+        default, epochs=1, batch_size=8, device="cpu", timing_warmup=1, timing_repeats=1, bn_recalibration_batches=0))
+    assert training.ok, training.failure_reason
+    (bench_config, bench_step), (_, train_step) = benched[0], trained[0]
+    assert bench_config == default  # amp "auto", channels_last and no compile are the defaults too
+    assert _step_settings(bench_step) == _step_settings(train_step)
+    assert isinstance(bench_step.optimizer, torch.optim.SGD) and bench_step.label_smoothing == default.label_smoothing
+    assert bench_step.optimizer.param_groups[0]["initial_lr"] == default.learning_rate
+    assert bench_step.scheduler.last_epoch > 1  # every timed step advanced the schedule, as in training
+    assert result.optimizer == "sgd" and result.to_dict()["optimizer"] == "sgd"
+
+
+def test_bench_takes_the_recipe_and_its_own_precision_settings(monkeypatch):
+    import nas.measure
+    from nas.recipe import TrainConfig
+
+    benched = _spy_on_step_assembly(monkeypatch, nas.measure)
+    recipe = TrainConfig(optimizer="adamw", learning_rate=0.003, weight_decay=0.05, label_smoothing=0.3,
+                         channels_last=True, amp="bf16")
+    result = benchmark_spec(presets.get("tiny"), device="cpu", batch_size=4, image_size=32, num_classes=10,
+                            warmup=1, repeats=1, channels_last=False, amp="none", recipe=recipe)
+    config, step = benched[0]
+    assert config == dataclasses.replace(recipe, channels_last=False, amp="none")
+    assert isinstance(step.optimizer, torch.optim.AdamW) and step.label_smoothing == 0.3
+    assert step.optimizer.param_groups[0]["weight_decay"] == 0.05 and step.amp_dtype is None
+    assert result.optimizer == "adamw" and result.amp == "none" and not result.channels_last
+    assert step.model.stem[0].weight.is_contiguous()  # NCHW, as asked

@@ -52,3 +52,28 @@ def test_a_model_that_does_not_reproduce_is_never_written(tmp_path):
         export_onnx(build_model(presets.get("tiny")), tmp_path / "keep.onnx", image_size=32, tolerance=-1.0)
     assert (tmp_path / "keep.onnx").read_bytes() == b"previous export"
     assert [entry.name for entry in tmp_path.iterdir()] == ["keep.onnx"]
+
+
+def test_saved_weights_export_as_the_network_they_were_saved_from(tmp_path):
+    import dataclasses
+
+    import onnxruntime
+
+    from nas.onnx_export import export_weights_onnx
+
+    spec = dataclasses.replace(presets.get("tiny"), in_channels=1)
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes=5, in_channels=1).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    path = tmp_path / "out" / "tiny.onnx"
+    difference = export_weights_onnx(spec, tmp_path / "weights.pt", path, num_classes=5, in_channels=1, image_size=24)
+    assert difference <= 1e-4
+    images = torch.randn(2, 1, 24, 24)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(images), atol=1e-4)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # weights of another network are not exported
+        export_weights_onnx(presets.get("tiny"), tmp_path / "weights.pt", tmp_path / "x.onnx", num_classes=5,
+                            in_channels=3, image_size=24)
+    assert not (tmp_path / "x.onnx").exists()

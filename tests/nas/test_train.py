@@ -52,9 +52,9 @@ def test_result_holds_every_measurement(trained, data):
     spec = presets.get("tiny")
     complexity = spec_complexity(spec, num_classes=data.num_classes, image_size=32)
     assert trained.parameters == complexity.parameters and trained.macs == complexity.macs
-    assert trained.step_time > 0 and trained.step_time_iqr >= 0
-    assert trained.images_per_second == pytest.approx(64 / trained.step_time)
-    assert trained.peak_memory_bytes > 0 and trained.wall_time > 0
+    assert trained.step_time_s > 0 and trained.step_time_iqr_s >= 0
+    assert trained.images_per_second == pytest.approx(64 / trained.step_time_s)
+    assert trained.peak_memory_bytes > 0 and trained.wall_time_s > 0
     assert trained.device.startswith("cpu") and trained.epochs_completed == 4 == len(trained.history)
     assert trained.final_loss == trained.history[-1].loss
     assert [epoch.epoch for epoch in trained.history] == [1, 2, 3, 4]
@@ -84,7 +84,7 @@ def test_non_finite_loss_fails_and_keeps_the_step_time(data):
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=2, learning_rate=1e6, **FAST))
     assert result.status == STATUS_FAILED
     assert result.failure_reason.startswith("non-finite loss")
-    assert result.step_time > 0 and result.accuracy is None and result.epochs_completed == 0
+    assert result.step_time_s > 0 and result.accuracy is None and result.epochs_completed == 0
 
 
 def test_out_of_memory_fails_softly_and_releases_memory(data, monkeypatch):
@@ -98,7 +98,7 @@ def test_out_of_memory_fails_softly_and_releases_memory(data, monkeypatch):
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=1, **FAST))
     assert result.status == STATUS_FAILED
     assert result.failure_reason == "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
-    assert result.device.startswith("cpu") and result.wall_time > 0
+    assert result.device.startswith("cpu") and result.wall_time_s > 0
     assert released and released[-1] == torch.device("cpu")
 
 
@@ -210,7 +210,7 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", on_epoch=stop_after_two)
-    assert torch.load(tmp_path / "b.pt", weights_only=True)["batches"]["epoch"] == 3  # timing + two epochs
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["batches"]["epoch"] == 2  # timing left no epoch behind
     resumed = train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", resume=True,
                                  weights=tmp_path / "b-w.pt")
     assert resumed.ok and resumed.accuracy == uninterrupted.accuracy
@@ -240,7 +240,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe_naming_both_values_before
     assert not other.ok and other.failure_reason.startswith(f"CheckpointError: {checkpoint} was written for another")
     assert "config epochs 1 in the checkpoint, 2 now" in other.failure_reason
     assert "config batch_size 64 in the checkpoint, 32 now" in other.failure_reason
-    assert other.step_time is None and other.macs is None  # refused before step timing and any device work
+    assert other.step_time_s is None and other.macs is None  # refused before step timing and any device work
 
 
 def test_resume_refuses_a_checkpoint_of_another_spec_naming_the_stage(data, checkpoint):
@@ -259,7 +259,7 @@ def test_resume_refuses_a_checkpoint_of_another_spec_naming_the_stage(data, chec
 
 def test_resume_without_a_checkpoint_file_is_an_error_not_a_fresh_start(data, tmp_path):
     result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=tmp_path / "none.pt", resume=True)
-    assert not result.ok and result.epochs_completed == 0 and result.step_time is None
+    assert not result.ok and result.epochs_completed == 0 and result.step_time_s is None
     assert result.failure_reason == f"CheckpointError: no checkpoint at {tmp_path / 'none.pt'}; " \
                                     "run without --resume to start"
     assert list(tmp_path.iterdir()) == []
@@ -298,7 +298,7 @@ def test_a_garbage_checkpoint_is_named_as_not_a_checkpoint(data, checkpoint, tmp
         read_checkpoint(path, presets.get("tiny"), ONE_EPOCH)
     result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path, resume=True)
     assert result.failure_reason.startswith(f"CheckpointError: {path} is not a checkpoint written by nas train")
-    assert result.step_time is None and path.read_bytes() == before
+    assert result.step_time_s is None and path.read_bytes() == before
 
 
 def test_a_checkpoint_whose_state_does_not_load_is_named_too(data, checkpoint, tmp_path):
@@ -338,7 +338,7 @@ def test_a_spec_pinning_other_channels_than_the_data_is_refused_before_training(
     with pytest.raises(SpecError, match="pins in_channels 1, but the data synthetic.* has 3 channel"):
         check_data(pinned, ONE_EPOCH, data)
     result = train_and_evaluate(pinned, data, ONE_EPOCH)
-    assert not result.ok and "pins in_channels 1" in result.failure_reason and result.step_time is None
+    assert not result.ok and "pins in_channels 1" in result.failure_reason and result.step_time_s is None
     assert train_and_evaluate(pinned, grayscale(data), ONE_EPOCH).ok
 
 
@@ -367,3 +367,115 @@ def test_checkpoints_and_weights_are_written_through_the_safe_write_helper(data,
     assert written == [run / "c.pt", run / "c.pt", run / "w.pt"]
     assert sorted(path.name for path in run.iterdir()) == ["c.pt", "w.pt"]  # no temporary file left behind
     assert not hasattr(nas.train, "_save_atomically")
+
+
+# --- one build, timing on the training network, run artifacts (issue: one assembly of model and step) ------------
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return load_data("synthetic:num_images=700,image_size=32", seed=0)
+
+
+def test_training_builds_and_compiles_the_network_once(small_data, monkeypatch):
+    import nas.step
+    from nas.builder import build_model
+
+    builds, compiled = [], []
+
+    def counted_build(*args, **kwargs):
+        builds.append(torch.empty(0).device.type)  # "meta" inside a meta-device block
+        return build_model(*args, **kwargs)
+
+    def counted_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return model  # compiling for real takes minutes on CPU; what counts is that it happens once
+
+    monkeypatch.setattr(nas.train, "build_model", counted_build)
+    monkeypatch.setattr(nas.step.torch, "compile", counted_compile)
+    result = train_and_evaluate(presets.get("tiny"), small_data, TrainConfig(**{**RECIPE, "epochs": 1}, compile=True))
+    assert result.ok, result.failure_reason
+    assert builds == ["cpu"] and len(compiled) == 1
+
+
+def _no_timing(step, device, **options):
+    """A stand-in for the timing protocol that runs no step: the run as it would be without timing."""
+    return nas.train.StepTiming(median_s=0.01, iqr_s=0.0, window_s=(0.01,), steps_per_window=1, warmup_steps=1)
+
+
+def test_a_run_is_the_same_with_and_without_timing(small_data, tmp_path, monkeypatch):
+    config = TrainConfig(**{**RECIPE, "epochs": 2}, mixup_alpha=0.2, randaugment_magnitude=5)
+    timed_steps = []
+    real_time_step = nas.train.time_step
+
+    def counting(step, device, **options):
+        return real_time_step(lambda: (timed_steps.append(1), step()), device, **options)
+
+    monkeypatch.setattr(nas.train, "time_step", counting)
+    timed = train_and_evaluate(presets.get("tiny"), small_data, config, weights=tmp_path / "timed.pt")
+    monkeypatch.setattr(nas.train, "time_step", _no_timing)
+    untimed = train_and_evaluate(presets.get("tiny"), small_data, config, weights=tmp_path / "untimed.pt")
+    assert timed.ok and untimed.ok and len(timed_steps) >= 3  # the timed steps did train the network
+    assert [e.loss for e in timed.history] == [e.loss for e in untimed.history]
+    assert timed.accuracy == untimed.accuracy
+    weights = [torch.load(tmp_path / f"{run}.pt", weights_only=True) for run in ("timed", "untimed")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_timing_returns_the_network_step_batches_and_generators_to_their_start(small_data):
+    from nas.builder import build_model
+    from nas.step import build_training_step
+    from nas.train import time_training_step
+
+    config = TrainConfig(**{**RECIPE, "epochs": 2}, optimizer="adamw")
+    data = small_data
+    batches = nas.train._batches(data.train_images, data.train_labels, data, config, train=True)
+    torch.manual_seed(0)
+    model = build_model(presets.get("tiny"), data.num_classes, data.in_channels)
+    step = build_training_step(model, config, device=torch.device("cpu"), steps_per_epoch=len(batches))
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    learning_rate, generator = step.optimizer.param_groups[0]["lr"], torch.get_rng_state()
+    timing = time_training_step(model, step, batches, torch.device("cpu"), warmup=2, repeats=2)
+    assert timing.median_s > 0
+    assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert step.optimizer.state_dict()["state"] == {} and step.scheduler.last_epoch == 0
+    assert step.optimizer.param_groups[0]["lr"] == learning_rate
+    assert batches.state_dict() == {"epoch": 0} and torch.equal(torch.get_rng_state(), generator)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, 32), ({"image_size": 48}, 48), ({"image_size": 48, "eval_image_size": 40}, 40),
+    ({"epochs": 2, "progressive": {"num_stages": 2, "image_size": [24, 56]}}, 56),
+    ({"epochs": 2, "progressive": {"num_stages": 2, "image_size": [24, 56]}, "eval_image_size": 64}, 64),
+])
+def test_evaluation_image_size_is_the_last_training_size_unless_given(options, expected):
+    from nas.train import evaluation_image_size, training_schedule
+
+    config = TrainConfig(**options)
+    assert evaluation_image_size(config, 32) == expected
+    if config.eval_image_size is None:
+        assert expected == training_schedule(presets.get("tiny"), config, 32)[-1].image_size
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_save_run_writes_the_spec_the_weights_fit_and_the_result(small_data, tmp_path, channels, monkeypatch):
+    import json
+
+    from nas.train import save_run
+    from search_spaces.io import load_spec
+
+    data = small_data if channels == 3 else grayscale(small_data)
+    result = EvalResult(status=STATUS_OK, accuracy=0.5, step_time_s=0.01, parameters=123, device="cpu",
+                        history=(nas.train.EpochStats(1, 1, 2.0, 0.25, 100.0, 32),))
+    written = []
+    real_write = nas.train.write_file
+    monkeypatch.setattr(nas.train, "write_file", lambda path, content, **o: written.append(path) or real_write(
+        path, content, **o))
+    trained = save_run(tmp_path / "run", presets.get("tiny"), data, result)
+    expected = presets.get("tiny") if channels == 3 else dataclasses.replace(presets.get("tiny"), in_channels=1)
+    assert trained == expected == load_spec(tmp_path / "run" / "spec.yaml")
+    text = (tmp_path / "run" / "result.json").read_text()
+    assert text == json.dumps(result.to_dict(), indent=2) + "\n" and json.loads(text)["history"][0]["loss"] == 2.0
+    assert sorted(entry.name for entry in (tmp_path / "run").iterdir()) == ["result.json", "spec.yaml"]
+    assert tmp_path / "run" / "result.json" in written
