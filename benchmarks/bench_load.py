@@ -26,12 +26,14 @@ import optuna
 import pandas as pd
 import ray
 
-from nas.campaign import CampaignConfig
+from nas.campaign import CampaignConfig, run_campaign
 from nas.data import ImageData
 from nas.measure import spec_complexity
-from nas.runner import run_campaign
-from nas.study import finished_trials, make_storage
-from nas.train import EvalResult, TrainConfig
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.runner import RayExecutor
+from nas.storage import make_storage
+from nas.study import finished_trials
 from search_spaces.spec import ArchSpec
 
 
@@ -39,8 +41,8 @@ def instant_trainer(spec: ArchSpec, data: ImageData, config: TrainConfig) -> Eva
     """A stand-in for proxy training: a deterministic accuracy per architecture, its real parameter count."""
     digest = zlib.crc32(" ".join(spec.block_strings).encode())
     parameters = spec_complexity(spec, num_classes=data.num_classes, image_size=data.image_size).parameters
-    return EvalResult(status="ok", accuracy=0.5 + (digest % 1000) / 4000, step_time=1e-3 * (1 + digest % 7),
-                      step_time_iqr=1e-5, parameters=parameters, macs=1, device="cpu", wall_time=0.0,
+    return EvalResult(status="ok", accuracy=0.5 + (digest % 1000) / 4000, step_time_s=1e-3 * (1 + digest % 7),
+                      step_time_iqr_s=1e-5, parameters=parameters, macs=1, device="cpu", wall_time_s=0.0,
                       epochs_completed=config.epochs)
 
 
@@ -56,7 +58,7 @@ def run(label: str, storage_url: str, args: argparse.Namespace) -> dict[str, obj
                             controller=args.controller, storage=storage_url, study=study_name,
                             workers=args.workers, cpus_per_trial=1)
     start = time.perf_counter()
-    outcome = run_campaign(config, out=io.StringIO(), trainer=instant_trainer)
+    outcome = run_campaign(config, RayExecutor(trainer=instant_trainer), out=io.StringIO())
     wall = time.perf_counter() - start
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
     trials = study.get_trials(deepcopy=False)

@@ -23,7 +23,9 @@ import pandas as pd
 
 from nas.data import load_data
 from nas.progressive import ProgressiveConfig
-from nas.train import EvalResult, TrainConfig, train_and_evaluate
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.train import train_and_evaluate
 from search_spaces import presets
 
 

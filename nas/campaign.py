@@ -1,24 +1,44 @@
-"""Campaign settings: what a search evaluates, where its study lives and how trials run.
+"""A campaign: its settings (:class:`CampaignConfig`) and its policy (:class:`Campaign`, :func:`run_campaign`).
 
-A campaign file (``experiments/*.yaml``) holds a mapping of these fields; every field can be overridden by a
+A campaign file (``experiments/*.yaml``) holds a mapping of the settings; every field can be overridden by a
 ``nas search`` flag. Unknown keys are refused. The proxy settings (space, data, training recipe, per-trial
 resources, seed) define what a trial's numbers mean, so a study refuses to resume under different ones.
+
+The policy decides which trial runs next and what becomes of each result (baseline first and alone, the budget,
+roles, re-runs of interrupted trials, the best so far); an executor (:mod:`nas.runner` on Ray Tune, the default and
+the cluster path, or :mod:`nas.local` in this process) runs what it proposes. This module imports neither Ray nor
+torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol, TextIO
 
-from nas.controllers import CONTROLLERS
-from nas.data import DataError, check_source, holdout_count
-from nas.train import TrainConfig
+import optuna
+
+from nas import records
+from nas import study as studies
+from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
+from nas.sources import DataError, check_source, holdout_count
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.storage import (
+    STORAGE_ERRORS, DriverLock, StudyError, default_storage_url, make_storage, mask_url, storage_errors,
+)
+from nas.trials import best_trials
 from search_spaces import presets
+from search_spaces.checks import check_choice, check_int, check_real, check_string
 from search_spaces.io import read_yaml_mapping
-from search_spaces.spec import SpecError
+from search_spaces.space import SearchSpace
+from search_spaces.spec import ArchSpec, SpecError
 
 # TrainConfig fields a campaign decides for itself: the device follows the trial's resources, threads its CPUs.
 _RUNNER_OWNED_TRAIN_FIELDS = ("device", "threads")
@@ -59,34 +79,21 @@ class CampaignConfig:
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INTEGER_RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise CampaignError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-        if self.controller not in CONTROLLERS:
-            raise CampaignError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
+            check_int(name, getattr(self, name), low, high, error=CampaignError)
+        check_choice("controller", self.controller, CONTROLLERS, error=CampaignError)
         if not isinstance(self.study, str) or not _STUDY_NAME.fullmatch(self.study):
             raise CampaignError(
                 f"study must be 1-100 letters, digits, '_', '.' or '-' (starting with a letter or digit), "
                 f"got {self.study!r}"
             )
-        if self.gpus_per_trial is not None and (
-            isinstance(self.gpus_per_trial, bool) or not isinstance(self.gpus_per_trial, (int, float))
-            or not 0 <= self.gpus_per_trial <= 64
-        ):
-            raise CampaignError(f"gpus_per_trial must be a number in [0, 64] or null, got {self.gpus_per_trial!r}")
-        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction <= 0.5:
-            raise CampaignError(f"val_fraction must be a number in (0, 0.5], got {self.val_fraction!r}")
+        check_real("gpus_per_trial", self.gpus_per_trial, 0, 64, optional=True, none_name="null", error=CampaignError)
+        check_real("val_fraction", self.val_fraction, 0, 0.5, low_open=True, error=CampaignError)
         for name in ("step_time_exponent", "params_exponent"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -10 <= value <= 10:
-                raise CampaignError(f"{name} must be a number in [-10, 10], got {value!r}")
+            check_real(name, getattr(self, name), -10, 10, error=CampaignError)
         for name in ("space", "data"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise CampaignError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+            check_string(name, getattr(self, name), error=CampaignError)
         for name in ("storage", "address"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise CampaignError(f"{name} must be a non-empty string or null, got {value!r}")
+            check_string(name, getattr(self, name), optional=True, none_name="null", error=CampaignError)
         if not isinstance(self.train, TrainConfig):
             raise CampaignError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         try:  # the name and options only: the files it names are checked when the campaign starts
@@ -125,7 +132,7 @@ class CampaignConfig:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///runs/{self.study}.db"
+        return self.storage or default_storage_url(self.study)
 
     def proxy_settings(self) -> dict[str, Any]:
         """What a trial's numbers depend on; a resumed study must match these exactly."""
@@ -191,3 +198,345 @@ def load_campaign(path: str | Path) -> CampaignConfig:
         return CampaignConfig.from_dict(data)
     except CampaignError as error:
         raise CampaignError(f"{path}: {error}") from None
+
+
+# --- the campaign policy ---------------------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the driver, handled as Ctrl-C is: trials in flight end as interrupted (each runs once more on
+    resume), nothing is left RUNNING or WAITING, and the driver lock is released."""
+
+
+class LockLostError(StudyError):
+    """The driver lost its study's lock mid-campaign; it stopped starting trials and let those in flight record."""
+
+
+@dataclass(frozen=True)
+class CampaignOutcome:
+    """How a :func:`run_campaign` call ended: finished trials in the study, the budget and the best trial."""
+
+    study_name: str
+    storage: str
+    finished: int
+    budget: int
+    ran: int
+    best_trial: int | None
+    best_reward: float | None
+    best_spec: ArchSpec | None  # the best trial's architecture, named after it (STUDY-trialN)
+    recovered: tuple[int, ...]
+    exhausted: bool = False  # every architecture of the space is in the study: stopped short of the budget
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A trial the policy wants run: its number in the study and the architecture to evaluate."""
+
+    number: int
+    spec: ArchSpec
+
+
+class Executor(Protocol):
+    """Runs a campaign's trials: asks :meth:`Campaign.next_trial` for work whenever it has room, evaluates each
+    proposal (proxy training, on whatever hardware it manages) and hands the result back with
+    :meth:`Campaign.record`, until :attr:`Campaign.over`. It loads the data (the policy never touches tensors)
+    and calls :meth:`Campaign.start` with its name first. ``stop`` is the driver's SIGTERM handling."""
+
+    def run(self, campaign: Campaign, stop: StopSignal) -> None: ...
+
+
+class Campaign:
+    """The campaign policy: which trial runs next and what becomes of each result. It imports no Ray: an executor
+    (Ray Tune's adapter in :mod:`nas.runner`, the in-process loop of :mod:`nas.local`) runs what it proposes.
+
+    The baseline runs first and alone (every reward is normalized by its S and P); at most ``budget - finished``
+    trials are in flight; an interrupted trial owed its one re-run comes before new proposals; a trial whose
+    worker died is an interrupted failure that runs once more. Nothing new starts once the budget is met, the
+    baseline failed, the driver lock is lost, the space is exhausted or the storage fails.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        config: CampaignConfig,
+        *,
+        out: TextIO,
+        lock: DriverLock | None = None,
+    ) -> None:
+        self.study = study
+        self.space = space
+        self.config = config
+        self.out = out
+        self.lock = lock
+        self.pending: dict[int, tuple[optuna.trial.Trial, ArchSpec]] = {}
+        self.finished = len(studies.finished_trials(study))
+        self.completed = 0  # trials this run recorded
+        self.baseline_failure: str | None = None
+        self.storage_failure: Exception | None = None
+        self.exhausted = False
+        self._distributions = distributions(space)
+        trials = study.get_trials(deepcopy=False)
+        self._trial_count = len(trials)  # trials in the study, kept up to date here rather than re-read per trial
+        # WAITING trials an older version left in the study; Optuna's ask takes them first
+        self._waiting = sum(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
+        self._reruns = studies.pending_reruns(study)  # interrupted trials owed their one re-run, oldest first
+        best = best_trials(study, 1)
+        # (reward, trial number) of the best complete trial, kept up to date here rather than re-read per trial
+        self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
+
+    def start(self, data_name: str) -> None:
+        """Says what the campaign runs, once the executor has loaded the data."""
+        print(f"campaign {self.config.study!r}: space {self.space.name} ({self.space.size:,} architectures), "
+              f"{data_name}, {self.config.controller} controller, {self.finished}/{self.config.trials} trials "
+              f"finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    @property
+    def over(self) -> bool:
+        """Nothing is in flight and nothing will start: the executor may stop."""
+        return not self.pending and self._stopping()
+
+    def _stopping(self) -> bool:
+        return (self.storage_failure is not None or self.baseline_failure is not None or self.exhausted
+                or (self.lock is not None and self.lock.lost) or self.finished >= self.config.trials)
+
+    def next_trial(self) -> Proposal | None:
+        """The next trial to start, or None when none may start now: the baseline is still being measured, the
+        budget is taken by trials in flight, or the campaign is stopping (see :attr:`over`)."""
+        try:
+            return self._next_trial()
+        except STORAGE_ERRORS as error:
+            self._stop_on(error)
+            return None
+
+    def record(self, number: int, result: EvalResult | None, *, node: str | None = None) -> None:
+        """Records the result of trial ``number``; ``None`` means its worker died (an interrupted failure that
+        runs once more). ``node`` names where it ran."""
+        try:
+            self._record(number, result, node)
+        except STORAGE_ERRORS as error:
+            self._stop_on(error)
+
+    def interrupt_pending(self, reason: str) -> None:
+        """Ends trials still in flight as interrupted failures (each runs once more when the campaign resumes)."""
+        trials = self.study.get_trials(deepcopy=False)
+        for trial, _ in self.pending.values():
+            if trials[trial.number].state == optuna.trial.TrialState.RUNNING:
+                studies.mark_interrupted(self.study, trials[trial.number], reason=reason)
+        self.pending.clear()
+
+    def _stop_on(self, error: Exception) -> None:
+        """A storage that fails (a full disk, a database gone read-only) ends the campaign: nothing new starts and
+        the error is raised once the executor has stopped, rather than inside it (Tune would only log it)."""
+        if self.storage_failure is None:
+            self.storage_failure = error
+
+    def _next_trial(self) -> Proposal | None:
+        if self._stopping() or self.finished + len(self.pending) >= self.config.trials:
+            return None
+        measuring_baseline = studies.baseline(self.study) is None
+        if measuring_baseline and self.pending:
+            return None  # candidates wait for the baseline's S and P
+        if not self._enqueue_fixed_trial(measuring_baseline) and self._space_exhausted():
+            print(f"search space exhausted: all {self.space.size:,} architectures of {self.space.name!r} are in the "
+                  f"study; stopping at {self.finished}/{self.config.trials} finished trials", file=self.out, flush=True)
+            self.exhausted = True
+            return None
+        trial = self.study.ask(fixed_distributions=self._distributions)
+        self._trial_count += 1
+        spec = self.space.from_params(trial.params)
+        if measuring_baseline:
+            role = records.ROLE_BASELINE
+            spec = dataclasses.replace(spec, name=self.space.baseline.name)
+        else:
+            role = trial.user_attrs.get(records.ROLE, records.ROLE_CANDIDATE)
+        for key, value in records.started_attributes(role, spec, self.config.controller).items():
+            trial.set_user_attr(key, value)
+        self.pending[trial.number] = (trial, spec)
+        return Proposal(trial.number, spec)
+
+    def _enqueue_fixed_trial(self, measuring_baseline: bool) -> bool:
+        """Puts the baseline, or the oldest interrupted trial owed a re-run, in line just before it is asked for,
+        so that a stopped campaign never leaves a WAITING trial behind. A WAITING trial an older version left in
+        the study goes first, as Optuna's ask takes it. Returns whether the next trial is a fixed one."""
+        if self._waiting:
+            self._waiting -= 1  # Optuna's ask takes it
+            return True
+        if measuring_baseline:
+            self.study.enqueue_trial(self.space.to_params(self.space.baseline),
+                                     user_attrs={records.ROLE: records.ROLE_BASELINE})
+            return True
+        if self._reruns:
+            studies.enqueue_rerun(self.study, self._reruns.pop(0))
+            return True
+        return False
+
+    def _space_exhausted(self) -> bool:
+        """Whether the controller's next trial could only repeat an architecture; counted only once the study holds
+        as many trials as the space has architectures (the tiny spaces of tests and demos), so a large space costs
+        no read of the study."""
+        return self.exhausted or (self._trial_count >= self.space.size and space_exhausted(self.study, self.space))
+
+    def _record(self, number: int, result: EvalResult | None, node: str | None) -> None:
+        if number not in self.pending:
+            return
+        trial, spec = self.pending.pop(number)
+        frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            print(f"trial {number}: result not recorded: another driver ended the trial after this one lost "
+                  "the study's lock", file=self.out, flush=True)
+            return
+        if result is None:
+            studies.mark_interrupted(self.study, frozen, reason="the trial's worker failed")
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if studies.may_rerun(frozen):
+                self._reruns.append(frozen)
+            print(f"trial {number}: worker failed" + ("; it runs once more" if studies.may_rerun(frozen) else ""),
+                  file=self.out, flush=True)
+            return
+        if node is not None:
+            trial.set_user_attr(records.RAY_NODE, node)
+        reward = studies.record_result(self.study, trial, spec, result, self.config)
+        self.finished += 1
+        self.completed += 1
+        if reward is not None and (self.best is None or reward > self.best[0]):
+            self.best = (reward, number)
+        if trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE and not result.ok:
+            self.baseline_failure = result.failure_reason
+        self._report(number, spec, result, reward)
+
+    def _report(self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None) -> None:
+        best_text = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best is not None else "best -"
+        width = len(str(self.config.trials))
+        head = f"[{self.finished:>{width}}/{self.config.trials}] trial {number:>3}"
+        if reward is None:
+            body = f"FAILED {result.failure_reason}"
+        else:
+            body = (f"A {result.accuracy:.4f}  S {result.step_time_s * 1e3:7.2f} ms  P {result.parameters:>10,}  "
+                    f"reward {reward:.4f}")
+        print(f"{head}  {body}  {best_text}  {' '.join(spec.block_strings)}", file=self.out, flush=True)
+
+
+class StopSignal:
+    """SIGTERM as a graceful stop. While an executor has set ``graceful`` (Ray Tune's own "end the run"), the
+    first signal calls it and the run winds down; otherwise the signal raises :class:`Terminated` in the main
+    thread, which ends the trial in flight as interrupted. ``received`` is the signal's number once one came.
+
+    Ray installs its own SIGTERM handler (``sys.exit`` mid-run) when the driver connects, so an executor calls
+    :meth:`install` again after starting Ray.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.graceful: Callable[[int, Any], None] | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum
+        if self.graceful is None:
+            raise Terminated()
+        if first:
+            self.graceful(signum, frame)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[StopSignal]:
+    """Handles SIGTERM with a :class:`StopSignal` for the block, then restores the previous handler."""
+    stop = StopSignal()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    stop.install()
+    try:
+        yield stop
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_campaign(config: CampaignConfig, executor: Executor, *, out: TextIO = sys.stdout) -> CampaignOutcome:
+    """Runs (or resumes) the campaign until the study holds ``config.trials`` finished trials.
+
+    The driver holds the study's :class:`~nas.storage.DriverLock` throughout: a second driver on the same study is
+    refused with a message naming the first, so trials are never numbered, counted or re-run twice. Raises
+    :class:`Terminated` after a SIGTERM (as ``KeyboardInterrupt`` after Ctrl-C), :class:`LockLostError` when the
+    lock was lost, and :class:`~nas.storage.StudyError` for a storage that cannot be written (a read-only or
+    damaged database, a full disk), always with the lock released where possible.
+    """
+    space = presets.get_space(config.space)
+    storage = make_storage(config.storage_url)
+    lock = DriverLock(storage, config.study)
+    with _sigterm_as_interrupt() as stop, storage_errors(config.storage_url, "write to"):
+        lock.acquire()
+        try:
+            outcome = _run_locked(config, space, storage, lock, out, executor, stop)
+        except BaseException:
+            with contextlib.suppress(StudyError):  # the error under way says more (a full disk, say)
+                lock.release()
+            raise
+        lock.release()
+    if lock.lost:
+        raise LockLostError(f"{lock.lost_reason}. This driver started no trial after that and recorded those in "
+                            "flight; run the same command to resume once the storage is reachable")
+    return outcome
+
+
+def _run_locked(
+    config: CampaignConfig,
+    space: SearchSpace,
+    storage: optuna.storages.BaseStorage,
+    lock: DriverLock,
+    out: TextIO,
+    executor: Executor,
+    stop: StopSignal,
+) -> CampaignOutcome:
+    sampler = make_sampler(config.controller, space, seed=config.seed)
+    study = studies.open_study(config, space, sampler, storage=storage)
+    recovered = tuple(studies.recover_interrupted(study))
+    if recovered:
+        print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted); each runs once more",
+              file=out)
+    finished = len(studies.finished_trials(study))
+    if finished >= config.trials:
+        print(f"study {config.study!r} already has {finished} finished trials (budget {config.trials}); "
+              "nothing to do", file=out)
+        return _outcome(config, study, ran=0, recovered=recovered)
+    campaign = Campaign(study, space, config, out=out, lock=lock)
+    try:
+        executor.run(campaign, stop)
+    finally:
+        if campaign.storage_failure is None:
+            campaign.interrupt_pending("campaign stopped")  # (a failed storage leaves them RUNNING: resume recovers)
+    if campaign.storage_failure is not None:
+        raise campaign.storage_failure
+    if stop.received is not None:
+        raise Terminated()
+    if campaign.baseline_failure is not None:
+        raise StudyError(f"the baseline failed, so no reward can be computed: {campaign.baseline_failure}")
+    return _outcome(config, study, ran=campaign.completed, recovered=recovered, exhausted=campaign.exhausted)
+
+
+def _outcome(
+    config: CampaignConfig, study: optuna.Study, *, ran: int, recovered: tuple[int, ...], exhausted: bool = False
+) -> CampaignOutcome:
+    best = best_trials(study, 1)
+    return CampaignOutcome(
+        study_name=config.study,
+        storage=config.storage_url,
+        finished=len(studies.finished_trials(study)),
+        budget=config.trials,
+        ran=ran,
+        best_trial=best[0].number if best else None,
+        best_reward=best[0].value if best else None,
+        best_spec=(dataclasses.replace(studies.trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}")
+                   if best else None),
+        recovered=recovered,
+        exhausted=exhausted,
+    )

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import torch
 
-from nas.campaign import load_campaign
+from nas.campaign import load_campaign, run_campaign
 from nas.data import ImageData
-from nas.runner import run_campaign
-from nas.train import EvalResult, TrainConfig, train_and_evaluate
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.runner import RayExecutor
+from nas.train import train_and_evaluate
 from search_spaces.spec import ArchSpec
 
 
@@ -97,8 +99,8 @@ def make_trainer(faults: dict[str, str], log: Path):
 
 def main() -> int:
     campaign, faults, log = sys.argv[1:4]
-    outcome = run_campaign(load_campaign(campaign), trainer=make_trainer(json.loads(Path(faults).read_text()),
-                                                                         Path(log).resolve()))
+    trainer = make_trainer(json.loads(Path(faults).read_text()), Path(log).resolve())
+    outcome = run_campaign(load_campaign(campaign), RayExecutor(trainer=trainer))
     print(f"finished {outcome.finished}/{outcome.budget}")
     return 0
 

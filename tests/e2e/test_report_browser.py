@@ -147,7 +147,9 @@ def chromium() -> str:
 def campaign_report(tmp_path: Path) -> Path:
     """The report directory of a finished tiny campaign, written by the ``nas report`` command."""
     campaign = write_campaign(tmp_path)
-    for argv in (["search", "--config", str(campaign)], ["report", "--study", "e2e", "-o", "report"]):
+    # in the driver's process (--executor local): the report reads the study, whichever executor wrote it
+    for argv in (["search", "--config", str(campaign), "--executor", "local"],
+                 ["report", "--study", "e2e", "-o", "report"]):
         result = nas(tmp_path, *argv)
         assert result.returncode == 0, result.stderr
     return tmp_path / "report"

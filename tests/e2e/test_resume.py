@@ -20,7 +20,7 @@ import optuna
 import pytest
 from e2e_support import finished, load, nas, sqlite_url, wait_for_running_trial, write_campaign
 
-from nas.study import DRIVER_LOCK_SUFFIX
+from nas.storage import DRIVER_LOCK_SUFFIX
 
 BUDGET = 6
 

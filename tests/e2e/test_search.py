@@ -1,7 +1,8 @@
 """Tiny real campaigns, run as a user runs them: `python -m nas search` in a fresh process, local Ray, SQLite.
 
-Covers: random and RL campaigns complete; a second run on a finished study does no work and says so; a changed
-space is refused; export round-trips into a buildable spec. Stops, kills and resumes are in ``test_resume.py``.
+Covers: a random campaign under local Ray and an RL one in the driver's process (``--executor local``, no Ray)
+complete; a second run on a finished study does no work and says so; a changed space is refused; export
+round-trips into a buildable spec. Stops, kills and resumes are in ``test_resume.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     baseline = study.trials[0]
     assert baseline.user_attrs["role"] == "baseline" and baseline.value == baseline.user_attrs["accuracy"]
-    assert study.user_attrs["baseline"]["step_time"] == baseline.user_attrs["step_time_s"]
+    assert study.user_attrs["baseline"]["step_time_s"] == baseline.user_attrs["step_time_s"]
     for trial in study.trials[1:]:
         expected = trial.user_attrs["normalized_step_time"] ** -0.07 * trial.user_attrs["normalized_parameters"] ** -0.05
         assert abs(trial.value - trial.user_attrs["accuracy"] * expected) < 1e-9
@@ -51,12 +52,14 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
     assert shown.returncode == 0 and "parameters:" in shown.stdout
 
 
-def test_rl_campaign_completes(tmp_path):
+def test_rl_campaign_completes_in_the_drivers_process(tmp_path):
     campaign = write_campaign(tmp_path, controller="rl", study="rl", trials=3, workers=1)
-    result = nas(tmp_path, "search", "--config", str(campaign))
+    result = nas(tmp_path, "search", "--config", str(campaign), "--executor", "local")
     assert result.returncode == 0, result.stderr
     study = load(sqlite_url(tmp_path, "rl"), "rl")
     assert len(finished(study)) == 3 and study.trials[0].user_attrs["role"] == "baseline"
+    assert not any("ray_node" in t.user_attrs for t in study.trials)  # no Ray worker ran them
+    assert not (tmp_path / "runs" / "ray").exists()
     assert {t.user_attrs["controller"] for t in study.trials} == {"rl"}
     listed = nas(tmp_path, "trials", "--study", "rl", "--format", "json")
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3

@@ -1,0 +1,49 @@
+"""The in-process executor: a campaign's trials one after another in the driver's own process, without Ray.
+
+For debugging (a breakpoint or a profiler sees the trial), for machines where Ray cannot start, and for tests of
+the campaign that do not need Ray. The results are the same study records as under Ray; only the parallelism
+differs (one trial at a time, ``cpus_per_trial`` threads, the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from nas.campaign import Campaign, StopSignal
+from nas.data import ImageData, load_data
+from nas.measure import resolve_device
+from nas.recipe import TrainConfig
+from nas.records import EvalResult
+from nas.train import train_and_evaluate
+from search_spaces.spec import ArchSpec
+
+Trainer = Callable[[ArchSpec, ImageData, TrainConfig], EvalResult]
+"""What an executor calls to evaluate a candidate: :func:`nas.train.train_and_evaluate`, or a replacement with the
+same contract (it returns a failed EvalResult rather than raising). Ray's executor pickles it to its workers."""
+
+
+class LocalExecutor:
+    """Runs the campaign's trials in this process, one at a time, until the policy is over. SIGTERM or Ctrl-C
+    interrupts the trial under way (it runs once more on resume)."""
+
+    def __init__(self, *, trainer: Trainer = train_and_evaluate) -> None:
+        self.trainer = trainer
+
+    def run(self, campaign: Campaign, stop: StopSignal) -> None:
+        config = campaign.config
+        data = load_campaign_data(campaign)
+        device = resolve_device("cpu" if config.gpus_per_trial == 0 else config.train.device)
+        train = dataclasses.replace(config.train, device=str(device), threads=config.cpus_per_trial)
+        data = data.to(device)
+        while (proposal := campaign.next_trial()) is not None:
+            campaign.record(proposal.number, self.trainer(proposal.spec, data, train))
+
+
+def load_campaign_data(campaign: Campaign) -> ImageData:
+    """The campaign's data at its proxy settings (every executor loads it so), once it has said what it runs."""
+    config = campaign.config
+    data = load_data(config.data, image_size=config.train.image_size, val_fraction=config.val_fraction,
+                     seed=config.seed)
+    campaign.start(data.name)
+    return data
