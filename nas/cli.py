@@ -16,12 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from nas.measure import DeviceUnavailableError, spec_complexity
-from nas.onnx_export import OnnxExportError
-from nas.study import StudyError
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
-from search_spaces.files import LockHeldError, check_output, write_file
+from search_spaces.files import LockHeldError, check_output
 from search_spaces.io import dump_spec, spec_to_yaml, timm_arch_def
 from search_spaces.spec import ArchSpec, SpecError
 
@@ -54,6 +51,8 @@ _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
 
 
 def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
+    from nas.measure import spec_complexity
+
     complexity = spec_complexity(spec, num_classes=num_classes)
     return {
         "name": spec.name,
@@ -68,7 +67,7 @@ def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
 
 
 def _stage_table(spec: ArchSpec, stage_parameters: Sequence[int]) -> str:
-    from nas.report import STAGE_TABLE_HEADERS, stage_rows  # the rows the report's stage tables show too
+    from nas.measure import STAGE_TABLE_HEADERS, stage_rows  # the rows the report's stage tables show too
 
     return format_table(STAGE_TABLE_HEADERS, stage_rows(spec, stage_parameters))
 
@@ -129,7 +128,8 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
     Files are named after the specs (``NAME-phiK.yaml``); a name that would put one outside ``directory``
     (``../x``, ``/etc/x``) is refused before anything is trained or written.
     """
-    from nas.scaling import compound_family
+    from nas.measure import spec_complexity
+    from nas.scaling import compound_family, family_paths, write_family
 
     if directory is None:
         raise ValueError("--family and --search-coefficients write files: give -o DIRECTORY")
@@ -137,25 +137,15 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
         raise ValueError("--family and --search-coefficients take --alpha/--beta/--gamma, not --width/--depth/--phi")
     if args.family is not None and args.family < 1:
         raise ValueError(f"--family must be >= 1, got {args.family}")
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"-o {directory} must be a directory for --family")
     phis = range(1, (args.family or 1) + 1)
-    # compound_family names its members NAME-phiK; the paths are known, and checked, before any training.
-    paths = [directory / f"{spec.name}-phi{phi}.yaml" for phi in phis]
-    if any(path.resolve().parent != directory.resolve() for path in paths):
-        raise ValueError(f"spec name {spec.name!r} cannot name a file inside -o {directory}: "
-                         "rename the spec to a plain file name (no '/')")
-    existing = [str(path) for path in paths if path.exists()]
-    if existing and not args.force:
-        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    paths = family_paths(spec, directory, phis, force=args.force)  # checked before any training
     alpha, beta, gamma = args.alpha, args.beta, args.gamma
     if args.search_coefficients:
         alpha, beta, gamma = _search_coefficients(spec, args, directory)
     family = compound_family(spec, phis, alpha=alpha, beta=beta, gamma=gamma, v2_rules=args.v2_rules)
-    directory.mkdir(parents=True, exist_ok=True)
+    write_family(family, paths)
     rows = []
-    for phi, (member, path) in enumerate(zip(family, paths), start=1):
-        dump_spec(member, path)
+    for phi, member in enumerate(family, start=1):
         complexity = spec_complexity(member, num_classes=args.num_classes)
         rows.append([phi, member.name, f"{complexity.parameters:,}", _format_macs(complexity.macs),
                      member.train_image_size, member.eval_image_size, member.num_blocks, member.head_channels])
@@ -167,10 +157,10 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
 
 
 def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Path) -> tuple[float, float, float]:
-    from nas.coefficient_search import search_coefficients
+    from nas.coefficient_search import save_coefficients, search_coefficients
     from nas.data import load_data
+    from nas.recipe import TrainConfig
     from nas.scaling import coefficient_grid
-    from nas.train import TrainConfig
 
     grid = coefficient_grid(step=args.grid_step)
     data = load_data(args.data, seed=args.seed)
@@ -192,16 +182,12 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Pa
          f"{t.coefficients.depth * t.coefficients.width**2 * t.coefficients.resolution**2:.3f}",
          f"{t.result.parameters or 0:,}", t.image_size,
          "-" if t.result.accuracy is None else f"{t.result.accuracy:.4f}",
-         "-" if t.result.step_time is None else f"{t.result.step_time * 1e3:.2f}",
+         "-" if t.result.step_time_s is None else f"{t.result.step_time_s * 1e3:.2f}",
          "best" if t is best else ""]
         for t in trials
     ]
     print(format_table(["alpha", "beta", "gamma", "a*b^2*g^2", "params", "px", "accuracy", "S (ms)", ""], rows))
-    directory.mkdir(parents=True, exist_ok=True)
-    coefficients = {"alpha": best.coefficients.depth, "beta": best.coefficients.width,
-                    "gamma": best.coefficients.resolution, "accuracy": best.result.accuracy,
-                    "data": data.name, "epochs": args.epochs}
-    write_file(directory / "coefficients.json", json.dumps(coefficients, indent=2) + "\n")
+    save_coefficients(directory, best, data, config)
     return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
 
 
@@ -279,7 +265,8 @@ def _format_macs(macs: int) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Times a spec's training step; a batch the device cannot hold is a one-line error with advice (exit 2)."""
+    """Times a spec's training step, the one a default ``nas train`` or search trains with (its optimizer, schedule
+    and label smoothing); a batch the device cannot hold is a one-line error with advice (exit 2)."""
     from nas.measure import benchmark_spec, is_out_of_memory
 
     spec = presets.resolve_spec(args.spec)
@@ -317,6 +304,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ["batch x image", f"{result.batch_size} x {result.image_size}px, {result.in_channels} channel(s)"],
         ["precision", f"amp {result.amp}, {'channels_last' if result.channels_last else 'NCHW'}"
                       + (", torch.compile" if result.compile else "")],
+        ["optimizer", f"{result.optimizer} (nas train's default recipe)"],
         ["parameters", f"{result.parameters:,}"],
         ["FLOPs", f"{_format_macs(result.macs)} multiply-adds per image"],
         ["train step (median)", f"{step.median_s * 1e3:.2f} ms"],
@@ -341,7 +329,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
 
     from nas.data import load_data
-    from nas.train import TrainConfig, check_checkpoint_data, check_data, read_checkpoint, train_and_evaluate
+    from nas.recipe import TrainConfig
+    from nas.train import (
+        check_checkpoint_data,
+        check_data,
+        evaluation_image_size,
+        read_checkpoint,
+        save_run,
+        train_and_evaluate,
+    )
     from search_spaces.files import FileLock
 
     spec = presets.resolve_spec(args.spec)
@@ -356,27 +352,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             randaugment_magnitude=tuple(args.randaugment_range),
             mixup_alpha=tuple(args.mixup_range),
         )
-    config = TrainConfig(
-        progressive=progressive,
-        randaugment_magnitude=args.randaugment,
-        mixup_alpha=args.mixup,
-        eval_image_size=args.eval_image_size,
-        ema_decay=args.ema,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        seed=args.seed,
-        threads=args.threads,
-        device=args.device,
-    )
+    config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in _RECIPE_FLAGS})
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
     save = _output_path("--save", args.save, directory=True) if args.save else None
@@ -410,16 +386,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             weights=save / "weights.pt" if save is not None else None,
         )
         if save is not None and result.ok:
-            # spec.yaml builds the network weights.pt fits: grayscale weights pin their channel count.
-            trained = spec if data.in_channels == 3 else dataclasses.replace(spec, in_channels=data.in_channels)
-            dump_spec(trained, save / "spec.yaml")
-            write_file(save / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+            trained = save_run(save, spec, data, result)  # spec.yaml and result.json beside weights.pt
             if not args.json:
                 print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
             if onnx_output is not None:
                 _export_onnx(trained, data.num_classes, data.in_channels, save / "weights.pt", onnx_output,
-                             config.eval_image_size or (progressive.image_size[1] if progressive else None)
-                             or config.image_size or data.image_size)
+                             evaluation_image_size(config, data.image_size))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -427,19 +399,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+# TrainConfig fields that `nas train` takes as flags of the same name (the flag's dest; --lr sets learning_rate).
+_RECIPE_FLAGS = (
+    "epochs", "image_size", "batch_size", "optimizer", "learning_rate", "weight_decay", "label_smoothing", "augment",
+    "eval_image_size", "randaugment_magnitude", "mixup_alpha", "ema_decay", "amp", "channels_last", "compile", "seed",
+    "threads", "device",
+)
+
+
 def _export_onnx(
     spec: ArchSpec, num_classes: int, in_channels: int, weights: Path, output: Path, image_size: int
 ) -> None:
     """Exports the saved ``weights`` as ONNX for ``in_channels``-channel images (the data's) and says how close
     ONNX Runtime's logits came to PyTorch's."""
-    import torch
+    from nas.onnx_export import export_weights_onnx
 
-    from nas.builder import build_model
-    from nas.onnx_export import export_onnx
-
-    model = build_model(spec, num_classes, in_channels)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    difference = export_onnx(model, output, image_size=image_size, in_channels=in_channels)
+    difference = export_weights_onnx(spec, weights, output, num_classes=num_classes, in_channels=in_channels,
+                                     image_size=image_size)
     print(f"wrote {output}: ONNX logits match PyTorch's within {difference:.2g}", file=sys.stderr)
 
 
@@ -448,7 +424,8 @@ def _print_epoch(stats: Any) -> None:
     done = round(width * stats.epoch / stats.epochs)
     print(
         f"epoch {stats.epoch:>{len(str(stats.epochs))}}/{stats.epochs} [{'#' * done}{'.' * (width - done)}] "
-        f"{stats.image_size}px  loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  {stats.images_per_second:,.0f} img/s",
+        f"{stats.image_size}px  loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  "
+        f"{stats.images_per_second:,.0f} img/s",
         file=sys.stderr,
         flush=True,
     )
@@ -462,14 +439,14 @@ def _print_result(result: Any) -> None:
         ["status", result.status + (f": {result.failure_reason}" if result.failure_reason else "")],
         ["hold-out accuracy", number(result.accuracy, f"{(result.accuracy or 0):.2%}")],
         ["final train loss", number(result.final_loss, f"{(result.final_loss or 0):.4f}")],
-        ["step time (median)", number(result.step_time, f"{(result.step_time or 0) * 1e3:.2f} ms")],
-        ["step time (IQR)", number(result.step_time_iqr, f"{(result.step_time_iqr or 0) * 1e3:.2f} ms")],
+        ["step time (median)", number(result.step_time_s, f"{(result.step_time_s or 0) * 1e3:.2f} ms")],
+        ["step time (IQR)", number(result.step_time_iqr_s, f"{(result.step_time_iqr_s or 0) * 1e3:.2f} ms")],
         ["images/s", number(result.images_per_second, f"{(result.images_per_second or 0):,.1f}")],
         ["parameters", number(result.parameters, f"{(result.parameters or 0):,}")],
         ["FLOPs", number(result.macs, f"{_format_macs(result.macs or 0)} multiply-adds per image")],
         ["peak memory", number(result.peak_memory_bytes,
                                _format_memory(result.peak_memory_bytes or 0, result.device or ""))],
-        ["wall time", number(result.wall_time, f"{(result.wall_time or 0):.1f} s")],
+        ["wall time", number(result.wall_time_s, f"{(result.wall_time_s or 0):.1f} s")],
         ["epochs", str(result.epochs_completed)],
         ["device", result.device or "-"],
     ]
@@ -483,17 +460,19 @@ _SEARCH_OVERRIDES = (
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas.campaign import CampaignConfig, load_campaign
-    from nas.runner import LockLostError, Terminated, run_campaign
-    from nas.study import best_trials, load_study, trial_spec
+    from nas.campaign import CampaignConfig, LockLostError, Terminated, load_campaign, run_campaign
 
     config = load_campaign(args.config) if args.config else CampaignConfig()
     config = config.with_overrides({name: getattr(args, name) for name in _SEARCH_OVERRIDES})
     # Everything that can be refused is refused here, before a study, a directory or a Ray node exists.
     output = _output_path("--export", args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
     config.check_inputs()
+    if args.executor == "local":
+        from nas.local import LocalExecutor as Executor
+    else:
+        from nas.runner import RayExecutor as Executor
     try:
-        outcome = run_campaign(config)
+        outcome = run_campaign(config, Executor())
     except KeyboardInterrupt as stop:
         signal_name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         print(f"\nstopped ({signal_name}): trials in flight were marked interrupted and run once more on resume; "
@@ -502,16 +481,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     except LockLostError as error:
         print(f"nas search: error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    study = load_study(outcome.storage, outcome.study_name)
-    best = best_trials(study, 1)
     print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
-    stopped = outcome.finished < outcome.budget and not outcome.exhausted
-    if best:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        dump_spec(dataclasses.replace(trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}"), output)
-        print(f"best: trial {best[0].number}, reward {best[0].value:.4f}: {' '.join(best[0].user_attrs['block_strings'])}")
+    if outcome.best_spec is not None:
+        dump_spec(outcome.best_spec, output)
+        print(f"best: trial {outcome.best_trial}, reward {outcome.best_reward:.4f}: "
+              f"{' '.join(outcome.best_spec.block_strings)}")
         print(f"exported the best architecture to {output}")
-    if stopped:
+    if outcome.finished < outcome.budget and not outcome.exhausted:
         print("stopped before the budget: finished trials are kept in the study; run the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -519,7 +495,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    return args.storage or f"sqlite:///runs/{args.study}.db"
+    from nas.storage import default_storage_url
+
+    return args.storage or default_storage_url(args.study)
 
 
 def _open_study(args: argparse.Namespace) -> Any:
@@ -532,7 +510,7 @@ def _reads_study(handler: Any) -> Any:
     """Runs a command that reads a study with database errors (a damaged file, say) as one-line errors."""
 
     def run(args: argparse.Namespace) -> int:
-        from nas.study import storage_errors
+        from nas.storage import storage_errors
 
         with storage_errors(_storage_url(args), "read"):
             return handler(args)
@@ -555,26 +533,25 @@ def _print_frame(frame: Any, output_format: str) -> None:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from nas.report import TrialQuery, trials_table
+    from nas.trials import TrialQuery, trials_frame
 
     query = TrialQuery.parse(args.filter, args.sort, args.descending)
-    _print_frame(query.apply(trials_table(_open_study(args))), args.format)
+    _print_frame(query.apply(trials_frame(_open_study(args))), args.format)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from nas.report import TrialQuery, trials_table
-    from nas.study import best_trials, pareto_front
+    from nas.trials import TrialQuery, best_trials, pareto_front, trials_frame
 
     query = TrialQuery.parse(args.filter, args.sort, args.descending)
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
     study = _open_study(args)
     if args.pareto:
-        _print_frame(query.apply(trials_table(study, pareto_front(study))), args.format)
+        _print_frame(query.apply(trials_frame(study, pareto_front(study))), args.format)
     else:  # every complete trial by reward, so that the filters pick the best k among the trials they keep
         ranked = best_trials(study, len(study.get_trials(deepcopy=False)))
-        _print_frame(query.apply(trials_table(study, ranked), limit=args.k), args.format)
+        _print_frame(query.apply(trials_frame(study, ranked), limit=args.k), args.format)
     return 0
 
 
@@ -590,24 +567,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import optuna
-
-    from nas.study import best_trials, trial_spec
+    from nas.study import trial_spec
+    from nas.trials import trial_to_export
 
     output = _output_path("-o", args.output) if args.output is not None else None
-    study = _open_study(args)
-    if args.trial is None:
-        best = best_trials(study, 1)
-        if not best:
-            raise ValueError(f"study {args.study!r} has no complete trial to export")
-        trial = best[0]
-    else:
-        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-        if args.trial not in trials:
-            raise ValueError(f"study {args.study!r} has no trial {args.trial}; trials are 0..{len(trials) - 1}")
-        trial = trials[args.trial]
-        if trial.state != optuna.trial.TrialState.COMPLETE:
-            raise ValueError(f"trial {args.trial} is {trial.state.name}, not COMPLETE; export a complete trial")
+    trial = trial_to_export(_open_study(args), args.trial)
     spec = dataclasses.replace(trial_spec(trial), name=args.name or f"{args.study}-trial{trial.number}")
     if args.format == "timm":
         blocks = "\n".join(f"    [{block!r}]," for block in timm_arch_def(spec))
@@ -625,6 +589,11 @@ def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nas.controllers import CONTROLLERS
+    from nas.progressive import ProgressiveConfig
+    from nas.recipe import AUGMENTATIONS, OPTIMIZERS, TrainConfig
+
+    recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -683,8 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--in-channels", type=int, metavar="N",
                        help="input image channels, 1 grayscale or 3 RGB (default: 3, or the spec's in_channels)")
     bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default: 5)")
-    bench.add_argument("--repeats", type=int, default=7, help="timed windows; the median is reported (default: 7)")
+    bench.add_argument("--warmup", type=int, default=recipe["timing_warmup"],
+                       help="untimed steps before timing (default: %(default)s)")
+    bench.add_argument("--repeats", type=int, default=recipe["timing_repeats"],
+                       help="timed windows; the median is reported (default: %(default)s)")
     bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench)
@@ -694,28 +665,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default="synthetic",
                        help="synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR "
                             "(default: synthetic)")
-    train.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    train.add_argument("--epochs", type=int, default=recipe["epochs"], help="(default: %(default)s)")
     train.add_argument("--image-size", type=int, help="training image size (default: the data's)")
-    train.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
-    train.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop"), default="sgd")
-    train.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
-    train.add_argument("--weight-decay", type=float, default=5e-4, help="(default: 5e-4)")
-    train.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
-    train.add_argument("--augment", choices=("crop_flip", "resized_crop_flip", "none"), default="crop_flip")
+    train.add_argument("--batch-size", type=int, default=recipe["batch_size"], help="(default: %(default)s)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"])
+    train.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=recipe["learning_rate"],
+                       help="peak learning rate (default: %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"], help="(default: %(default)g)")
+    train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"],
+                       help="(default: %(default)s)")
+    train.add_argument("--augment", choices=AUGMENTATIONS, default=recipe["augment"])
     train.add_argument("--eval-image-size", type=int, help="evaluation image size (default: the last training size)")
-    train.add_argument("--randaugment", type=float, default=0.0, metavar="M",
+    train.add_argument("--randaugment", dest="randaugment_magnitude", type=float,
+                       default=recipe["randaugment_magnitude"], metavar="M",
                        help="RandAugment magnitude 0-30 for a fixed-size run (default: 0, off)")
-    train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup alpha (default: 0, off)")
+    train.add_argument("--mixup", dest="mixup_alpha", type=float, default=recipe["mixup_alpha"], metavar="ALPHA",
+                       help="mixup alpha (default: 0, off)")
     progressive = train.add_argument_group(
         "progressive learning", "EfficientNetV2 Algorithm 1: M stages, image size and regularization growing "
                                 "linearly from MIN to MAX (defaults: the paper's Table 6 for EfficientNetV2-S)")
     progressive.add_argument("--progressive", action="store_true", help="train in stages of growing size")
-    progressive.add_argument("--stages", type=int, default=4, help="number of stages M (default: 4)")
-    progressive.add_argument("--image-size-range", type=int, nargs=2, default=(128, 300), metavar=("MIN", "MAX"))
-    progressive.add_argument("--dropout-range", type=float, nargs=2, default=(0.1, 0.3), metavar=("MIN", "MAX"))
-    progressive.add_argument("--randaugment-range", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
-    progressive.add_argument("--mixup-range", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
-    train.add_argument("--ema", type=float, metavar="DECAY",
+    progressive.add_argument("--stages", type=int, default=table6["num_stages"],
+                             help="number of stages M (default: %(default)s)")
+    for flag, name, kind in (("--image-size-range", "image_size", int), ("--dropout-range", "dropout", float),
+                             ("--randaugment-range", "randaugment_magnitude", float),
+                             ("--mixup-range", "mixup_alpha", float)):
+        progressive.add_argument(flag, type=kind, nargs=2, default=table6[name], metavar=("MIN", "MAX"))
+    train.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
     train.add_argument("--checkpoint", help="write the full training state here after every epoch; one run at a "
                                             "time owns it (a second is refused, naming the first's host and pid)")
@@ -743,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
     search.add_argument("--image-size", type=int, help="proxy image size")
     search.add_argument("--batch-size", type=int)
-    search.add_argument("--controller", choices=("random", "rl", "tpe"))
+    search.add_argument("--controller", choices=CONTROLLERS)
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/STUDY.db)")
     search.add_argument("--study", help="study name")
     search.add_argument("--address", help="Ray cluster address ('auto' or HOST:PORT; default: start local Ray)")
@@ -752,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--cpus-per-trial", type=int)
     search.add_argument("--seed", type=int)
     search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
+    search.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="ray: trials as Ray Tune trials, --workers at a time, on this machine or the cluster of "
+                             "--address (default); local: one trial at a time in this process, without Ray (for "
+                             "debugging)")
     search.set_defaults(handler=cmd_search)
 
     trials = commands.add_parser("trials", help="list a study's trials")
@@ -794,22 +774,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _defaults(config: type) -> dict[str, Any]:
+    """The default of each field of a config dataclass: the CLI's defaults are its owners'."""
+    return {field.name: field.default for field in dataclasses.fields(config)}
+
+
 def _add_query_arguments(parser: argparse.ArgumentParser, ranking: str = "") -> None:
-    from nas.report import FILTER_FIELDS, TRIAL_TABLE_COLUMNS
+    from nas.trials import FILTER_FIELDS, TABLE_COLUMNS
 
     fields = "; ".join(f"{name}: {', '.join(values)}" for name, values in FILTER_FIELDS.items())
     parser.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                         help=f"keep the trials whose FIELD is VALUE, in any case ({fields}); repeat it: filters on "
                              f"one field are alternatives, on different fields all must hold{ranking}")
     parser.add_argument("--sort", metavar="COLUMN", help="order the rows by COLUMN, smallest first, ties in the order "
-                                                         f"shown without it; one of: {', '.join(TRIAL_TABLE_COLUMNS)}")
+                                                         f"shown without it; one of: {', '.join(TABLE_COLUMNS)}")
     parser.add_argument("--descending", action="store_true", help="with --sort: largest first (missing values "
                                                                   "stay last)")
 
 
 def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    from nas.recipe import AMP_CHOICES
+
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="autocast precision (default: auto = bf16 on CUDA, none on CPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels_last memory format (default: on)")
@@ -826,10 +813,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except (SpecError, ValueError, OSError, DeviceUnavailableError, StudyError, OnnxExportError,
-            LockHeldError) as error:
+    except _usage_errors() as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# Errors of modules a command may import: each is refused input, reported in one line. They are looked up only
+# in modules already imported (a command that never imported one cannot raise its error), so that `nas show` or
+# `nas trials` does not import torch, or optuna, to name an error class.
+_MODULE_USAGE_ERRORS = (
+    ("nas.storage", "StudyError"), ("nas.measure", "DeviceUnavailableError"), ("nas.onnx_export", "OnnxExportError"),
+)
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for module, name in _MODULE_USAGE_ERRORS if module in sys.modules]
+    return (SpecError, ValueError, OSError, LockHeldError, *loaded)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ import nas.runner
 import nas.train
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
-from nas.train import CHECKPOINT_VERSION, TrainConfig
+from nas.recipe import TrainConfig
+from nas.train import CHECKPOINT_VERSION
 from search_spaces import presets
 from search_spaces.files import FileLock
 from search_spaces.io import MAX_YAML_BYTES

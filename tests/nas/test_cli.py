@@ -579,7 +579,7 @@ def finished_study(tmp_path):
     from nas import study as studies
     from nas.campaign import CampaignConfig
     from nas.controllers import distributions, make_sampler
-    from nas.train import EvalResult
+    from nas.records import EvalResult
 
     space = presets.get_space("tiny")
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -593,7 +593,7 @@ def finished_study(tmp_path):
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("block_strings", list(spec.block_strings))
         result = (EvalResult(status="failed", failure_reason="out of memory: x") if values is None else
-                  EvalResult(status="ok", accuracy=values[0], step_time=values[1], parameters=values[2], macs=1))
+                  EvalResult(status="ok", accuracy=values[0], step_time_s=values[1], parameters=values[2], macs=1))
         studies.record_result(study, trial, spec, result, config)
     study.ask()  # a trial still running
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 3
