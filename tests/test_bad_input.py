@@ -32,7 +32,7 @@ from PIL import Image
 
 import nas.data
 import nas.measure
-import nas.runner
+import nas.local
 import nas.train
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
@@ -235,7 +235,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return reached
 
     monkeypatch.setattr(ray, "init", tripwire("ray.init"))
-    monkeypatch.setattr(nas.runner, "load_data", tripwire("the campaign's data loading"))
+    monkeypatch.setattr(nas.local, "load_data", tripwire("the campaign's data loading"))
     monkeypatch.setattr(nas.data, "load_data", tripwire("data loading"))
     monkeypatch.setattr(nas.train, "train_and_evaluate", tripwire("training"))
     monkeypatch.setattr(nas.measure, "benchmark_spec", tripwire("benchmarking"))
