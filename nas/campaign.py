@@ -27,9 +27,9 @@ import optuna
 from nas import records
 from nas import study as studies
 from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
-from nas.sources import DataError, check_source, holdout_count
 from nas.recipe import TrainConfig
 from nas.records import EvalResult
+from nas.sources import DataError, check_source, holdout_count
 from nas.storage import (
     STORAGE_ERRORS, DriverLock, StudyError, default_storage_url, make_storage, mask_url, storage_errors,
 )
