@@ -81,6 +81,26 @@ class PolicySearcher(Searcher):
         self.campaign.record(number, EvalResult.from_json(result[RESULT_KEY]), node=result.get(NODE_KEY))
 
 
+class ResourceError(ValueError):
+    """A trial asks for more than any node of the Ray cluster has: Tune would wait for it forever, silently."""
+
+
+def check_placeable(nodes: list[dict[str, Any]], *, cpus: int, gpus: float) -> None:
+    """Refuses a trial that no alive node can hold (``cpus`` CPUs and ``gpus`` GPUs on one node), naming what the
+    nodes have. ``nodes`` is :func:`ray.nodes`'s answer. Ray itself would queue such a trial and wait for a node
+    that never comes."""
+    alive = [node for node in nodes if node.get("Alive")]
+    if any(node["Resources"].get("CPU", 0) >= cpus and node["Resources"].get("GPU", 0) >= gpus for node in alive):
+        return
+    have = "; ".join(f"{node.get('NodeManagerAddress', '?')}: {node['Resources'].get('CPU', 0):g} CPU(s), "
+                     f"{node['Resources'].get('GPU', 0):g} GPU(s)" for node in alive)
+    raise ResourceError(
+        f"each trial asks for {cpus} CPU(s) and {gpus:g} GPU(s) (cpus_per_trial, gpus_per_trial), but no node of "
+        f"the Ray cluster has that ({have or 'no node is alive'}): lower them (--cpus-per-trial, "
+        "--gpus-per-trial 0 on a machine without a GPU), or add a node that has them"
+    )
+
+
 _WORKER_DATA: dict[str, ImageData] = {}
 
 
@@ -116,6 +136,7 @@ def _run_tune(config: CampaignConfig, data: ImageData, searcher: Searcher, train
     gpus = config.gpus_per_trial
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
     trainable = tune.with_resources(
         tune.with_parameters(
             evaluate_trial, data=data, train=config.train, cpus=config.cpus_per_trial, trainer=trainer

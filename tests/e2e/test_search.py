@@ -63,3 +63,13 @@ def test_rl_campaign_completes_in_the_drivers_process(tmp_path):
     assert {t.user_attrs["controller"] for t in study.trials} == {"rl"}
     listed = nas(tmp_path, "trials", "--study", "rl", "--format", "json")
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
+
+
+def test_a_gpu_trial_on_a_cluster_without_gpus_is_refused_at_once_not_waited_on(tmp_path):
+    campaign = write_campaign(tmp_path, study="gpu", trials=2)
+    result = nas(tmp_path, "search", "--config", str(campaign), "--gpus-per-trial", "1", timeout=120)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("nas search: error: each trial asks for") and "0 GPU(s)" in error, error
+    assert "Traceback" not in result.stderr
+    assert load(sqlite_url(tmp_path, "gpu"), "gpu").trials == []  # no trial was started, none is left RUNNING

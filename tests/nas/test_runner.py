@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import optuna
+import pytest
 from ray.tune.search import Searcher
 
 from nas import runner
@@ -61,3 +62,25 @@ def test_tune_keeps_no_copy_of_the_campaign_and_its_lock():
     searcher = runner.PolicySearcher.__new__(runner.PolicySearcher)
     searcher.__dict__.update(campaign=object(), numbers={"a": 1})
     assert searcher.__getstate__() == {"campaign": None, "numbers": {"a": 1}}
+
+
+def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    resources = {"CPU": cpus, "memory": 1e9} | ({"GPU": gpus} if gpus else {})
+    return {"Alive": alive, "NodeManagerAddress": "10.0.0.1", "Resources": resources}
+
+
+def test_a_trial_some_node_can_hold_is_placeable():
+    runner.check_placeable([node(2), node(16, gpus=1)], cpus=4, gpus=0.5)  # the second node holds it
+    runner.check_placeable([node(2)], cpus=2, gpus=0)
+
+
+@pytest.mark.parametrize("nodes, cpus, gpus, words", [
+    ([node(16)], 1, 1, ("1 GPU(s)", "10.0.0.1: 16 CPU(s), 0 GPU(s)", "--gpus-per-trial 0")),
+    ([node(2), node(4, gpus=1)], 8, 0, ("8 CPU(s)", "--cpus-per-trial")),
+    ([node(2, gpus=1), node(8)], 4, 1, ("4 CPU(s) and 1 GPU(s)",)),  # GPUs and CPUs, but never on one node
+    ([node(32, gpus=8, alive=False)], 1, 1, ("no node is alive",)),
+])
+def test_a_trial_no_node_can_hold_is_refused_naming_what_the_nodes_have(nodes, cpus, gpus, words):
+    with pytest.raises(runner.ResourceError) as refused:
+        runner.check_placeable(nodes, cpus=cpus, gpus=gpus)
+    assert all(word in str(refused.value) for word in words), str(refused.value)
