@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.builder import build_model, resolve_in_channels
-from nas.recipe import AMP_CHOICES, MAX_BATCH_SIZE, TrainConfig
+from nas.recipe import MAX_BATCH_SIZE, TrainConfig
 from nas.step import build_training_step
 from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
@@ -349,8 +349,6 @@ def benchmark_spec(
         raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
     if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"image_size must be in [1, {MAX_IMAGE_SIZE}], got {image_size}")
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     recipe = dataclasses.replace(recipe or TrainConfig(), amp=amp, channels_last=channels_last, compile=compile)
     in_channels = resolve_in_channels(spec, in_channels)
     torch_device = resolve_device(device)
