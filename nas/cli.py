@@ -595,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nas {_version()}",
+                        help="print the installed version of training-aware-nas and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     show = commands.add_parser("show", help="print a spec's stages, parameters and FLOPs")
@@ -772,6 +774,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--force", action="store_true", help="overwrite a report already in DIR")
     report.set_defaults(handler=_reads_study(cmd_report))
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version; a source tree that was never installed says so."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("training-aware-nas")
+    except PackageNotFoundError:
+        return "(not installed: run pip install -e .)"
 
 
 def _defaults(config: type) -> dict[str, Any]:

@@ -887,3 +887,12 @@ def test_a_second_train_on_a_held_checkpoint_is_refused_naming_the_holder(capsys
     status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "run.pt", "--resume", "--json")
     assert status == 0, err  # released: the same command runs
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["run.pt"]
+
+
+def test_version_prints_the_installed_distributions_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"nas {version('training-aware-nas')}\n"
