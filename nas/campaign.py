@@ -292,10 +292,6 @@ class Campaign:
               f"finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
 
     @property
-    def in_flight(self) -> int:
-        return len(self.pending)
-
-    @property
     def over(self) -> bool:
         """Nothing is in flight and nothing will start: the executor may stop."""
         return not self.pending and self._stopping()
