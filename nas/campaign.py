@@ -493,7 +493,7 @@ def _run_locked(
     executor: Executor,
     stop: StopSignal,
 ) -> CampaignOutcome:
-    sampler = make_sampler(config.controller, space, seed=config.seed)
+    sampler = make_sampler(config.controller, space, seed=config.seed, budget=config.trials)
     study = studies.open_study(config, space, sampler, storage=storage)
     recovered = tuple(studies.recover_interrupted(study))
     if recovered:

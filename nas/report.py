@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import html
-import itertools
 import math
 import numbers
 import os
@@ -45,7 +44,9 @@ TOP_TABLE_COLUMNS = (
     "normalized_parameters", "architecture",
 )
 DPI = 100
-COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+#: One colour per controller, the same in every report; a study's unknown controller names share the last one.
+CONTROLLER_COLORS = {"evolution": "tab:green", "random": "tab:brown", "rl": "tab:blue", "tpe": "tab:purple"}
+UNKNOWN_CONTROLLER_COLOR = "tab:olive"
 FIELD_TITLES = {"op": "op", "num_layers": "layers", "kernel_size": "kernel", "expand_ratio": "expansion"}
 OP_LABELS = {"mbconv": "MBConv", "fused_mbconv": "Fused"}
 
@@ -251,7 +252,8 @@ def _draw_history(snapshot: StudySnapshot) -> PlotFigure:
     by_controller: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in sorted(snapshot.candidates, key=lambda trial: trial.number):
         by_controller.setdefault(trial.user_attrs.get(records.CONTROLLER, "unknown"), []).append(trial)
-    for color, (controller, trials) in zip(itertools.cycle(COLORS), by_controller.items()):
+    for controller, trials in by_controller.items():
+        color = CONTROLLER_COLORS.get(controller, UNKNOWN_CONTROLLER_COLOR)
         numbers, rewards = [trial.number for trial in trials], [trial.value for trial in trials]
         axes.scatter(numbers, rewards, color=color, alpha=0.55, s=22, label=f"{controller}: reward")
         best = [max(rewards[:index + 1]) for index in range(len(rewards))]

@@ -29,10 +29,9 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from nas.controllers.params import choice_indices, distributions
+from nas.controllers.params import DecisionSpace, choice_indices, distributions
 from nas.controllers.seeding import attempt_seed, sample_uniform
 from search_spaces.checks import check_int
-from search_spaces.space import SearchSpace
 
 _logger = logging.getLogger(__name__)
 
@@ -47,40 +46,6 @@ class Proposer(Protocol):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution], *, seed: int
     ) -> dict[str, Any]:
         """A value for every parameter of ``search_space``, from randomness seeded by ``seed`` alone."""
-
-
-class OptunaProposer:
-    """Proposals of an Optuna sampler class, built afresh for each seed: ``sampler_class(seed=seed, **options)``.
-
-    Optuna's samplers hold a random state seeded once per object (RandomSampler's; TPESampler's and its start-up
-    RandomSampler's), so a new process replays the same stream. Building the sampler per draw is the public way
-    to seed it per trial; TPE loses nothing by it, since it fits its Parzen estimators to the study on every
-    call anyway (only its intersection search space is recomputed over the study's trials).
-    """
-
-    def __init__(self, sampler_class: type[BaseSampler], **options: Any) -> None:
-        self._sampler_class = sampler_class
-        self._options = options
-
-    def sampler(self, seed: int) -> BaseSampler:
-        """The sampler that draws the proposal of ``seed``."""
-        return self._sampler_class(seed=seed, **self._options)
-
-    def propose(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution], *, seed: int
-    ) -> dict[str, Any]:
-        """The sampler's relative (joint) sample where it has one, its independent samples for the rest."""
-        sampler = self.sampler(seed)
-        relative_space = {
-            name: distribution
-            for name, distribution in sampler.infer_relative_search_space(study, trial).items()
-            if name in search_space
-        }
-        params = dict(sampler.sample_relative(study, trial, relative_space))
-        for name, distribution in search_space.items():
-            if name not in params:
-                params[name] = sampler.sample_independent(study, trial, name, distribution)
-        return params
 
 
 class DistinctSampler(BaseSampler):
@@ -101,15 +66,16 @@ class DistinctSampler(BaseSampler):
     Distinct for one asker at a time (the campaign's driver); concurrent asks may race to the same architecture.
 
     Args:
-        space: The search space whose decisions make an architecture.
+        space: The decisions that make an architecture: a search space, or any
+            :class:`~nas.controllers.params.DecisionSpace`.
         proposer: The controller that proposes: a :class:`~nas.controllers.PolicyGradientSampler`, or an
-            :class:`OptunaProposer` for Optuna's samplers.
+            :class:`~nas.controllers.optuna_samplers.OptunaProposer` for Optuna's samplers.
         seed: Seed of every draw (an integer >= 0).
         attempts: Proposals drawn from ``proposer`` for a trial before the uniform draw among untaken
             architectures (an integer >= 1).
     """
 
-    def __init__(self, space: SearchSpace, proposer: Proposer, *, seed: int = 0, attempts: int = 8) -> None:
+    def __init__(self, space: DecisionSpace, proposer: Proposer, *, seed: int = 0, attempts: int = 8) -> None:
         check_int("seed", seed, 0)
         check_int("attempts", attempts, 1)
         self._space = space
@@ -200,7 +166,7 @@ class DistinctSampler(BaseSampler):
         }
 
 
-def taken_architectures(study: Study, space: SearchSpace) -> set[tuple[int, ...]]:
+def taken_architectures(study: Study, space: DecisionSpace) -> set[tuple[int, ...]]:
     """The architectures (choice indices, as :func:`choice_indices`) that trials of ``study`` hold, any state.
 
     A trial's architecture is its params over its enqueued ``fixed_params``, so a WAITING trial counts; a trial
@@ -214,7 +180,7 @@ def taken_architectures(study: Study, space: SearchSpace) -> set[tuple[int, ...]
     return taken
 
 
-def space_exhausted(study: Study, space: SearchSpace) -> bool:
+def space_exhausted(study: Study, space: DecisionSpace) -> bool:
     """Whether every architecture of ``space`` is taken in ``study``, so the next controller trial repeats one.
 
     A campaign calls it before asking a controller trial (not an enqueued one) and stops the search, saying so.

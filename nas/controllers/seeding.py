@@ -30,13 +30,19 @@ def attempt_seed(seed: int, trial_number: int, attempt: int) -> int:
     return _derived_seed(seed, trial_number, _ATTEMPT_STREAM, attempt)
 
 
+def parameter_seed(seed: int, trial_number: int, name: str) -> int:
+    """The seed of parameter ``name``'s own draw for trial ``trial_number``: a 32-bit integer."""
+    return _derived_seed(seed, trial_number, _PARAMETER_STREAM, zlib.crc32(name.encode()))
+
+
 def sample_uniform(study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution, *, seed: int) -> Any:
     """A uniform draw of parameter ``name`` for ``trial``, seeded by ``(seed, trial.number, name)``.
 
     For parameters outside a controller's space: each one gets its own stream, the same in any process.
     """
-    parameter_seed = _derived_seed(seed, trial.number, _PARAMETER_STREAM, zlib.crc32(name.encode()))
-    return RandomSampler(seed=parameter_seed).sample_independent(study, trial, name, distribution)
+    return RandomSampler(seed=parameter_seed(seed, trial.number, name)).sample_independent(
+        study, trial, name, distribution
+    )
 
 
 def _derived_seed(*entropy: int) -> int:

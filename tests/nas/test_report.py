@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import matplotlib.colors
 from matplotlib import pyplot
 from PIL import Image
 
@@ -24,7 +25,7 @@ from nas import study as studies
 from nas import trials as trial_tables
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
-from nas.controllers import distributions, make_sampler
+from nas.controllers import CONTROLLERS, distributions, make_sampler
 from nas.records import EvalResult
 from nas.report import FIGURES, REPORT_FILE, StudySnapshot, write_report
 from search_spaces import files, presets
@@ -193,6 +194,17 @@ def test_history_is_by_controller_and_the_front_is_marked(campaign):
         assert len(front) == 1 and len(front[0].get_offsets()) == len(trial_tables.pareto_front(campaign.study))
     pyplot.close(history)
     pyplot.close(tradeoffs)
+
+
+def test_every_controller_has_its_own_colour_in_every_report(campaign):
+    assert set(reports.CONTROLLER_COLORS) == set(CONTROLLERS)
+    assert len(set(reports.CONTROLLER_COLORS.values()) | {reports.UNKNOWN_CONTROLLER_COLOR}) == len(CONTROLLERS) + 1
+    history = {figure.name: figure for figure in FIGURES}["history"].draw(StudySnapshot.read(campaign.study))
+    points = {collection.get_label(): collection for collection in history.axes[0].collections}
+    for controller in ("random", "rl"):
+        expected = matplotlib.colors.to_rgba(reports.CONTROLLER_COLORS[controller], alpha=0.55)
+        assert tuple(points[f"{controller}: reward"].get_facecolor()[0]) == pytest.approx(expected)
+    pyplot.close(history)
 
 
 def test_the_decisions_compare_the_top_tenth_with_all_candidates(campaign):
