@@ -244,6 +244,10 @@ class Executor(Protocol):
     :meth:`Campaign.record`, until :attr:`Campaign.over`. It loads the data (the policy never touches tensors)
     and calls :meth:`Campaign.start` with its name first. ``stop`` is the driver's SIGTERM handling."""
 
+    def prepare(self, config: CampaignConfig) -> None:
+        """Checks, before the study is opened, that this executor can run ``config``'s trials (a cluster to join,
+        room for a trial, a device); raises ValueError with one line saying what is missing."""
+
     def run(self, campaign: Campaign, stop: StopSignal) -> None: ...
 
 
@@ -469,6 +473,7 @@ def run_campaign(config: CampaignConfig, executor: Executor, *, out: TextIO = sy
     damaged database, a full disk), always with the lock released where possible.
     """
     space = presets.get_space(config.space)
+    executor.prepare(config)
     storage = make_storage(config.storage_url)
     lock = DriverLock(storage, config.study)
     with _sigterm_as_interrupt() as stop, storage_errors(config.storage_url, "write to"):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from nas.campaign import Campaign, StopSignal
+import torch
+
+from nas.campaign import Campaign, CampaignConfig, StopSignal
 from nas.data import ImageData, load_data
 from nas.measure import resolve_device
 from nas.recipe import TrainConfig
@@ -30,14 +32,22 @@ class LocalExecutor:
     def __init__(self, *, trainer: Trainer = train_and_evaluate) -> None:
         self.trainer = trainer
 
+    def prepare(self, config: CampaignConfig) -> None:
+        """Refuses a device this machine does not have, before the study is opened."""
+        _device(config)
+
     def run(self, campaign: Campaign, stop: StopSignal) -> None:
         config = campaign.config
         data = load_campaign_data(campaign)
-        device = resolve_device("cpu" if config.gpus_per_trial == 0 else config.train.device)
+        device = _device(config)
         train = dataclasses.replace(config.train, device=str(device), threads=config.cpus_per_trial)
         data = data.to(device)
         while (proposal := campaign.next_trial()) is not None:
             campaign.record(proposal.number, self.trainer(proposal.spec, data, train))
+
+
+def _device(config: CampaignConfig) -> torch.device:
+    return resolve_device("cpu" if config.gpus_per_trial == 0 else config.train.device)
 
 
 def load_campaign_data(campaign: Campaign) -> ImageData:

@@ -15,13 +15,14 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study is the record; no Tune CSV/JSON logs
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import ray  # noqa: E402  (Tune reads the variables above when it is imported)
 from ray import tune  # noqa: E402
+from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated  # noqa: E402
@@ -34,6 +35,8 @@ from search_spaces.spec import ArchSpec  # noqa: E402
 
 RESULT_KEY = "eval_result_json"
 NODE_KEY = "ray_node_id"
+#: How long a trial may wait for its resources before the campaign says so (once per trial).
+PENDING_REPORT_S = 60.0
 
 class RayExecutor:
     """Runs a campaign's trials as Ray Tune trials: ``config.workers`` at a time, each with ``cpus_per_trial``
@@ -41,10 +44,38 @@ class RayExecutor:
 
     def __init__(self, *, trainer: Trainer = train_and_evaluate) -> None:
         self.trainer = trainer
+        self._gpus_per_trial: float | None = None
+
+    def prepare(self, config: CampaignConfig) -> None:
+        """Joins the cluster (or starts a local Ray) and checks that a node can hold a trial, before the study is
+        touched: an unreachable cluster or an impossible trial is one line, not a study created for nothing or a
+        silent wait."""
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=config.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=True,
+                    logging_level=logging.ERROR,
+                )
+            except ConnectionError as error:
+                raise ResourceError(
+                    f"no Ray cluster to join at address {config.address!r} ({error}): start one with `ray start "
+                    "--head` (or on the cluster's head node), or leave --address unset to run on a local Ray"
+                ) from None
+        gpus = config.gpus_per_trial
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
+        self._gpus_per_trial = gpus
 
     def run(self, campaign: Campaign, stop: StopSignal) -> None:
+        if self._gpus_per_trial is None:
+            self.prepare(campaign.config)
+            stop.install()  # ray.init replaced the SIGTERM handler
         data = load_campaign_data(campaign)
-        _run_tune(campaign.config, data, PolicySearcher(campaign), self.trainer, stop)
+        _run_tune(campaign.config, data, PolicySearcher(campaign), self.trainer, stop, gpus=self._gpus_per_trial)
 
 
 class PolicySearcher(Searcher):
@@ -81,8 +112,49 @@ class PolicySearcher(Searcher):
         self.campaign.record(number, EvalResult.from_json(result[RESULT_KEY]), node=result.get(NODE_KEY))
 
 
+class PendingWatch(Callback):
+    """Says, once per trial, when a trial has waited ``patience_s`` for its resources, and what the cluster has
+    free: a trial that fits a node but never gets one (other jobs hold it, a node died) is reported, never waited
+    on silently."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        cpus: int,
+        gpus: float,
+        patience_s: float = PENDING_REPORT_S,
+        clock: Callable[[], float] = time.monotonic,
+        available: Callable[[], dict[str, float]] = ray.available_resources,
+    ) -> None:
+        self._out = out
+        self._cpus, self._gpus = cpus, gpus
+        self._patience_s = patience_s
+        self._clock = clock
+        self._available = available
+        self._since: dict[str, float] = {}  # Tune trial id -> when it was first seen waiting
+        self._reported: set[str] = set()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        now = self._clock()
+        for trial in trials:
+            if trial.status != trial.PENDING:
+                self._since.pop(trial.trial_id, None)
+                continue
+            waited = now - self._since.setdefault(trial.trial_id, now)
+            if waited >= self._patience_s and trial.trial_id not in self._reported:
+                self._reported.add(trial.trial_id)
+                free = self._available()
+                number = trial.config.get("trial_number", "?")
+                print(f"trial {number} has waited {waited:.0f} s for {self._cpus} CPU(s) and {self._gpus:g} GPU(s); "
+                      f"the cluster has {free.get('CPU', 0):g} CPU(s) and {free.get('GPU', 0):g} GPU(s) free: "
+                      "other work holds them, or a node left. It starts when they free up; Ctrl-C stops the "
+                      "campaign (resume later), or lower --workers", file=self._out, flush=True)
+
+
 class ResourceError(ValueError):
-    """A trial asks for more than any node of the Ray cluster has: Tune would wait for it forever, silently."""
+    """The Ray cluster cannot run the campaign's trials: it is unreachable, or a trial asks for more than any node
+    has (Tune would wait for it forever, silently)."""
 
 
 def check_placeable(nodes: list[dict[str, Any]], *, cpus: int, gpus: float) -> None:
@@ -123,20 +195,10 @@ def evaluate_trial(
     tune.report({RESULT_KEY: result.to_json(), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
-def _run_tune(config: CampaignConfig, data: ImageData, searcher: Searcher, trainer: Trainer, stop: StopSignal) -> None:
-    if not ray.is_initialized():
-        ray.init(
-            address=config.address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=True,
-            logging_level=logging.ERROR,
-        )
-        stop.install()  # ray.init replaced the SIGTERM handler
-    gpus = config.gpus_per_trial
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
+def _run_tune(
+    config: CampaignConfig, data: ImageData, searcher: PolicySearcher, trainer: Trainer, stop: StopSignal, *,
+    gpus: float
+) -> None:
     trainable = tune.with_resources(
         tune.with_parameters(
             evaluate_trial, data=data, train=config.train, cpus=config.cpus_per_trial, trainer=trainer
@@ -153,6 +215,7 @@ def _run_tune(config: CampaignConfig, data: ImageData, searcher: Searcher, train
             storage_path=str(Path("runs", "ray").resolve()),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[PendingWatch(searcher.campaign.out, cpus=config.cpus_per_trial, gpus=gpus)],
         ),
     )
     stop.graceful = _tune_stop

@@ -11,7 +11,7 @@ from ray.tune.search import Searcher
 
 from nas import runner
 from nas import study as studies
-from nas.campaign import Campaign, CampaignConfig
+from nas.campaign import Campaign, CampaignConfig, run_campaign
 from nas.controllers import make_sampler
 from nas.records import EvalResult
 from search_spaces import presets
@@ -84,3 +84,46 @@ def test_a_trial_no_node_can_hold_is_refused_naming_what_the_nodes_have(nodes, c
     with pytest.raises(runner.ResourceError) as refused:
         runner.check_placeable(nodes, cpus=cpus, gpus=gpus)
     assert all(word in str(refused.value) for word in words), str(refused.value)
+
+
+class FakeTrial:
+    PENDING, RUNNING = "PENDING", "RUNNING"
+
+    def __init__(self, trial_id: str, number: int, status: str = "PENDING") -> None:
+        self.trial_id, self.config, self.status = trial_id, {"trial_number": number}, status
+
+
+def test_a_trial_that_waits_too_long_for_its_resources_is_reported_once_with_what_is_free():
+    out, now = io.StringIO(), [0.0]
+    watch = runner.PendingWatch(out, cpus=2, gpus=1, patience_s=60, clock=lambda: now[0],
+                                available=lambda: {"CPU": 1.0})
+    waiting, started = FakeTrial("a", 3), FakeTrial("b", 4)
+    for now[0] in (0.0, 30.0, 59.0):
+        watch.on_step_end(0, [waiting, started])
+    assert out.getvalue() == ""
+    started.status = FakeTrial.RUNNING
+    for now[0] in (60.0, 61.0, 200.0):
+        watch.on_step_end(0, [waiting, started])
+    lines = out.getvalue().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("trial 3 has waited 60 s for 2 CPU(s) and 1 GPU(s)")
+    assert "1 CPU(s) and 0 GPU(s) free" in lines[0]
+    waiting.status = FakeTrial.RUNNING  # it started: a later wait of the same trial counts from scratch
+    watch.on_step_end(0, [waiting])
+    waiting.status = FakeTrial.PENDING
+    now[0] = 230.0
+    watch.on_step_end(0, [waiting])
+    assert len(out.getvalue().splitlines()) == 1
+
+
+def test_an_unreachable_cluster_is_refused_before_the_study_is_created(tmp_path, monkeypatch):
+    """``--address auto`` with no Ray running: one line naming the address, and no database written."""
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
+
+    def no_cluster(**options):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(runner.ray, "init", no_cluster)
+    config = CampaignConfig(trials=2, study="nowhere", address="auto", storage=f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(runner.ResourceError, match=r"no Ray cluster to join at address 'auto' .*ray start --head"):
+        run_campaign(config, runner.RayExecutor(), out=io.StringIO())
+    assert list(tmp_path.iterdir()) == []
