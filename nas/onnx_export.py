@@ -9,8 +9,12 @@ PyTorch's. Only a model that reproduces PyTorch's logits is written, as one self
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -20,6 +24,7 @@ from search_spaces.files import write_file
 from search_spaces.spec import ArchSpec
 
 REQUIRED_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"  # "torchvision is not installed. Skipping ..."
 MAX_PROTOBUF_BYTES = 2**31 - 1  # one ONNX file (a protobuf message) holds at most 2 GiB, weights included
 
 
@@ -43,15 +48,16 @@ def export_onnx(
 
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     example = torch.randn(2, in_channels, image_size, image_size)  # (N, C, H, W)
-    program = torch.onnx.export(  # no file argument: the program is serialized here, then written once
-        model,
-        (example,),
-        dynamo=True,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-        verbose=False,
-    )
+    with _exporter_noise_silenced():
+        program = torch.onnx.export(  # no file argument: the program is serialized here, then written once
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
     proto = program.model_proto
     if proto.ByteSize() > MAX_PROTOBUF_BYTES:
         raise OnnxExportError(
@@ -69,6 +75,23 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, serialized)
     return difference
+
+
+@contextlib.contextmanager
+def _exporter_noise_silenced() -> Iterator[None]:
+    """Silences what torch's exporter says about itself, not about the model: a warning per torchvision operator
+    it skips (a detection op this network never uses, when torchvision is absent) and a FutureWarning on
+    pytree internals. Anything else it reports still shows."""
+    registration = logging.getLogger(_REGISTRATION_LOGGER)
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def export_weights_onnx(

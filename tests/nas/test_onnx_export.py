@@ -77,3 +77,17 @@ def test_saved_weights_export_as_the_network_they_were_saved_from(tmp_path):
         export_weights_onnx(presets.get("tiny"), tmp_path / "weights.pt", tmp_path / "x.onnx", num_classes=5,
                             in_channels=3, image_size=24)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_exporter_says_nothing_about_itself(tmp_path, capfd, recwarn):
+    """No 'torchvision is not installed' line per detection operator, no pytree FutureWarning (issue 15, point 7);
+    the exporter's logger is left as it was."""
+    import logging
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    export_onnx(build_model(presets.get("tiny"), num_classes=3), tmp_path / "quiet.onnx", image_size=32)
+    err = capfd.readouterr().err
+    assert "torchvision" not in err and "LeafSpec" not in err, err
+    assert not [warning for warning in recwarn if issubclass(warning.category, FutureWarning)]
+    assert logger.level == level
