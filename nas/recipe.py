@@ -104,3 +104,39 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["progressive"] = None if self.progressive is None else self.progressive.to_dict()
         return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimingConfig:
+    """The settings step time S is measured at: those of the user's real training, not the proxy's (DESIGN.md).
+
+    ``image_size`` None is the architecture's own training image size (the space's backbone's, for a campaign),
+    ``batch_size`` None the proxy recipe's. ``amp``, ``channels_last`` and ``compile`` are the precision, memory
+    format and compilation of the timed step. S/S0 is estimated from ``pairs`` interleaved pairs of timed windows
+    of the candidate and the reference, after ``warmup`` untimed steps of each.
+    """
+
+    image_size: int | None = None
+    batch_size: int | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    warmup: int = 5
+    pairs: int = 7
+
+    def __post_init__(self) -> None:
+        check_int("image_size", self.image_size, 1, MAX_IMAGE_SIZE, optional=True)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE, optional=True)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        for field in ("channels_last", "compile"):
+            check_bool(field, getattr(self, field))
+        check_int("warmup", self.warmup, 1, 1000)
+        check_int("pairs", self.pairs, 1, 1000)
+
+    def resolved(self, *, image_size: int, batch_size: int) -> TimingConfig:
+        """These settings with the defaults filled in: ``image_size`` and ``batch_size`` where they are None."""
+        return dataclasses.replace(self, image_size=self.image_size or image_size,
+                                   batch_size=self.batch_size or batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
