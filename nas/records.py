@@ -42,6 +42,7 @@ REWARD = "reward"
 # the measured quantities (EvalResult's fields of the same names)
 ACCURACY = "accuracy"
 STEP_TIME_S = "step_time_s"
+STEP_TIME_IQR_S = "step_time_iqr_s"  # the interquartile range of the timed windows whose median is STEP_TIME_S
 PARAMETERS = "parameters"
 MACS = "macs"
 DEVICE = "device"

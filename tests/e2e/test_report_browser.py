@@ -1,9 +1,11 @@
 """The report of a tiny real campaign, opened in headless Chromium the way a person opens it: from disk.
 
-A campaign runs as a user runs it (``python -m nas search``, local Ray, SQLite), ``python -m nas report`` writes its
-report, and Chromium loads the page: every figure must load (a natural width above 0), nothing may be logged as an
-error, and nothing may be fetched from anywhere but the report's directory. A copy with a figure deleted shows
-that the check sees a broken page. A screenshot is left in the test's temporary directory.
+A campaign runs as a user runs it (``python -m nas search``, SQLite), ``python -m nas report`` writes its report,
+and Chromium loads the page: every figure must load (a natural width above 0), nothing may be logged as an error,
+and nothing may be fetched from anywhere but the report's directory. A copy with a figure deleted shows that the
+check sees a broken page. The page opens with its verdict on the first screen, and a mouse click on a header of the
+trials table sorts it in place. A screenshot of the page's top is left in the test's temporary directory; the test
+prints its path (``pytest -s`` shows it).
 
 Chromium is driven over its DevTools pipe (``--remote-debugging-pipe``: NUL-separated JSON messages, commands on
 file descriptor 3 and replies on 4), so no browser-automation package is needed. Without Chromium the test is
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import nas, write_campaign
+from e2e_support import load as load_study
+from e2e_support import nas, sqlite_url, write_campaign
 from PIL import Image
 
 from conftest import service_unavailable  # tests/conftest.py; pytest puts tests/ on sys.path to load it
@@ -143,9 +146,11 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-def campaign_report(tmp_path: Path) -> Path:
-    """The report directory of a finished tiny campaign, written by the ``nas report`` command."""
+@pytest.fixture(scope="module")
+def campaign_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report directory of a finished tiny campaign, written by the ``nas report`` command (its study in
+    ``runs/e2e.db`` beside it); the tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("campaign")
     campaign = write_campaign(tmp_path)
     # in the driver's process (--executor local): the report reads the study, whichever executor wrote it
     for argv in (["search", "--config", str(campaign), "--executor", "local"],
@@ -178,7 +183,60 @@ def test_the_report_opens_in_chromium_with_every_figure(chromium, campaign_repor
     assert [width for source, _, width in images if source == "history.png"] == [0]
     assert any("ERR_FILE_NOT_FOUND" in error and "history.png" in error for error in errors), errors
 
-    screenshot = tmp_path / "report.png"
+
+VERDICT = """(() => {
+  const line = document.querySelector("#verdict-line, #baseline-wins");
+  return {top: document.querySelector("#verdict").getBoundingClientRect().top, screen: window.innerHeight,
+          line: line && line.textContent,
+          versus: Array.from(document.querySelectorAll("#verdict-table tbody tr"), row => row.cells[0].textContent),
+          factors: document.querySelectorAll("#factors tbody tr").length,
+          definition: document.querySelector("#noise-definition").textContent};
+})()"""
+HEADERS = "Array.from(document.querySelectorAll('#all-trials thead th'), cell => cell.textContent)"
+ORDER = "Array.from(document.querySelectorAll('#all-trials tbody tr'), row => Number(row.cells[0].textContent))"
+
+
+def click(browser: DevTools, session: str, selector: str) -> None:
+    """A mouse click (pressed and released) on the middle of the element ``selector``, scrolled into view first."""
+    x, y = browser.evaluate(session, f"""(() => {{
+      const element = document.querySelector({json.dumps(selector)});
+      element.scrollIntoView({{block: "center"}});
+      const box = element.getBoundingClientRect();
+      return [box.x + box.width / 2, box.y + box.height / 2];
+    }})()""")
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+                     session)
+
+
+def test_the_report_opens_with_its_verdict_and_the_trials_table_sorts_on_a_click(chromium, campaign_report,
+                                                                                   tmp_path):
+    trials = load_study(sqlite_url(campaign_report.parent)).trials
+    complete = sorted((trial for trial in trials if trial.value is not None), key=lambda trial: trial.value)
+    missing = [trial.number for trial in trials if trial.value is None]  # last in either order
+    with DevTools(chromium, tmp_path / "profile") as browser:
+        session = browser.open((campaign_report / REPORT_FILE).as_uri())
+        verdict = browser.evaluate(session, VERDICT)
+        assert 0 < verdict["top"] < verdict["screen"], verdict  # on the first screen, before any figure
+        assert "trial" in verdict["line"] and "baseline" in verdict["line"], verdict
+        assert verdict["versus"][0] == "baseline" and len(verdict["versus"]) == 2, verdict
+        assert verdict["factors"] >= 2 and "δ = |w|·R·IQR/(2·median)" in verdict["definition"], verdict
+
+        headers = browser.evaluate(session, HEADERS)
+        assert browser.evaluate(session, ORDER) == [trial.number for trial in trials]  # one row each, trial order
+        reward = f"#all-trials thead th:nth-child({headers.index('reward') + 1})"
+        sorted_as = f"document.querySelector({json.dumps(reward)}).getAttribute('aria-sort')"
+        click(browser, session, reward)
+        assert browser.evaluate(session, ORDER) == [trial.number for trial in complete] + missing
+        assert browser.evaluate(session, sorted_as) == "ascending"
+        click(browser, session, reward)
+        assert browser.evaluate(session, ORDER) == [trial.number for trial in reversed(complete)] + missing
+        assert browser.evaluate(session, sorted_as) == "descending"
+        click(browser, session, "#all-trials thead th:nth-child(1)")  # back to trial order
+        assert browser.evaluate(session, ORDER) == [trial.number for trial in trials]
+        assert browser.errors() == []
+
+    screenshot = tmp_path / "report-top.png"
     subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-screenshot'}", f"--screenshot={screenshot}",
          f"--window-size={WINDOW[0]},{WINDOW[1]}", (campaign_report / REPORT_FILE).as_uri()],
@@ -188,3 +246,4 @@ def test_the_report_opens_in_chromium_with_every_figure(chromium, campaign_repor
         assert image.format == "PNG" and image.size == WINDOW
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 100, "the screenshot is (nearly) blank"
+    print(f"the report's top, as Chromium shows it: {screenshot}")

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import errno
 import html
+import itertools
 import json
 import os
+import re
+import shutil
+import subprocess
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import optuna
 import pytest
 import matplotlib.colors
 from matplotlib import pyplot
+from matplotlib.text import Text
 from PIL import Image
 
 from nas import records
@@ -25,7 +31,13 @@ from nas import study as studies
 from nas import trials as trial_tables
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
-from nas.controllers import CONTROLLERS, distributions, make_sampler
+from nas.controllers import (
+    CONTROLLERS,
+    PolicyGradientSampler,
+    RegularizedEvolutionSampler,
+    distributions,
+    make_sampler,
+)
 from nas.records import EvalResult
 from nas.report import FIGURES, REPORT_FILE, StudySnapshot, write_report
 from search_spaces import files, presets
@@ -40,7 +52,8 @@ CANDIDATES = [
     ("random", 0.55, 0.025, 2200), ("rl", 0.68, 0.022, 2100), ("rl", 0.45, 0.050, 4000),
     ("random", 0.58, 0.012, 1200),
 ]
-TABLES = ("top-trials", "stages-baseline", "stages-winner", "failures", "device", "settings")
+TABLES = ("verdict-table", "factors", "top-trials", "all-trials", "stages-baseline", "stages-winner", "failures",
+          "device", "settings")
 
 
 def measured(accuracy: float, step_time: float, parameters: int) -> EvalResult:
@@ -51,8 +64,9 @@ def measured(accuracy: float, step_time: float, parameters: int) -> EvalResult:
 class Recorder:
     """Writes trials to a fresh study the way the runner's Searcher does."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.config = CampaignConfig(storage=f"sqlite:///{tmp_path}/study.db", study="demo")
+    def __init__(self, tmp_path: Path, **settings: object) -> None:
+        settings = {"controller": "rl", **settings}  # the campaign's controller, whatever CampaignConfig's default
+        self.config = CampaignConfig(storage=f"sqlite:///{tmp_path}/study.db", study="demo", **settings)
         self.study = studies.open_study(self.config, SPACE, make_sampler("random", SPACE, seed=0))
 
     def ask(self, controller: str = "random", *, baseline: bool = False) -> tuple[optuna.trial.Trial, object]:
@@ -97,14 +111,23 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Recorder:
 
 
 class Page(HTMLParser):
-    """The parts of report.html the tests read: every table's rows (cell texts) by id, and the images."""
+    """The parts of report.html the tests read: every table's header, rows (cell texts), cells' sort keys and class
+    by id, the images, the ids and the text of every paragraph with an id."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
+        self.headers: dict[str, list[str]] = {}
+        self.sort_keys: dict[str, list[list[str | None]]] = {}
+        self.table_classes: dict[str, str] = {}
+        self.paragraphs: dict[str, str] = {}
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
         self.images: list[str] = []
         self.ids: set[str] = set()
         self._table: str | None = None
+        self._header: list[str] | None = None
+        self._paragraph: tuple[str, list[str]] | None = None
+        self._script: list[str] | None = None
         self._in_body = False
         self._cell: list[str] | None = None
         self.feed(text)
@@ -115,13 +138,23 @@ class Page(HTMLParser):
             self.ids.add(attributes["id"])
         if tag == "table":
             self._table = attributes["id"]
-            self.tables[self._table] = []
+            self.tables[self._table], self.headers[self._table], self.sort_keys[self._table] = [], [], []
+            self.table_classes[self._table] = attributes.get("class") or ""
         elif tag == "tbody":
             self._in_body = True
         elif tag == "tr" and self._in_body:
             self.tables[self._table].append([])
+            self.sort_keys[self._table].append([])
         elif tag == "td" and self._in_body:
             self._cell = []
+            self.sort_keys[self._table][-1].append(attributes.get("data-sort"))
+        elif tag == "th" and not self._in_body:
+            self._header = []
+        elif tag == "p" and "id" in attributes:
+            self._paragraph = (attributes["id"], [])
+        elif tag == "script":
+            self._script = []
+            self.scripts.append((attributes, ""))
         elif tag == "img":
             self.images.append(attributes["src"])
 
@@ -131,10 +164,21 @@ class Page(HTMLParser):
         elif tag == "td" and self._cell is not None:
             self.tables[self._table][-1].append("".join(self._cell))
             self._cell = None
+        elif tag == "th" and self._header is not None:
+            self.headers[self._table].append("".join(self._header))
+            self._header = None
+        elif tag == "p" and self._paragraph is not None:
+            self.paragraphs[self._paragraph[0]] = "".join(self._paragraph[1])
+            self._paragraph = None
+        elif tag == "script" and self._script is not None:
+            self.scripts[-1] = (self.scripts[-1][0], "".join(self._script))
+            self._script = None
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
+        paragraph = None if self._paragraph is None else self._paragraph[1]
+        for collecting in (self._cell, self._header, paragraph, self._script):
+            if collecting is not None:
+                collecting.append(data)
 
 
 def assert_png(path: Path) -> None:
@@ -213,7 +257,277 @@ def test_the_decisions_compare_the_top_tenth_with_all_candidates(campaign):
     figure = {figure.name: figure for figure in FIGURES}["decisions"].draw(data)
     assert len(figure.axes) == len(SPACE.decisions)
     proposed = 10 + 2 + 1  # complete, failed by themselves, running; not the interrupted one nor its waiting re-run
-    assert figure.legends[0].get_texts()[0].get_text() == f"all candidates ({proposed})"
+    assert figure.legends[0].get_texts()[0].get_text() == f"all candidates (n = {proposed})"
+    pyplot.close(figure)
+
+
+# --- the verdict, the trials table and what the figures say ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def campaign_page(campaign: Recorder, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Page]:
+    """The campaign's report, written once: its HTML and the parsed page."""
+    text = write_report(campaign.study, tmp_path_factory.mktemp("campaign-report") / "report").path.read_text()
+    return text, Page(text)
+
+
+def record_all(recorder: Recorder, candidates: list[tuple[float, float, int]], controller: str = "rl") -> list[int]:
+    """The baseline (0.6, 0.02 s, 2000 parameters), then candidates as (accuracy, step time, parameters); the
+    candidates' trial numbers."""
+    recorder.record(measured(0.6, 0.020, 2000), baseline=True)
+    return [recorder.record(measured(*candidate), controller) for candidate in candidates]
+
+
+def test_the_verdict_comes_first_and_names_the_winner_and_the_baseline_with_a_s_and_p(campaign, campaign_page):
+    text, page = campaign_page
+    winner = trial_tables.best_trials(campaign.study, 1)[0]
+    attributes = winner.user_attrs
+    assert text.index('<section id="verdict">') < min(text.index(f'<section id="{name}">') for name in
+                                                      ("history", "tradeoffs", "decisions", "trials"))
+    assert page.headers["verdict-table"] == ["", "trial", "controller", "A", "S/S₀", "P/P₀", "reward"]
+    assert page.tables["verdict-table"] == [
+        ["baseline", "0", "baseline", "0.6000", "1.0000", "1.0000", "0.6000"],
+        ["winner", str(winner.number), attributes["controller"], f"{attributes['accuracy']:.4f}",
+         f"{attributes['normalized_step_time']:.4f}", f"{attributes['normalized_parameters']:.4f}",
+         f"{winner.value:.4f}"],
+    ]
+    line = page.paragraphs["verdict-line"]
+    assert line.startswith(f"Trial {winner.number} ({attributes['controller']}) wins with reward {winner.value:.4f}")
+    assert "against the baseline's 0.6000 (trial 0)" in line
+    assert f"S/S₀ {attributes['normalized_step_time']:.3f}" in line
+    assert f"P/P₀ {attributes['normalized_parameters']:.3f}" in line
+    assert "baseline-wins" not in page.ids
+    storage = campaign.config.storage_url
+    assert (f"nas export --study demo --storage {storage} --trial {winner.number} -o demo-trial{winner.number}.yaml"
+            in page.paragraphs["export"])
+
+
+def test_each_row_of_the_factor_table_multiplies_to_its_reward(campaign, campaign_page):
+    _, page = campaign_page
+    headers = page.headers["factors"]
+    step_factor, params_factor = "(S/S₀)^-0.07", "(P/P₀)^-0.05"  # the campaign's exponents, in the headers
+    assert {step_factor, params_factor, "A", "S/S₀", "P/P₀", "step time IQR (ms)", "noise ±δ"} <= set(headers)
+    ranked = trial_tables.best_trials(campaign.study, len(campaign.study.trials))
+    top = [trial.number for trial in ranked[:reports.FACTOR_ROWS]]
+    rows = [dict(zip(headers, row)) for row in page.tables["factors"]]
+    assert [int(row["trial"]) for row in rows] == top + ([] if 0 in top else [0])  # the baseline's row is added
+    rewards = {trial.number: trial.value for trial in ranked}
+    for row in rows:
+        accuracy, step, params, reward = (float(row[key]) for key in ("A", step_factor, params_factor,
+                                                                      "reward = product"))
+        assert row["reward = product"] == f"{rewards[int(row['trial'])]:.4f}"
+        assert accuracy * step * params == pytest.approx(reward, abs=3e-4)  # four decimals each
+        assert step == pytest.approx(float(row["S/S₀"]) ** -0.07, abs=1e-4)
+        assert params == pytest.approx(float(row["P/P₀"]) ** -0.05, abs=1e-4)
+    factors = reports._factors(StudySnapshot.read(campaign.study))
+    assert len(factors) == len(ranked)
+    for factor in factors:
+        assert factor.product == pytest.approx(factor.reward, rel=1e-12)
+
+
+@pytest.mark.parametrize("runner_up, within", [(0.699, True), (0.65, False)], ids=["within", "clear"])
+def test_a_lead_inside_the_step_time_noise_is_flagged_and_a_clear_one_is_not(tmp_path, runner_up, within):
+    recorder = Recorder(tmp_path)
+    record_all(recorder, [(0.70, 0.020, 2000), (runner_up, 0.020, 2000)])
+    page = Page(write_report(recorder.study, tmp_path / "report").path.read_text())
+    noise = [0.07 * reward * 0.05 / 2 for reward in (0.70, runner_up)]  # |w|·R·IQR/(2·median), IQR = median/20
+    assert (0.70 - runner_up < sum(noise)) is within  # the two studies lie on either side of the definition
+    assert ("noise-note" in page.ids) is within and ("noise-clear" in page.ids) is not within
+    assert f"{sum(noise):.4f}" in page.paragraphs["noise-note" if within else "noise-clear"]
+    assert "δ = |w|·R·IQR/(2·median)" in page.paragraphs["noise-definition"]
+    assert [row[-1] for row in page.tables["factors"][:2]] == [f"{value:.4f}" for value in noise]
+
+
+def test_the_noise_of_issue_15s_two_trials():
+    """Trial 10 (0.7716; 130 ms, IQR 13.5 ms) beat trial 11 (0.7693; 128 ms, IQR 21.6 ms) inside the noise."""
+
+    def factors(reward: float, median_s: float, iqr_s: float | None) -> reports.RewardFactors:
+        attributes = {"accuracy": 0.77, "normalized_step_time": 1.0, "normalized_parameters": 1.0,
+                      "step_time_s": median_s} | ({} if iqr_s is None else {"step_time_iqr_s": iqr_s})
+        return reports.RewardFactors.of(optuna.trial.create_trial(value=reward, user_attrs=attributes), (-0.07, -0.05))
+
+    first, second = factors(0.7716, 0.130, 0.0135), factors(0.7693, 0.128, 0.0216)
+    assert first.noise == pytest.approx(0.00280, abs=1e-5) and second.noise == pytest.approx(0.00454, abs=1e-5)
+    assert reports.within_noise(first, second) is True
+    assert reports.within_noise(first, factors(0.7600, 0.128, 0.0216)) is False
+    assert reports.within_noise(first, factors(0.7693, 0.128, None)) is None
+
+
+def test_when_the_baseline_wins_the_verdict_says_no_candidate_beat_it(tmp_path):
+    recorder = Recorder(tmp_path)
+    best, _ = record_all(recorder, [(0.55, 0.020, 2000), (0.50, 0.020, 2000)])
+    page = Page(write_report(recorder.study, tmp_path / "report").path.read_text())
+    assert "verdict-line" not in page.ids
+    message = page.paragraphs["baseline-wins"]
+    assert message.startswith("No candidate beat the baseline.")
+    assert f"trial {best} (rl), reached 0.5500" in message and "highest reward, 0.6000" in message
+    assert [row[:2] for row in page.tables["verdict-table"]] == [["baseline", "0"], ["best candidate", str(best)]]
+
+
+def test_the_trials_table_has_a_row_per_trial_and_raw_sort_keys(campaign, campaign_page):
+    _, page = campaign_page
+    trials = campaign.study.get_trials(deepcopy=False)
+    headers, rows, keys = page.headers["all-trials"], page.tables["all-trials"], page.sort_keys["all-trials"]
+    assert [row[0] for row in rows] == [str(trial.number) for trial in trials]
+    assert all(len(row) == len(key_row) == len(headers) and None not in key_row for row, key_row in zip(rows, keys))
+    assert "sortable" in page.table_classes["all-trials"].split()
+    # The sort runs in the page, from one inline script (no src: nothing is fetched) ...
+    assert [attributes for attributes, _ in page.scripts] == [{}] and "sortTable" in page.scripts[0][1]
+    # ... on raw keys: by reward, highest first and missing last, they give the best trials, then the others.
+    reward = headers.index("reward")
+    order = sorted(range(len(rows)), key=lambda row: (keys[row][reward] == "", -float(keys[row][reward] or 0)))
+    ranked = trial_tables.best_trials(campaign.study, len(trials))
+    assert [int(keys[row][0]) for row in order] == ([trial.number for trial in ranked]
+                                                    + [trial.number for trial in trials if trial.value is None])
+    parameters = headers.index("parameters")
+    assert {(row[parameters], key[parameters]) for row, key in zip(rows, keys)} >= {("1,000", "1000"), ("-", "")}
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js runs the page's comparator outside a browser")
+def test_the_page_s_comparator_sorts_numbers_as_numbers_and_missing_values_last(campaign_page):
+    script = campaign_page[1].scripts[0][1]
+    comparator = re.search(r"function compareCells\(.*?\n}\n", script, re.DOTALL).group(0)
+    keys = ["10", "", "9.5", "1e-3", "", "100", "-2"]
+    program = (comparator + f"const keys = {json.dumps(keys)};\n"
+               "for (const ascending of [true, false]) console.log(JSON.stringify("
+               "[...keys].sort((a, b) => compareCells(a, b, ascending))));")
+    lines = subprocess.run(["node", "-e", program], capture_output=True, text=True, check=True,
+                           timeout=60).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == [["-2", "1e-3", "9.5", "10", "100", "", ""],
+                                                    ["100", "10", "9.5", "1e-3", "-2", "", ""]]
+
+
+def test_wall_time_comes_from_the_trial_datetimes_and_an_unset_storage_is_the_default_one(tmp_path):
+    study = optuna.create_study(direction="maximize", study_name="demo", storage=f"sqlite:///{tmp_path}/s.db")
+    study.set_user_attr("campaign", {"study": "demo", "storage": None, "controller": "rl"})
+    start = datetime(2025, 1, 1, 10, 0)
+    for number, (begin, minutes) in enumerate([(0, 50), (40, 50)]):  # overlapping: 90 min of wall time, 100 of trials
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=optuna.trial.TrialState.FAIL, value=None,
+            datetime_start=start + timedelta(minutes=begin),
+            datetime_complete=start + timedelta(minutes=begin + minutes), params={}, distributions={},
+            user_attrs={"failure_reason": "out of memory: x"}, system_attrs={}, intermediate_values={}, trial_id=0,
+        ))
+    page = Page(write_report(study, tmp_path / "report").path.read_text())
+    device = dict(page.tables["device"])
+    assert device["campaign wall time"].startswith(
+        "1 h 30 min, from the first trial's start (2025-01-01 10:00:00) to the last trial's end (2025-01-01 11:30:00)")
+    assert "1 h 40 min of trial time" in device["campaign wall time"]
+    default = "sqlite:///runs/demo.db (the default, relative to the directory the search ran in)"
+    assert device["storage"] == default and dict(page.tables["settings"])["storage"] == default
+    summary = write_report(study, tmp_path / "report", force=True).path.read_text()
+    assert "wall time 1 h 30 min" in summary
+
+
+def test_the_axis_labels_and_the_factor_headers_carry_the_study_s_exponents(tmp_path):
+    recorder = Recorder(tmp_path, step_time_exponent=-0.1, params_exponent=-0.02)
+    record_all(recorder, [(0.7, 0.018, 1800), (0.65, 0.015, 2500)])
+    data = StudySnapshot.read(recorder.study)
+    assert data.exponents == (-0.1, -0.02)
+    figures = {figure.name: figure for figure in FIGURES}
+    history, tradeoffs = figures["history"].draw(data), figures["tradeoffs"].draw(data)
+    label = history.axes[0].get_ylabel()
+    assert "^{-0.1}" in label and "^{-0.02}" in label
+    assert "^{-0.1}" in tradeoffs.axes[0].get_xlabel() and "^{-0.02}" in tradeoffs.axes[1].get_xlabel()
+    pyplot.close(history)
+    pyplot.close(tradeoffs)
+    for factor in reports._factors(data):  # the rewards were computed with these exponents
+        assert factor.product == pytest.approx(factor.reward, rel=1e-12)
+    headers = Page(write_report(recorder.study, tmp_path / "report").path.read_text()).headers["factors"]
+    assert {"(S/S₀)^-0.1", "(P/P₀)^-0.02"} <= set(headers)
+
+
+def test_the_decision_bars_give_their_sample_sizes_and_warn_when_the_top_group_is_small(campaign, campaign_page,
+                                                                                        monkeypatch):
+    _, page = campaign_page
+    assert "all candidates n = 13; the top 10% by reward n = 1" in page.paragraphs["decisions-sample"]
+    assert "only 1 candidate (fewer than 5)" in page.paragraphs["decisions-small-sample"]
+    data = StudySnapshot.read(campaign.study)
+    decisions = {figure.name: figure for figure in FIGURES}["decisions"]
+    figure = decisions.draw(data)
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend[:2] == ["all candidates (n = 13)", "top 10% by reward (n = 1)"]
+    assert any("only 1 candidate" in text.get_text() for text in figure.texts)
+    pyplot.close(figure)
+    monkeypatch.setattr(reports, "TOP_FRACTION", 0.5)  # 5 of the 10 complete candidates: no warning
+    figure = decisions.draw(data)
+    assert [text.get_text() for text in figure.legends[0].get_texts()][1] == "top 50% by reward (n = 5)"
+    assert not any("only" in text.get_text() for text in figure.texts)
+    pyplot.close(figure)
+    assert 'id="decisions-small-sample"' not in reports._decisions_note(data)
+
+
+def bars(figure, label: str) -> dict[str, list[float]]:
+    """The heights of the bars labelled ``label``, per decision of SPACE."""
+    heights = {}
+    for axes, decision in zip(figure.axes, sorted(SPACE.decisions, key=lambda decision: (
+            decision.stage, reports.DECISION_FIELDS.index(decision.field)))):
+        container = next(container for container in axes.containers if container.get_label() == label)
+        heights[decision.name] = [patch.get_height() for patch in container]
+    return heights
+
+
+def test_the_decision_bars_show_what_the_rl_policy_prefers_now(campaign):
+    figure = {figure.name: figure for figure in FIGURES}["decisions"].draw(StudySnapshot.read(campaign.study))
+    policy = PolicyGradientSampler(SPACE)
+    policy.update(campaign.study)
+    probabilities = policy.policy_probabilities()
+    shown = bars(figure, "RL policy now (what it proposes next)")
+    pyplot.close(figure)
+    assert shown == {decision.name: pytest.approx([probabilities[decision.name][choice]
+                                                   for choice in decision.choices])
+                     for decision in SPACE.decisions}
+    assert any(max(heights) - min(heights) > 0.01 for heights in shown.values())  # learned, not uniform
+
+
+def test_the_decision_bars_show_the_evolution_population_now(tmp_path):
+    recorder = Recorder(tmp_path, controller="evolution")
+    record_all(recorder, [candidate[1:] for candidate in CANDIDATES[:4]], controller="evolution")
+    figure = {figure.name: figure for figure in FIGURES}["decisions"].draw(StudySnapshot.read(recorder.study))
+    evolution = RegularizedEvolutionSampler(SPACE, budget=recorder.config.trials)
+    evolution.update(recorder.study)
+    members = [indices for indices, _ in evolution.population()]
+    shown = bars(figure, f"evolution's population now (n = {len(members)})")
+    pyplot.close(figure)
+    assert len(members) == 5  # the baseline and four candidates
+    for position, decision in enumerate(SPACE.decisions):
+        assert shown[decision.name] == pytest.approx(
+            [sum(member[position] == index for member in members) / len(members)
+             for index in range(len(decision.choices))])
+
+
+def test_the_trade_off_labels_do_not_overlap(tmp_path):
+    recorder = Recorder(tmp_path)
+    # twelve candidates packed close together, all on the front: each more accurate, slower and larger than the last
+    record_all(recorder, [(0.70 + 0.002 * index, 0.0175 + 0.0002 * index, 1800 + 5 * index) for index in range(12)])
+    data = StudySnapshot.read(recorder.study)
+    assert len(data.front) == 12
+    figure = {figure.name: figure for figure in FIGURES}["tradeoffs"].draw(data)
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        labels = [text.get_text() for text in axes.texts]
+        assert labels[:2] == [str(data.winner.number), "0"]  # the winner first, then the baseline
+        assert len(labels) >= 6 and set(labels) <= {str(number) for number in data.front | {0}}
+        boxes = []
+        for text in axes.texts:
+            text.update_positions(renderer)
+            boxes.append(Text.get_window_extent(text, renderer))
+        area = axes.get_window_extent(renderer)
+        assert all(area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
+                   for box in boxes)
+        assert not any(first.overlaps(second) for first, second in itertools.combinations(boxes, 2))
+        assert len({text.xyann for text in axes.texts}) > 1  # some labels had to move
+    pyplot.close(figure)
+
+
+def test_the_timeline_is_the_report_s_own_figure(campaign):
+    figure = {figure.name: figure for figure in FIGURES}["timeline"].draw(StudySnapshot.read(campaign.study))
+    axes = figure.axes[0]
+    assert axes.get_xlabel().startswith("time since the first trial started")
+    labels = set(axes.get_legend_handles_labels()[1]) | {text.get_text() for text in axes.get_legend().get_texts()}
+    assert {"baseline", "rl: complete", "random: complete", "failed", "interrupted", "running (no end yet)"} <= labels
+    started = [trial for trial in campaign.study.trials if trial.datetime_start is not None]
+    assert sum(len(container) for container in axes.containers) == len(started)  # one bar per started trial
     pyplot.close(figure)
 
 
@@ -232,8 +546,10 @@ def _baseline_failed(recorder: Recorder) -> None:
 
 @pytest.mark.parametrize("fill, not_drawn, tables", [
     (_empty, {"history", "tradeoffs", "decisions", "timeline"}, {"device", "settings"}),
-    (_baseline_only, {"decisions"}, {"stages-baseline", "stages-winner", "device", "settings"}),
-    (_baseline_failed, {"history", "tradeoffs", "decisions"}, {"stages-baseline", "failures", "device", "settings"}),
+    (_baseline_only, {"decisions"},
+     {"verdict-table", "factors", "all-trials", "stages-baseline", "stages-winner", "device", "settings"}),
+    (_baseline_failed, {"history", "tradeoffs", "decisions"},
+     {"all-trials", "stages-baseline", "failures", "device", "settings"}),
 ], ids=["empty", "baseline-only", "nothing-complete"])
 def test_a_report_is_written_for_a_study_that_cannot_show_everything(tmp_path, fill, not_drawn, tables):
     recorder = Recorder(tmp_path)
@@ -387,6 +703,8 @@ def test_no_storage_password_appears_in_the_report(tmp_path, password):
     text = write_report(recorder.study, tmp_path / "report").path.read_text()
     assert password not in text and html.escape(password) not in text
     assert ["storage", "postgresql://u:***@h/db"] in Page(text).tables["settings"]
+    assert ["storage", "postgresql://u:***@h/db"] in Page(text).tables["device"]
+    assert "postgresql://u:***@h/db" in Page(text).paragraphs["export"]  # the command that writes the winner's spec
 
 
 # --- nas trials / nas best: --filter and --sort ---------------------------------------------------------------------
