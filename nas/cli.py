@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import random
 import re
+import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
@@ -159,12 +161,14 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
 def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Path) -> tuple[float, float, float]:
     from nas.coefficient_search import save_coefficients, search_coefficients
     from nas.data import load_data
+    from nas.measure import resolve_device
     from nas.recipe import TrainConfig
     from nas.scaling import coefficient_grid
 
     grid = coefficient_grid(step=args.grid_step)
-    data = load_data(args.data, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    resolve_device(config.device)  # a device this machine lacks is refused before the data loads
+    data = load_data(args.data, seed=args.seed)
     print(f"coefficient search at phi = 1: {len(grid)} grid points, {args.epochs} epoch(s) each on {data.name}",
           file=sys.stderr)
 
@@ -323,12 +327,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts: the
-    checkpoint to resume (missing, not one, of another spec, recipe or data), a checkpoint another ``nas train``
-    holds, data the spec cannot train on; exit 1 is for a run that started and failed."""
+    """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts: a device
+    this machine does not have, the checkpoint (one that exists without --resume or --force; one to resume that is
+    missing, not one, of another spec, recipe or data), a checkpoint another ``nas train`` holds, data the spec
+    cannot train on; exit 1 is for a run that started and failed. Ctrl-C ends with one line: what was saved and
+    the command that continues the run (exit 130)."""
     import contextlib
 
     from nas.data import load_data
+    from nas.measure import resolve_device
     from nas.recipe import TrainConfig
     from nas.train import (
         check_checkpoint_data,
@@ -353,50 +360,86 @@ def cmd_train(args: argparse.Namespace) -> int:
             mixup_alpha=tuple(args.mixup_range),
         )
     config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in _RECIPE_FLAGS})
+    resolve_device(config.device)  # a device this machine lacks is refused before the data loads
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
+    if args.force and args.checkpoint is None:
+        raise ValueError("--force starts an existing --checkpoint over: give --checkpoint PATH")
+    if args.force and args.resume:
+        raise ValueError("--resume continues the --checkpoint's run and --force starts it over: give one of them")
     save = _output_path("--save", args.save, directory=True) if args.save else None
     checkpoint = _output_path("--checkpoint", args.checkpoint, directory=False) if args.checkpoint else None
     onnx_output = _output_path("--export-onnx", args.export_onnx, directory=False) if args.export_onnx else None
     if onnx_output is not None and save is None:
         raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
-    with contextlib.ExitStack() as held:
-        # One run owns a checkpoint: a second is refused, naming this one's host and pid. (A --resume whose
-        # directory is missing has no checkpoint to resume, which read_checkpoint says without creating it.)
-        if checkpoint is not None and (not args.resume or checkpoint.parent.is_dir()):
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            held.enter_context(FileLock(checkpoint, what="checkpoint"))
-        # Read before the data loads (tensors memory-mapped): a missing, foreign or mismatched checkpoint costs nothing.
-        saved = read_checkpoint(checkpoint, spec, config) if args.resume else None
-        data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
-        check_data(spec, config, data)
-        if saved is not None:
-            check_checkpoint_data(saved, checkpoint, spec, data)
-        if save is not None:
-            save.mkdir(parents=True, exist_ok=True)
+    saved_epochs: list[int] = []  # the epochs this run wrote to the checkpoint, for the line after Ctrl-C
+
+    def on_epoch(stats: Any) -> None:
+        saved_epochs.append(stats.epoch)
         if not args.json:
-            print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
-                  f"{len(data.val_labels):,} hold-out images, {data.in_channels} channel(s), {data.num_classes} "
-                  "classes, " + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in "
-                                 f"{progressive.num_stages} stages" if progressive
-                                 else f"{config.image_size or data.image_size}px"), file=sys.stderr)
-        result = train_and_evaluate(
-            spec, data, config, on_epoch=None if args.json else _print_epoch,
-            checkpoint=checkpoint, resume=args.resume,
-            weights=save / "weights.pt" if save is not None else None,
-        )
-        if save is not None and result.ok:
-            trained = save_run(save, spec, data, result)  # spec.yaml and result.json beside weights.pt
+            _print_epoch(stats)
+
+    try:
+        with contextlib.ExitStack() as held:
+            # One run owns a checkpoint: a second is refused, naming this one's host and pid. (A --resume whose
+            # directory is missing has no checkpoint to resume, which read_checkpoint says without creating it.)
+            if checkpoint is not None and (not args.resume or checkpoint.parent.is_dir()):
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(FileLock(checkpoint, what="checkpoint"))
+            if checkpoint is not None and checkpoint.exists() and not (args.resume or args.force):
+                raise FileExistsError(f"--checkpoint {checkpoint} exists: add --resume to continue its run, or "
+                                      "--force to start over (overwriting it)")
+            # Read before the data loads (tensors memory-mapped): a missing, foreign or mismatched checkpoint costs
+            # nothing.
+            saved = read_checkpoint(checkpoint, spec, config) if args.resume else None
+            data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
+            check_data(spec, config, data)
+            if saved is not None:
+                check_checkpoint_data(saved, checkpoint, spec, data)
+            if save is not None:
+                save.mkdir(parents=True, exist_ok=True)
             if not args.json:
-                print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
-            if onnx_output is not None:
-                _export_onnx(trained, data.num_classes, data.in_channels, save / "weights.pt", onnx_output,
-                             evaluation_image_size(config, data.image_size))
+                print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
+                      f"{len(data.val_labels):,} hold-out images, {data.in_channels} channel(s), {data.num_classes} "
+                      "classes, " + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in "
+                                     f"{progressive.num_stages} stages" if progressive
+                                     else f"{config.image_size or data.image_size}px"), file=sys.stderr)
+            result = train_and_evaluate(
+                spec, data, config, on_epoch=on_epoch, checkpoint=checkpoint, resume=args.resume,
+                weights=save / "weights.pt" if save is not None else None,
+            )
+            if save is not None and result.ok:
+                trained = save_run(save, spec, data, result)  # spec.yaml and result.json beside weights.pt
+                if not args.json:
+                    print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
+                if onnx_output is not None:
+                    _export_onnx(trained, data.num_classes, data.in_channels, save / "weights.pt", onnx_output,
+                                 evaluation_image_size(config, data.image_size))
+    except KeyboardInterrupt:
+        print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_result(result)
     return 0 if result.ok else EXIT_FAILED
+
+
+def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_saved: int | None) -> str:
+    """The one line ``nas train`` ends with after Ctrl-C: what the checkpoint holds and the exact command, as the
+    user typed it, that continues the run (``--resume`` added, ``--force`` dropped)."""
+    if checkpoint is None:
+        return ("nas train: interrupted; without --checkpoint there is nothing to resume: add --checkpoint PATH to "
+                "save every epoch, and --resume to continue from it")
+    if last_saved is None and not args.resume:
+        return f"nas train: interrupted before an epoch was saved to {checkpoint}; run the same command to start again"
+    saved = (f"{checkpoint} is as before this run" if last_saved is None
+             else f"epoch {last_saved}/{args.epochs} is saved in {checkpoint}")
+    # --force (or an abbreviation argparse took for it: no other flag of nas train starts with --f) starts over.
+    command = [token for token in args.command_line if not (token.startswith("--f") and "--force".startswith(token))]
+    if not args.resume:
+        command.append("--resume")
+    return f"nas train: interrupted; {saved}; resume with: nas {shlex.join(command)}"
 
 
 # TrainConfig fields that `nas train` takes as flags of the same name (the flag's dest; --lr sets learning_rate).
@@ -584,175 +627,292 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/STUDY.db)")
+    parser.add_argument("--study", required=True, help="study name (the campaign's study setting)")
+    parser.add_argument("--storage", help="Optuna storage URL: sqlite:///PATH, postgresql://..., or journal:PATH "
+                                          "(default: sqlite:///runs/STUDY.db, relative to the working directory)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one (not for flags that are off, nor options whose
+    default is None, whose help says what happens without them) and its help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "(default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or default == []):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _SearchHelpFormatter(_HelpFormatter):
+    """``nas search``'s help: a flag not given keeps the --config file's value, else the campaign's built-in
+    default, which is read here, when help is printed, so that building the parser never imports the campaign."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action)
+        if action.dest not in _SEARCH_OVERRIDES or "(default" in text:
+            return text
+        from nas.campaign import CampaignConfig
+
+        config = CampaignConfig()
+        value = getattr(config, action.dest) if hasattr(config, action.dest) else getattr(config.train, action.dest)
+        return f"{text} (default: the --config file's, else {value})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with this command's manners: a usage error is one line plus where the options are listed (the full
+    usage only with --help), and a mistyped command, choice or flag gets the nearest valid one suggested."""
+
+    def __init__(self, *args: Any, formatter_class: type[argparse.HelpFormatter] = _HelpFormatter,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, by name
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's check of a command or --choice value; a mistyped one is told the nearest choice.
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            close = difflib.get_close_matches(str(value), [str(choice) for choice in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"{error.message}; did you mean {close[0]}?") from None
+
+    def refuse_unknown(self, arguments: Sequence[str]) -> NoReturn:
+        """Refuses arguments this command does not take, with the nearest option for each mistyped flag."""
+        options = [option for action in self._actions for option in action.option_strings]
+        guesses = {
+            argument: close[0] for argument in arguments if argument.startswith("-")
+            for close in [difflib.get_close_matches(argument.split("=", 1)[0], options, n=1)] if close
+        }
+        if len(guesses) == 1:
+            hint = f"; did you mean {next(iter(guesses.values()))}?"
+        elif guesses:
+            hint = f"; did you mean {', '.join(f'{close} (for {typed})' for typed, close in guesses.items())}?"
+        else:
+            hint = ""
+        self.error(f"unrecognized arguments: {' '.join(arguments)}{hint}")
+
+
+DESCRIPTION = ("Training-aware neural architecture search (EfficientNetV2): inspect specs and search spaces, scale "
+               "architectures, benchmark and proxy-train them, run a search and read, export and report its study. "
+               "A spec is a preset name or a spec file; a space is a shipped space name or a space file.")
+
+
+def build_parser() -> _Parser:
     from nas.controllers import CONTROLLERS
     from nas.progressive import ProgressiveConfig
     from nas.recipe import AUGMENTATIONS, OPTIMIZERS, TrainConfig
 
     recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
-    parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
+    spec_help = f"a spec file or a preset: {', '.join(presets.names())}"
+    parser = _Parser(prog="nas", description=DESCRIPTION, epilog="Run nas COMMAND --help for a command's options.")
     parser.add_argument("--version", action="version", version=f"nas {_version()}",
                         help="print the installed version of training-aware-nas and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = commands.choices
 
-    show = commands.add_parser("show", help="print a spec's stages, parameters and FLOPs")
-    show.add_argument("spec", metavar="SPEC_OR_PRESET", help=f"a spec file or one of: {', '.join(presets.names())}")
-    show.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    show = commands.add_parser(
+        "show", help="print a spec's stages, parameters and FLOPs",
+        description="Print a spec's stages (block string, channels, layers and parameters of each), its parameter "
+                    "count and its FLOPs (multiply-adds) at its eval image size.",
+    )
+    show.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
+    show.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=cmd_show)
 
     scale_parser = commands.add_parser(
         "scale", help="scale a spec in width, depth and resolution",
-        description="Scale a spec by explicit multipliers (--width/--depth) or by compound coefficient --phi.",
+        description="Scale a spec by explicit multipliers (--width/--depth) or by compound coefficient --phi; "
+                    "--family N writes one spec per phi = 1..N, --search-coefficients first grid-searches alpha, "
+                    "beta and gamma with the proxy trainer.",
     )
-    scale_parser.add_argument("spec", metavar="SPEC_OR_PRESET")
-    scale_parser.add_argument("--width", type=float, help="channel multiplier")
-    scale_parser.add_argument("--depth", type=float, help="layer multiplier")
-    scale_parser.add_argument("--image-size", type=int, help="new eval image size (with --width/--depth)")
+    scale_parser.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
+    scale_parser.add_argument("--width", type=float, help="channel multiplier (default: 1 when --depth is given)")
+    scale_parser.add_argument("--depth", type=float, help="layer multiplier (default: 1 when --width is given)")
+    scale_parser.add_argument("--image-size", type=int,
+                              help="new eval image size, with --width/--depth (default: the spec's)")
     scale_parser.add_argument("--round-limit", type=float,
-                              help="override the spec's channel rounding guard (0.9: EfficientNet, 0: V2)")
+                              help="channel rounding guard: 0.9 EfficientNet, 0 V2 (default: the spec's)")
     scale_parser.add_argument("--phi", type=float, help="compound coefficient: depth alpha^phi, width beta^phi, "
                                                         "resolution gamma^phi")
-    scale_parser.add_argument("--alpha", type=float, default=1.2, help="depth base (default: 1.2)")
-    scale_parser.add_argument("--beta", type=float, default=1.1, help="width base (default: 1.1)")
-    scale_parser.add_argument("--gamma", type=float, default=1.15, help="resolution base (default: 1.15)")
+    scale_parser.add_argument("--alpha", type=float, default=1.2, help="depth base")
+    scale_parser.add_argument("--beta", type=float, default=1.1, help="width base")
+    scale_parser.add_argument("--gamma", type=float, default=1.15, help="resolution base")
     scale_parser.add_argument("--v2-rules", action="store_true",
                               help=f"EfficientNetV2 rules: image size capped at {V2_MAX_IMAGE_SIZE}, "
                                    "extra depth to later stages")
-    scale_parser.add_argument("--name", help="name of the new spec")
+    scale_parser.add_argument("--name", help="name of the new spec (default: the spec's, with the multipliers or phi)")
     scale_parser.add_argument("-o", "--output", help="write the spec here (default: print YAML)")
     scale_parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    scale_parser.add_argument("--num-classes", type=int, default=1000, help="for the parameter count")
+    scale_parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs, for the parameter "
+                                                                            "count")
     scale_parser.add_argument("--family", type=int, metavar="N",
                               help="write one spec per phi = 1..N into the -o directory, with a table")
     scale_parser.add_argument("--search-coefficients", action="store_true",
                               help="grid-search alpha, beta, gamma at phi = 1 with the proxy trainer (needs --data)")
     scale_parser.add_argument("--data", default="synthetic", help="data for --search-coefficients")
-    scale_parser.add_argument("--epochs", type=int, default=3, help="proxy epochs per grid point (default: 3)")
-    scale_parser.add_argument("--batch-size", type=int, default=128)
-    scale_parser.add_argument("--grid-step", type=float, default=0.1, help="grid step (default: 0.1)")
-    scale_parser.add_argument("--seed", type=int, default=0)
-    scale_parser.add_argument("--device", default="auto")
+    scale_parser.add_argument("--epochs", type=int, default=3, help="proxy epochs per grid point")
+    scale_parser.add_argument("--batch-size", type=int, default=128, help="images per step of the proxy training")
+    scale_parser.add_argument("--grid-step", type=float, default=0.1, help="step of the coefficient grid")
+    scale_parser.add_argument("--seed", type=int, default=0, help="seed of the proxy training and its data split")
+    scale_parser.add_argument("--device", default="auto", help="device of the proxy training: auto, cpu, cuda, "
+                                                               "cuda:N or mps")
     scale_parser.set_defaults(handler=cmd_scale)
 
-    space = commands.add_parser("space", help="print a search space's choices and size, or samples from it")
+    space = commands.add_parser(
+        "space", help="print a search space's choices and size, or samples from it",
+        description="Print a search space's backbone, its per-stage choices (op, layers, kernel, expansion) and its "
+                    "size; --sample N also prints N candidates drawn from it as block strings.",
+    )
     space.add_argument("space", metavar="SPACE", help=f"a space file or one of: {', '.join(presets.space_names())}")
     space.add_argument("--sample", type=int, default=0, metavar="N", help="print N sampled candidates")
-    space.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
+    space.add_argument("--seed", type=int, default=0, help="seed for --sample")
     space.add_argument("--json", action="store_true", help="machine-readable output")
     space.set_defaults(handler=cmd_space)
 
-    bench = commands.add_parser("bench", help="measure a spec's training step time on a device")
-    bench.add_argument("spec", metavar="SPEC_OR_PRESET")
+    bench = commands.add_parser(
+        "bench", help="measure a spec's training step time on a device",
+        description="Time a spec's full training step (forward, backward, optimizer: nas train's default recipe) "
+                    "on a device with the one timing protocol: warm-up steps excluded, the median of timed windows.",
+    )
+    bench.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
     _add_device_arguments(bench)
-    bench.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    bench.add_argument("--batch-size", type=int, default=32, help="images per step")
     bench.add_argument("--image-size", type=int, help="image size (default: the spec's train image size)")
     bench.add_argument("--in-channels", type=int, metavar="N",
                        help="input image channels, 1 grayscale or 3 RGB (default: 3, or the spec's in_channels)")
-    bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
-    bench.add_argument("--warmup", type=int, default=recipe["timing_warmup"],
-                       help="untimed steps before timing (default: %(default)s)")
+    bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    bench.add_argument("--warmup", type=int, default=recipe["timing_warmup"], help="untimed steps before timing")
     bench.add_argument("--repeats", type=int, default=recipe["timing_repeats"],
-                       help="timed windows; the median is reported (default: %(default)s)")
+                       help="timed windows; the median is reported")
     bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench)
 
-    train = commands.add_parser("train", help="proxy-train a spec and report accuracy, step time and size")
-    train.add_argument("spec", metavar="SPEC_OR_PRESET")
+    train = commands.add_parser(
+        "train", help="proxy-train a spec and report accuracy, step time and size",
+        description="Train a spec on a data source and report hold-out accuracy, step time, parameters and FLOPs. "
+                    "--checkpoint saves every epoch (an existing one needs --resume to continue it or --force to "
+                    "start over), --save keeps the trained weights, --progressive trains in stages of growing "
+                    "image size and regularization.",
+    )
+    train.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
     train.add_argument("--data", default="synthetic",
-                       help="synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR "
-                            "(default: synthetic)")
-    train.add_argument("--epochs", type=int, default=recipe["epochs"], help="(default: %(default)s)")
+                       help="synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR")
+    train.add_argument("--epochs", type=int, default=recipe["epochs"], help="training epochs")
     train.add_argument("--image-size", type=int, help="training image size (default: the data's)")
-    train.add_argument("--batch-size", type=int, default=recipe["batch_size"], help="(default: %(default)s)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"])
+    train.add_argument("--batch-size", type=int, default=recipe["batch_size"], help="images per step")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"], help="optimizer")
     train.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=recipe["learning_rate"],
-                       help="peak learning rate (default: %(default)s)")
-    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"], help="(default: %(default)g)")
+                       help="peak learning rate")
+    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"], help="weight decay")
     train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"],
-                       help="(default: %(default)s)")
-    train.add_argument("--augment", choices=AUGMENTATIONS, default=recipe["augment"])
+                       help="label smoothing of the loss")
+    train.add_argument("--augment", choices=AUGMENTATIONS, default=recipe["augment"],
+                       help="augmentation of the training images")
     train.add_argument("--eval-image-size", type=int, help="evaluation image size (default: the last training size)")
     train.add_argument("--randaugment", dest="randaugment_magnitude", type=float,
                        default=recipe["randaugment_magnitude"], metavar="M",
-                       help="RandAugment magnitude 0-30 for a fixed-size run (default: 0, off)")
+                       help="RandAugment magnitude 0-30 for a fixed-size run, 0 off")
     train.add_argument("--mixup", dest="mixup_alpha", type=float, default=recipe["mixup_alpha"], metavar="ALPHA",
-                       help="mixup alpha (default: 0, off)")
+                       help="mixup alpha, 0 off")
     progressive = train.add_argument_group(
         "progressive learning", "EfficientNetV2 Algorithm 1: M stages, image size and regularization growing "
                                 "linearly from MIN to MAX (defaults: the paper's Table 6 for EfficientNetV2-S)")
     progressive.add_argument("--progressive", action="store_true", help="train in stages of growing size")
-    progressive.add_argument("--stages", type=int, default=table6["num_stages"],
-                             help="number of stages M (default: %(default)s)")
-    for flag, name, kind in (("--image-size-range", "image_size", int), ("--dropout-range", "dropout", float),
-                             ("--randaugment-range", "randaugment_magnitude", float),
-                             ("--mixup-range", "mixup_alpha", float)):
-        progressive.add_argument(flag, type=kind, nargs=2, default=table6[name], metavar=("MIN", "MAX"))
+    progressive.add_argument("--stages", type=int, default=table6["num_stages"], help="number of stages M")
+    for flag, name, kind, what in (("--image-size-range", "image_size", int, "image size"),
+                                   ("--dropout-range", "dropout", float, "dropout rate"),
+                                   ("--randaugment-range", "randaugment_magnitude", float, "RandAugment magnitude"),
+                                   ("--mixup-range", "mixup_alpha", float, "mixup alpha")):
+        progressive.add_argument(flag, type=kind, nargs=2, default=table6[name], metavar=("MIN", "MAX"),
+                                 help=f"{what} of the first and the last stage")
     train.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
     train.add_argument("--checkpoint", help="write the full training state here after every epoch; one run at a "
                                             "time owns it (a second is refused, naming the first's host and pid)")
     train.add_argument("--resume", action="store_true",
                        help="continue from --checkpoint, which must exist (same spec, recipe and data)")
+    train.add_argument("--force", action="store_true",
+                       help="start over: overwrite an existing --checkpoint instead of refusing")
     train.add_argument("--save", metavar="DIR", help="write weights.pt, spec.yaml and result.json into DIR")
     train.add_argument("--export-onnx", metavar="PATH", help="also write the trained network as ONNX (needs --save "
                                                               "and the onnx extra); checked against PyTorch")
     train.add_argument("--val-fraction", type=float, default=0.1,
-                       help="share of the training data held out for accuracy (default: 0.1)")
-    train.add_argument("--seed", type=int, default=0)
+                       help="share of the training data held out for accuracy")
+    train.add_argument("--seed", type=int, default=recipe["seed"],
+                       help="seed of the hold-out split, the initial weights and the augmentation")
     _add_device_arguments(train)
     train.add_argument("--json", action="store_true", help="machine-readable output")
     train.set_defaults(handler=cmd_train)
 
     search = commands.add_parser(
-        "search", help="run or resume a training-aware architecture search",
+        "search", help="run or resume a training-aware architecture search", formatter_class=_SearchHelpFormatter,
         description="Run (or resume) a search campaign. Settings come from --config (a campaign YAML) and any "
                     "flag given overrides its field; without --config the built-in defaults apply.",
     )
-    search.add_argument("--config", help="campaign file, e.g. experiments/cpu-demo.yaml")
+    search.add_argument("--config", help="campaign file, e.g. experiments/cpu-demo.yaml (default: none, the "
+                                         "built-in settings)")
     search.add_argument("--space", help="space name or file")
     search.add_argument("--data", help="data source, as for nas train")
     search.add_argument("--trials", type=int, help="finished trials wanted in the study (baseline included)")
     search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
-    search.add_argument("--image-size", type=int, help="proxy image size")
-    search.add_argument("--batch-size", type=int)
-    search.add_argument("--controller", choices=CONTROLLERS)
-    search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/STUDY.db)")
+    search.add_argument("--image-size", type=int,
+                        help="proxy image size (default: the --config file's, else the data's)")
+    search.add_argument("--batch-size", type=int, help="images per proxy-training step")
+    search.add_argument("--controller", choices=CONTROLLERS, help="what proposes the candidates")
+    search.add_argument("--storage", help="Optuna storage URL (default: the --config file's, else "
+                                          "sqlite:///runs/STUDY.db)")
     search.add_argument("--study", help="study name")
-    search.add_argument("--address", help="Ray cluster address ('auto' or HOST:PORT; default: start local Ray)")
+    search.add_argument("--address", help="Ray cluster address, 'auto' or HOST:PORT (default: the --config file's, "
+                                          "else start a local Ray)")
     search.add_argument("--workers", type=int, help="trials at once")
-    search.add_argument("--gpus-per-trial", type=float)
-    search.add_argument("--cpus-per-trial", type=int)
-    search.add_argument("--seed", type=int)
+    search.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, a fraction shares one (default: the "
+                                                             "--config file's, else 1 when there are GPUs, else 0)")
+    search.add_argument("--cpus-per-trial", type=int, help="CPUs per trial")
+    search.add_argument("--seed", type=int, help="seed of the controller")
     search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
     search.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="ray: trials as Ray Tune trials, --workers at a time, on this machine or the cluster of "
-                             "--address (default); local: one trial at a time in this process, without Ray (for "
-                             "debugging)")
+                             "--address; local: one trial at a time in this process, without Ray (for debugging)")
     search.set_defaults(handler=cmd_search)
 
-    trials = commands.add_parser("trials", help="list a study's trials")
+    trials = commands.add_parser(
+        "trials", help="list a study's trials",
+        description="List a study's trials: state, role, reward, accuracy A, step time S, parameters P, their "
+                    "normalized values and the architecture. Reads the study only: it creates and changes nothing.",
+    )
     _add_study_arguments(trials)
-    trials.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    trials.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     _add_query_arguments(trials)
     trials.set_defaults(handler=_reads_study(cmd_trials))
 
-    best = commands.add_parser("best", help="the best trials by reward, or the Pareto front over A, S and P")
+    best = commands.add_parser(
+        "best", help="the best trials by reward, or the Pareto front over A, S and P",
+        description="List a study's best complete trials by reward, or with --pareto the trials no other beats on "
+                    "accuracy, step time and parameters at once. Reads the study only.",
+    )
     _add_study_arguments(best)
-    best.add_argument("-k", type=int, default=5, help="how many (default: 5)")
+    best.add_argument("-k", type=int, default=5, help="how many")
     best.add_argument("--pareto", action="store_true", help="the trials no other beats on accuracy, step time "
                                                             "and parameters at once")
-    best.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    best.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     _add_query_arguments(best, ranking=" (with -k: the best k among the trials kept; with --pareto: the front's "
                                        "trials that match)")
     best.set_defaults(handler=_reads_study(cmd_best))
 
-    export = commands.add_parser("export", help="write a trial's architecture as a spec file")
+    export = commands.add_parser(
+        "export", help="write a trial's architecture as a spec file",
+        description="Write a trial's architecture (the best complete trial unless --trial) as a spec file, print "
+                    "it as YAML, or print timm's arch_def for it. Reads the study only.",
+    )
     _add_study_arguments(export)
     export.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
     export.add_argument("-o", "--output", help="spec file to write (default: print YAML)")
@@ -811,15 +971,19 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                         help="autocast precision (default: auto = bf16 on CUDA, none on CPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="channels_last memory format (default: on)")
+                        help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``nas`` command; returns the exit status."""
+    command_line = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(command_line)
+    if unknown:
+        parser.commands.get(args.command, parser).refuse_unknown(unknown)
+    args.command_line = command_line  # as typed, for messages that repeat it (nas train's resume command)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

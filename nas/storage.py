@@ -8,14 +8,17 @@ Database errors become one line that names the storage (its password masked) and
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
+import shlex
 import socket
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 import optuna
@@ -29,6 +32,9 @@ class StudyError(RuntimeError):
 
 
 OPEN_ATTEMPTS = 5
+# The URL each storage of make_storage was opened from, for messages that tell the user a command to run on it
+# (the driver lock's refusal): Optuna's storages do not say where they live.
+_OPENED_FROM: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, str] = weakref.WeakKeyDictionary()
 
 
 def default_storage_url(study: str) -> str:
@@ -48,13 +54,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     """
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            return _open_storage(url)
+            storage = _open_storage(url)
         except Exception as error:  # SQLAlchemy and driver errors come in many types; each means "cannot open"
             if attempt + 1 == OPEN_ATTEMPTS or not isinstance(error, sqlalchemy.exc.SQLAlchemyError):
                 raise StudyError(
                     f"cannot open storage {mask_url(url)}: {type(error).__name__}: {storage_problem(error)}"
                 ) from None
             time.sleep(0.2 * 2**attempt)
+        else:
+            _OPENED_FROM[storage] = url
+            return storage
     raise AssertionError("unreachable")
 
 
@@ -65,9 +74,23 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # the driver of the `postgres` extra
-    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+    return optuna.storages.RDBStorage(_with_driver(url), heartbeat_interval=None)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` as psycopg 3, the driver of the ``postgres`` extra (SQLAlchemy's default is psycopg2)."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+
+
+def _optuna_cli_storage(url: str) -> str:
+    """What Optuna's own command (``optuna ... --storage``) takes for our storage ``url``, from any directory: a
+    journal file's absolute path (Optuna takes an existing file for a journal), SQLite with an absolute path, a
+    PostgreSQL URL with our driver, any other URL as it is."""
+    if url.startswith("journal:"):
+        return str(Path(url.removeprefix("journal:")).absolute())
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).absolute()}"
+    return _with_driver(url)
 
 
 def mask_url(url: str) -> str:
@@ -90,23 +113,22 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else repr(error)
 
 
-def open_storage_readonly(url: str) -> optuna.storages.BaseStorage:
-    """A storage to read from that never creates anything: a missing SQLite or journal file is an error naming
-    the study databases beside it, SQLite is opened read-only, and an RDB without Optuna's tables is refused
-    instead of being given them."""
+def open_storage_readonly(url: str, study: str | None = None) -> optuna.storages.BaseStorage:
+    """A storage to read ``study`` from that never creates anything: a missing SQLite or journal file is an error
+    that says where the path points and names the study files beside it (:func:`_missing_file`), SQLite is opened
+    read-only, and an RDB without Optuna's tables is refused instead of being given them."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         if not path.is_file():
-            raise StudyError(f"no journal file {path}{_neighbours(path)}")
+            raise StudyError(_missing_file("no journal file", url, path, study))
         with storage_errors(url, "read"):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
-            raise StudyError(f"no study database {path}{_neighbours(path)}")
+            raise StudyError(_missing_file("no study database", url, path, study))
         url = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
-    elif url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    url = _with_driver(url)
     with storage_errors(url, "read"):
         engine = sqlalchemy.create_engine(url)
         try:
@@ -118,13 +140,49 @@ def open_storage_readonly(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_table_creation=True)
 
 
-def _neighbours(path: Path) -> str:
-    """``; databases in runs/: a.db, b.db`` for a missing file, so a typo is easy to see (or the folder's absence)."""
+STUDY_FILE_SUFFIXES = (".db", ".journal")
+MAX_LISTED = 10  # study files or names a message lists; more are counted
+
+
+def _missing_file(problem: str, url: str, path: Path, study: str | None) -> str:
+    """The error for a storage file that is not there, so that a typo or the wrong directory is easy to see:
+    where a relative path points, the study files in its folder (or the folder's absence), and the nearest of
+    them as the option to type: ``--study NAME`` when ``url`` is the study's default, else ``--storage URL``."""
+    text = f"{problem} {path}" + ("" if path.is_absolute() else f" ({path.absolute()})")
     folder = path.parent
     if not folder.is_dir():
-        return f" (no folder {folder}{'' if path.is_absolute() else f' under {Path.cwd()}'})"
-    others = sorted(entry.name for entry in folder.iterdir() if entry.suffix in (".db", ".journal"))
-    return f"; study files in {folder}: {', '.join(others) if others else 'none'}"
+        return f"{text}; there is no folder {folder}: run the command in the directory that holds it, or give --storage"
+    files = sorted(entry.name for entry in folder.iterdir() if entry.suffix in STUDY_FILE_SUFFIXES)
+    text += f"; study files in {folder}: {_listed(files)}"
+    if study is not None and url == default_storage_url(study):
+        databases = [Path(name).stem for name in files if name.endswith(".db")]
+        close = [f"--study {name}" for name in difflib.get_close_matches(study, databases)]
+    else:  # by name, whatever the kind: a journal typed where the database is (or the reverse) is found too
+        urls = {name: ("sqlite:///" if name.endswith(".db") else "journal:") + str(folder / name) for name in files}
+        close = [f"--storage {shlex.quote(urls[name])}" for name in difflib.get_close_matches(path.name, files)]
+    return text + _did_you_mean(close)
+
+
+def missing_study(url: str, study: str, names: Sequence[str]) -> str:
+    """The error for a study that the storage at ``url`` does not hold: the studies it holds and the nearest of
+    their names; for the study's default SQLite file, the names of the study databases beside it count too."""
+    text = f"no study {study!r} in {mask_url(url)}; studies there: {_listed(names)}"
+    candidates = list(names)
+    if url == default_storage_url(study):
+        path = Path(url.removeprefix("sqlite:///"))
+        others = sorted(entry.name for entry in path.parent.iterdir() if entry.suffix == ".db" and entry != path)
+        text += f"; study databases in {path.parent}: {_listed(others)}"
+        candidates += [Path(name).stem for name in others]
+    return text + _did_you_mean([f"--study {name}" for name in difflib.get_close_matches(study, candidates)])
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED]) if names else "none"
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _did_you_mean(options: Sequence[str]) -> str:
+    return f"; did you mean {' or '.join(dict.fromkeys(options))}?" if options else ""
 
 
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
@@ -332,9 +390,21 @@ class DriverLock:
             attributes = holder[1]
             who = f"the driver on host {attributes.get('host', '?')} (pid {attributes.get('pid', '?')})"
         return (f"study {self.study_name!r} is being run by {who}; one driver runs a study at a time. Add workers "
-                f"to that driver's Ray cluster instead, or stop it and run this command again to resume (a lock "
+                f"to that driver's Ray cluster instead, or stop it and run this command again to resume. A lock "
                 f"left by a driver killed on another host expires {self.stale_after:g} s after its last heartbeat; "
-                f"'optuna delete-study --study-name {self.name!r}' removes it at once)")
+                f"to remove it at once{self._delete_command()}")
+
+    def _delete_command(self) -> str:
+        """`` run: optuna delete-study ...``, the command that deletes this lock, ready to paste: the storage's
+        URL (masked when it holds a password, which the user then types in) and shell quoting included."""
+        command = ["optuna", "delete-study", "--study-name", self.name]
+        url = _OPENED_FROM.get(self.storage)
+        if url is None:  # a storage make_storage did not open: its URL is unknown here
+            return f", run (with the study's storage URL): {shlex.join(command)} --storage URL"
+        storage = _optuna_cli_storage(url)
+        masked = mask_url(storage)
+        note = "" if masked == storage else " (with the password in place of ***)"
+        return f"{note}, run: {shlex.join([*command, '--storage', masked])}"
 
 
 def _holder_is_stale(attributes: dict[str, Any], stale_after: float) -> bool:

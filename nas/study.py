@@ -24,6 +24,7 @@ from nas.storage import (
     StudyError,
     make_storage,
     mask_url,
+    missing_study,
     open_storage_readonly,
     storage_errors,
     storage_problem,
@@ -100,8 +101,9 @@ def _differences(attributes: dict[str, Any], space: SearchSpace, config: Campaig
 
 def load_study(storage_url: str, study_name: str) -> optuna.Study:
     """An existing study, for inspection and export: opened read-only, so a mistyped name or path creates no
-    file, directory or table; a missing one is a clear error listing the studies that do exist there."""
-    storage = open_storage_readonly(storage_url)
+    file, directory or table; a missing one is a clear error listing the studies that do exist there and the
+    nearest names (:func:`~nas.storage.missing_study`)."""
+    storage = open_storage_readonly(storage_url, study_name)
     with storage_errors(storage_url, "read"):
         try:
             return optuna.load_study(study_name=study_name, storage=storage)
@@ -110,9 +112,7 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
                 summary.study_name for summary in optuna.get_all_study_summaries(storage)
                 if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX)
             ]
-    raise StudyError(
-        f"no study {study_name!r} in {mask_url(storage_url)}; studies there: {', '.join(names) if names else 'none'}"
-    )
+    raise StudyError(missing_study(storage_url, study_name, names))
 
 
 def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:

@@ -663,8 +663,50 @@ def test_export_refuses_trials_without_a_result(capsys, finished_study, argv, wo
 
 def test_a_missing_study_is_named(capsys, tmp_path):
     status, out, err = run(capsys, "trials", "--study", "nope", "--storage", f"sqlite:///{tmp_path}/x.db")
-    assert_refused(status, out, err, "trials", f"no study database {tmp_path}/x.db", "study files in", ": none")
+    assert_refused(status, out, err, "trials", f"no study database {tmp_path}/x.db;", "study files in", ": none")
     assert not (tmp_path / "x.db").exists()
+
+
+def _snapshot(root) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_a_mistyped_study_name_suggests_the_nearest_study(capsys, tmp_path):
+    from nas import study as studies
+    from nas.campaign import CampaignConfig
+    from nas.controllers import make_sampler
+
+    space = presets.get_space("tiny")
+    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))  # runs/cpu-demo.db
+    before = _snapshot(tmp_path)
+    for command in ("trials", "best", "export"):
+        status, out, err = run(capsys, command, "--study", "cpu_demo")
+        assert_refused(status, out, err, command, f"no study database runs/cpu_demo.db ({tmp_path}/runs/cpu_demo.db)",
+                       "study files in runs: cpu-demo.db", "did you mean --study cpu-demo?")
+    status, out, err = run(capsys, "trials", "--study", "cpu_demo", "--storage", "sqlite:///runs/cpu-demo.db")
+    assert_refused(status, out, err, "trials", "no study 'cpu_demo' in sqlite:///runs/cpu-demo.db",
+                   "studies there: cpu-demo", "did you mean --study cpu-demo?")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_missing_database_lists_the_ones_under_runs_and_says_where_it_looked(capsys, tmp_path, monkeypatch):
+    import sqlite3
+
+    (tmp_path / "runs").mkdir()
+    for name in ("cifar10.db", "tiny-search.db"):
+        sqlite3.connect(tmp_path / "runs" / name).close()
+    before = _snapshot(tmp_path)
+    status, out, err = run(capsys, "trials", "--study", "mnist")
+    assert_refused(status, out, err, "trials", f"no study database runs/mnist.db ({tmp_path}/runs/mnist.db)",
+                   "study files in runs: cifar10.db, tiny-search.db")
+    assert "did you mean" not in err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the same command from another directory says where it looked
+    status, out, err = run(capsys, "report", "--study", "cifar10")
+    assert_refused(status, out, err, "report", f"no study database runs/cifar10.db ({elsewhere}/runs/cifar10.db)",
+                   "there is no folder runs")
+    assert _snapshot(tmp_path) == sorted([*before, "elsewhere"])
 
 
 # --- families and coefficient search ------------------------------------------------------------------------------
@@ -896,3 +938,187 @@ def test_version_prints_the_installed_distributions_version(capsys):
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"nas {version('training-aware-nas')}\n"
+
+
+# --- the first hour of a new user (issue 15): train's checkpoint and device, Ctrl-C, usage errors, help -----------
+
+
+def test_train_refuses_an_existing_checkpoint_without_resume_and_force_starts_over(capsys, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run.pt"
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", checkpoint)
+    assert status == 0 and "epoch 1/1" in err, err
+    written = checkpoint.read_bytes()
+    with monkeypatch.context() as tripped:
+        _tripwires(tripped, "load_data", "train_and_evaluate")
+        status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", checkpoint)
+        assert_refused(status, out, err, "train", f"--checkpoint {checkpoint} exists", "--resume", "--force")
+        status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", checkpoint, "--resume", "--force")
+        assert_refused(status, out, err, "train", "--resume", "--force", "one of them")
+        status, out, err = run(capsys, *TINY_TRAIN, "--force")
+        assert_refused(status, out, err, "train", "--force", "--checkpoint PATH")
+    assert checkpoint.read_bytes() == written
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", checkpoint, "--resume")
+    assert status == 0 and "epoch 1/1" not in err, err  # resumed: the one epoch was done already
+    status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", checkpoint, "--force", "--seed", 1)
+    assert status == 0 and "epoch 1/1" in err, err  # started over, at epoch 1, with the new settings
+    assert checkpoint.read_bytes() != written
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["run.pt"]
+
+
+@pytest.mark.parametrize("device, words", [("cuda", ["device 'cuda' is not available"]),
+                                           ("cuda:3", ["device 'cuda:3' is not available"]),
+                                           ("tpu", ["device must be one of", "'tpu'"])])
+def test_train_on_a_device_that_is_not_there_is_one_line_before_the_data_loads(capsys, monkeypatch, device, words):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    _tripwires(monkeypatch, "load_data", "train_and_evaluate")
+    status, out, err = run(capsys, "train", "tiny", "--device", device, "--checkpoint", "run.pt")
+    assert_refused(status, out, err, "train", *words)
+    status, out, err = run(capsys, "scale", "tiny", "--search-coefficients", "--device", device, "-o", "family")
+    assert_refused(status, out, err, "scale", *words)
+
+
+def _interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, interrupted: int) -> None:
+    """Makes training raise KeyboardInterrupt (as Ctrl-C does) when epoch ``interrupted`` starts."""
+    import nas.train
+
+    train_epoch = nas.train.train_epoch
+
+    def until_ctrl_c(step: object, batches: object, epoch: int, *args: object, **kwargs: object) -> object:
+        if epoch == interrupted:
+            raise KeyboardInterrupt
+        return train_epoch(step, batches, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(nas.train, "train_epoch", until_ctrl_c)
+
+
+def _lines_after_progress(err: str) -> list[str]:
+    return [line for line in err.splitlines() if not line.startswith(("training ", "epoch "))]
+
+
+def test_ctrl_c_in_train_is_one_line_with_the_exact_resume_command(capsys, tmp_path, monkeypatch):
+    import shlex
+
+    from nas.cli import EXIT_INTERRUPTED
+
+    argv = ["train", "tiny", "--data", "synthetic:num_images=700", "--epochs", "3", "--batch-size", "64", "--device",
+            "cpu", "--checkpoint", "my run.pt", "--force"]
+    with monkeypatch.context() as interrupted:
+        _interrupt_at_epoch(interrupted, 2)
+        status, out, err = run(capsys, *argv)
+    assert status == EXIT_INTERRUPTED and out == "" and "Traceback" not in err
+    assert "epoch 1/3" in err
+    (line,) = _lines_after_progress(err)
+    resume = [token for token in argv if token != "--force"] + ["--resume"]
+    assert line == f"nas train: interrupted; epoch 1/3 is saved in my run.pt; resume with: nas {shlex.join(resume)}"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["my run.pt"]  # the checkpoint's lock is released
+
+    pasted = shlex.split(line.split("resume with: ")[1])
+    assert pasted[0] == "nas"
+    status, out, err = run(capsys, *pasted[1:])
+    assert status == 0, err
+    assert "epoch 1/3" not in err and "epoch 2/3" in err and "epoch 3/3" in err
+
+
+@pytest.mark.parametrize("checkpoint, words", [
+    (None, ["nas train: interrupted;", "without --checkpoint there is nothing to resume", "--checkpoint PATH"]),
+    ("run.pt", ["nas train: interrupted before an epoch was saved to run.pt", "run the same command"]),
+])
+def test_ctrl_c_before_anything_is_saved_says_so_in_one_line(capsys, monkeypatch, checkpoint, words):
+    from nas.cli import EXIT_INTERRUPTED
+
+    _interrupt_at_epoch(monkeypatch, 1)
+    status, out, err = run(capsys, *TINY_TRAIN, *(["--checkpoint", checkpoint] if checkpoint else []))
+    assert status == EXIT_INTERRUPTED and "Traceback" not in err
+    (line,) = _lines_after_progress(err)
+    for word in words:
+        assert word in line, line
+
+
+def _usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    """Runs ``nas ARGV`` that argparse refuses; asserts exit status 2 and returns the lines of stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err.splitlines()
+
+
+@pytest.mark.parametrize("argv, first_line", [
+    (["search", "--trails", "20"], "nas search: error: unrecognized arguments: --trails 20; did you mean --trials?"),
+    (["search", "--trials", "ten"], "nas search: error: argument --trials: invalid int value: 'ten'"),
+    (["serch"], "nas: error: argument COMMAND: invalid choice: 'serch' (choose from 'show', 'scale', 'space', "
+                "'bench', 'train', 'search', 'trials', 'best', 'export', 'report'); did you mean search?"),
+    (["trials", "--study", "s", "--fromat", "csv"], "nas trials: error: unrecognized arguments: --fromat csv; "
+                                                     "did you mean --format?"),
+    (["train", "tiny", "--epcohs", "2", "--devise", "cpu"],
+     "nas train: error: unrecognized arguments: --epcohs 2 --devise cpu; did you mean --epochs (for --epcohs), "
+     "--device (for --devise)?"),
+    (["search", "--controller", "rll"], "nas search: error: argument --controller: invalid choice: 'rll' (choose "
+                                        "from 'evolution', 'random', 'rl', 'tpe'); did you mean rl?"),
+    (["--verison"], "nas: error: unrecognized arguments: --verison; did you mean --version?"),
+])
+def test_usage_errors_are_one_line_with_the_nearest_valid_input(capsys, argv, first_line):
+    lines = _usage_error(capsys, *argv)
+    command = "nas" if argv[0].startswith("-") or argv[0] == "serch" else f"nas {argv[0]}"
+    assert lines == [first_line, f"see {command} --help"]
+
+
+def _command_parsers() -> dict:
+    from nas.cli import build_parser
+
+    parser = build_parser()
+    assert set(parser.commands) == {"show", "scale", "space", "bench", "train", "search", "trials", "best",
+                                    "export", "report"}
+    return parser.commands
+
+
+def test_every_command_has_a_description_and_every_option_help_that_shows_its_default():
+    import argparse
+
+    for name, parser in _command_parsers().items():
+        assert parser.description, f"nas {name} has no description"
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"nas {name} {action.option_strings or action.dest} has no help"
+            shown = formatter._expand_help(action)
+            default = action.default
+            has_default = not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+            if action.option_strings and has_default:
+                assert "default" in shown, f"nas {name} {action.option_strings}: the default is not shown: {shown!r}"
+
+
+def test_help_shows_the_real_defaults_of_the_recipe_and_the_campaign_and_lists_the_presets():
+    from nas.campaign import CampaignConfig
+    from nas.cli import build_parser
+    from nas.progressive import ProgressiveConfig
+    from nas.recipe import TrainConfig
+
+    commands = _command_parsers()
+    recipe, table6, campaign = TrainConfig(), ProgressiveConfig(), CampaignConfig()
+    train_help = " ".join(commands["train"].format_help().split())
+    for flag, value in (("--epochs EPOCHS", recipe.epochs), ("--lr LR", recipe.learning_rate),
+                        ("--optimizer {sgd,adamw,rmsprop}", recipe.optimizer),
+                        ("--image-size-range MIN MAX", f"{table6.image_size[0]} {table6.image_size[1]}")):
+        assert re.search(rf"{re.escape(flag)} [^-]*\(default: {re.escape(str(value))}\)", train_help), flag
+    search_help = " ".join(commands["search"].format_help().split())
+    assert f"(default: the --config file's, else {campaign.trials})" in search_help
+    assert f"(default: the --config file's, else {campaign.controller})" in search_help
+    assert f"(default: the --config file's, else {campaign.train.epochs})" in search_help
+    for name in ("scale", "bench", "train", "show"):
+        spec_help = " ".join(commands[name].format_help().split())
+        assert all(preset in spec_help for preset in presets.names()), name
+    top = build_parser().format_help()
+    assert "``" not in top and "nas COMMAND --help" in top
+
+
+def test_building_the_parser_imports_no_workshop():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nas.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'ray', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

@@ -5,6 +5,9 @@ Every test that takes ``storage_url`` runs on each storage of the matrix: SQLite
 
 import dataclasses
 import os
+import re
+import shlex
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -304,14 +307,15 @@ def test_the_lock_windows_must_nest():
 
 def test_reading_creates_nothing_and_names_the_study_files_there(tmp_path, monkeypatch, space):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(studies.StudyError, match=r"no study database runs/typo.db \(no folder runs under"):
+    with pytest.raises(studies.StudyError, match=rf"no study database runs/typo.db \({re.escape(str(tmp_path))}/runs/"
+                                                 r"typo.db\); there is no folder runs"):
         studies.load_study("sqlite:///runs/typo.db", "typo")
     with pytest.raises(studies.StudyError, match="no journal file"):
         studies.load_study("journal:runs/typo.journal", "typo")
     assert list(tmp_path.iterdir()) == []
     studies.open_study(CampaignConfig(study="demo"), space, make_sampler("random", space))
     before = sorted(path.name for path in (tmp_path / "runs").iterdir())
-    with pytest.raises(studies.StudyError, match="no study database runs/typo.db; study files in runs: demo.db"):
+    with pytest.raises(studies.StudyError, match=r"no study database runs/typo.db \(.*\); study files in runs: demo"):
         studies.load_study("sqlite:///runs/typo.db", "typo")
     with pytest.raises(studies.StudyError, match="no study 'typo' in sqlite:///runs/demo.db; studies there: demo"):
         studies.load_study("sqlite:///runs/demo.db", "typo")
@@ -347,3 +351,82 @@ def test_storage_urls_are_masked():
     with pytest.raises(studies.StudyError) as error:
         storages.make_storage("nosuchdialect://u:hunter2@h/db")
     assert "hunter2" not in str(error.value) and "u:***@h" in str(error.value)
+
+
+def test_a_mistyped_study_name_gets_the_nearest_names_and_creates_nothing(tmp_path, monkeypatch, space):
+    monkeypatch.chdir(tmp_path)
+    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))
+    studies.open_study(CampaignConfig(study="cifar10"), space, make_sampler("random", space))
+    before = sorted(path.name for path in (tmp_path / "runs").iterdir())
+
+    with pytest.raises(studies.StudyError) as error:  # the default storage of the typo, runs/cpu_demo.db, is missing
+        studies.load_study("sqlite:///runs/cpu_demo.db", "cpu_demo")
+    assert str(error.value) == (f"no study database runs/cpu_demo.db ({tmp_path}/runs/cpu_demo.db); study files in "
+                                "runs: cifar10.db, cpu-demo.db; did you mean --study cpu-demo?")
+    with pytest.raises(studies.StudyError, match=r"studies there: cpu-demo; did you mean --study cpu-demo\?$"):
+        studies.load_study("sqlite:///runs/cpu-demo.db", "cpu_demo")
+    with pytest.raises(studies.StudyError, match=r"; did you mean --storage sqlite:///runs/cpu-demo.db\?$"):
+        studies.load_study("sqlite:///runs/cpu_demo.db", "cpu-demo")  # another study's default: the file is the typo
+    with pytest.raises(studies.StudyError, match=r"; did you mean --storage sqlite:///runs/cpu-demo.db\?$"):
+        studies.load_study("journal:runs/cpu-demo.journal", "cpu-demo")  # the study is in a database, not a journal
+    with pytest.raises(studies.StudyError) as error:
+        studies.load_study("sqlite:///runs/cpu-demo.db", "mnist")
+    assert "did you mean" not in str(error.value)  # nothing is near: no guess
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == before
+
+
+def test_the_default_database_of_a_typo_names_the_databases_beside_it(tmp_path, monkeypatch, space):
+    monkeypatch.chdir(tmp_path)
+    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))
+    studies.open_study(CampaignConfig(study="leftover", storage="sqlite:///runs/cpu_demo.db"), space,
+                       make_sampler("random", space))  # runs/cpu_demo.db exists, without the study cpu_demo
+    with pytest.raises(studies.StudyError) as error:
+        studies.load_study("sqlite:///runs/cpu_demo.db", "cpu_demo")
+    assert str(error.value) == ("no study 'cpu_demo' in sqlite:///runs/cpu_demo.db; studies there: leftover; study "
+                                "databases in runs: cpu-demo.db; did you mean --study cpu-demo?")
+
+
+def test_the_driver_lock_hint_is_a_command_that_removes_the_lock(storage_url, tmp_path):
+    holder = storages.DriverLock(storages.make_storage(storage_url), "s")
+    holder.acquire()
+    try:
+        with pytest.raises(studies.StudyError) as refused:
+            storages.DriverLock(storages.make_storage(storage_url), "s").acquire()
+        message = str(refused.value)
+        assert "--storage" in message and message.count(" run: ") == 1
+        command = shlex.split(message.split(" run: ")[1])
+        assert command[:4] == ["optuna", "delete-study", "--study-name", "s:driver"] and command[4] == "--storage"
+        assert len(command) == 6
+        if storage_url.startswith("postgresql"):
+            return  # the fixture's URL may hold a password, which the hint masks
+        expected = storage_url.removeprefix("journal:")  # Optuna's CLI takes a journal file by its path
+        assert command[5] == expected
+        optuna_command = shutil.which("optuna")
+        if optuna_command is None:
+            pytest.fail("Optuna's command is not installed beside the optuna package")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        pasted = subprocess.run([optuna_command, *command[1:]], cwd=elsewhere, capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert pasted.returncode == 0, pasted.stderr
+        storage = storages.make_storage(storage_url)
+        assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == []  # the lock is gone
+    finally:
+        holder.release()
+
+
+def test_the_driver_lock_hint_masks_a_password_and_says_so(tmp_path):
+    storage = storages.make_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    holder = storages.DriverLock(storage, "s")
+    holder.acquire()
+    try:
+        second = storages.make_storage(f"sqlite:///{tmp_path / 'x.db'}")
+        storages._OPENED_FROM[second] = "postgresql://u:hunter2@db.example:5432/nas"  # as if opened from there
+        with pytest.raises(studies.StudyError) as refused:
+            storages.DriverLock(second, "s").acquire()
+    finally:
+        holder.release()
+    message = str(refused.value)
+    assert "hunter2" not in message and "(with the password in place of ***), run: " in message
+    assert shlex.split(message.split(" run: ")[1]) == ["optuna", "delete-study", "--study-name", "s:driver",
+                                                        "--storage", "postgresql+psycopg://u:***@db.example:5432/nas"]
