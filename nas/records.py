@@ -56,6 +56,7 @@ SPACE_FINGERPRINT = "space_fingerprint"
 PROXY = "proxy"  # CampaignConfig.proxy_settings(): what a trial's numbers depend on
 CAMPAIGN = "campaign"  # the last run's CampaignConfig as a dict
 BASELINE = "baseline"  # a Baseline as a dict, once the baseline trial completed
+EXPORTED_SPEC = "exported_spec"  # the absolute path nas search last wrote the best trial's spec to
 FORMAT_VERSION = 1
 
 # Keys of studies written before the units were in the names; read as their new names.
@@ -116,8 +117,12 @@ class EvalResult:
 
 
 def started_attributes(role: str, spec: ArchSpec, controller: str) -> dict[str, Any]:
-    """The attributes a trial gets when it is handed to a worker: its role, architecture and controller."""
-    return {ROLE: role, SPEC: spec.to_dict(), BLOCK_STRINGS: list(spec.block_strings), CONTROLLER: controller}
+    """The attributes a trial gets when it is handed to a worker: its role, architecture and, for a candidate, the
+    controller that proposed it (the baseline is the space's backbone, proposed by no controller)."""
+    attributes = {ROLE: role, SPEC: spec.to_dict(), BLOCK_STRINGS: list(spec.block_strings)}
+    if role != ROLE_BASELINE:
+        attributes[CONTROLLER] = controller
+    return attributes
 
 
 def result_attributes(result: EvalResult) -> dict[str, Any]:

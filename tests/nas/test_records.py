@@ -41,11 +41,13 @@ def test_missing_and_nan_values_are_left_out():
                           records.LOSS_HISTORY: []}
 
 
-def test_a_trial_starts_with_its_role_spec_and_controller():
+def test_a_trial_starts_with_its_role_spec_and_the_controller_that_proposed_it():
     spec = presets.get_space("tiny").baseline
-    attributes = records.started_attributes(records.ROLE_BASELINE, spec, "rl")
-    assert attributes == {records.ROLE: "baseline", records.SPEC: spec.to_dict(),
+    attributes = records.started_attributes(records.ROLE_CANDIDATE, spec, "rl")
+    assert attributes == {records.ROLE: "candidate", records.SPEC: spec.to_dict(),
                           records.BLOCK_STRINGS: list(spec.block_strings), records.CONTROLLER: "rl"}
+    baseline = records.started_attributes(records.ROLE_BASELINE, spec, "rl")
+    assert records.CONTROLLER not in baseline and baseline[records.ROLE] == "baseline"  # no controller proposed it
 
 
 def test_the_baseline_round_trips_and_a_study_without_one_has_none():
