@@ -251,9 +251,9 @@ def time_step(
         raise ValueError(f"warmup and repeats must be >= 1, got warmup={warmup}, repeats={repeats}")
     for _ in range(warmup - 1):
         step()
-    estimate = _time_window(step, device, 1)
+    estimate = time_window(step, device, 1)
     steps_per_window = max(1, min(max_steps_per_window, math.ceil(min_window_s / max(estimate, 1e-9))))
-    windows = tuple(_time_window(step, device, steps_per_window) / steps_per_window for _ in range(repeats))
+    windows = tuple(time_window(step, device, steps_per_window) / steps_per_window for _ in range(repeats))
     quartiles = statistics.quantiles(windows, n=4, method="inclusive") if len(windows) > 1 else [windows[0]] * 3
     return StepTiming(
         median_s=statistics.median(windows),
@@ -264,8 +264,9 @@ def time_step(
     )
 
 
-def _time_window(step: Callable[[], Any], device: torch.device, steps: int) -> float:
-    """Seconds for ``steps`` steps, with the device idle before and drained after."""
+def time_window(step: Callable[[], Any], device: torch.device, steps: int) -> float:
+    """Seconds for ``steps`` steps, with the device idle before and drained after: the one window timer, which
+    :func:`time_step` and the paired ratio (:func:`nas.timing.paired_ratio`) both time with."""
     synchronize(device)
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -1,0 +1,306 @@
+"""The paired step-time ratio (drift and co-tenants cancel, unlike separate measurements) and the per-device lock
+(timing windows of two processes never overlap, trainings do)."""
+
+import dataclasses
+import fcntl
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from nas.recipe import TimingConfig
+from nas.timing import DeviceLock, PairedTiming, default_lock_directory, lock_key, paired_ratio, time_relative
+from search_spaces import presets
+
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[2]
+TRUE_RATIO = 0.8  # the candidate's step costs 0.8 of the reference's
+CANDIDATE_COST_S, REFERENCE_COST_S = 2**-7, 2**-7 / TRUE_RATIO  # 7.8 ms and 9.8 ms, exact binary fractions
+
+
+class FakeClock:
+    """A clock that only steps advance: a step costs its network's seconds times ``slowdown(now)`` (drift, a
+    co-tenant). ``timer`` is the window timer :func:`paired_ratio` takes; ``calls`` records (network, steps) and
+    ``spans`` (start, end) of each timed window in order."""
+
+    def __init__(self, slowdown: Callable[[float], float] = lambda now: 1.0) -> None:
+        self.now = 0.0
+        self.slowdown = slowdown
+        self.calls: list[tuple[str, int]] = []
+        self.spans: list[tuple[float, float]] = []
+        self.steps_run = {"candidate": 0, "reference": 0}
+        self.candidate = self.network("candidate", CANDIDATE_COST_S)
+        self.reference = self.network("reference", REFERENCE_COST_S)
+        self.names = {self.candidate: "candidate", self.reference: "reference"}
+
+    def network(self, name: str, cost_s: float) -> Callable[[], None]:
+        def step() -> None:
+            self.now += cost_s * self.slowdown(self.now)
+            self.steps_run[name] += 1
+
+        return step
+
+    def timer(self, step: Callable[[], None], device: torch.device, steps: int) -> float:
+        self.calls.append((self.names[step], steps))
+        start = self.now
+        for _ in range(steps):
+            step()
+        self.spans.append((start, self.now))
+        return self.now - start
+
+
+def paired(clock: FakeClock, **options) -> PairedTiming:
+    return paired_ratio(clock.candidate, clock.reference, CPU, timer=clock.timer, **options)
+
+
+def unpaired(clock: FakeClock, steps_per_window: tuple[int, int], pairs: int = 7) -> float:
+    """The naive estimate: all candidate windows, then all reference windows, ratio of the two medians."""
+    medians = []
+    for step, steps in zip((clock.candidate, clock.reference), steps_per_window):
+        for _ in range(5):
+            step()  # the same warm-up
+        medians.append(statistics.median(clock.timer(step, CPU, steps) / steps for _ in range(pairs)))
+    return medians[0] / medians[1]
+
+
+def relative_error(ratio: float) -> float:
+    return abs(ratio / TRUE_RATIO - 1)
+
+
+def run_length_s() -> float:
+    """How long a paired run lasts on the fake clock with nothing disturbing it."""
+    clock = FakeClock()
+    paired(clock)
+    return clock.now
+
+
+def test_a_constant_ratio_is_recovered_exactly():
+    timing = paired(FakeClock())
+    assert timing.ratio == pytest.approx(TRUE_RATIO, rel=1e-12)
+    assert timing.ratios == pytest.approx([TRUE_RATIO] * 7, rel=1e-12)
+    assert timing.ratio_iqr == pytest.approx(0, abs=1e-12)
+    assert timing.step_time_s == pytest.approx(CANDIDATE_COST_S)
+    assert timing.reference_step_time_s == pytest.approx(REFERENCE_COST_S)
+    # Windows last about min_window_s: 0.25 s / 7.8 ms and ceil(0.25 s / 9.8 ms) steps.
+    assert (timing.pairs, timing.steps_per_window, timing.warmup_steps) == (7, (32, 26), 5)
+    assert json.loads(json.dumps(timing.to_dict())) == {
+        "ratio": timing.ratio, "ratio_iqr": timing.ratio_iqr, "ratios": list(timing.ratios),
+        "step_time_s": timing.step_time_s, "reference_step_time_s": timing.reference_step_time_s, "pairs": 7,
+        "steps_per_window": [32, 26], "warmup_steps": 5,
+    }
+
+
+def test_a_linear_drift_cancels_between_the_two_orders():
+    growth = run_length_s() / (2 * math.log(1.5))  # dt/dwork = 1 + t / (2 growth): +50% at the end of the run
+    clock = FakeClock(lambda now: 1 + 0.5 * now / growth)
+    timing = paired(clock)
+    assert clock.slowdown(clock.now) > 1.45  # the device really was ~50% slower at the end than at the start
+    assert relative_error(timing.ratio) < 0.01
+    # One pair alone does not cancel the drift: the window timed second is slowed, so A B pairs err one way and
+    # B A pairs the other. The plain median of the pairs' ratios keeps that error; the two orders together do not.
+    assert relative_error(statistics.median(timing.ratios)) > 0.02
+    assert max(timing.ratios[0::2]) < TRUE_RATIO < min(timing.ratios[1::2])
+    # Measuring the two networks one after the other is off by much more.
+    naive = unpaired(FakeClock(clock.slowdown), timing.steps_per_window)
+    assert relative_error(naive) > 0.1 > 10 * relative_error(timing.ratio)
+
+
+@pytest.mark.parametrize("start_s, length_s", [(0.5, 2.0), (0.7, 2.4), (1.0, 3.0), (1.2, 2.2), (2.0, 2.0)])
+def test_a_co_tenant_burst_slows_both_and_cancels(start_s, length_s):
+    """A co-tenant doubles every step's time for a stretch that covers several windows."""
+    clock = FakeClock(lambda now: 2.0 if start_s <= now < start_s + length_s else 1.0)
+    timing = paired(clock)
+    assert sum(start_s <= start and end <= start_s + length_s for start, end in clock.spans) >= 3
+    # A pair that straddles an edge of the burst is far off (one window slowed, the other not); the medians skip it.
+    assert max(relative_error(ratio) for ratio in timing.ratios) > 0.1
+    assert relative_error(timing.ratio) < 0.02
+
+
+def test_separate_measurements_are_fooled_by_a_co_tenant_that_pairing_shrugs_off():
+    def slowdown(now: float) -> float:
+        return 2.0 if 0.5 <= now < 2.5 else 1.0
+    timing = paired(FakeClock(slowdown))
+    naive = unpaired(FakeClock(slowdown), timing.steps_per_window)
+    assert relative_error(naive) > 0.25  # most candidate windows ran in the burst, no reference window did
+    assert relative_error(timing.ratio) < 0.02
+
+
+def test_windows_alternate_in_abba_order_after_each_warm_up():
+    clock = FakeClock()
+    timing = paired(clock, warmup=3, pairs=4, max_steps_per_window=10)
+    assert clock.calls == [
+        ("candidate", 1), ("reference", 1),  # the last warm-up step of each, timed alone to size its windows
+        ("candidate", 10), ("reference", 10), ("reference", 10), ("candidate", 10),
+        ("candidate", 10), ("reference", 10), ("reference", 10), ("candidate", 10),
+    ]
+    assert clock.steps_run == {"candidate": 3 + 4 * 10, "reference": 3 + 4 * 10}
+    assert timing.steps_per_window == (10, 10) and timing.warmup_steps == 3 and len(timing.ratios) == 4
+
+
+def test_one_pair_is_its_own_ratio():
+    timing = paired(FakeClock(lambda now: 1 + now), pairs=1)
+    assert timing.ratios == (timing.ratio,) and timing.ratio_iqr == 0
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("warmup", 0, r"warmup must be an integer in \[1, 1000\], got 0"),
+    ("warmup", True, r"warmup must be an integer in \[1, 1000\], got True"),
+    ("pairs", 0, r"pairs must be an integer in \[1, 1000\], got 0"),
+    ("pairs", 1001, r"pairs must be an integer in \[1, 1000\], got 1001"),
+    ("min_window_s", 0, r"min_window_s must be a finite number > 0.0, got 0"),
+    ("min_window_s", math.nan, r"min_window_s must be a finite number > 0.0, got nan"),
+    ("max_steps_per_window", 0, r"max_steps_per_window must be an integer >= 1, got 0"),
+])
+def test_arguments_are_checked_before_any_step(option, value, message):
+    clock = FakeClock()
+    with pytest.raises(ValueError, match=message):
+        paired(clock, **{option: value})
+    assert clock.steps_run == {"candidate": 0, "reference": 0}
+
+
+def heavier(spec):
+    """``spec`` with its last stage twice as deep and twice as wide."""
+    last = spec.stages[-1]
+    wider = dataclasses.replace(last, num_layers=2 * last.num_layers, out_channels=2 * last.out_channels)
+    return dataclasses.replace(spec, name="tiny-heavier", stages=(*spec.stages[:-1], wider))
+
+
+SMALL = TimingConfig(image_size=32, batch_size=8, warmup=2, pairs=3)
+
+
+@pytest.fixture
+def one_thread():
+    """Times on one CPU thread: on a machine shared with other work (CI, two cores), torch's default thread pool
+    waits on descheduled threads and single steps vary tenfold, which no pairing of windows this short evens out."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_time_relative_times_two_real_networks_side_by_side(one_thread):
+    tiny = presets.get("tiny")
+    timing = time_relative(heavier(tiny), tiny, SMALL, device=CPU, num_classes=10, in_channels=3)
+    assert math.isfinite(timing.ratio) and timing.ratio > 1  # the heavier network's step costs more
+    assert timing.pairs == 3 and timing.warmup_steps == 2 and len(timing.ratios) == 3
+    assert timing.step_time_s > timing.reference_step_time_s > 0
+    itself = time_relative(tiny, tiny, dataclasses.replace(SMALL, channels_last=False), device=CPU, num_classes=10,
+                           in_channels=3)
+    assert 0.8 < itself.ratio < 1.25
+
+
+def test_time_relative_needs_resolved_settings():
+    tiny = presets.get("tiny")
+    with pytest.raises(ValueError, match=r"settings must be resolved .*image_size=None, batch_size=8"):
+        time_relative(tiny, tiny, TimingConfig(batch_size=8), device=CPU, num_classes=10, in_channels=3)
+
+
+def test_lock_keys_name_the_device():
+    assert lock_key(CPU) == lock_key("cpu") == "cpu"
+    assert lock_key(torch.device("cuda:1")) == "cuda1"
+    assert lock_key("mps") == "mps"
+    with pytest.raises(ValueError, match=r"device must be cpu, cuda, cuda:N or mps, got 'meta'"):
+        lock_key("meta")
+    assert DeviceLock(torch.device("cuda", 1), directory="/locks").path == Path("/locks/nas-timing-cuda1.lock")
+
+
+def test_the_lock_is_exclusive_and_released_after_an_exception(tmp_path):
+    lock = DeviceLock(CPU, directory=tmp_path)
+    with pytest.raises(RuntimeError, match="inside"):
+        with lock:
+            assert lock.path == tmp_path / "nas-timing-cpu.lock" and lock.path.is_file()
+            assert lock.wait_s is not None and lock.wait_s < 1
+            with open(lock.path) as other:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raise RuntimeError("inside")
+    with open(lock.path) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+
+
+def test_a_planted_link_is_refused_not_followed(tmp_path):
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    (tmp_path / "nas-timing-cpu.lock").symlink_to(victim)
+    with pytest.raises(PermissionError, match="is a symbolic link; refusing to follow it"):
+        with DeviceLock(CPU, directory=tmp_path):
+            pass
+    assert not victim.exists()
+    (tmp_path / "linked").symlink_to(victim.parent)
+    with pytest.raises(PermissionError, match="must be a directory of this user"):
+        with DeviceLock(CPU, directory=tmp_path / "linked"):
+            pass
+
+
+def test_the_default_directory_is_private_and_per_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with DeviceLock(CPU) as lock:
+        assert lock.path.parent == default_lock_directory() == tmp_path / f"nas-timing-locks-{os.getuid()}"
+    assert lock.path.parent.stat().st_mode & 0o777 == 0o700
+
+
+WINDOW_S = 0.2
+
+
+def hold_windows(directory: str, name: str) -> dict[str, list]:
+    """A worker's life: 3 rounds of a "training" stretch outside the lock and a "timing window" inside it.
+
+    Both workers wait for each other first (a barrier of files), so that their first trainings start together.
+    Returns each stretch's (start, end) on the machine's wall clock and how long each lock took to acquire.
+    """
+    Path(directory, f"ready-{name}").touch()
+    deadline = time.time() + 120
+    while len(list(Path(directory).glob("ready-*"))) < 2:
+        if time.time() > deadline:
+            raise TimeoutError("the other worker never started")
+        time.sleep(0.01)
+    stretches: dict[str, list] = {"training": [], "timing": [], "wait_s": []}
+    for _ in range(3):
+        start = time.time()
+        time.sleep(WINDOW_S)
+        stretches["training"].append((start, time.time()))
+        with DeviceLock(CPU, directory=directory) as lock:
+            start = time.time()
+            time.sleep(WINDOW_S)
+            stretches["timing"].append((start, time.time()))
+        stretches["wait_s"].append(lock.wait_s)
+    return stretches
+
+
+def check_two_workers(results: list[dict[str, list]], directory: Path) -> None:
+    windows = sorted(window for result in results for window in result["timing"])
+    assert len(windows) == 6
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(windows, windows[1:])), windows
+    first, second = (result["training"] for result in results)
+    assert any(max(a[0], b[0]) < min(a[1], b[1]) for a in first for b in second), (first, second)
+    assert max(wait for result in results for wait in result["wait_s"]) > WINDOW_S / 2  # someone did wait
+    assert (directory / "nas-timing-cpu.lock").is_file()
+
+
+def test_two_processes_never_time_at_once_but_train_together(tmp_path):
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(hold_windows, str(tmp_path), name) for name in ("a", "b")]
+        check_two_workers([future.result(timeout=120) for future in futures], tmp_path)
+
+
+def test_two_ray_workers_on_one_node_never_time_at_once(tmp_path):
+    ray = pytest.importorskip("ray")
+    # The workers import this module and the project: both on their path, whatever directory pytest runs in.
+    path = os.pathsep.join([str(ROOT), str(Path(__file__).parent)])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        worker = ray.remote(num_cpus=1)(hold_windows)
+        results = ray.get([worker.remote(str(tmp_path), name) for name in ("a", "b")], timeout=300)
+    finally:
+        ray.shutdown()
+    check_two_workers(results, tmp_path)
