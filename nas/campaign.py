@@ -27,9 +27,10 @@ import optuna
 from nas import records
 from nas import study as studies
 from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
-from nas.recipe import TrainConfig
+from nas.recipe import TimingConfig, TrainConfig
 from nas.records import EvalResult
 from nas.sources import DataError, check_source, holdout_count
+from nas.step_cache import StepTimeCache, cache_key
 from nas.storage import (
     STORAGE_ERRORS, DriverLock, StudyError, default_storage_url, make_storage, mask_url, storage_errors,
 )
@@ -41,7 +42,7 @@ from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec, SpecError
 
 # TrainConfig fields a campaign decides for itself: the device follows the trial's resources, threads its CPUs.
-_RUNNER_OWNED_TRAIN_FIELDS = ("device", "threads")
+_RUNNER_OWNED_TRAIN_FIELDS = ("device", "threads", "measure_step_time")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Ranges of the integer fields. The caps refuse absurd values before any study, directory or Ray node exists; the
 # seed is capped at 2^32 - 1 because Optuna's samplers seed NumPy with it.
@@ -58,7 +59,11 @@ class CampaignConfig:
 
     ``storage`` None means ``sqlite:///runs/<study>.db``. ``address`` None starts a local Ray; ``auto`` or
     ``HOST:PORT`` joins a cluster. ``gpus_per_trial`` None is 1 when the cluster has GPUs, else 0.
-    The reward is ``A * (S / S_baseline)^step_time_exponent * (P / P_baseline)^params_exponent``.
+    The reward is ``A * (S / S_baseline)^step_time_exponent * (P / P_baseline)^params_exponent``, with S/S_baseline
+    timed at ``timing``'s settings (by default the space's backbone's training image size and the proxy's batch)
+    against the baseline in interleaved windows. ``max_step_time_ratio`` and ``max_params_ratio`` are hard limits
+    on S/S_baseline and P/P_baseline (MnasNet's hard-constraint form): a candidate over either is PRUNED, with the
+    reason, before any proxy training.
     """
 
     space: str = "tiny"
@@ -78,6 +83,9 @@ class CampaignConfig:
     step_time_exponent: float = -0.07
     params_exponent: float = -0.05
     train: TrainConfig = field(default_factory=TrainConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    max_step_time_ratio: float | None = None
+    max_params_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INTEGER_RANGES.items():
@@ -98,6 +106,11 @@ class CampaignConfig:
             check_string(name, getattr(self, name), optional=True, none_name="null", error=CampaignError)
         if not isinstance(self.train, TrainConfig):
             raise CampaignError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        if not isinstance(self.timing, TimingConfig):
+            raise CampaignError(f"timing must be a TimingConfig, got {type(self.timing).__name__}")
+        for name in ("max_step_time_ratio", "max_params_ratio"):
+            check_real(name, getattr(self, name), 0, 1e6, low_open=True, optional=True, none_name="null",
+                       error=CampaignError)
         try:  # the name and options only: the files it names are checked when the campaign starts
             check_source(self.data, image_size=self.train.image_size, files=False)
         except DataError as error:
@@ -148,11 +161,15 @@ class CampaignConfig:
             "step_time_exponent": self.step_time_exponent,
             "params_exponent": self.params_exponent,
             "train": train,
+            "timing": self.timing.to_dict(),
+            "max_step_time_ratio": self.max_step_time_ratio,
+            "max_params_ratio": self.max_params_ratio,
         }
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["train"] = {k: v for k, v in self.train.to_dict().items() if k not in _RUNNER_OWNED_TRAIN_FIELDS}
+        data["timing"] = self.timing.to_dict()
         return data
 
     @classmethod
@@ -172,8 +189,16 @@ class CampaignConfig:
         unknown = [key for key in train if key not in train_allowed]
         if unknown:
             raise CampaignError(f"unknown train key(s) {unknown}; allowed keys are {train_allowed}")
+        timing = fields.pop("timing", None) or {}
+        if not isinstance(timing, Mapping):
+            raise CampaignError(f"timing must be a mapping of timing settings, got {timing!r}")
+        timing_allowed = [f.name for f in dataclasses.fields(TimingConfig)]
+        unknown = [key for key in timing if key not in timing_allowed]
+        if unknown:
+            raise CampaignError(f"unknown timing key(s) {unknown}; allowed keys are {timing_allowed}")
         try:
             fields["train"] = TrainConfig(**train)
+            fields["timing"] = TimingConfig(**timing)
             return cls(**fields)
         except CampaignError:
             raise
@@ -231,11 +256,45 @@ class CampaignOutcome:
 
 
 @dataclass(frozen=True)
+class TrialPlan:
+    """How a proposal is evaluated, beyond proxy training: the step-time measurement and the constraints.
+
+    ``timing`` is resolved (image and batch size filled in). ``reference`` is the baseline's spec S/S0 is timed
+    against, None when the trial is the baseline itself (its S is timed alone: it is S0). ``cached`` is a
+    step-time cache entry that replaces timing. The constraints are the campaign's, with the baseline's parameter
+    count to apply ``max_params_ratio`` to.
+    """
+
+    timing: TimingConfig
+    reference: ArchSpec | None = None
+    reference_parameters: int | None = None
+    cached: Mapping[str, Any] | None = None
+    max_step_time_ratio: float | None = None
+    max_params_ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as the plan travels to a Ray worker."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data["timing"] = self.timing.to_dict()
+        data["reference"] = None if self.reference is None else self.reference.to_dict()
+        data["cached"] = None if self.cached is None else dict(self.cached)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialPlan:
+        fields = dict(data)
+        fields["timing"] = TimingConfig(**fields["timing"])
+        fields["reference"] = None if fields["reference"] is None else ArchSpec.from_dict(fields["reference"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class Proposal:
-    """A trial the policy wants run: its number in the study and the architecture to evaluate."""
+    """A trial the policy wants run: its number in the study, the architecture and how to evaluate it."""
 
     number: int
     spec: ArchSpec
+    plan: TrialPlan
 
 
 class Executor(Protocol):
@@ -259,6 +318,10 @@ class Campaign:
     trials are in flight; an interrupted trial owed its one re-run comes before new proposals; a trial whose
     worker died is an interrupted failure that runs once more. Nothing new starts once the budget is met, the
     baseline failed, the driver lock is lost, the space is exhausted or the storage fails.
+
+    Each proposal carries its :class:`TrialPlan`: S/S0 comes from the storage's step-time cache when this
+    architecture was timed against this baseline on this device at these settings before, and every new
+    measurement goes into the cache.
     """
 
     def __init__(
@@ -290,6 +353,9 @@ class Campaign:
         best = best_trials(study, 1)
         # (reward, trial number) of the best complete trial, kept up to date here rather than re-read per trial
         self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
+        self.timing = config.timing.resolved(image_size=space.baseline.train_image_size,
+                                             batch_size=config.train.batch_size)
+        self.cache = StepTimeCache(study._storage)
 
     def start(self, data_name: str) -> None:
         """Says what the campaign runs, once the executor has loaded the data."""
@@ -359,7 +425,24 @@ class Campaign:
         for key, value in records.started_attributes(role, spec, self.config.controller).items():
             trial.set_user_attr(key, value)
         self.pending[trial.number] = (trial, spec)
-        return Proposal(trial.number, spec)
+        return Proposal(trial.number, spec, self._plan(spec, measuring_baseline))
+
+    def _plan(self, spec: ArchSpec, measuring_baseline: bool) -> TrialPlan:
+        """The baseline times itself alone; a candidate is timed against the baseline, unless the cache has it."""
+        if measuring_baseline:
+            return TrialPlan(self.timing)
+        reference = studies.baseline(self.study)
+        cached = None
+        if reference is not None and reference.device is not None:
+            cached = self.cache.get(cache_key(spec, self.space.baseline, reference.device, self.timing.to_dict()))
+        return TrialPlan(
+            self.timing,
+            reference=self.space.baseline,
+            reference_parameters=None if reference is None else reference.parameters,
+            cached=cached,
+            max_step_time_ratio=self.config.max_step_time_ratio,
+            max_params_ratio=self.config.max_params_ratio,
+        )
 
     def _enqueue_fixed_trial(self, measuring_baseline: bool) -> bool:
         """Puts the baseline, or the oldest interrupted trial owed a re-run, in line just before it is asked for,
@@ -403,6 +486,7 @@ class Campaign:
         if node is not None:
             trial.set_user_attr(records.RAY_NODE, node)
         reward = studies.record_result(self.study, trial, spec, result, self.config)
+        self._cache(spec, result, baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
         self.finished += 1
         self.completed += 1
         if reward is not None and (self.best is None or reward > self.best[0]):
@@ -411,15 +495,25 @@ class Campaign:
             self.baseline_failure = result.failure_reason
         self._report(number, spec, result, reward)
 
+    def _cache(self, spec: ArchSpec, result: EvalResult, *, baseline: bool) -> None:
+        """Keeps a candidate's new S/S0 measurement for any later trial of this architecture."""
+        if baseline or result.timing_cached or result.step_time_ratio is None or result.device is None:
+            return
+        key = cache_key(spec, self.space.baseline, result.device, result.timing or {})
+        self.cache.put(key, result.to_dict())
+
     def _report(self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None) -> None:
         best_text = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best is not None else "best -"
         width = len(str(self.config.trials))
         head = f"[{self.finished:>{width}}/{self.config.trials}] trial {number:>3}"
-        if reward is None:
+        if result.status == records.STATUS_PRUNED:
+            body = f"PRUNED {result.failure_reason}"
+        elif reward is None:
             body = f"FAILED {result.failure_reason}"
         else:
-            body = (f"A {result.accuracy:.4f}  S {result.step_time_s * 1e3:7.2f} ms  P {result.parameters:>10,}  "
-                    f"reward {reward:.4f}")
+            ratio = "" if result.step_time_ratio is None else f" ({result.step_time_ratio:.3f}x)"
+            body = (f"A {result.accuracy:.4f}  S {result.step_time_s * 1e3:7.2f} ms{ratio}  "
+                    f"P {result.parameters:>10,}  reward {reward:.4f}")
         print(f"{head}  {body}  {best_text}  {' '.join(spec.block_strings)}", file=self.out, flush=True)
 
 

@@ -8,21 +8,14 @@ differs (one trial at a time, ``cpus_per_trial`` threads, the GPU when there is 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import torch
 
 from nas.campaign import Campaign, CampaignConfig, StopSignal
 from nas.data import ImageData, load_data
+from nas.evaluate import Trainer, evaluate_candidate
 from nas.measure import resolve_device
-from nas.recipe import TrainConfig
-from nas.records import EvalResult
 from nas.train import train_and_evaluate
-from search_spaces.spec import ArchSpec
-
-Trainer = Callable[[ArchSpec, ImageData, TrainConfig], EvalResult]
-"""What an executor calls to evaluate a candidate: :func:`nas.train.train_and_evaluate`, or a replacement with the
-same contract (it returns a failed EvalResult rather than raising). Ray's executor pickles it to its workers."""
 
 
 class LocalExecutor:
@@ -43,7 +36,7 @@ class LocalExecutor:
         train = dataclasses.replace(config.train, device=str(device), threads=config.cpus_per_trial)
         data = data.to(device)
         while (proposal := campaign.next_trial()) is not None:
-            campaign.record(proposal.number, self.trainer(proposal.spec, data, train))
+            campaign.record(proposal.number, evaluate_candidate(proposal.spec, data, train, proposal.plan, self.trainer))
 
 
 def _device(config: CampaignConfig) -> torch.device:

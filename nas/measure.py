@@ -332,6 +332,7 @@ def benchmark_spec(
     compile: bool = False,
     warmup: int = 5,
     repeats: int = 7,
+    min_window_s: float = 0.25,
     inference: bool = False,
     threads: int | None = None,
     seed: int = 0,
@@ -356,7 +357,7 @@ def benchmark_spec(
     prepare_device(torch_device, threads)
     settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,
                     in_channels=in_channels, num_classes=num_classes, recipe=recipe, warmup=warmup, repeats=repeats,
-                    inference=inference)
+                    min_window_s=min_window_s, inference=inference)
     torch.manual_seed(seed)
     reset_peak_memory(torch_device)
     try:
@@ -376,6 +377,7 @@ def _benchmark(
     recipe: TrainConfig,
     warmup: int,
     repeats: int,
+    min_window_s: float,
     inference: bool,
 ) -> BenchResult:
     model = build_model(spec, num_classes, in_channels)
@@ -384,7 +386,8 @@ def _benchmark(
     images = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
     images = images.to(memory_format=memory_format)  # (N, C, H, W), as the training batches come
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats)
+    timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats,
+                       min_window_s=min_window_s)
     inference_timing = (
         _time_inference(step.model, images, step.amp_dtype, device, warmup, repeats) if inference else None
     )

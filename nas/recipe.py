@@ -43,7 +43,8 @@ class TrainConfig:
     ``progressive`` instead grows image size, dropout, RandAugment and mixup together over its stages
     (EfficientNetV2 Algorithm 1). ``eval_image_size`` None evaluates at the last training image size.
     ``ema_decay`` (e.g. 0.999) keeps an exponential moving average of the weights, updated every step, and
-    evaluates (and saves) it instead of the raw weights.
+    evaluates (and saves) it instead of the raw weights. ``measure_step_time`` False skips timing the proxy's own
+    step (a campaign times S at its timing settings instead, :mod:`nas.evaluate`).
     ``bn_recalibration_batches``: before evaluation, batch-norm statistics are recomputed as a plain average over
     this many training batches ("precise BN"; 0 keeps the running averages). With the reference momentum (0.01) a
     few hundred proxy steps leave the running averages far from the trained network's statistics, which would
@@ -75,6 +76,7 @@ class TrainConfig:
     bn_recalibration_batches: int = 20
     timing_warmup: int = 5
     timing_repeats: int = 7
+    measure_step_time: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.progressive, Mapping):
@@ -85,7 +87,7 @@ class TrainConfig:
             check_int(field, getattr(self, field), low, high)
         for field, (low, high) in _OPTIONAL_INTEGER_RANGES.items():
             check_int(field, getattr(self, field), low, high, optional=True)
-        for field in ("channels_last", "compile"):
+        for field in ("channels_last", "compile", "measure_step_time"):
             check_bool(field, getattr(self, field))
         for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
                                  ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, float(MAX_EPOCHS)),
@@ -113,7 +115,8 @@ class TimingConfig:
     ``image_size`` None is the architecture's own training image size (the space's backbone's, for a campaign),
     ``batch_size`` None the proxy recipe's. ``amp``, ``channels_last`` and ``compile`` are the precision, memory
     format and compilation of the timed step. S/S0 is estimated from ``pairs`` interleaved pairs of timed windows
-    of the candidate and the reference, after ``warmup`` untimed steps of each.
+    of the candidate and the reference, after ``warmup`` untimed steps of each; each window runs enough steps
+    to last at least ``window_s`` seconds, so that timer and launch noise stay small beside it.
     """
 
     image_size: int | None = None
@@ -123,6 +126,7 @@ class TimingConfig:
     compile: bool = False
     warmup: int = 5
     pairs: int = 7
+    window_s: float = 0.25
 
     def __post_init__(self) -> None:
         check_int("image_size", self.image_size, 1, MAX_IMAGE_SIZE, optional=True)
@@ -132,6 +136,7 @@ class TimingConfig:
             check_bool(field, getattr(self, field))
         check_int("warmup", self.warmup, 1, 1000)
         check_int("pairs", self.pairs, 1, 1000)
+        check_real("window_s", self.window_s, 0, 60, low_open=True)
 
     def resolved(self, *, image_size: int, batch_size: int) -> TimingConfig:
         """These settings with the defaults filled in: ``image_size`` and ``batch_size`` where they are None."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_PRUNED = "pruned"  # over a campaign constraint (max_step_time_ratio, max_params_ratio): stopped before training
 
 # --- trial attributes -------------------------------------------------------------------------------------------
 ROLE = "role"  # ROLE_BASELINE or ROLE_CANDIDATE
@@ -34,6 +35,7 @@ CONTROLLER = "controller"
 RAY_NODE = "ray_node"  # the id of the Ray node the trial ran on
 INTERRUPTED = "interrupted"  # True on a FAIL the candidate did not cause (a stopped driver, a dead worker)
 REQUEUED_FROM = "requeued_from"  # on a re-run: the number of the interrupted trial it repeats
+STATUS = "status"  # STATUS_OK, STATUS_FAILED or STATUS_PRUNED (EvalResult.status)
 FAILURE_REASON = "failure_reason"
 LOSS_HISTORY = "loss_history"  # the training loss after each epoch
 NORMALIZED_STEP_TIME = "normalized_step_time"  # S / S_baseline
@@ -43,6 +45,10 @@ REWARD = "reward"
 ACCURACY = "accuracy"
 STEP_TIME_S = "step_time_s"
 STEP_TIME_IQR_S = "step_time_iqr_s"  # the interquartile range of the timed windows whose median is STEP_TIME_S
+STEP_TIME_RATIO = "step_time_ratio"  # S/S0 from interleaved windows of the trial and the baseline (nas.timing)
+STEP_TIME_RATIO_IQR = "step_time_ratio_iqr"  # the interquartile range of the per-pair ratios
+TIMING = "timing"  # the settings S was timed at (TimingConfig.to_dict(), resolved)
+TIMING_CACHED = "timing_cached"  # S/S0 came from the step-time cache, not from timing in this trial
 PARAMETERS = "parameters"
 MACS = "macs"
 DEVICE = "device"
@@ -77,7 +83,12 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What one proxy evaluation measured. A failed result keeps whatever was measured before the failure."""
+    """What one proxy evaluation measured. A failed or pruned result keeps whatever was measured before it ended.
+
+    In a campaign, ``step_time_s`` is the step time at the campaign's timing settings (``timing``), and
+    ``step_time_ratio`` is S/S0 estimated from windows interleaved with the baseline's (:mod:`nas.timing`), with
+    ``reference_step_time_s`` the baseline's step time in those windows; the reward uses the ratio.
+    """
 
     status: str
     failure_reason: str | None = None
@@ -86,6 +97,11 @@ class EvalResult:
     step_time_s: float | None = None
     step_time_iqr_s: float | None = None
     images_per_second: float | None = None
+    step_time_ratio: float | None = None
+    step_time_ratio_iqr: float | None = None
+    reference_step_time_s: float | None = None
+    timing: dict[str, Any] | None = None
+    timing_cached: bool | None = None  # None: this result timed nothing
     parameters: int | None = None
     macs: int | None = None
     peak_memory_bytes: int | None = None

@@ -25,9 +25,10 @@ from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated  # noqa: E402
+from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated, TrialPlan  # noqa: E402
 from nas.data import ImageData  # noqa: E402
-from nas.local import Trainer, load_campaign_data  # noqa: E402
+from nas.evaluate import Trainer, evaluate_candidate  # noqa: E402
+from nas.local import load_campaign_data  # noqa: E402
 from nas.recipe import TrainConfig  # noqa: E402
 from nas.records import EvalResult  # noqa: E402
 from nas.train import train_and_evaluate  # noqa: E402
@@ -100,7 +101,7 @@ class PolicySearcher(Searcher):
         if proposal is None:
             return Searcher.FINISHED if self.campaign.over else None
         self.numbers[trial_id] = proposal.number
-        return {"trial_number": proposal.number, "spec": proposal.spec.to_dict()}
+        return {"trial_number": proposal.number, "spec": proposal.spec.to_dict(), "plan": proposal.plan.to_dict()}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.numbers.pop(trial_id, None)
@@ -179,8 +180,9 @@ _WORKER_DATA: dict[str, ImageData] = {}
 def evaluate_trial(
     config: dict[str, Any], *, data: ImageData, train: TrainConfig, cpus: int, trainer: Trainer = train_and_evaluate
 ) -> None:
-    """Tune trainable: proxy-trains one candidate in a worker and reports its EvalResult as JSON, with the id of
-    the Ray node it ran on.
+    """Tune trainable: evaluates one trial in a worker (:func:`nas.evaluate.evaluate_candidate`: constraints, S/S0
+    inside the node's timing lock, proxy training) and reports its EvalResult as JSON, with the id of the Ray node
+    it ran on.
 
     The worker keeps the dataset (and its copy on the device) between trials, so a reused worker fetches it
     once; the trial uses its GPU when Ray assigned one, else ``cpus`` CPU threads.
@@ -191,7 +193,9 @@ def evaluate_trial(
         _WORKER_DATA.clear()
         _WORKER_DATA[key] = data.to(device)
     spec = ArchSpec.from_dict(config["spec"])
-    result = trainer(spec, _WORKER_DATA[key], dataclasses.replace(train, device=device, threads=cpus))
+    plan = TrialPlan.from_dict(config["plan"])
+    train = dataclasses.replace(train, device=device, threads=cpus)
+    result = evaluate_candidate(spec, _WORKER_DATA[key], train, plan, trainer)
     tune.report({RESULT_KEY: result.to_json(), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 

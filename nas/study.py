@@ -19,6 +19,7 @@ import optuna
 
 from nas import records
 from nas.records import EvalResult
+from nas.step_cache import CACHE_STUDY
 from nas.storage import (
     DRIVER_LOCK_SUFFIX,
     StudyError,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from nas.campaign import CampaignConfig
 
 # Trial states whose outcome is final: they count toward the budget (unless interrupted) and teach the controllers.
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,7 +111,7 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
         except KeyError:
             names = [
                 summary.study_name for summary in optuna.get_all_study_summaries(storage)
-                if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX)
+                if not summary.study_name.endswith(DRIVER_LOCK_SUFFIX) and summary.study_name != CACHE_STUDY
             ]
     raise StudyError(missing_study(storage_url, study_name, names))
 
@@ -187,13 +188,18 @@ def record_result(
     result: EvalResult,
     config: CampaignConfig,
 ) -> float | None:
-    """Writes a finished evaluation to its trial and tells the study; returns the reward (None when it failed).
+    """Writes a finished evaluation to its trial and tells the study; returns the reward (None when it failed or
+    was pruned by a constraint).
 
     The baseline trial's measurements become the study's reference S and P; every reward is
-    ``A * (S / S_ref)^w * (P / P_ref)^v``, so the baseline scores exactly its accuracy.
+    ``A * (S / S_ref)^w * (P / P_ref)^v``, so the baseline scores exactly its accuracy. S/S_ref is the trial's
+    paired ratio to the baseline (``result.step_time_ratio``) when it has one, else the ratio of the medians.
     """
     for key, value in records.result_attributes(result).items():
         trial.set_user_attr(key, value)
+    if result.status == records.STATUS_PRUNED:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return None
     if not result.ok:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return None
@@ -206,16 +212,19 @@ def record_result(
     reference = baseline(study)
     if reference is None:
         raise StudyError("a candidate finished before the baseline; the baseline must complete first")
+    normalized_step_time = result.step_time_ratio
+    if normalized_step_time is None:
+        normalized_step_time = result.step_time_s / reference.step_time_s
     reward = training_aware_reward(
         result.accuracy,
-        result.step_time_s,
+        normalized_step_time,
         result.parameters,
-        step_time_ref=reference.step_time_s,
+        step_time_ref=1.0,
         params_ref=reference.parameters,
         w=config.step_time_exponent,
         v=config.params_exponent,
     )
-    trial.set_user_attr(records.NORMALIZED_STEP_TIME, result.step_time_s / reference.step_time_s)
+    trial.set_user_attr(records.NORMALIZED_STEP_TIME, normalized_step_time)
     trial.set_user_attr(records.NORMALIZED_PARAMETERS, result.parameters / reference.parameters)
     trial.set_user_attr(records.REWARD, reward)
     study.tell(trial, reward)

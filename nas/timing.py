@@ -156,8 +156,8 @@ def time_relative(
     Both training steps are assembled by :func:`nas.step.build_training_step` from ``recipe`` (None:
     ``TrainConfig()``) with its ``amp``, ``channels_last`` and ``compile`` replaced by the settings', and both
     networks are resident at once, training on one random batch of ``settings.batch_size`` images of
-    ``settings.image_size`` already on the device; :func:`paired_ratio` runs ``settings.warmup`` and
-    ``settings.pairs``. ``settings`` must be resolved (:meth:`~nas.recipe.TimingConfig.resolved`). The caller
+    ``settings.image_size`` already on the device; :func:`paired_ratio` runs ``settings.warmup``,
+    ``settings.pairs`` and windows of ``settings.window_s``. ``settings`` must be resolved (:meth:`~nas.recipe.TimingConfig.resolved`). The caller
     holds the device's :class:`DeviceLock`. Memory is released before returning, also after a failure (an
     allocation that fails raises what the allocator raised; :func:`nas.measure.is_out_of_memory` recognizes it).
     """
@@ -197,15 +197,18 @@ def _time_relative(
     images = images.to(memory_format=memory_format)  # (N, C, H, W), as the training batches come
     labels = torch.randint(0, num_classes, (settings.batch_size,), device=device)
     return paired_ratio(lambda: candidate_step(images, labels), lambda: reference_step(images, labels), device,
-                        warmup=settings.warmup, pairs=settings.pairs)
+                        warmup=settings.warmup, pairs=settings.pairs, min_window_s=settings.window_s)
 
 
 def lock_key(device: torch.device | str) -> str:
-    """The name of ``device``'s lock: ``cpu`` for any CPU, ``cuda<index>`` (the current device when the index is
-    not given), ``mps``."""
+    """The name of ``device``'s lock: ``cpu`` for any CPU, ``cuda<N>`` for the *physical* GPU (the current device
+    when the index is not given, mapped through ``CUDA_VISIBLE_DEVICES``, which Ray sets per worker: two workers
+    that both see their GPU as ``cuda:0`` share a lock only when it is the same GPU), ``mps``."""
     device = torch.device(device)
     if device.type == "cuda":
-        return f"cuda{torch.cuda.current_device() if device.index is None else device.index}"
+        index = torch.cuda.current_device() if device.index is None else device.index
+        visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+        return f"cuda{visible[index] if index < len(visible) else index}"
     if device.type in ("cpu", "mps"):
         return device.type
     raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {str(device)!r}")

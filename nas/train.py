@@ -93,13 +93,14 @@ def train_and_evaluate(
     except NonFiniteLossError as error:
         status, reason = STATUS_FAILED, f"non-finite loss: {error}"
     except Exception as error:  # a failing candidate must never end the campaign
-        status, reason = STATUS_FAILED, _failure_reason(error)
+        status, reason = STATUS_FAILED, failure_reason(error)
     release_memory(device)
     return EvalResult(status=status, failure_reason=reason, wall_time_s=time.perf_counter() - start, **measured)
 
 
-def _failure_reason(error: Exception) -> str:
-    """The recorded reason of a failed run; the CPU allocator's failure is an out-of-memory like CUDA's."""
+def failure_reason(error: Exception) -> str:
+    """The recorded reason of a failed run (or step timing); the CPU allocator's failure is an out-of-memory like
+    CUDA's."""
     if is_out_of_memory(error):
         return f"out of memory: {_first_line(error)}"
     return f"{type(error).__name__}: {_first_line(error)}"
@@ -147,13 +148,14 @@ def _run(
     amp_dtype = step.amp_dtype
     measured["parameters"] = count_parameters(model)
 
-    timing = time_training_step(model, step, train_batches, device, warmup=config.timing_warmup,
-                                repeats=config.timing_repeats)
-    measured.update(
-        step_time_s=timing.median_s,
-        step_time_iqr_s=timing.iqr_s,
-        images_per_second=config.batch_size / timing.median_s,
-    )
+    if config.measure_step_time:
+        timing = time_training_step(model, step, train_batches, device, warmup=config.timing_warmup,
+                                    repeats=config.timing_repeats)
+        measured.update(
+            step_time_s=timing.median_s,
+            step_time_iqr_s=timing.iqr_s,
+            images_per_second=config.batch_size / timing.median_s,
+        )
 
     schedule = training_schedule(spec, config, data.image_size)
     mixing = torch.Generator(device=device).manual_seed(config.seed)

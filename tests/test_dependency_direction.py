@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "ray", "optuna", "nas")
 LEDGER = ("nas.records", "nas.recipe", "nas.progressive", "nas.scaling", "nas.sources", "nas.storage", "nas.study",
-          "nas.trials", "nas.campaign", "nas.controllers")
+          "nas.trials", "nas.campaign", "nas.controllers", "nas.step_cache")
 
 EXERCISES = {
     "search_spaces": "from search_spaces import presets, io\nio.spec_to_yaml(presets.get_space('tiny').sample(0))",

@@ -14,8 +14,12 @@ Which finished trials teach, and with which reward (:func:`taught_reward`), is t
   blame (the campaign re-enqueues their params).
 * Other FAIL trials (out of memory, non-finite loss, an exception) teach ``failed_reward`` (by default 0.0, the
   lowest reward a campaign's candidate can get), so the controller learns to avoid what fails.
+* PRUNED trials that a campaign constraint stopped (status ``pruned``: over ``max_step_time_ratio`` or
+  ``max_params_ratio``) teach ``failed_reward`` too: to the controller an architecture over a hard limit is as
+  bad as one that fails, so it learns to stay under the limits. Other PRUNED trials (an ordinary Optuna study's
+  pruner) teach nothing: their value is unknown.
 * COMPLETE trials with a non-finite value, and trials whose params are not a member of the decisions (one
-  missing, a value outside its choices), teach nothing. PRUNED, RUNNING and WAITING trials are not finished.
+  missing, a value outside its choices), teach nothing. RUNNING and WAITING trials are not finished.
 
 Enqueued trials (the backbone, re-enqueued params) teach like any other.
 """
@@ -46,6 +50,8 @@ def taught_reward(trial: FrozenTrial, failed_reward: float) -> float | None:
     """The reward a finished ``trial`` teaches a controller, or ``None`` if it teaches nothing (module doc)."""
     if trial.state == TrialState.FAIL:
         return None if trial.user_attrs.get(records.INTERRUPTED) else failed_reward
+    if trial.state == TrialState.PRUNED:
+        return failed_reward if trial.user_attrs.get(records.STATUS) == records.STATUS_PRUNED else None
     if trial.state != TrialState.COMPLETE:
         return None
     value = trial.value

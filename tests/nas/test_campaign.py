@@ -21,6 +21,7 @@ from nas import storage as storages
 from nas.campaign import CampaignConfig, CampaignError, load_campaign
 from nas.cli import EXIT_FAILED, main
 from nas.local import LocalExecutor
+from nas.recipe import TimingConfig
 from nas.records import EvalResult
 
 EXPERIMENTS = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
@@ -82,6 +83,8 @@ def test_campaign_file_errors_name_the_file(tmp_path):
 # --- the campaign policy, run by the in-process executor ---------------------------------------------------------
 
 DATA = "synthetic:num_images=200,image_size=32"
+#: S/S0 timed as a campaign does, but briefly: two pairs of short windows on a small batch.
+TIMING = {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02}
 MNIST = Path(__file__).resolve().parents[1] / "data" / "mnist5k.npz"
 
 
@@ -132,7 +135,7 @@ def test_a_driver_that_loses_its_lock_starts_nothing_records_what_runs_and_stops
     monkeypatch.setattr(campaigns, "DriverLock",
                         functools.partial(storages.DriverLock, heartbeat_interval=0.1, stale_after=4.0))
     config = CampaignConfig.from_dict({"space": "tiny", "data": DATA, "trials": 6, "controller": "random",
-                                       "study": "lost", "train": {"epochs": 1, "batch_size": 32}})
+                                       "study": "lost", "train": {"epochs": 1, "batch_size": 32}, "timing": TIMING})
     with pytest.raises(campaigns.LockLostError) as lost:
         campaigns.run_campaign(config, LocalExecutor(trainer=outage_in_trial_two), out=io.StringIO())
     assert "could not be refreshed" in str(lost.value) and "database is locked" in str(lost.value)
@@ -152,7 +155,8 @@ def test_a_campaign_on_an_exhausted_space_stops_and_says_so(tmp_path, monkeypatc
     space = {"name": "four", "backbone": "tiny", "stages": fixed}
     (tmp_path / "four.yaml").write_text(yaml.safe_dump(space))
     out = io.StringIO()
-    config = CampaignConfig(space="four.yaml", data=DATA, trials=40, controller="random", study="four")
+    config = CampaignConfig(space="four.yaml", data=DATA, trials=40, controller="random", study="four",
+                            timing=TimingConfig(**TIMING))
     outcome = campaigns.run_campaign(config, LocalExecutor(trainer=measured), out=out)
     size = 4
     assert outcome.exhausted and outcome.finished == size
@@ -170,7 +174,7 @@ def test_sigterm_stops_the_campaign_like_ctrl_c_and_releases_the_lock(tmp_path, 
         raise AssertionError("SIGTERM did not stop the campaign")
 
     monkeypatch.setattr(local, "load_data", terminated_while_loading)
-    config = CampaignConfig(data=DATA, trials=3, controller="random", study="term")
+    config = CampaignConfig(data=DATA, trials=3, controller="random", study="term", timing=TimingConfig(**TIMING))
     with pytest.raises(campaigns.Terminated):
         campaigns.run_campaign(config, LocalExecutor(trainer=measured), out=io.StringIO())
     assert optuna.get_all_study_names("sqlite:///runs/term.db") == ["term"]  # the lock was released
@@ -187,7 +191,7 @@ def test_sigterm_during_a_trial_marks_it_interrupted_and_it_runs_once_more_on_re
             time.sleep(1)
         return measured(spec, data, config)
 
-    config = CampaignConfig(data=DATA, trials=3, controller="random", study="again")
+    config = CampaignConfig(data=DATA, trials=3, controller="random", study="again", timing=TimingConfig(**TIMING))
     with pytest.raises(campaigns.Terminated):
         campaigns.run_campaign(config, LocalExecutor(trainer=terminated_in_trial_one), out=io.StringIO())
     outcome = campaigns.run_campaign(config, LocalExecutor(trainer=measured), out=io.StringIO())
@@ -203,7 +207,7 @@ def test_a_campaign_searches_on_real_grayscale_digits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = CampaignConfig.from_dict({"data": f"npz:{MNIST}", "trials": 2, "controller": "random", "study": "mnist",
                                        "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.05,
-                                                 "augment": "none", "timing_repeats": 2}})
+                                                 "augment": "none", "timing_repeats": 2}, "timing": TIMING})
     config.check_inputs()
     outcome = campaigns.run_campaign(config, LocalExecutor(), out=io.StringIO())
     study = optuna.load_study(study_name="mnist", storage="sqlite:///runs/mnist.db")

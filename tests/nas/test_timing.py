@@ -204,9 +204,13 @@ def test_time_relative_needs_resolved_settings():
         time_relative(tiny, tiny, TimingConfig(batch_size=8), device=CPU, num_classes=10, in_channels=3)
 
 
-def test_lock_keys_name_the_device():
+def test_lock_keys_name_the_device(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert lock_key(CPU) == lock_key("cpu") == "cpu"
     assert lock_key(torch.device("cuda:1")) == "cuda1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # a Ray worker's view: its cuda:1 is the node's GPU 5
+    assert lock_key("cuda:1") == "cuda5" and lock_key("cuda:0") == "cuda3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert lock_key("mps") == "mps"
     with pytest.raises(ValueError, match=r"device must be cpu, cuda, cuda:N or mps, got 'meta'"):
         lock_key("meta")

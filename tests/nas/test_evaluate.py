@@ -1,0 +1,178 @@
+"""A campaign trial as an executor runs it (issue 16): constraints prune before training, S/S0 is timed against
+the baseline at the timing settings or read from the cache, and the study keeps and reuses every measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import optuna
+import pytest
+import torch
+
+from nas import campaign as campaigns
+from nas import evaluate
+from nas.campaign import CampaignConfig, TrialPlan
+from nas.controllers import PolicyGradientSampler, RegularizedEvolutionSampler
+from nas.data import load_data
+from nas.local import LocalExecutor
+from nas.recipe import TimingConfig, TrainConfig
+from nas.records import STATUS_OK, STATUS_PRUNED, EvalResult
+from nas.step_cache import CACHE_STUDY, StepTimeCache, cache_key
+from search_spaces import presets
+
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
+TIMING = TimingConfig(image_size=32, batch_size=8, warmup=1, pairs=2, window_s=0.02)
+SPACE = presets.get_space("tiny")
+TRAIN = TrainConfig(epochs=1, batch_size=32, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("synthetic:num_images=200,image_size=32", val_fraction=0.1, seed=0)
+
+
+def trained(spec, data, config) -> EvalResult:
+    """A stand-in proxy training: what a trainer returns, checked to be asked not to time its own step."""
+    assert config.measure_step_time is False
+    return EvalResult(status=STATUS_OK, accuracy=0.5, parameters=1, macs=10, device="cpu", epochs_completed=1,
+                      wall_time_s=0.1)
+
+
+def never_trained(spec, data, config) -> EvalResult:
+    raise AssertionError("a pruned candidate must not be trained")
+
+
+def candidate_plan(**changes) -> TrialPlan:
+    return TrialPlan(TIMING, reference=SPACE.baseline, reference_parameters=180_000, **changes)
+
+
+WIDER = SPACE.sample(3)
+
+
+def test_the_baseline_is_timed_alone_and_its_ratio_is_one(data):
+    result = evaluate.evaluate_candidate(SPACE.baseline, data, TRAIN, TrialPlan(TIMING), trained)
+    assert result.ok and result.accuracy == 0.5
+    assert result.step_time_ratio == 1.0 and result.step_time_s > 0 and result.reference_step_time_s == result.step_time_s
+    assert result.timing == TIMING.to_dict() and result.timing_cached is False
+
+
+def test_a_candidate_is_timed_against_the_baseline_in_its_lock(data, monkeypatch):
+    locked = []
+    real_lock = evaluate.DeviceLock
+
+    class RecordingLock(real_lock):
+        def __enter__(self):
+            locked.append(self.key)
+            return super().__enter__()
+
+    monkeypatch.setattr(evaluate, "DeviceLock", RecordingLock)
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(), trained)
+    assert result.ok and locked == ["cpu"]
+    assert 0 < result.step_time_ratio < 100 and result.reference_step_time_s > 0
+    assert result.step_time_ratio_iqr >= 0 and result.timing_cached is False
+
+
+def test_a_candidate_over_the_parameter_limit_is_pruned_before_timing_or_training(data, monkeypatch):
+    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: pytest.fail("timed a pruned candidate"))
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(max_params_ratio=0.01), never_trained)
+    assert result.status == STATUS_PRUNED and result.step_time_ratio is None
+    assert result.failure_reason.startswith("parameters ") and "over max_params_ratio 0.01" in result.failure_reason
+
+
+def test_a_candidate_over_the_step_time_limit_is_pruned_after_timing_before_training(data):
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(max_step_time_ratio=1e-6),
+                                         never_trained)
+    assert result.status == STATUS_PRUNED and result.step_time_ratio > 1e-6
+    assert "over max_step_time_ratio 1e-06" in result.failure_reason
+
+
+def test_a_cache_hit_skips_timing(data, monkeypatch):
+    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: pytest.fail("timed a cached architecture"))
+    cached = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s": 0.004,
+              "reference_step_time_s": 0.005}
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(cached=cached), trained)
+    assert result.ok and result.timing_cached is True and result.step_time_ratio == 0.8
+    assert result.step_time_s == 0.004 and result.timing == TIMING.to_dict()
+
+
+def test_timing_that_fails_is_a_failed_trial_not_a_dead_campaign(data, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(evaluate, "time_relative", out_of_memory)
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(), never_trained)
+    assert result.status == "failed" and result.failure_reason.startswith("while timing: out of memory")
+
+
+def test_a_plan_travels_as_plain_data():
+    plan = candidate_plan(cached={"step_time_ratio": 0.9}, max_step_time_ratio=1.5)
+    assert TrialPlan.from_dict(plan.to_dict()) == plan
+    assert TrialPlan.from_dict(TrialPlan(TIMING).to_dict()) == TrialPlan(TIMING)
+
+
+# --- in a campaign: the ratio enters the reward, the cache is filled and reused, constraints prune ---------------
+
+
+def config(study: str, storage: str, **changes) -> CampaignConfig:
+    return CampaignConfig(data="synthetic:num_images=200,image_size=32", trials=4, controller="random", study=study,
+                          storage=storage, timing=TIMING, train=TrainConfig(epochs=1, batch_size=32), **changes)
+
+
+def test_a_second_campaign_on_the_storage_times_nothing_it_has_timed_before(tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'cache.db'}"
+    timed = []
+    real = evaluate.time_relative
+    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: timed.append(a[0].name) or real(*a, **k))
+    campaigns.run_campaign(config("first", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    assert len(timed) == 3  # the three candidates; the baseline times itself alone
+    first = optuna.load_study(study_name="first", storage=storage)
+    for trial in first.trials[1:]:
+        attributes = trial.user_attrs
+        assert attributes["normalized_step_time"] == attributes["step_time_ratio"]
+        expected = 0.5 * attributes["step_time_ratio"] ** -0.07 * (attributes["parameters"] / first.trials[0]
+                                                                    .user_attrs["parameters"]) ** -0.05
+        assert trial.value == pytest.approx(expected)
+    timed.clear()
+    # The same seed proposes the same architectures in a new study on the same storage: all from the cache.
+    outcome = campaigns.run_campaign(config("second", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    assert outcome.finished == 4 and timed == []
+    second = optuna.load_study(study_name="second", storage=storage)
+    assert [trial.user_attrs["timing_cached"] for trial in second.trials[1:]] == [True] * 3
+    assert [t.user_attrs["step_time_ratio"] for t in second.trials[1:]] == [
+        t.user_attrs["step_time_ratio"] for t in first.trials[1:]]
+    assert CACHE_STUDY in optuna.get_all_study_names(storage)  # beside the campaigns, shared by them
+
+
+def test_the_cache_keys_on_architecture_reference_device_and_settings():
+    base = cache_key(WIDER, SPACE.baseline, "cpu X", TIMING.to_dict())
+    assert base == cache_key(dataclasses.replace(WIDER, name="renamed"), SPACE.baseline, "cpu X", TIMING.to_dict())
+    others = [cache_key(SPACE.sample(4), SPACE.baseline, "cpu X", TIMING.to_dict()),
+              cache_key(WIDER, SPACE.sample(5), "cpu X", TIMING.to_dict()),
+              cache_key(WIDER, SPACE.baseline, "cpu Y", TIMING.to_dict()),
+              cache_key(WIDER, SPACE.baseline, "cpu X", dataclasses.replace(TIMING, image_size=64).to_dict())]
+    assert base not in others and len(set(others)) == 4
+
+
+def test_reading_the_cache_creates_nothing(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert StepTimeCache(storage).get("s:anything") is None
+    assert optuna.get_all_study_names(storage) == []
+
+
+def test_candidates_over_a_constraint_are_pruned_counted_and_taught_to_the_controllers(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'limits.db'}"
+    out = io.StringIO()
+    campaigns.run_campaign(config("limits", storage, max_params_ratio=1e-3), LocalExecutor(trainer=trained), out=out)
+    study = optuna.load_study(study_name="limits", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"]
+    assert all("over max_params_ratio 0.001" in t.user_attrs["failure_reason"] for t in study.trials[1:])
+    assert out.getvalue().count("PRUNED parameters") == 3
+    # Both learning controllers take a constraint-pruned trial as a failure (failed_reward), not as nothing.
+    policy = PolicyGradientSampler(SPACE)
+    policy.update(study)
+    assert policy.policy_probabilities() != PolicyGradientSampler(SPACE).policy_probabilities()
+    evolution = RegularizedEvolutionSampler(SPACE, population_size=4)
+    evolution.update(study)
+    assert [reward for _, reward in evolution.population()] == [study.trials[0].value, 0.0, 0.0, 0.0]
