@@ -1,8 +1,9 @@
 """Load: 1,000 trials through the real runner and study, with a trainer that returns at once.
 
-What it measures is the campaign machinery alone (Ray Tune scheduling, the Searcher's ask/tell, the study's
-writes and reads), on SQLite and PostgreSQL, and it checks that the study ends with exactly the budget of finished
-trials, no trial left RUNNING and no trial number twice. Throughput is given for the whole run and for its first
+What it measures is the campaign machinery (Ray Tune scheduling, the Searcher's ask/tell, the study's writes and
+reads, the step-time cache), on SQLite and PostgreSQL, and it checks that the study ends with exactly the budget of finished
+trials, no trial left RUNNING and no trial number twice. S/S0 is still timed in every trial (issue 16), at the
+smallest settings (one image, one pair of one-step windows): two tiny networks built and stepped, tens of ms. Throughput is given for the whole run and for its first
 and last 100 trials, so a cost that grows with the study's size shows.
 
     python benchmarks/bench_load.py                                   # SQLite (and PostgreSQL if the URL is set)
@@ -27,6 +28,7 @@ import pandas as pd
 import ray
 
 from nas.campaign import CampaignConfig, run_campaign
+from nas.recipe import TimingConfig
 from nas.data import ImageData
 from nas.measure import spec_complexity
 from nas.recipe import TrainConfig
@@ -56,7 +58,8 @@ def run(label: str, storage_url: str, args: argparse.Namespace) -> dict[str, obj
     study_name = f"load-{int(time.time() * 1000)}"
     config = CampaignConfig(space="tiny", data="synthetic:num_images=256,image_size=32", trials=args.trials,
                             controller=args.controller, storage=storage_url, study=study_name,
-                            workers=args.workers, cpus_per_trial=1)
+                            workers=args.workers, cpus_per_trial=1,
+                            timing=TimingConfig(batch_size=1, warmup=1, pairs=1, window_s=0.001))
     start = time.perf_counter()
     outcome = run_campaign(config, RayExecutor(trainer=instant_trainer), out=io.StringIO())
     wall = time.perf_counter() - start
