@@ -1,4 +1,4 @@
-"""Cold start of the read-only commands: `nas trials`, `nas best` and `nas show`, each run in fresh processes.
+"""Cold start of `nas --help` and the read-only commands (trials, best, export, show), each in fresh processes.
 
     python benchmarks/bench_cli.py [--before REF] [--runs 5] [--trials 200]
 
@@ -31,8 +31,10 @@ from nas import records  # noqa: E402
 from search_spaces import presets  # noqa: E402
 
 COMMANDS = {
+    "nas --help": ["--help"],
     "nas trials": ["trials", "--study", "bench", "--storage", "sqlite:///bench.db"],
     "nas best": ["best", "--study", "bench", "--storage", "sqlite:///bench.db", "-k", "5"],
+    "nas export": ["export", "--study", "bench", "--storage", "sqlite:///bench.db"],
     "nas show": ["show", "efficientnetv2-s"],
 }
 
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per command (default: 5)")
     parser.add_argument("--trials", type=int, default=200, help="trials in the study read (default: 200)")
     args = parser.parse_args()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         make_study(directory, args.trials)
@@ -97,6 +100,8 @@ def main() -> None:
     print(f"{'command':<12}" + "".join(f"{label:>10}" for label in labels))
     for name, times in rows.items():
         print(f"{name:<12}" + "".join(f"{times[label]:>10.2f}" for label in labels))
+    print(f"load average before the runs: {load[0]:.2f}, after: {os.getloadavg()[0]:.2f} (1 min; {os.cpu_count()} "
+          "CPUs): the figures are only comparable at a similar load")
 
 
 if __name__ == "__main__":

@@ -11,24 +11,32 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import random
 import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
-from nas.scaling import V2_MAX_IMAGE_SIZE, compound_scale, scale
+from nas.scaling import IMAGE_SIZE_DIVISOR, V2_MAX_IMAGE_SIZE, compound_scale, scale
 from search_spaces import presets
 from search_spaces.files import LockHeldError, check_output
 from search_spaces.io import dump_spec, spec_to_yaml, timm_arch_def
 from search_spaces.spec import ArchSpec, SpecError
 
+if TYPE_CHECKING:
+    from nas.campaign import CampaignConfig
+
 EXIT_FAILED = 1  # a run that started and failed
 EXIT_USAGE = 2  # refused input: a one-line error, nothing done
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+# The reader of the output went away (128 + SIGPIPE): what a shell reports for `git log | head`'s git, so that
+# `set -o pipefail` treats nas as it treats other tools, and a script can tell a cut-short output from a whole one.
+EXIT_BROKEN_PIPE = 141
 MAX_SAMPLES = 100_000
+IMAGENET_CLASSES = 1000  # the classifier --num-classes counts by default: the papers' parameter counts are ImageNet's
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -53,13 +61,14 @@ _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
 
 
 def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
-    from nas.measure import spec_complexity
+    from nas.complexity import count_spec  # counted from the spec: nas show and nas scale import no torch
 
-    complexity = spec_complexity(spec, num_classes=num_classes)
+    complexity = count_spec(spec, num_classes=num_classes)
     return {
         "name": spec.name,
         "block_strings": list(spec.block_strings),
         "num_classes": num_classes,
+        "in_channels": complexity.in_channels,
         "parameters": complexity.parameters,
         "stage_parameters": list(complexity.stage_parameters),
         "macs": complexity.macs,
@@ -69,19 +78,31 @@ def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
 
 
 def _stage_table(spec: ArchSpec, stage_parameters: Sequence[int]) -> str:
-    from nas.measure import STAGE_TABLE_HEADERS, stage_rows  # the rows the report's stage tables show too
+    from nas.complexity import STAGE_TABLE_HEADERS, stage_rows  # the rows the report's stage tables show too
 
     return format_table(STAGE_TABLE_HEADERS, stage_rows(spec, stage_parameters))
 
 
-def _print_spec(spec: ArchSpec, num_classes: int) -> None:
+def _classes_note(num_classes: int) -> str:
+    """Which classifier a parameter count is for: a search prints its candidates' counts for the data's classes,
+    ``nas show`` for ``--num-classes`` (ImageNet's 1000 by default, as the papers' counts are)."""
+    if num_classes == IMAGENET_CLASSES:
+        return f"for {num_classes} classes (ImageNet's, the default; --num-classes N counts for your data's N)"
+    return f"for {num_classes} classes (--num-classes {num_classes})"
+
+
+def _print_spec(spec: ArchSpec, num_classes: int, sizes_note: str | None = None) -> None:
+    """A spec as ``nas show`` prints it; ``sizes_note`` (from :func:`_image_sizes_note`) says why it trains at
+    another image size than it evaluates at, under the line that gives both."""
     report = _spec_report(spec, num_classes)
     print(
         f"{spec.name or '(unnamed spec)'}: train {spec.train_image_size}px, eval {spec.eval_image_size}px, "
         f"dropout {spec.dropout:g}, drop path {spec.drop_path_rate:g}, {spec.activation}"
     )
+    if sizes_note is not None:
+        print(f"  {sizes_note}")
     print(_stage_table(spec, report["stage_parameters"]))
-    print(f"parameters: {report['parameters']:,} ({num_classes} classes)")
+    print(f"parameters: {report['parameters']:,} {_classes_note(num_classes)}")
     print(f"FLOPs: {_format_macs(report['macs'])} multiply-adds at {report['image_size']}x{report['image_size']}")
 
 
@@ -118,10 +139,39 @@ def cmd_scale(args: argparse.Namespace) -> int:
         )
     else:
         raise SpecError("give --phi N, or --width W and/or --depth D")
+    note = _image_sizes_note(spec, scaled, args)
     if _write_spec(scaled, output, force=args.force):
-        _print_spec(scaled, args.num_classes)
+        _print_spec(scaled, args.num_classes, note)
         print(f"wrote {output}")
+    elif note is not None:
+        print(f"nas scale: train {scaled.train_image_size}px, eval {scaled.eval_image_size}px: {note}",
+              file=sys.stderr)  # stdout holds the YAML alone
     return 0
+
+
+def _image_sizes_note(spec: ArchSpec, scaled: ArchSpec, args: argparse.Namespace) -> str | None:
+    """Why ``scaled`` trains at another image size than it evaluates at, in a few words (None when they agree),
+    following :func:`nas.scaling.scale`'s rule: with ``--image-size`` the eval size is the one given and the train
+    size keeps the spec's train/eval ratio, rounded to a multiple of 8; with ``--phi`` both of the spec's sizes
+    grow by gamma^phi and are rounded to multiples of 8; ``--v2-rules`` caps both at 480px."""
+    train, evaluation = scaled.train_image_size, scaled.eval_image_size
+    if train == evaluation:
+        return None
+    old_train, old_eval = spec.train_image_size, spec.eval_image_size
+    if args.phi is not None:
+        why = (f"train {train}px and eval {evaluation}px are the spec's {old_train} and {old_eval}px times gamma^phi "
+               f"= {args.gamma:g}^{args.phi:g} = {args.gamma ** args.phi:.4g}, each rounded to a multiple of "
+               f"{IMAGE_SIZE_DIVISOR}")
+    elif args.image_size is None:
+        why = f"the spec's own train and eval sizes, {old_train} and {old_eval}px"
+    else:
+        why = (f"eval {args.image_size}px as given (--image-size); train {train}px = {args.image_size} x "
+               f"{old_train}/{old_eval} (the spec's train/eval ratio) rounded to a multiple of {IMAGE_SIZE_DIVISOR}")
+    if args.v2_rules and V2_MAX_IMAGE_SIZE in (train, evaluation):
+        why += f"; then capped at {V2_MAX_IMAGE_SIZE}px (--v2-rules)"
+    if old_train < old_eval:
+        why += "; like EfficientNetV2, the spec trains on smaller images than it evaluates on (cheaper training)"
+    return why
 
 
 def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | None) -> int:
@@ -130,7 +180,7 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
     Files are named after the specs (``NAME-phiK.yaml``); a name that would put one outside ``directory``
     (``../x``, ``/etc/x``) is refused before anything is trained or written.
     """
-    from nas.measure import spec_complexity
+    from nas.complexity import count_spec
     from nas.scaling import compound_family, family_paths, write_family
 
     if directory is None:
@@ -148,12 +198,13 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
     write_family(family, paths)
     rows = []
     for phi, member in enumerate(family, start=1):
-        complexity = spec_complexity(member, num_classes=args.num_classes)
+        complexity = count_spec(member, num_classes=args.num_classes)
         rows.append([phi, member.name, f"{complexity.parameters:,}", _format_macs(complexity.macs),
                      member.train_image_size, member.eval_image_size, member.num_blocks, member.head_channels])
     print(f"alpha {alpha:g}, beta {beta:g}, gamma {gamma:g} (alpha * beta^2 * gamma^2 = "
           f"{alpha * beta**2 * gamma**2:.3f}){', EfficientNetV2 rules' if args.v2_rules else ''}")
     print(format_table(["phi", "spec", "params", "FLOPs", "train px", "eval px", "blocks", "head"], rows))
+    print(f"params {_classes_note(args.num_classes)}; FLOPs in multiply-adds at the eval image size")
     print(f"wrote {len(family)} spec(s) to {directory}")
     return 0
 
@@ -515,7 +566,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         from nas.runner import RayExecutor as Executor
     try:
-        outcome = run_campaign(config, Executor())
+        outcome = run_campaign(config, Executor(), out=sys.stdout)  # the stdout of now, not of import time
     except KeyboardInterrupt as stop:
         signal_name = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         print(f"\nstopped ({signal_name}): trials in flight were marked interrupted and run once more on resume; "
@@ -524,17 +575,62 @@ def cmd_search(args: argparse.Namespace) -> int:
     except LockLostError as error:
         print(f"nas search: error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{outcome.finished}/{outcome.budget} trials finished ({outcome.ran} in this run)")
+    print(_finished_line(outcome.finished, outcome.budget, outcome.ran))
     if outcome.best_spec is not None:
         dump_spec(outcome.best_spec, output)
-        print(f"best: trial {outcome.best_trial}, reward {outcome.best_reward:.4f}: "
-              f"{' '.join(outcome.best_spec.block_strings)}")
-        print(f"exported the best architecture to {output}")
+        baseline_won = _record_export(config, output, outcome.best_trial)
+        blocks = " ".join(outcome.best_spec.block_strings)
+        if baseline_won:
+            print(f"best: trial {outcome.best_trial}, the baseline, reward {outcome.best_reward:.4f}: {blocks}")
+            print("no candidate beat the baseline: search longer (raise --trials), or reconsider the space or the "
+                  "reward's exponents")
+            print(f"exported the best architecture (the baseline's: no candidate beat it) to {output}")
+        else:
+            print(f"best: trial {outcome.best_trial}, reward {outcome.best_reward:.4f}: {blocks}")
+            print(f"exported the best architecture to {output}")
     if outcome.finished < outcome.budget and not outcome.exhausted:
         print("stopped before the budget: finished trials are kept in the study; run the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _finished_line(finished: int, budget: int, ran: int) -> str:
+    """How many trials the study holds against the budget, true also when it held more than the budget before this
+    run (a lower --trials than last time: nothing ran, and ``12/5`` would read as a broken count)."""
+    if ran == 0 and finished >= budget:
+        return (f"{finished} trials finished (budget {budget}, already met; none ran now): raise --trials above "
+                f"{finished} to search more")
+    if finished > budget:
+        return f"{finished} trials finished (budget {budget}; {ran} in this run)"
+    return f"{finished}/{budget} trials finished ({ran} in this run)"
+
+
+def _record_export(config: CampaignConfig, path: Path, best_trial: int | None) -> bool | None:
+    """Records ``path``, made absolute, as the study's :data:`~nas.records.EXPORTED_SPEC` (the report shows where
+    the winner's spec is) and says whether ``best_trial`` is the baseline, which no candidate then beat.
+
+    The study is opened again, for writing, after the campaign released it. The spec is already written: a storage
+    that refuses the attribute is a warning on stderr, not a failed search; None when the study could not tell.
+    """
+    import optuna
+
+    from nas import records
+    from nas.storage import StudyError, make_storage, storage_errors
+
+    try:
+        with storage_errors(config.storage_url, "write to"):
+            study = optuna.load_study(study_name=config.study, storage=make_storage(config.storage_url))
+            study.set_user_attr(records.EXPORTED_SPEC, str(path.resolve()))
+            baseline = records.study_baseline(study.user_attrs)
+            if baseline is not None:
+                return best_trial == baseline.trial
+            trial = next((trial for trial in study.get_trials(deepcopy=False) if trial.number == best_trial), None)
+            return trial is not None and trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE
+    except StudyError as error:
+        print(f"nas search: warning: the study does not record where the best spec was written: {error}",
+              file=sys.stderr)
+        return None
 
 
 def _storage_url(args: argparse.Namespace) -> str:
@@ -705,12 +801,14 @@ DESCRIPTION = ("Training-aware neural architecture search (EfficientNetV2): insp
 
 
 def build_parser() -> _Parser:
-    from nas.controllers import CONTROLLERS
+    from nas.controller_names import CONTROLLERS  # not nas.controllers: building the parser imports no Optuna
     from nas.progressive import ProgressiveConfig
     from nas.recipe import AUGMENTATIONS, OPTIMIZERS, TrainConfig
+    from nas.sources import DEFAULT_IMAGEFOLDER_SIZE
 
     recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
     spec_help = f"a spec file or a preset: {', '.join(presets.names())}"
+    resized = f"imagefolder's images are resized to {DEFAULT_IMAGEFOLDER_SIZE}px unless --image-size says otherwise"
     parser = _Parser(prog="nas", description=DESCRIPTION, epilog="Run nas COMMAND --help for a command's options.")
     parser.add_argument("--version", action="version", version=f"nas {_version()}",
                         help="print the installed version of training-aware-nas and exit")
@@ -720,10 +818,13 @@ def build_parser() -> _Parser:
     show = commands.add_parser(
         "show", help="print a spec's stages, parameters and FLOPs",
         description="Print a spec's stages (block string, channels, layers and parameters of each), its parameter "
-                    "count and its FLOPs (multiply-adds) at its eval image size.",
+                    "count for --num-classes outputs (ImageNet's 1000 unless given) and its FLOPs (multiply-adds) at "
+                    "its eval image size, counted from the spec without building the network.",
     )
     show.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
-    show.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    show.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
+                      help=f"classifier outputs the parameter count is for (default: {IMAGENET_CLASSES}, ImageNet's, "
+                           "as in the papers; a search counts for its data's classes, e.g. 10 for CIFAR-10)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=cmd_show)
 
@@ -751,8 +852,9 @@ def build_parser() -> _Parser:
     scale_parser.add_argument("--name", help="name of the new spec (default: the spec's, with the multipliers or phi)")
     scale_parser.add_argument("-o", "--output", help="write the spec here (default: print YAML)")
     scale_parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    scale_parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs, for the parameter "
-                                                                            "count")
+    scale_parser.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
+                              help=f"classifier outputs the parameter count is for (default: {IMAGENET_CLASSES}, "
+                                   "ImageNet's)")
     scale_parser.add_argument("--family", type=int, metavar="N",
                               help="write one spec per phi = 1..N into the -o directory, with a table")
     scale_parser.add_argument("--search-coefficients", action="store_true",
@@ -788,7 +890,8 @@ def build_parser() -> _Parser:
     bench.add_argument("--image-size", type=int, help="image size (default: the spec's train image size)")
     bench.add_argument("--in-channels", type=int, metavar="N",
                        help="input image channels, 1 grayscale or 3 RGB (default: 3, or the spec's in_channels)")
-    bench.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    bench.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
+                       help=f"classifier outputs (default: {IMAGENET_CLASSES}, ImageNet's)")
     bench.add_argument("--warmup", type=int, default=recipe["timing_warmup"], help="untimed steps before timing")
     bench.add_argument("--repeats", type=int, default=recipe["timing_repeats"],
                        help="timed windows; the median is reported")
@@ -805,9 +908,11 @@ def build_parser() -> _Parser:
     )
     train.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
     train.add_argument("--data", default="synthetic",
-                       help="synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR")
+                       help=f"synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR ({resized}; "
+                            "the others keep their own size)")
     train.add_argument("--epochs", type=int, default=recipe["epochs"], help="training epochs")
-    train.add_argument("--image-size", type=int, help="training image size (default: the data's)")
+    train.add_argument("--image-size", type=int,
+                       help=f"training image size (default: the data's own; {DEFAULT_IMAGEFOLDER_SIZE} for imagefolder)")
     train.add_argument("--batch-size", type=int, default=recipe["batch_size"], help="images per step")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"], help="optimizer")
     train.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=recipe["learning_rate"],
@@ -861,7 +966,7 @@ def build_parser() -> _Parser:
     search.add_argument("--config", help="campaign file, e.g. experiments/cpu-demo.yaml (default: none, the "
                                          "built-in settings)")
     search.add_argument("--space", help="space name or file")
-    search.add_argument("--data", help="data source, as for nas train")
+    search.add_argument("--data", help=f"data source, as for nas train ({resized})")
     search.add_argument("--trials", type=int, help="finished trials wanted in the study (baseline included)")
     search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
     search.add_argument("--image-size", type=int,
@@ -977,7 +1082,27 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``nas`` command; returns the exit status."""
+    """Runs the ``nas`` command; returns the exit status.
+
+    A reader that closes the output early (``nas show --json | head``, ``nas trials ... | head -3``) ends any
+    command quietly with :data:`EXIT_BROKEN_PIPE`, with no "Broken pipe" message or traceback: Python's recipe for
+    SIGPIPE (the signal module's notes), catching BrokenPipeError here and sending the rest of the output to
+    devnull, so that the interpreter's own flush at exit has nothing left to fail on.
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not as a message when the interpreter exits
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture) has no pipe to close
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     command_line = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(command_line)
@@ -989,6 +1114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        raise  # an OSError, but no refused input: main ends quietly
     except _usage_errors() as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

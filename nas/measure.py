@@ -22,7 +22,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -428,28 +428,3 @@ def _time_inference(
         return time_step(forward, device, warmup=warmup, repeats=repeats)
     finally:
         model.train()
-
-
-# The columns of a spec's stage table (`nas show`, the report's architectures).
-STAGE_TABLE_HEADERS = (
-    "stage", "block", "op", "layers", "kernel", "stride", "expand", "channels", "se", "output", "params",
-)
-
-
-def stage_rows(spec: ArchSpec, stage_parameters: Sequence[int]) -> list[list[Any]]:
-    """The rows of a spec's stage table under :data:`STAGE_TABLE_HEADERS`: the stem, one row per stage (block
-    string, decisions, channels, output resolution at the eval image size, parameters) and the head."""
-    rows: list[list[Any]] = []
-    resolution = spec.eval_image_size // spec.stem_stride
-    rows.append(["stem", f"conv_k3_s{spec.stem_stride}_c{spec.stem_channels}", "conv", 1, 3, spec.stem_stride, "",
-                 spec.stem_channels, "", f"{resolution}x{resolution}", ""])
-    for index, (stage, parameters) in enumerate(zip(spec.stages, stage_parameters), start=1):
-        resolution = -(-resolution // stage.stride)
-        rows.append([
-            index, stage.block_string, stage.op, stage.num_layers, stage.kernel_size, stage.stride,
-            stage.expand_ratio, stage.out_channels, f"{stage.se_ratio:g}", f"{resolution}x{resolution}",
-            f"{parameters:,}",
-        ])
-    rows.append(["head", f"conv_k1_c{spec.head_channels}", "conv", 1, 1, 1, "", spec.head_channels, "",
-                 f"{resolution}x{resolution}", ""])
-    return rows

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Mapping, Sequence
 
 from nas import records
-from nas.measure import STAGE_TABLE_HEADERS, spec_complexity, stage_rows
+from nas.complexity import STAGE_TABLE_HEADERS, stage_rows
+from nas.measure import spec_complexity
 from nas.storage import default_storage_url, mask_url
 from nas.study import is_interrupted, trial_spec
 from nas.trials import best_trials, pareto_front, trials_frame
@@ -920,8 +921,9 @@ def _lead(first: RewardFactors, second: RewardFactors) -> str:
 
 
 def _export(snapshot: StudySnapshot) -> str:
-    """Where the winner's spec is: the study does not record the file ``nas search`` wrote, so its default path
-    and the ``nas export`` command that writes the spec again."""
+    """Where the winner's spec is: the file ``nas search`` last wrote it to, as the study records it
+    (:data:`~nas.records.EXPORTED_SPEC`, an absolute path), else the default path it writes; and the ``nas export``
+    command that writes the spec again."""
     winner = snapshot.winner
     if winner is None or records.SPEC not in winner.user_attrs:
         return ""
@@ -933,10 +935,17 @@ def _export(snapshot: StudySnapshot) -> str:
         command += ["--storage", masked]
     command += ["--trial", str(winner.number), "-o", f"{name}-trial{winner.number}.yaml"]
     password = " (with the storage's password in place of ***)" if masked is not None and masked != storage else ""
-    return (f'<p class="note" id="export">The winner\'s spec: <code>nas search</code> writes the best trial\'s spec '
-            f"to <code>{_text(f'runs/{name}-best.yaml')}</code> when its run ends (relative to the directory it "
-            "ran in; <code>--export PATH</code> names another file), and the study does not record the path. To "
-            f"write trial {winner.number}'s spec again{password}: <code>{_text(shlex.join(command))}</code></p>")
+    exported = snapshot.attributes.get(records.EXPORTED_SPEC)
+    if isinstance(exported, str) and exported:
+        where = (f"<code>nas search</code> wrote the best trial's spec, as of the end of its last run, to "
+                 f"<code>{_text(exported)}</code> (the path the study records; the file may have moved since).")
+    else:
+        where = (f"<code>nas search</code> writes the best trial's spec to <code>{_text(f'runs/{name}-best.yaml')}"
+                 "</code> when its run ends (relative to the directory it ran in; <code>--export PATH</code> names "
+                 "another file); this study does not record the path (it was written before the path was "
+                 "recorded, or no search has ended on it).")
+    return (f'<p class="note" id="export">The winner\'s spec: {where} To write trial {winner.number}\'s spec '
+            f"again{password}: <code>{_text(shlex.join(command))}</code></p>")
 
 
 def _controller(trial: optuna.trial.FrozenTrial) -> str:

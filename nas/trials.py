@@ -1,20 +1,23 @@
 """The trials of a study as a table, its best trials and Pareto front, and the ``--filter/--sort`` rule.
 
 Shared by ``nas trials``, ``nas best`` and the report, so a column means the same everywhere. Reads only trial
-attributes (named in :mod:`nas.records`): no torch.
+attributes (named in :mod:`nas.records`): no torch. Optuna and pandas are imported by the functions that use them,
+not by this module: the ``nas`` command's parser offers :data:`TABLE_COLUMNS` and :data:`FILTER_FIELDS` in its
+help, and ``nas --help`` or ``nas show`` should not pay the half second those two take to import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
-
-import optuna
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from nas import records
-from nas.controllers import CONTROLLERS
+from nas.controller_names import CONTROLLERS
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
 
 TABLE_COLUMNS = (
     "number", "state", "role", "reward", "accuracy", "step_time_ms", "parameters", "macs", "normalized_step_time",
@@ -27,6 +30,8 @@ FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
 
 def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial under :data:`TABLE_COLUMNS`, in trial order (all the study's trials by default)."""
+    import pandas as pd
+
     rows = []
     for trial in trials if trials is not None else study.get_trials(deepcopy=False):
         attributes = trial.user_attrs
@@ -53,12 +58,16 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
     """The ``k`` complete trials with the highest reward (ties by trial order)."""
+    import optuna
+
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return sorted(complete, key=lambda trial: (-trial.value, trial.number))[:k]
 
 
 def trial_to_export(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
     """Trial ``number`` of the study, or its best when None; refused unless it is complete (it has a reward)."""
+    import optuna
+
     if number is None:
         best = best_trials(study, 1)
         if not best:
@@ -75,6 +84,8 @@ def trial_to_export(study: optuna.Study, number: int | None = None) -> optuna.tr
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete trials that no other beats on accuracy (higher), step time and parameters (lower) at once."""
+    import optuna
+
     complete = [
         trial for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if {records.ACCURACY, records.STEP_TIME_S, records.PARAMETERS} <= set(trial.user_attrs)

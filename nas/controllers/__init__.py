@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
+from nas.controller_names import CONTROLLERS  # the names live in a module without Optuna, for the CLI's parser
 from nas.controllers.distinct import DistinctSampler, Proposer, space_exhausted, taken_architectures
 from nas.controllers.evolution import RegularizedEvolutionSampler
 from nas.controllers.optuna_samplers import OptunaProposer, TrialSeededSampler
@@ -54,8 +55,6 @@ __all__ = [
     "space_exhausted",
     "taken_architectures",
 ]
-
-CONTROLLERS = ("evolution", "random", "rl", "tpe")
 
 # TPE: multivariate (the decisions interact, e.g. a stage's op and expansion ratio), one joint group since every
 # trial asks for every decision, and Optuna's default 10 random trials before the model takes over.

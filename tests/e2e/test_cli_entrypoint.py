@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from importlib.metadata import entry_points
+
+import pytest
 
 from nas import cli
 from search_spaces.io import load_spec
@@ -76,3 +79,28 @@ def test_scaled_spec_written_relative_to_the_working_directory_can_be_shown(tmp_
     assert shown.stdout == scaled.stdout.removesuffix("wrote tiny-wide.yaml\n")
     for block in spec.block_strings:
         assert block in shown.stdout
+
+
+@pytest.mark.parametrize("argv", [["show", "tiny", "--json"], ["space", "tiny", "--sample", "3"],
+                                  ["scale", "tiny", "--width", "2"], ["--help"]])
+def test_a_reader_that_closes_the_output_early_ends_the_command_quietly(tmp_path, argv):
+    """``nas show --json | head`` ended with "nas show: error: [Errno 32] Broken pipe" (issue 15). Here the reader
+    is gone before the command writes: the command ends with no message and 141 (128 + SIGPIPE, as a shell reports
+    `git log | head`'s git); argparse's --help swallows the error itself and exits 0."""
+    process = subprocess.Popen([sys.executable, "-m", "nas", *argv], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    status = process.wait(timeout=120)
+    process.stderr.close()
+    assert err == ""
+    assert status in ((0, cli.EXIT_BROKEN_PIPE) if argv == ["--help"] else (cli.EXIT_BROKEN_PIPE,))
+
+
+def test_nas_piped_into_head_ends_without_a_broken_pipe_message(tmp_path):
+    """Output larger than the pipe's buffer, read by `head -c 10`: the command's later writes find no reader."""
+    command = (f"{shlex.quote(sys.executable)} -m nas space tiny --sample 2000 2>err.txt | head -c 10 >/dev/null; "
+               "echo ${PIPESTATUS[0]}")
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == str(cli.EXIT_BROKEN_PIPE), result.stderr
+    assert (tmp_path / "err.txt").read_text() == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -128,6 +129,37 @@ def test_show_num_classes_changes_only_the_classifier(capsys):
     assert reports[1000]["stage_parameters"] == reports[10]["stage_parameters"]
 
 
+def test_show_says_which_number_of_classes_the_parameters_are_for(capsys):
+    """A search prints candidates' parameters for its data's classes; nas show says its count is for ImageNet's
+    1000 unless --num-classes says otherwise (issue 15)."""
+    head_channels = presets.get("tiny").head_channels
+    status, out, err = run(capsys, "show", "tiny")
+    assert status == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("parameters: "))
+    assert "for 1000 classes (ImageNet's, the default; --num-classes N" in line
+    status, out, err = run(capsys, "show", "tiny", "--num-classes", 10)
+    assert status == 0, err
+    ten = next(line for line in out.splitlines() if line.startswith("parameters: "))
+    parameters = {count: int(text.split()[1].replace(",", "")) for count, text in ((1000, line), (10, ten))}
+    assert ten.endswith("for 10 classes (--num-classes 10)")
+    assert parameters[1000] - parameters[10] == (1000 - 10) * (head_channels + 1)
+    show_help = " ".join(_command_parsers()["show"].format_help().split())
+    assert "--num-classes N classifier outputs the parameter count is for (default: 1000, ImageNet's" in show_help
+
+
+def test_show_counts_without_importing_torch():
+    """nas show counts parameters and FLOPs from the spec (nas.complexity): no torch, a fast start."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom nas.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['show', 'efficientnetv2-s']) == 0\n"
+            "print(sorted(m for m in ('torch', 'ray', 'matplotlib', 'optuna', 'pandas') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_show_spec_file_works_like_the_preset(capsys, tmp_path):
     path = tmp_path / "b0.yaml"
     dump_spec(presets.get("efficientnet-b0"), path)
@@ -225,6 +257,28 @@ def test_compound_scaling_with_v2_rules_caps_the_image_size(capsys):
     assert specs[1].num_blocks > base.num_blocks
     assert specs[2].num_blocks > specs[1].num_blocks
     assert spec_complexity(specs[2]).parameters > spec_complexity(specs[1]).parameters
+
+
+def test_scale_explains_why_the_train_size_differs_from_the_eval_size(capsys, tmp_path):
+    """--image-size 380 gives train 384px: the spec's train/eval ratio (224/224) kept, rounded to a multiple of 8."""
+    argv = ("scale", "efficientnet-b0", "--width", "1.4", "--depth", "1.8", "--image-size", 380)
+    status, out, err = run(capsys, *argv, "-o", tmp_path / "b4.yaml")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("efficientnet-b0-w1.4-d1.8: train 384px, eval 380px")
+    assert lines[1] == ("  eval 380px as given (--image-size); train 384px = 380 x 224/224 (the spec's train/eval "
+                        "ratio) rounded to a multiple of 8")
+    status, out, err = run(capsys, *argv)  # YAML on stdout, the note on stderr
+    assert status == 0 and spec_from_yaml(out).train_image_size == 384
+    assert err.startswith("nas scale: train 384px, eval 380px: eval 380px as given")
+
+    status, out, err = run(capsys, "scale", "efficientnetv2-s", "--phi", 2, "--v2-rules", "-o", tmp_path / "s2.yaml")
+    assert status == 0, err
+    note = out.splitlines()[1]
+    assert note.startswith("  train 400px and eval 480px are the spec's 300 and 384px times gamma^phi = 1.15^2")
+    assert "then capped at 480px (--v2-rules)" in note and "trains on smaller images than it evaluates on" in note
+    status, out, err = run(capsys, "scale", "tiny", "--width", 2, "-o", tmp_path / "t.yaml")
+    assert status == 0 and out.splitlines()[1].startswith("stage "), out  # train = eval: nothing to explain
 
 
 def test_scale_refuses_phi_together_with_width(capsys):
@@ -572,20 +626,17 @@ def test_train_refuses_bad_data_sources(capsys, tmp_path, source, words):
 # --- trials, best, export (on a study written without Ray) --------------------------------------------------------
 
 
-@pytest.fixture
-def finished_study(tmp_path):
-    import optuna
-
+def recorded_study(storage: str, measurements: list, name: str = "s"):
+    """A study of the default campaign (the tiny space) whose first trial is the baseline, recorded as the campaign
+    records results: ``measurements`` are (accuracy, step time s, parameters), None for an out-of-memory failure."""
     from nas import study as studies
     from nas.campaign import CampaignConfig
     from nas.controllers import distributions, make_sampler
     from nas.records import EvalResult
 
     space = presets.get_space("tiny")
-    storage = f"sqlite:///{tmp_path}/s.db"
-    config = CampaignConfig(storage=storage, study="s")
+    config = CampaignConfig(storage=storage, study=name)
     study = studies.open_study(config, space, make_sampler("random", space))
-    measurements = [(0.6, 0.02, 2000), (0.7, 0.04, 2000), None, (0.6, 0.02, 1000)]
     for index, values in enumerate(measurements):
         trial = study.ask(fixed_distributions=distributions(space))
         spec = space.from_params(trial.params)
@@ -595,6 +646,15 @@ def finished_study(tmp_path):
         result = (EvalResult(status="failed", failure_reason="out of memory: x") if values is None else
                   EvalResult(status="ok", accuracy=values[0], step_time_s=values[1], parameters=values[2], macs=1))
         studies.record_result(study, trial, spec, result, config)
+    return study
+
+
+@pytest.fixture
+def finished_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = recorded_study(storage, [(0.6, 0.02, 2000), (0.7, 0.04, 2000), None, (0.6, 0.02, 1000)])
     study.ask()  # a trial still running
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 3
     return storage, study
@@ -649,6 +709,62 @@ def test_export_the_best_or_a_chosen_trial(capsys, tmp_path, finished_study):
     assert list(load_spec(output).block_strings) == study.trials[3].user_attrs["block_strings"]
     status, out, err = run(capsys, "export", "--study", "s", "--storage", storage, "--format", "timm")
     assert status == 0 and "arch_def = [" in out and out.count("['") == 4
+
+
+# --- search: what it says at the end ------------------------------------------------------------------------------
+
+
+def _search(capsys, storage: str, trials: int) -> tuple[int, str, str]:
+    """``nas search`` on study ``s`` of ``storage`` with the default campaign, in this process (no Ray)."""
+    return run(capsys, "search", "--study", "s", "--storage", storage, "--trials", trials, "--executor", "local")
+
+
+def test_a_search_whose_study_has_more_than_the_budget_says_so_truthfully(capsys, tmp_path, finished_study):
+    """Four finished trials, --trials 2: nothing runs, and the count is not written as "4/2" (issue 15)."""
+    from nas import records
+    from nas.study import load_study
+
+    storage, _ = finished_study
+    status, out, err = _search(capsys, storage, 2)
+    assert status == 0, err
+    assert ("4 trials finished (budget 2, already met; none ran now): raise --trials above 4 to search more"
+            in out.splitlines())
+    assert "4/2" not in out
+    # The best trial (1) is a candidate: exported without the baseline's note, and its absolute path recorded.
+    assert "best: trial 1, reward" in out and "no candidate beat" not in out
+    exported = tmp_path / "runs" / "s-best.yaml"
+    assert f"exported the best architecture to {Path('runs') / 's-best.yaml'}" in out
+    assert load_spec(exported).name == "s-trial1"
+    assert load_study(storage, "s").user_attrs[records.EXPORTED_SPEC] == str(exported.resolve())
+
+
+def test_a_search_where_no_candidate_beat_the_baseline_says_so(capsys, tmp_path):
+    from nas import records
+    from nas.study import load_study
+
+    storage = f"sqlite:///{tmp_path}/b.db"
+    recorded_study(storage, [(0.6, 0.02, 2000), (0.5, 0.02, 2000), (0.55, 0.02, 2000)])
+    output = tmp_path / "elsewhere" / "winner.yaml"
+    status, out, err = run(capsys, "search", "--study", "s", "--storage", storage, "--trials", 3, "--executor",
+                           "local", "--export", output)
+    assert status == 0, err
+    assert "best: trial 0, the baseline, reward 0.6000" in out
+    assert "no candidate beat the baseline" in out
+    assert f"exported the best architecture (the baseline's: no candidate beat it) to {output}" in out
+    assert load_study(storage, "s").user_attrs[records.EXPORTED_SPEC] == str(output)
+
+
+@pytest.mark.parametrize("finished, budget, ran, line", [
+    (3, 5, 1, "3/5 trials finished (1 in this run)"),
+    (5, 5, 2, "5/5 trials finished (2 in this run)"),
+    (5, 5, 0, "5 trials finished (budget 5, already met; none ran now): raise --trials above 5 to search more"),
+    (12, 5, 0, "12 trials finished (budget 5, already met; none ran now): raise --trials above 12 to search more"),
+    (6, 5, 2, "6 trials finished (budget 5; 2 in this run)"),
+])
+def test_the_finished_line_is_true_for_every_count(finished, budget, ran, line):
+    from nas.cli import _finished_line
+
+    assert _finished_line(finished, budget, ran) == line
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -1118,7 +1234,10 @@ def test_building_the_parser_imports_no_workshop():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom nas.cli import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in ('torch', 'ray', 'matplotlib') if m in sys.modules))")
+    # Nor the ledger's libraries: optuna (through nas.controllers) and pandas (through nas.trials) took half a
+    # second of every command's start, nas --help's included (issue 15).
+    code = ("import sys\nfrom nas.cli import build_parser\nbuild_parser().format_help()\n"
+            "print(sorted(m for m in ('torch', 'ray', 'matplotlib', 'optuna', 'pandas', 'sqlalchemy') "
+            "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"

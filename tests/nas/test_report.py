@@ -364,6 +364,24 @@ def test_when_the_baseline_wins_the_verdict_says_no_candidate_beat_it(tmp_path):
     assert [row[:2] for row in page.tables["verdict-table"]] == [["baseline", "0"], ["best candidate", str(best)]]
 
 
+def test_the_verdict_shows_the_exported_spec_s_path_that_the_study_records(tmp_path):
+    """nas search records where it wrote the best spec (records.EXPORTED_SPEC); the report shows that path, and
+    still the command that writes the spec again. A study without the record gets the default path, said to be
+    the default."""
+    recorder = Recorder(tmp_path)
+    best, _ = record_all(recorder, [(0.70, 0.020, 2000), (0.65, 0.020, 2000)])
+    before = Page(write_report(recorder.study, tmp_path / "before").path.read_text()).paragraphs["export"]
+    assert "runs/demo-best.yaml" in before and "does not record the path" in before
+    exported = tmp_path / "specs & more" / "<winner>.yaml"  # escaped in the page, shown as typed
+    recorder.study.set_user_attr(records.EXPORTED_SPEC, str(exported))
+    text = write_report(recorder.study, tmp_path / "after").path.read_text()
+    after = Page(text).paragraphs["export"]
+    assert f"wrote the best trial's spec, as of the end of its last run, to {exported}" in after
+    assert "runs/demo-best.yaml" not in after and "does not record" not in after
+    assert html.escape(str(exported), quote=False) in text
+    assert f"nas export --study demo --storage {recorder.config.storage_url} --trial {best}" in after
+
+
 def test_the_trials_table_has_a_row_per_trial_and_raw_sort_keys(campaign, campaign_page):
     _, page = campaign_page
     trials = campaign.study.get_trials(deepcopy=False)

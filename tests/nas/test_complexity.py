@@ -1,0 +1,60 @@
+"""nas.complexity counts a spec's parameters and multiply-adds from its numbers; the built network is the truth.
+
+Every preset and candidates sampled from every shipped space, at odd and even image sizes, for other numbers of
+classes and input channels: the count must equal :func:`nas.measure.spec_complexity`'s (trainable parameters of
+the network nas.builder makes; multiply-adds as torch's FlopCounterMode counts them) exactly.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nas import measure
+from nas.complexity import STAGE_TABLE_HEADERS, count_spec, stage_rows
+from search_spaces import presets
+
+
+def _specs() -> list:
+    specs = [presets.get(name) for name in presets.names()]
+    for name in presets.space_names():
+        rng = random.Random(name)
+        specs += [presets.get_space(name).sample(rng) for _ in range(3)]
+    return specs
+
+
+SPECS = _specs()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name or " ".join(spec.block_strings))
+@pytest.mark.parametrize("num_classes, image_size, in_channels", [(1000, None, None), (10, 33, 1)],
+                         ids=["imagenet", "ten-classes-odd-size-grayscale"])
+def test_the_count_equals_the_built_network_s(spec, num_classes, image_size, in_channels):
+    counted = count_spec(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+    built = measure.spec_complexity(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+    assert (counted.parameters, counted.stage_parameters, counted.macs, counted.image_size) == (
+        built.parameters, built.stage_parameters, built.macs, built.image_size)
+    assert (counted.num_classes, counted.in_channels) == (num_classes, in_channels or 3)
+
+
+def test_the_reference_counts():
+    """EfficientNet-B0: 5,288,548 parameters and 0.39 G multiply-adds (EfficientNet Table 2; timm)."""
+    b0 = count_spec(presets.get("efficientnet-b0"))
+    assert b0.parameters == 5_288_548 and b0.macs == pytest.approx(0.386e9, rel=0.01)
+    assert count_spec(presets.get("efficientnetv2-s")).parameters == 21_458_488
+
+
+def test_the_stage_table_has_the_stem_every_stage_and_the_head_with_their_parameters():
+    spec = presets.get("efficientnetv2-s")
+    parameters = count_spec(spec).stage_parameters
+    rows = stage_rows(spec, parameters)
+    assert [row[0] for row in rows] == ["stem", *range(1, len(spec.stages) + 1), "head"]
+    assert all(len(row) == len(STAGE_TABLE_HEADERS) for row in rows)
+    assert [row[-1] for row in rows[1:-1]] == [f"{count:,}" for count in parameters]
+
+
+@pytest.mark.parametrize("field, value", [("num_classes", 0), ("image_size", -1), ("in_channels", True)])
+def test_bad_values_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
+        count_spec(presets.get("tiny"), **{field: value})
