@@ -349,8 +349,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"out of memory timing {spec.name or args.spec} at batch size {args.batch_size} and image size "
             f"{image_size}px on device {args.device}: use a smaller --batch-size or --image-size"
         ) from None
+    relative = None if args.relative_to is None else _bench_relative(spec, result, args)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict() | ({} if relative is None else {"relative": relative}), indent=2))
         return 0
     step = result.step
     rows = [
@@ -373,9 +374,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["forward (median)", f"{result.inference.median_s * 1e3:.2f} ms"],
             ["forward images/s", f"{result.batch_size / result.inference.median_s:,.1f}"],
         ]
+    if relative is not None:
+        source = "the step-time cache" if relative["cached"] else f"{relative['pairs']} interleaved pairs of windows"
+        rows += [
+            ["relative to", relative["reference"]],
+            ["S/S0", f"{relative['step_time_ratio']:.4f} (from {source})"],
+            ["S/S0 spread (IQR)", f"{relative['step_time_ratio_iqr']:.4f}"],
+        ]
     print(format_table(["measure", "value"], rows))
     return 0
 
+
+def _bench_relative(spec: Any, result: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """S/S0 of ``spec`` against ``--relative-to`` at the settings just benchmarked, paired as a campaign times it,
+    inside the device's timing lock; read from and added to ``--storage``'s step-time cache when given."""
+    from nas.measure import resolve_device
+    from nas.recipe import TimingConfig
+    from nas.step_cache import StepTimeCache, cache_key
+    from nas.storage import make_storage, storage_errors
+    from nas.timing import DeviceLock, time_relative
+
+    reference = presets.resolve_spec(args.relative_to)
+    settings = TimingConfig(image_size=result.image_size, batch_size=result.batch_size, amp=args.amp,
+                            channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
+                            pairs=args.repeats)
+    key = cache_key(spec, reference, result.device, settings.to_dict())
+    cache = None
+    if args.storage is not None:
+        with storage_errors(args.storage, "open"):
+            cache = StepTimeCache(make_storage(args.storage))
+            entry = cache.get(key)
+        if entry is not None:
+            return {"reference": reference.name or args.relative_to, "cached": True, "pairs": None, **entry}
+    device = resolve_device(args.device)
+    with DeviceLock(device):
+        paired = time_relative(spec, reference, settings, device=device, num_classes=args.num_classes,
+                               in_channels=result.in_channels)
+    measured = {"step_time_ratio": paired.ratio, "step_time_ratio_iqr": paired.ratio_iqr,
+                "step_time_s": paired.step_time_s, "reference_step_time_s": paired.reference_step_time_s}
+    if cache is not None:
+        with storage_errors(args.storage, "write to"):
+            cache.put(key, measured)
+    return {"reference": reference.name or args.relative_to, "cached": False, "pairs": paired.pairs, **measured}
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts: a device
@@ -896,6 +936,13 @@ def build_parser() -> _Parser:
     bench.add_argument("--repeats", type=int, default=recipe["timing_repeats"],
                        help="timed windows; the median is reported")
     bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
+    bench.add_argument("--relative-to", metavar="SPEC_OR_PRESET",
+                       help="also estimate S/S0 against this reference (a campaign's baseline) from --repeats "
+                            "interleaved pairs of windows, as a campaign's reward does, with its spread")
+    bench.add_argument("--storage", metavar="URL",
+                       help="with --relative-to: read S/S0 from, and add it to, the step-time cache of this Optuna "
+                            "storage (a campaign's, e.g. sqlite:///runs/STUDY.db), keyed by both architectures, "
+                            "the device and the settings")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(handler=cmd_bench)
 

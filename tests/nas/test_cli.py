@@ -581,6 +581,27 @@ def test_bench_reports_step_time_and_size(capsys):
     assert "train step (median)" in out and "NCHW" in out and "process peak RSS" in out
 
 
+def test_bench_relative_to_a_baseline_prints_the_paired_ratio_and_fills_the_cache(capsys, tmp_path):
+    """Issue 16: nas bench SPEC --relative-to BASELINE is S/S0 as a campaign's reward sees it; with --storage it is
+    read from, and added to, that storage's step-time cache."""
+    storage = f"sqlite:///{tmp_path / 'cache.db'}"
+    candidate = tmp_path / "candidate.yaml"
+    dump_spec(presets.get_space("tiny").sample(3), candidate)
+    argv = ("bench", candidate, "--relative-to", "tiny", "--device", "cpu", "--batch-size", 4,
+            "--num-classes", 10, "--warmup", 1, "--repeats", 2, "--threads", 1)
+    status, out, err = run(capsys, *argv, "--json", "--storage", storage)
+    assert status == 0, err
+    relative = json.loads(out)["relative"]
+    assert relative["cached"] is False and relative["pairs"] == 2 and relative["reference"] == "tiny"
+    assert relative["step_time_ratio"] > 0 and relative["step_time_ratio_iqr"] >= 0
+    status, out, err = run(capsys, *argv, "--storage", storage)
+    assert status == 0, err
+    assert f"{relative['step_time_ratio']:.4f} (from the step-time cache)" in out
+    status, out, err = run(capsys, *argv)  # no storage: timed again, nothing read or written
+    assert status == 0, err
+    assert "interleaved pairs of windows" in out
+
+
 @pytest.mark.parametrize("device, words", [("cuda", ["'cuda' is not available"]), ("tpu", ["device must be one of"]),
                                            ("cuda:7", ["'cuda:7' is not available"])])
 def test_bench_refuses_a_device_that_is_not_there(capsys, monkeypatch, device, words):
