@@ -182,20 +182,8 @@ class CampaignConfig:
         if unknown:
             raise CampaignError(f"unknown campaign key(s) {unknown}; allowed keys are {allowed}")
         fields = dict(data)
-        train = fields.pop("train", None) or {}
-        if not isinstance(train, Mapping):
-            raise CampaignError(f"train must be a mapping of training settings, got {train!r}")
-        train_allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _RUNNER_OWNED_TRAIN_FIELDS]
-        unknown = [key for key in train if key not in train_allowed]
-        if unknown:
-            raise CampaignError(f"unknown train key(s) {unknown}; allowed keys are {train_allowed}")
-        timing = fields.pop("timing", None) or {}
-        if not isinstance(timing, Mapping):
-            raise CampaignError(f"timing must be a mapping of timing settings, got {timing!r}")
-        timing_allowed = [f.name for f in dataclasses.fields(TimingConfig)]
-        unknown = [key for key in timing if key not in timing_allowed]
-        if unknown:
-            raise CampaignError(f"unknown timing key(s) {unknown}; allowed keys are {timing_allowed}")
+        train = _section(fields, "train", "training settings", TrainConfig, excluded=_RUNNER_OWNED_TRAIN_FIELDS)
+        timing = _section(fields, "timing", "timing settings", TimingConfig)
         try:
             fields["train"] = TrainConfig(**train)
             fields["timing"] = TimingConfig(**timing)
@@ -216,6 +204,21 @@ class CampaignConfig:
         data["train"].update({key: value for key, value in given.items() if key in train_keys})
         data.update({key: value for key, value in given.items() if key not in train_keys})
         return CampaignConfig.from_dict(data)
+
+
+def _section(
+    fields: dict[str, Any], name: str, what: str, config: type, *, excluded: tuple[str, ...] = ()
+) -> Mapping[str, Any]:
+    """The mapping under ``name`` (popped from ``fields``; missing or null is empty), refusing keys that are not
+    fields of ``config`` (or are ``excluded``), with the allowed keys in the message."""
+    section = fields.pop(name, None) or {}
+    if not isinstance(section, Mapping):
+        raise CampaignError(f"{name} must be a mapping of {what}, got {section!r}")
+    allowed = [f.name for f in dataclasses.fields(config) if f.name not in excluded]
+    unknown = [key for key in section if key not in allowed]
+    if unknown:
+        raise CampaignError(f"unknown {name} key(s) {unknown}; allowed keys are {allowed}")
+    return section
 
 
 def load_campaign(path: str | Path) -> CampaignConfig:
