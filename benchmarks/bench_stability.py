@@ -1,29 +1,72 @@
-"""How reproducible is the step time S that enters the reward?
+"""How stable is the step time ratio S/S0 that enters the reward, alone and beside a co-tenant?
 
-1. One spec benchmarked N times, each in a fresh process (``nas bench --json``): median and coefficient of
-   variation (standard deviation / mean) of the N medians.
-2. K different specs sampled from a space, each measured twice in fresh processes: Spearman rank correlation of the
-   two orderings, i.e. whether the search would rank candidates the same way twice.
+Default (issue 16): paired against unpaired S/S0, quiet and loaded. ``--specs`` distinct specs sampled from the
+space (fixed seed, the space's baseline excluded) are each timed relative to the space's baseline S0 two ways:
 
-    python benchmarks/bench_stability.py                       # CPU, tiny space, 32px, batch 128
-    python benchmarks/bench_stability.py --device cuda --space efficientnetv2-s --image-size 128 --batch-size 128
+- paired (what campaigns do): :func:`nas.timing.time_relative`, both networks resident in one process, S/S0 from
+  ``--pairs`` pairs of interleaved windows in ABBA order; one call per spec;
+- unpaired (the method before issue 16): S0 measured once at the start of a pass with
+  :func:`nas.measure.benchmark_spec`, each spec's S measured later the same way (``--pairs`` windows, so each
+  network gets as many timed windows as in a pair); ratio = S / S0.
+
+Each spec is timed both ways, one after the other, in two passes in one process: quiet, then loaded. In the
+loaded pass ``--hogs`` CPU-bound processes (default 1: a Python busy loop in a child process, pinned with
+``os.sched_setaffinity`` to the last core this process may use, where the platform has it) start after half the
+specs and are stopped at the end of the pass. The table gives each spec's ratios in both passes and the change,
+and the change of the candidate's own step time (how much the load slowed it); below it, per method, the median
+and largest absolute change and the Spearman correlation of the quiet and loaded orderings. Targets for the
+paired ratio: median absolute change at most 3%, Spearman at least 0.95.
+
+Torch threads are set explicitly (``--threads``, default 1): with torch's default of 2 threads on a 2-core
+machine, a co-tenant that preempts either thread stalls the whole step, and single steps then vary up to 30x; at 1
+thread the step runs on whichever core is free. The run does not take the timing lock
+(:class:`nas.timing.DeviceLock`): here the co-tenant is the point. The defaults (8 specs, 7 pairs of windows of
+at least 0.25 s: the campaign defaults of ``TimingConfig``; 32px, batch 32) take about 2-3 minutes on the 2-core
+development machine (AMD EPYC, 2 vCPUs); ``--pairs 15`` about twice that.
+
+``--fresh-processes`` runs the earlier measurements instead (batch 128 unless ``--batch-size``, ``--repeats``
+windows each):
+
+1. One spec benchmarked ``--runs`` times, each in a fresh process (``nas bench --json``): median and coefficient of
+   variation (standard deviation / mean) of the medians.
+2. ``--specs`` different specs (the baseline and samples), each measured twice in fresh processes: Spearman rank
+   correlation of the two orderings, i.e. whether the search would rank candidates the same way twice.
+
+    python benchmarks/bench_stability.py                       # CPU, tiny space, 32px, batch 32, quiet vs loaded
+    python benchmarks/bench_stability.py --pairs 3 --specs 4   # a quick look
+    python benchmarks/bench_stability.py --fresh-processes     # CPU, tiny space, 32px, batch 128
+    python benchmarks/bench_stability.py --fresh-processes --device cuda --space efficientnetv2-s --image-size 128
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from nas.measure import benchmark_spec, describe_device, resolve_device
+from nas.recipe import TimingConfig
+from nas.timing import time_relative
 from search_spaces import presets
 from search_spaces.io import dump_spec
+from search_spaces.spec import ArchSpec
+
+# Targets of issue 16 for the paired ratio between the quiet and the loaded pass.
+MAX_MEDIAN_CHANGE = 0.03
+MIN_SPEARMAN = 0.95
+NUM_CLASSES = 10
+IN_CHANNELS = 3
 
 
 def bench_in_fresh_process(spec_path: Path, args: argparse.Namespace) -> dict:
@@ -38,19 +81,8 @@ def bench_in_fresh_process(spec_path: Path, args: argparse.Namespace) -> dict:
     return json.loads(result.stdout)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--space", default="tiny")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7, help="timed windows per measurement")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--runs", type=int, default=5, help="fresh-process runs of the same spec")
-    parser.add_argument("--specs", type=int, default=8, help="different specs for the rank correlation")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def fresh_processes(args: argparse.Namespace) -> None:
+    """The measurements before issue 16: one spec in fresh processes, and the ranks of specs twice."""
     space = presets.get_space(args.space)
     rng = random.Random(args.seed)
     specs = [space.baseline] + [space.sample(rng) for _ in range(args.specs - 1)]
@@ -88,6 +120,197 @@ def main() -> None:
         print(rows.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         correlation = pd.Series(first).corr(pd.Series(second), method="spearman")
         print(f"Spearman rank correlation of the two orderings: {correlation:.3f}")
+
+
+class CpuHogs:
+    """CPU-bound child processes (Python busy loops), each pinned to one core where the platform allows it.
+
+    Plain child processes rather than forks of this one: forking a process whose torch thread pool is running
+    is asking for trouble, and a ``spawn`` would import torch again. The first goes on the last core this
+    process may use, the next on the one before, and so on.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.processes: list[subprocess.Popen] = []
+        self.cores: list[int] = []
+
+    def start(self) -> None:
+        cores = sorted(os.sched_getaffinity(0), reverse=True) if hasattr(os, "sched_setaffinity") else []
+        for index in range(self.count):
+            process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            self.processes.append(process)
+            if cores:
+                self.cores.append(cores[index % len(cores)])
+                os.sched_setaffinity(process.pid, {self.cores[-1]})
+
+    def describe(self) -> str:
+        where = f"pinned to core(s) {', '.join(map(str, self.cores))}" if self.cores else "unpinned"
+        return f"{len(self.processes)} CPU-bound process(es), {where}"
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait()
+        self.processes = []
+
+    def __enter__(self) -> CpuHogs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Pass:
+    """One pass over the specs: each spec's paired and unpaired S/S0, and the step times behind them."""
+
+    paired: list[float]
+    unpaired: list[float]
+    paired_s: list[float]  # the candidate's median seconds per step in its paired windows
+    unpaired_s: list[float]
+    pair_spread: list[float]  # interquartile range of each spec's per-pair ratios, over its ratio
+    reference_s: float  # the unpaired S0, measured at the start of the pass
+    seconds: float
+
+
+def distinct_samples(space, count: int, seed: int) -> list[ArchSpec]:
+    """``count`` distinct specs drawn from ``space`` with one seeded generator, the baseline excluded."""
+    rng = random.Random(seed)
+    seen = {space.baseline.block_strings}
+    specs: list[ArchSpec] = []
+    for _ in range(1000 * count):
+        if len(specs) == count:
+            break
+        spec = space.sample(rng)
+        if spec.block_strings not in seen:
+            seen.add(spec.block_strings)
+            specs.append(spec)
+    if len(specs) < count:
+        raise ValueError(f"the {space!r} space gave only {len(specs)} distinct specs besides its baseline")
+    return specs
+
+
+def run_pass(specs: list[ArchSpec], baseline: ArchSpec, args: argparse.Namespace, device: torch.device, *,
+             loaded: bool) -> Pass:
+    settings = TimingConfig(window_s=args.window_s, pairs=args.pairs).resolved(
+        image_size=args.image_size, batch_size=args.batch_size)
+
+    def unpaired_seconds(spec: ArchSpec) -> float:
+        result = benchmark_spec(spec, device=str(device), batch_size=args.batch_size, image_size=args.image_size,
+                                in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, warmup=settings.warmup,
+                                repeats=args.pairs, min_window_s=args.window_s, threads=args.threads)
+        return result.step.median_s
+
+    start = time.perf_counter()
+    label = "loaded" if loaded else "quiet"
+    with CpuHogs(args.hogs) as hogs:
+        reference_s = unpaired_seconds(baseline)
+        paired, unpaired, paired_s, unpaired_s, pair_spread = [], [], [], [], []
+        for index, spec in enumerate(specs):
+            if loaded and index == len(specs) // 2:
+                hogs.start()
+                print(f"  {label}: started {hogs.describe()}, before spec {index + 1}", flush=True)
+            timing = time_relative(spec, baseline, settings, device=device, num_classes=NUM_CLASSES,
+                                   in_channels=IN_CHANNELS)
+            seconds = unpaired_seconds(spec)
+            paired.append(timing.ratio)
+            paired_s.append(timing.step_time_s)
+            pair_spread.append(timing.ratio_iqr / timing.ratio)
+            unpaired.append(seconds / reference_s)
+            unpaired_s.append(seconds)
+            print(f"  {label} {index + 1}/{len(specs)}: paired {timing.ratio:.3f}, unpaired {seconds / reference_s:.3f}"
+                  f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    return Pass(paired, unpaired, paired_s, unpaired_s, pair_spread, reference_s, time.perf_counter() - start)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Pearson correlation of the average ranks."""
+    return pd.Series(a).rank().corr(pd.Series(b).rank())
+
+
+def summarize(name: str, quiet: list[float], loaded: list[float], *, targets: bool) -> str:
+    changes = [abs(b / a - 1) for a, b in zip(quiet, loaded)]
+    median, largest, rho = statistics.median(changes), max(changes), spearman(quiet, loaded)
+    line = f"{name}: median |change| {median:.1%}, max |change| {largest:.1%}, Spearman {rho:.3f}"
+    if targets:
+        verdict = "met" if median <= MAX_MEDIAN_CHANGE and rho >= MIN_SPEARMAN else "NOT met"
+        line += (f"  (targets: median |change| <= {MAX_MEDIAN_CHANGE:.0%}, Spearman >= {MIN_SPEARMAN}: {verdict})")
+    return line
+
+
+def quiet_vs_loaded(args: argparse.Namespace) -> None:
+    """Paired and unpaired S/S0 of ``--specs`` specs, in a quiet pass and in a pass loaded halfway through."""
+    wall_start = time.perf_counter()
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    space = presets.get_space(args.space)
+    specs = distinct_samples(space, args.specs, args.seed)
+    print(f"device: {describe_device(device)}; {os.cpu_count()} logical CPUs; "
+          f"load average {os.getloadavg()[0]:.2f} (1 min) at the start")
+    print(f"settings: {args.space} space, {args.specs} specs (seed {args.seed}) against its baseline, "
+          f"{args.image_size}px, batch {args.batch_size}, {args.pairs} pairs / windows of {args.window_s} s, "
+          f"{args.threads} torch thread(s)\n")
+    quiet = run_pass(specs, space.baseline, args, device, loaded=False)
+    loaded = run_pass(specs, space.baseline, args, device, loaded=True)
+
+    def change(a: list[float], b: list[float]) -> list[str]:
+        return [f"{y / x - 1:+.1%}" for x, y in zip(a, b)]
+
+    half = len(specs) // 2
+    table = pd.DataFrame({
+        "spec": [" ".join(spec.block_strings) for spec in specs],
+        "loaded": ["yes" if index >= half else "" for index in range(len(specs))],
+        "paired quiet": quiet.paired,
+        "paired loaded": loaded.paired,
+        "paired change": change(quiet.paired, loaded.paired),
+        "unpaired quiet": quiet.unpaired,
+        "unpaired loaded": loaded.unpaired,
+        "unpaired change": change(quiet.unpaired, loaded.unpaired),
+        "S change": change(quiet.paired_s, loaded.paired_s),
+    })
+    print("\nS/S0 quiet and loaded (the CPU-bound process ran during the specs marked 'loaded'); 'S change': the"
+          " candidate's own step time in its paired windows, loaded over quiet")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"S0 (unpaired, at the start of each pass): quiet {quiet.reference_s * 1e3:.2f} ms, "
+          f"loaded pass {loaded.reference_s * 1e3:.2f} ms")
+    print("per-pair ratios' IQR / ratio, median over the specs: quiet pass "
+          f"{statistics.median(quiet.pair_spread):.1%}, loaded half {statistics.median(loaded.pair_spread[half:]):.1%}")
+    print(summarize("paired", quiet.paired, loaded.paired, targets=True))
+    print(summarize("unpaired", quiet.unpaired, loaded.unpaired, targets=False))
+    print(f"wall time: {time.perf_counter() - wall_start:.0f} s (quiet pass {quiet.seconds:.0f} s, loaded pass "
+          f"{loaded.seconds:.0f} s); load average {os.getloadavg()[0]:.2f} (1 min) at the end")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fresh-processes", action="store_true",
+                        help="run the earlier measurements (one spec in fresh processes; ranks twice) instead")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--space", default="tiny")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, help="default 32 (128 with --fresh-processes)")
+    parser.add_argument("--pairs", type=int, default=TimingConfig.pairs,
+                        help="pairs of windows per paired ratio, and windows per unpaired S (default %(default)s)")
+    parser.add_argument("--window-s", type=float, default=TimingConfig.window_s,
+                        help="minimum seconds per timed window (default %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1; with --fresh-processes, torch's)")
+    parser.add_argument("--specs", type=int, default=8, help="specs to time (default %(default)s)")
+    parser.add_argument("--hogs", type=int, default=1,
+                        help="CPU-bound processes started halfway through the loaded pass (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=7, help="--fresh-processes: timed windows per measurement")
+    parser.add_argument("--runs", type=int, default=5, help="--fresh-processes: fresh-process runs of one spec")
+    args = parser.parse_args()
+    if args.fresh_processes:
+        args.batch_size = 128 if args.batch_size is None else args.batch_size
+        fresh_processes(args)
+    else:
+        args.batch_size = 32 if args.batch_size is None else args.batch_size
+        args.threads = 1 if args.threads is None else args.threads
+        quiet_vs_loaded(args)
 
 
 if __name__ == "__main__":
