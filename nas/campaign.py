@@ -359,6 +359,7 @@ class Campaign:
         self.timing = config.timing.resolved(image_size=space.baseline.train_image_size,
                                              batch_size=config.train.batch_size)
         self.cache = StepTimeCache(study._storage)
+        self._timed_early: set[int] = set()  # trials whose S/S0 went into the cache before their result came
 
     def start(self, data_name: str) -> None:
         """Says what the campaign runs, once the executor has loaded the data."""
@@ -391,6 +392,20 @@ class Campaign:
             self._record(number, result, node)
         except STORAGE_ERRORS as error:
             self._stop_on(error)
+
+    def record_timing(self, number: int, measurement: Mapping[str, Any]) -> None:
+        """Keeps trial ``number``'s new S/S0 measurement (an EvalResult's fields, with ``device`` and ``timing``) in
+        the step-time cache as soon as its worker took it, before the trial's proxy training ends."""
+        if number not in self.pending:
+            return
+        trial, spec = self.pending[number]
+        try:
+            self._cache(spec, EvalResult.from_dict({"status": records.STATUS_OK, **measurement}),
+                        baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
+        except STORAGE_ERRORS as error:
+            self._stop_on(error)
+            return
+        self._timed_early.add(number)
 
     def interrupt_pending(self, reason: str) -> None:
         """Ends trials still in flight as interrupted failures (each runs once more when the campaign resumes)."""
@@ -489,7 +504,9 @@ class Campaign:
         if node is not None:
             trial.set_user_attr(records.RAY_NODE, node)
         reward = studies.record_result(self.study, trial, spec, result, self.config)
-        self._cache(spec, result, baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
+        if number not in self._timed_early:
+            self._cache(spec, result, baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
+        self._timed_early.discard(number)
         self.finished += 1
         self.completed += 1
         if reward is not None and (self.best is None or reward > self.best[0]):

@@ -31,19 +31,31 @@ same contract (it returns a failed EvalResult rather than raising). Ray's execut
 
 
 def evaluate_candidate(
-    spec: ArchSpec, data: ImageData, train: TrainConfig, plan: TrialPlan, trainer: Trainer
+    spec: ArchSpec,
+    data: ImageData,
+    train: TrainConfig,
+    plan: TrialPlan,
+    trainer: Trainer,
+    *,
+    on_timed: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalResult:
     """The trial's result: PRUNED with the reason when over a constraint, FAILED when timing fails (out of memory
-    at the target settings, say), else ``trainer``'s proxy-training result with the step-time measurement."""
+    at the target settings, say), else ``trainer``'s proxy-training result with the step-time measurement.
+
+    ``on_timed`` receives a new S/S0 measurement (with the device and settings) as soon as it is taken, before
+    proxy training: the campaign caches it then, so a trial interrupted while training is not timed again."""
     measured: dict[str, Any] = {}
     try:
         device = resolve_device(train.device)
+        prepare_device(device, train.threads)  # first: the device's description names its threads
         measured["device"] = describe_device(device)
         parameters = count_parameters(build_model(spec, data.num_classes, data.in_channels))
         measured["parameters"] = parameters
         reason = _over_params(parameters, plan)
         if reason is None:
             measured.update(_step_time(spec, data, train, plan, device))
+            if on_timed is not None and not measured["timing_cached"]:
+                on_timed(dict(measured))
             reason = _over_step_time(measured["step_time_ratio"], plan)
     except Exception as error:  # a failing candidate must never end the campaign
         return EvalResult(status=STATUS_FAILED, failure_reason=f"while timing: {failure_reason(error)}", **measured)
@@ -76,7 +88,6 @@ def _step_time(spec: ArchSpec, data: ImageData, train: TrainConfig, plan: TrialP
     common = {"timing": settings.to_dict()}
     if plan.cached is not None:
         return {**common, **plan.cached, "timing_cached": True}
-    prepare_device(device, train.threads)
     with DeviceLock(device):
         if plan.reference is None:
             alone = benchmark_spec(

@@ -8,6 +8,7 @@ differs (one trial at a time, ``cpus_per_trial`` threads, the GPU when there is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -36,7 +37,9 @@ class LocalExecutor:
         train = dataclasses.replace(config.train, device=str(device), threads=config.cpus_per_trial)
         data = data.to(device)
         while (proposal := campaign.next_trial()) is not None:
-            campaign.record(proposal.number, evaluate_candidate(proposal.spec, data, train, proposal.plan, self.trainer))
+            result = evaluate_candidate(proposal.spec, data, train, proposal.plan, self.trainer,
+                                        on_timed=functools.partial(campaign.record_timing, proposal.number))
+            campaign.record(proposal.number, result)
 
 
 def _device(config: CampaignConfig) -> torch.device:

@@ -10,6 +10,7 @@ per campaign and cached in each worker process, which Tune reuses between trials
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from nas.train import train_and_evaluate  # noqa: E402
 from search_spaces.spec import ArchSpec  # noqa: E402
 
 RESULT_KEY = "eval_result_json"
+TIMING_KEY = "step_time_json"  # an intermediate result: S/S0 as soon as it is measured, before proxy training
 NODE_KEY = "ray_node_id"
 #: How long a trial may wait for its resources before the campaign says so (once per trial).
 PENDING_REPORT_S = 60.0
@@ -102,6 +104,12 @@ class PolicySearcher(Searcher):
             return Searcher.FINISHED if self.campaign.over else None
         self.numbers[trial_id] = proposal.number
         return {"trial_number": proposal.number, "spec": proposal.spec.to_dict(), "plan": proposal.plan.to_dict()}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """An intermediate result: a trial's S/S0, which the campaign caches before the trial's training ends."""
+        number = self.numbers.get(trial_id)
+        if number is not None and TIMING_KEY in result:
+            self.campaign.record_timing(number, json.loads(result[TIMING_KEY]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.numbers.pop(trial_id, None)
@@ -195,7 +203,8 @@ def evaluate_trial(
     spec = ArchSpec.from_dict(config["spec"])
     plan = TrialPlan.from_dict(config["plan"])
     train = dataclasses.replace(train, device=device, threads=cpus)
-    result = evaluate_candidate(spec, _WORKER_DATA[key], train, plan, trainer)
+    result = evaluate_candidate(spec, _WORKER_DATA[key], train, plan, trainer,
+                                on_timed=lambda measurement: tune.report({TIMING_KEY: json.dumps(measurement)}))
     tune.report({RESULT_KEY: result.to_json(), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 

@@ -176,3 +176,26 @@ def test_candidates_over_a_constraint_are_pruned_counted_and_taught_to_the_contr
     evolution = RegularizedEvolutionSampler(SPACE, population_size=4)
     evolution.update(study)
     assert [reward for _, reward in evolution.population()] == [study.trials[0].value, 0.0, 0.0, 0.0]
+
+
+def test_a_trial_interrupted_while_training_is_not_timed_again_when_it_runs_once_more(tmp_path, monkeypatch):
+    """Its S/S0 reached the cache when it was measured, before training: the re-run reads it."""
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    timed = []
+    real = evaluate.time_relative
+    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
+
+    def interrupted_in_training(spec, data, config):
+        if spec.name != SPACE.baseline.name:
+            raise KeyboardInterrupt  # Ctrl-C while the first candidate trains
+        return trained(spec, data, config)
+
+    with pytest.raises(KeyboardInterrupt):
+        campaigns.run_campaign(config("resume", storage), LocalExecutor(trainer=interrupted_in_training),
+                               out=io.StringIO())
+    assert len(timed) == 1
+    campaigns.run_campaign(config("resume", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    study = optuna.load_study(study_name="resume", storage=storage)
+    rerun = next(t for t in study.trials if t.user_attrs.get("requeued_from") == 1)
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["timing_cached"] is True
+    assert len(timed) == 1 + 2  # the two new candidates only

@@ -4,6 +4,7 @@ cluster is started here; whole campaigns run under real Ray in tests/e2e)."""
 from __future__ import annotations
 
 import io
+import json
 
 import optuna
 import pytest
@@ -44,6 +45,24 @@ def test_the_searcher_starts_what_the_policy_proposes_and_finishes_when_it_is_ov
     trials = searcher.campaign.study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert trials[0].user_attrs["ray_node"] == "node-1" and "ray_node" not in trials[1].user_attrs
+
+
+def test_a_worker_s_step_time_reaches_the_cache_before_its_trial_ends(tmp_path):
+    """The trainable reports S/S0 as an intermediate result; the searcher hands it to the campaign's cache, and the
+    re-run of a trial whose worker then died is planned with it."""
+    searcher = policy_searcher(tmp_path, trials=3)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {runner.RESULT_KEY: measured().to_json()})
+    first = searcher.suggest("b")
+    assert first["plan"]["cached"] is None and first["plan"]["reference"]["name"] == "tiny"
+    timing = {"step_time_ratio": 0.9, "step_time_ratio_iqr": 0.02, "step_time_s": 0.009,
+              "reference_step_time_s": 0.01, "device": "cpu", "timing": first["plan"]["timing"]}
+    searcher.on_trial_result("b", {runner.TIMING_KEY: json.dumps(timing)})
+    searcher.on_trial_complete("b", error=True)
+    rerun = searcher.suggest("c")
+    assert rerun["spec"] == first["spec"]
+    assert rerun["plan"]["cached"] == {key: timing[key] for key in
+                                       ("step_time_ratio", "step_time_ratio_iqr", "step_time_s", "reference_step_time_s")}
 
 
 def test_a_trial_whose_worker_died_is_interrupted_and_runs_once_more(tmp_path):
