@@ -34,7 +34,7 @@ def test_random_campaign_resume_refusal_and_export(tmp_path):
 
     again = nas(tmp_path, "search", "--config", str(campaign))
     assert again.returncode == 0, again.stderr
-    assert "nothing to do" in again.stdout and "(0 in this run)" in again.stdout
+    assert "nothing to do" in again.stdout and "(budget 4, already met; none ran now)" in again.stdout
     assert len(load(sqlite_url(tmp_path)).trials) == 4
 
     refused = nas(tmp_path, "search", "--config", str(campaign), "--space", "efficientnet-b0")
@@ -60,7 +60,8 @@ def test_rl_campaign_completes_in_the_drivers_process(tmp_path):
     assert len(finished(study)) == 3 and study.trials[0].user_attrs["role"] == "baseline"
     assert not any("ray_node" in t.user_attrs for t in study.trials)  # no Ray worker ran them
     assert not (tmp_path / "runs" / "ray").exists()
-    assert {t.user_attrs["controller"] for t in study.trials} == {"rl"}
+    assert {t.user_attrs.get("controller") for t in study.trials} == {None, "rl"}  # the baseline: no controller
+    assert "controller" not in study.trials[0].user_attrs
     listed = nas(tmp_path, "trials", "--study", "rl", "--format", "json")
     assert listed.returncode == 0 and listed.stdout.count('"number"') == 3
 
