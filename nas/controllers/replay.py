@@ -26,6 +26,7 @@ Enqueued trials (the backbone, re-enqueued params) teach like any other.
 
 from __future__ import annotations
 
+import abc
 import math
 import threading
 from dataclasses import dataclass
@@ -176,14 +177,14 @@ class ReplayedSampler(BaseSampler, Generic[State]):
         self._replay = replay
         return replay
 
+    @abc.abstractmethod
     def _initial_state(self, space: DecisionSpace) -> State:
         """The state before any trial taught."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _learn(self, state: State, indices: tuple[int, ...], reward: float) -> None:
         """Teaches ``state`` that the architecture of choice ``indices`` earned ``reward``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _draw(self, state: State, space: DecisionSpace, generator: np.random.Generator) -> tuple[int, ...]:
         """One choice index per decision of ``space``, drawn from ``state`` with ``generator``."""
-        raise NotImplementedError
