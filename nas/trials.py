@@ -24,7 +24,7 @@ TABLE_COLUMNS = (
     "normalized_parameters", "architecture", "failure_reason", "controller",
 )
 INTEGER_COLUMNS = ("number", "parameters", "macs")
-TRIAL_STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING")
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # PRUNED: over a campaign constraint
 FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
 
 

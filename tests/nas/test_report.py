@@ -767,7 +767,7 @@ def test_best_ranks_among_the_filtered_trials(capsys, campaign):
 
 @pytest.mark.parametrize("argv, words", [
     (("--filter", "status=COMPLETE"), ["--filter", "unknown field 'status'", "state, controller"]),
-    (("--filter", "state=done"), ["--filter state", "COMPLETE, FAIL, RUNNING, WAITING", "'DONE'"]),
+    (("--filter", "state=done"), ["--filter state", "COMPLETE, PRUNED, FAIL, RUNNING, WAITING", "'DONE'"]),
     (("--filter", "controller=bayes"), ["--filter controller", "random, rl, tpe", "'bayes'"]),
     (("--filter", "state"), ["FIELD=VALUE", "state, controller", "'state'"]),
     (("--sort", "speed"), ["--sort", "unknown column 'speed'", "reward", "controller"]),
