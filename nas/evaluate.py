@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import torch
 
-from nas.builder import build_model
 from nas.campaign import TrialPlan
 from nas.data import ImageData
-from nas.measure import benchmark_spec, count_parameters, describe_device, prepare_device, resolve_device
+from nas.complexity import count_spec
+from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device
 from nas.recipe import TrainConfig
 from nas.records import STATUS_FAILED, STATUS_PRUNED, EvalResult
 from nas.timing import DeviceLock, time_relative
@@ -49,7 +49,8 @@ def evaluate_candidate(
         device = resolve_device(train.device)
         prepare_device(device, train.threads)  # first: the device's description names its threads
         measured["device"] = describe_device(device)
-        parameters = count_parameters(build_model(spec, data.num_classes, data.in_channels))
+        # counted from the spec, exactly as the built network has them (nas.complexity): no build before training
+        parameters = count_spec(spec, num_classes=data.num_classes, in_channels=data.in_channels).parameters
         measured["parameters"] = parameters
         reason = _over_params(parameters, plan)
         if reason is None:
