@@ -30,6 +30,7 @@ import ray
 from nas.campaign import CampaignConfig, run_campaign
 from nas.recipe import TimingConfig
 from nas.data import ImageData
+from nas.halving import Rungs
 from nas.measure import spec_complexity
 from nas.recipe import TrainConfig
 from nas.records import EvalResult
@@ -39,7 +40,7 @@ from nas.study import finished_trials
 from search_spaces.spec import ArchSpec
 
 
-def instant_trainer(spec: ArchSpec, data: ImageData, config: TrainConfig) -> EvalResult:
+def instant_trainer(spec: ArchSpec, data: ImageData, config: TrainConfig, rungs: Rungs | None = None) -> EvalResult:
     """A stand-in for proxy training: a deterministic accuracy per architecture, its real parameter count."""
     digest = zlib.crc32(" ".join(spec.block_strings).encode())
     parameters = spec_complexity(spec, num_classes=data.num_classes, image_size=data.image_size).parameters

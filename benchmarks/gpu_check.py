@@ -440,10 +440,10 @@ def _campaign(context: Context, work: Path) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     log = work / "trainings.jsonl"
 
-    def recording_trainer(spec: Any, data: Any, config: Any) -> Any:
+    def recording_trainer(spec: Any, data: Any, config: Any, rungs: Any = None) -> Any:
         """train_and_evaluate, noting where and when each proxy training ran (a closure: Ray pickles it by value)."""
         start = time.time()
-        result = train_and_evaluate(spec, data, config)
+        result = train_and_evaluate(spec, data, config, rungs=rungs)
         entry = {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": config.device,
                  "start": start, "end": time.time()}
         with open(log, "a", encoding="utf-8") as file:

@@ -5,7 +5,8 @@ A campaign file (``experiments/*.yaml``) holds a mapping of the settings; every 
 resources, seed) define what a trial's numbers mean, so a study refuses to resume under different ones.
 
 The policy decides which trial runs next and what becomes of each result (baseline first and alone, the budget,
-roles, re-runs of interrupted trials, the best so far); an executor (:mod:`nas.runner` on Ray Tune, the default and
+roles, re-runs of interrupted trials, the best so far, and with ``scheduler: {type: asha}`` which trials stop at a
+rung, :mod:`nas.halving`); an executor (:mod:`nas.runner` on Ray Tune, the default and
 the cluster path, or :mod:`nas.local` in this process) runs what it proposes. This module imports neither Ray nor
 torch.
 """
@@ -27,7 +28,8 @@ import optuna
 from nas import records
 from nas import study as studies
 from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
-from nas.recipe import TimingConfig, TrainConfig
+from nas.halving import SchedulerConfig, promotes, promotion_cutoff, rung_epochs
+from nas.recipe import MAX_AUTO_BATCH_SIZE, TimingConfig, TrainConfig, resolve_recipe
 from nas.records import EvalResult
 from nas.sources import DataError, check_source, holdout_count
 from nas.step_cache import StepTimeCache, cache_key
@@ -47,6 +49,8 @@ _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Ranges of the integer fields. The caps refuse absurd values before any study, directory or Ray node exists; the
 # seed is capped at 2^32 - 1 because Optuna's samplers seed NumPy with it.
 _INTEGER_RANGES = {"trials": (1, 100_000), "workers": (1, 1024), "cpus_per_trial": (1, 1024), "seed": (0, 2**32 - 1)}
+#: ``with_overrides`` keys (the ``nas search`` flags) that set a field of the ``scheduler`` section: key -> field.
+SCHEDULER_OVERRIDES = {"scheduler": "type", "min_epochs": "min_epochs", "reduction_factor": "reduction_factor"}
 
 
 class CampaignError(ValueError):
@@ -63,7 +67,8 @@ class CampaignConfig:
     timed at ``timing``'s settings (by default the space's backbone's training image size and the proxy's batch)
     against the baseline in interleaved windows. ``max_step_time_ratio`` and ``max_params_ratio`` are hard limits
     on S/S_baseline and P/P_baseline (MnasNet's hard-constraint form): a candidate over either is PRUNED, with the
-    reason, before any proxy training.
+    reason, before any proxy training. ``scheduler`` with ``type: asha`` stops candidates that are behind at a rung
+    (:mod:`nas.halving`); a stopped trial is PRUNED with its rung and rung reward.
     """
 
     space: str = "tiny"
@@ -86,6 +91,7 @@ class CampaignConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     max_step_time_ratio: float | None = None
     max_params_ratio: float | None = None
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INTEGER_RANGES.items():
@@ -111,6 +117,14 @@ class CampaignConfig:
         for name in ("max_step_time_ratio", "max_params_ratio"):
             check_real(name, getattr(self, name), 0, 1e6, low_open=True, optional=True, none_name="null",
                        error=CampaignError)
+        if not isinstance(self.scheduler, SchedulerConfig):
+            raise CampaignError(f"scheduler must be a SchedulerConfig, got {type(self.scheduler).__name__}")
+        if self.scheduler.enabled and self.scheduler.min_epochs >= self.train.epochs:
+            raise CampaignError(
+                f"scheduler.min_epochs {self.scheduler.min_epochs} must be below train.epochs {self.train.epochs} "
+                f"with scheduler {self.scheduler.type!r} (a trial is judged after min_epochs, before its end): lower "
+                "min_epochs, raise epochs, or use scheduler type 'none'"
+            )
         try:  # the name and options only: the files it names are checked when the campaign starts
             check_source(self.data, image_size=self.train.image_size, files=False)
         except DataError as error:
@@ -138,7 +152,7 @@ class CampaignConfig:
                                 f"{summary.in_channels} channel(s); unpin it to follow the data, or use other data")
         if summary.num_images is not None:
             train_images = summary.num_images - holdout_count(summary.num_images, self.val_fraction)
-            if self.train.batch_size > train_images:
+            if self.train.batch_size is not None and self.train.batch_size > train_images:
                 raise CampaignError(
                     f"train.batch_size {self.train.batch_size} is larger than the {train_images:,} training images "
                     f"of {self.data!r} (after holding out val_fraction {self.val_fraction:g}); use at most "
@@ -164,12 +178,14 @@ class CampaignConfig:
             "timing": self.timing.to_dict(),
             "max_step_time_ratio": self.max_step_time_ratio,
             "max_params_ratio": self.max_params_ratio,
+            "scheduler": self.scheduler.to_dict(),
         }
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["train"] = {k: v for k, v in self.train.to_dict().items() if k not in _RUNNER_OWNED_TRAIN_FIELDS}
         data["timing"] = self.timing.to_dict()
+        data["scheduler"] = self.scheduler.to_dict()
         return data
 
     @classmethod
@@ -184,9 +200,11 @@ class CampaignConfig:
         fields = dict(data)
         train = _section(fields, "train", "training settings", TrainConfig, excluded=_RUNNER_OWNED_TRAIN_FIELDS)
         timing = _section(fields, "timing", "timing settings", TimingConfig)
+        scheduler = _section(fields, "scheduler", "successive-halving settings", SchedulerConfig)
         try:
             fields["train"] = TrainConfig(**train)
             fields["timing"] = TimingConfig(**timing)
+            fields["scheduler"] = SchedulerConfig(**scheduler)
             return cls(**fields)
         except CampaignError:
             raise
@@ -196,13 +214,16 @@ class CampaignConfig:
     def with_overrides(self, overrides: Mapping[str, Any]) -> CampaignConfig:
         """This config with the given fields replaced; ``None`` values (flags not given) are ignored.
 
-        Keys ``epochs``, ``image_size`` and ``batch_size`` go to the training settings.
+        Keys ``epochs``, ``image_size`` and ``batch_size`` go to the training settings; ``scheduler`` (the
+        scheduler's type), ``min_epochs`` and ``reduction_factor`` to the successive-halving settings.
         """
         given = {key: value for key, value in overrides.items() if value is not None}
         train_keys = {"epochs", "image_size", "batch_size"}
         data = self.to_dict()
         data["train"].update({key: value for key, value in given.items() if key in train_keys})
-        data.update({key: value for key, value in given.items() if key not in train_keys})
+        data["scheduler"].update({SCHEDULER_OVERRIDES[key]: value for key, value in given.items()
+                                  if key in SCHEDULER_OVERRIDES})
+        data.update({key: value for key, value in given.items() if key not in train_keys | set(SCHEDULER_OVERRIDES)})
         return CampaignConfig.from_dict(data)
 
 
@@ -265,7 +286,8 @@ class TrialPlan:
     ``timing`` is resolved (image and batch size filled in). ``reference`` is the baseline's spec S/S0 is timed
     against, None when the trial is the baseline itself (its S is timed alone: it is S0). ``cached`` is a
     step-time cache entry that replaces timing. The constraints are the campaign's, with the baseline's parameter
-    count to apply ``max_params_ratio`` to.
+    count to apply ``max_params_ratio`` to. ``rungs`` are the epochs successive halving judges the trial at
+    (:func:`nas.halving.rung_epochs`), empty without it.
     """
 
     timing: TimingConfig
@@ -274,6 +296,7 @@ class TrialPlan:
     cached: Mapping[str, Any] | None = None
     max_step_time_ratio: float | None = None
     max_params_ratio: float | None = None
+    rungs: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as the plan travels to a Ray worker."""
@@ -281,6 +304,7 @@ class TrialPlan:
         data["timing"] = self.timing.to_dict()
         data["reference"] = None if self.reference is None else self.reference.to_dict()
         data["cached"] = None if self.cached is None else dict(self.cached)
+        data["rungs"] = list(self.rungs)
         return data
 
     @classmethod
@@ -288,6 +312,7 @@ class TrialPlan:
         fields = dict(data)
         fields["timing"] = TimingConfig(**fields["timing"])
         fields["reference"] = None if fields["reference"] is None else ArchSpec.from_dict(fields["reference"])
+        fields["rungs"] = tuple(fields.get("rungs", ()))
         return cls(**fields)
 
 
@@ -325,6 +350,9 @@ class Campaign:
     Each proposal carries its :class:`TrialPlan`: S/S0 comes from the storage's step-time cache when this
     architecture was timed against this baseline on this device at these settings before, and every new
     measurement goes into the cache.
+
+    With successive halving (``config.scheduler``), the plan carries the rung epochs and the executor's trainer
+    asks :meth:`judge` at each; a trial judged behind is recorded PRUNED there and then (:mod:`nas.halving`).
     """
 
     def __init__(
@@ -357,15 +385,41 @@ class Campaign:
         # (reward, trial number) of the best complete trial, kept up to date here rather than re-read per trial
         self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
         self.timing = config.timing.resolved(image_size=space.baseline.train_image_size,
-                                             batch_size=config.train.batch_size)
+                                             batch_size=config.train.batch_size or MAX_AUTO_BATCH_SIZE)
         self.cache = StepTimeCache(study._storage)
         self._timed_early: set[int] = set()  # trials whose S/S0 went into the cache before their result came
+        # Successive halving, from the study's rung records: every reward counted at each rung, by rung epoch and
+        # the trial it belongs to (a re-run's is its original's number, so it replaces rather than adds), and the
+        # rungs each trial was promoted at (a re-run inherits them). An interrupted trial's rewards do not count:
+        # its re-run reports them again.
+        self._rung_rewards: dict[int, dict[int, float]] = {}
+        self._promoted: dict[int, set[int]] = {}
+        self._rung_records: dict[int, list[dict[str, Any]]] = {}  # trial number -> its RUNGS attribute (pending)
+        for trial in trials:
+            for rung in trial.user_attrs.get(records.RUNGS, ()):
+                if rung["promoted"]:
+                    self._promoted.setdefault(trial.number, set()).add(rung["epoch"])
+                if not studies.is_interrupted(trial):
+                    self._rung_rewards.setdefault(rung["epoch"], {})[_lineage(trial.user_attrs, trial.number)] = (
+                        rung["reward"])
 
-    def start(self, data_name: str) -> None:
-        """Says what the campaign runs, once the executor has loaded the data."""
+    def start(self, data_name: str, *, train_images: int, flips: bool) -> None:
+        """Says what the campaign runs, once the executor has loaded the data (``train_images`` training images,
+        whose mirror images keep their labels when ``flips``), and records the proxy recipe as it resolves for that
+        data (README, "Proxy training") in the study's ``recipe`` attribute; every trial records its own too."""
+        halving = f", successive halving at epochs {list(self._rungs)}" if self._rungs else ""
         print(f"campaign {self.config.study!r}: space {self.space.name} ({self.space.size:,} architectures), "
-              f"{data_name}, {self.config.controller} controller, {self.finished}/{self.config.trials} trials "
-              f"finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
+              f"{data_name}, {self.config.controller} controller{halving}, {self.finished}/{self.config.trials} "
+              f"trials finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
+        recipe = resolve_recipe(self.config.train, train_images=train_images, flips=flips)
+        try:
+            self.study.set_user_attr(records.RECIPE, {k: v for k, v in recipe.to_dict().items()
+                                                      if k not in _RUNNER_OWNED_TRAIN_FIELDS})
+        except STORAGE_ERRORS as error:
+            self._stop_on(error)
+        print(f"proxy recipe: {recipe.epochs} epochs at batch {recipe.batch_size} ({train_images // recipe.batch_size} "
+              f"steps per epoch), {recipe.optimizer} lr {recipe.learning_rate:g}, warm-up {recipe.warmup_steps} steps, "
+              f"augment {recipe.augment}", file=self.out, flush=True)
 
     @property
     def over(self) -> bool:
@@ -392,6 +446,24 @@ class Campaign:
             self._record(number, result, node)
         except STORAGE_ERRORS as error:
             self._stop_on(error)
+
+    def judge(self, number: int, result: EvalResult) -> bool:
+        """Successive halving's decision on trial ``number`` at a rung: whether it trains on (True) or stops.
+
+        ``result`` is the trial's evaluation after ``result.epochs_completed`` epochs (with its S/S0). Its reward,
+        by the trial's own formula, is reported to Optuna as the intermediate value at that epoch and appended to
+        the trial's ``rungs`` attribute with the decision, at once. The decision is :func:`nas.halving.promotes`
+        against every reward recorded at this rung; the baseline always goes on (its rewards still count), and the
+        re-run of an interrupted trial goes on at the rungs its original was promoted at, without being judged or
+        counted again. A stopped trial is recorded PRUNED here (status ``stopped``, with the rung's measurements,
+        normalized S and P and reward), counts as finished, and the executor's later :meth:`record` of it is
+        ignored. A trial not in flight here (already stopped, or ended by another driver) goes on untouched.
+        """
+        try:
+            return self._judge(number, result)
+        except STORAGE_ERRORS as error:
+            self._stop_on(error)
+            return True  # nothing can be recorded: the campaign is stopping, and the trial's result is lost anyway
 
     def record_timing(self, number: int, measurement: Mapping[str, Any]) -> None:
         """Keeps trial ``number``'s new S/S0 measurement (an EvalResult's fields, with ``device`` and ``timing``) in
@@ -421,6 +493,55 @@ class Campaign:
         if self.storage_failure is None:
             self.storage_failure = error
 
+    def _judge(self, number: int, result: EvalResult) -> bool:
+        if number not in self.pending:
+            return True
+        trial, spec = self.pending[number]
+        frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            return True  # another driver ended it after this one lost the lock; its record() will say so
+        attributes = frozen.user_attrs
+        epoch = result.epochs_completed
+        is_baseline = attributes.get(records.ROLE) == records.ROLE_BASELINE
+        reference = None if is_baseline else studies.baseline(self.study)
+        normalized_step_time, normalized_parameters, reward = studies.training_reward(
+            result,  # the baseline at a rung is its own reference: its reward is its accuracy
+            reference_step_time_s=result.step_time_s if reference is None else reference.step_time_s,
+            reference_parameters=result.parameters if reference is None else reference.parameters,
+            config=self.config,
+        )
+        trial.report(reward, step=epoch)
+        lineage = _lineage(attributes, number)
+        rung_rewards = self._rung_rewards.setdefault(epoch, {})
+        rung_rewards[lineage] = reward  # a re-run's replaces its original's: counted once
+        inherited = epoch in self._promoted.get(lineage, set())
+        promoted = is_baseline or inherited or promotes(reward, list(rung_rewards.values()),
+                                                        self.config.scheduler.reduction_factor)
+        rungs = self._rung_records.setdefault(number, [])
+        rungs.append({"epoch": epoch, "accuracy": result.accuracy, "reward": reward, "promoted": promoted})
+        trial.set_user_attr(records.RUNGS, rungs)
+        if promoted:
+            self._promoted.setdefault(number, set()).add(epoch)
+            return True
+        cutoff, top = promotion_cutoff(list(rung_rewards.values()), self.config.scheduler.reduction_factor)
+        stopped = dataclasses.replace(
+            result, status=records.STATUS_STOPPED,
+            failure_reason=(f"stopped by successive halving at epoch {epoch} of {self.config.train.epochs}: reward "
+                            f"{reward:.4f} below the cutoff {cutoff:.4f} (top {top} of {len(rung_rewards)} at this "
+                            "rung)"),
+        )
+        studies.record_stopped(self.study, trial, stopped, normalized_step_time=normalized_step_time,
+                               normalized_parameters=normalized_parameters, reward=reward)
+        del self.pending[number]
+        self._rung_records.pop(number)
+        if number not in self._timed_early:
+            self._cache(spec, stopped, baseline=False)
+        self._timed_early.discard(number)
+        self.finished += 1
+        self.completed += 1
+        self._report(number, spec, stopped, reward)
+        return False
+
     def _next_trial(self) -> Proposal | None:
         if self._stopping() or self.finished + len(self.pending) >= self.config.trials:
             return None
@@ -448,7 +569,7 @@ class Campaign:
     def _plan(self, spec: ArchSpec, measuring_baseline: bool) -> TrialPlan:
         """The baseline times itself alone; a candidate is timed against the baseline, unless the cache has it."""
         if measuring_baseline:
-            return TrialPlan(self.timing)
+            return TrialPlan(self.timing, rungs=self._rungs)
         reference = studies.baseline(self.study)
         cached = None
         if reference is not None and reference.device is not None:
@@ -460,7 +581,16 @@ class Campaign:
             cached=cached,
             max_step_time_ratio=self.config.max_step_time_ratio,
             max_params_ratio=self.config.max_params_ratio,
+            rungs=self._rungs,
         )
+
+    @property
+    def _rungs(self) -> tuple[int, ...]:
+        """The epochs successive halving judges every trial at; none without it."""
+        scheduler = self.config.scheduler
+        if not scheduler.enabled:
+            return ()
+        return rung_epochs(scheduler.min_epochs, scheduler.reduction_factor, self.config.train.epochs)
 
     def _enqueue_fixed_trial(self, measuring_baseline: bool) -> bool:
         """Puts the baseline, or the oldest interrupted trial owed a re-run, in line just before it is asked for,
@@ -488,6 +618,7 @@ class Campaign:
         if number not in self.pending:
             return
         trial, spec = self.pending.pop(number)
+        self._rung_records.pop(number, None)
         frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
         if frozen.state != optuna.trial.TrialState.RUNNING:
             print(f"trial {number}: result not recorded: another driver ended the trial after this one lost "
@@ -495,6 +626,7 @@ class Campaign:
             return
         if result is None:
             studies.mark_interrupted(self.study, frozen, reason="the trial's worker failed")
+            self._forget_rung_rewards(_lineage(frozen.user_attrs, number))
             frozen = self.study._storage.get_trial(trial._trial_id)
             if studies.may_rerun(frozen):
                 self._reruns.append(frozen)
@@ -515,6 +647,12 @@ class Campaign:
             self.baseline_failure = result.failure_reason
         self._report(number, spec, result, reward)
 
+    def _forget_rung_rewards(self, lineage: int) -> None:
+        """An interrupted trial's rung rewards stop counting (as when a campaign resumes); its re-run reports them
+        again."""
+        for rewards in self._rung_rewards.values():
+            rewards.pop(lineage, None)
+
     def _cache(self, spec: ArchSpec, result: EvalResult, *, baseline: bool) -> None:
         """Keeps a candidate's new S/S0 measurement for any later trial of this architecture."""
         if baseline or result.timing_cached or result.step_time_ratio is None or result.device is None:
@@ -528,6 +666,8 @@ class Campaign:
         head = f"[{self.finished:>{width}}/{self.config.trials}] trial {number:>3}"
         if result.status == records.STATUS_PRUNED:
             body = f"PRUNED {result.failure_reason}"
+        elif result.status == records.STATUS_STOPPED:
+            body = f"STOPPED A {result.accuracy:.4f}  P {result.parameters:>10,}  {result.failure_reason}"
         elif reward is None:
             body = f"FAILED {result.failure_reason}"
         else:
@@ -535,6 +675,11 @@ class Campaign:
             body = (f"A {result.accuracy:.4f}  S {result.step_time_s * 1e3:7.2f} ms{ratio}  "
                     f"P {result.parameters:>10,}  reward {reward:.4f}")
         print(f"{head}  {body}  {best_text}  {' '.join(spec.block_strings)}", file=self.out, flush=True)
+
+
+def _lineage(attributes: Mapping[str, Any], number: int) -> int:
+    """The trial whose rung decisions a trial carries: a re-run's original, else the trial itself."""
+    return attributes.get(records.REQUEUED_FROM, number)
 
 
 class StopSignal:

@@ -495,6 +495,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "classes, " + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in "
                                      f"{progressive.num_stages} stages" if progressive
                                      else f"{config.image_size or data.image_size}px"), file=sys.stderr)
+                print(_recipe_line(config, data), file=sys.stderr)
             result = train_and_evaluate(
                 spec, data, config, on_epoch=on_epoch, checkpoint=checkpoint, resume=args.resume,
                 weights=save / "weights.pt" if save is not None else None,
@@ -516,6 +517,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+def _recipe_line(config: Any, data: Any) -> str:
+    """The automatic settings as this run resolves them for its data (README, Proxy training)."""
+    from nas.recipe import resolve_recipe
+
+    recipe = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips)
+    steps = len(data.train_labels) // recipe.batch_size
+    chosen = [name for name, given in (("batch", config.batch_size), ("lr", config.learning_rate),
+                                       ("warm-up", config.warmup_steps)) if given is None]
+    augment = recipe.augment + (f" (auto: mirror images {'keep' if data.flips else 'change'} this data's labels)"
+                                if config.augment == "auto" else "")
+    return (f"recipe: batch {recipe.batch_size} ({steps} steps per epoch), {recipe.optimizer} lr "
+            f"{recipe.learning_rate:g}, warm-up {recipe.warmup_steps} steps, augment {augment}"
+            + (f"; automatic: {', '.join(chosen)}" if chosen else ""))
+
+
 def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_saved: int | None) -> str:
     """The one line ``nas train`` ends with after Ctrl-C: what the checkpoint holds and the exact command, as the
     user typed it, that continues the run (``--resume`` added, ``--force`` dropped)."""
@@ -535,7 +551,8 @@ def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_sa
 
 # TrainConfig fields that `nas train` takes as flags of the same name (the flag's dest; --lr sets learning_rate).
 _RECIPE_FLAGS = (
-    "epochs", "image_size", "batch_size", "optimizer", "learning_rate", "weight_decay", "label_smoothing", "augment",
+    "epochs", "image_size", "batch_size", "optimizer", "learning_rate", "warmup_steps", "weight_decay",
+    "label_smoothing", "augment",
     "eval_image_size", "randaugment_magnitude", "mixup_alpha", "ema_decay", "amp", "channels_last", "compile", "seed",
     "threads", "device",
 )
@@ -589,7 +606,7 @@ def _print_result(result: Any) -> None:
 
 _SEARCH_OVERRIDES = (
     "space", "data", "trials", "epochs", "image_size", "batch_size", "controller", "storage", "study", "address",
-    "workers", "gpus_per_trial", "cpus_per_trial", "seed",
+    "workers", "gpus_per_trial", "cpus_per_trial", "seed", "scheduler", "min_epochs", "reduction_factor",
 )
 
 
@@ -790,10 +807,15 @@ class _SearchHelpFormatter(_HelpFormatter):
         text = super()._get_help_string(action)
         if action.dest not in _SEARCH_OVERRIDES or "(default" in text:
             return text
-        from nas.campaign import CampaignConfig
+        from nas.campaign import SCHEDULER_OVERRIDES, CampaignConfig
 
         config = CampaignConfig()
-        value = getattr(config, action.dest) if hasattr(config, action.dest) else getattr(config.train, action.dest)
+        if action.dest in SCHEDULER_OVERRIDES:
+            value = getattr(config.scheduler, SCHEDULER_OVERRIDES[action.dest])
+        elif hasattr(config, action.dest):
+            value = getattr(config, action.dest)
+        else:
+            value = getattr(config.train, action.dest)
         return f"{text} (default: the --config file's, else {value})"
 
 
@@ -842,8 +864,9 @@ DESCRIPTION = ("Training-aware neural architecture search (EfficientNetV2): insp
 
 def build_parser() -> _Parser:
     from nas.controller_names import CONTROLLERS  # not nas.controllers: building the parser imports no Optuna
+    from nas.halving import SCHEDULERS
     from nas.progressive import ProgressiveConfig
-    from nas.recipe import AUGMENTATIONS, OPTIMIZERS, TrainConfig
+    from nas.recipe import AUGMENT_CHOICES, OPTIMIZERS, TrainConfig
     from nas.sources import DEFAULT_IMAGEFOLDER_SIZE
 
     recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
@@ -960,15 +983,22 @@ def build_parser() -> _Parser:
     train.add_argument("--epochs", type=int, default=recipe["epochs"], help="training epochs")
     train.add_argument("--image-size", type=int,
                        help=f"training image size (default: the data's own; {DEFAULT_IMAGEFOLDER_SIZE} for imagefolder)")
-    train.add_argument("--batch-size", type=int, default=recipe["batch_size"], help="images per step")
+    train.add_argument("--batch-size", type=int, default=recipe["batch_size"],
+                       help="images per step (default: auto, the largest power of two from 16 to 128 that gives at "
+                            "least 200 steps per epoch; README, Proxy training)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"], help="optimizer")
     train.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=recipe["learning_rate"],
-                       help="peak learning rate")
+                       help="peak learning rate (default: auto, 0.1 for sgd, 0.001 for adamw, 0.008 for rmsprop at "
+                            "batch 128, scaled linearly with the batch)")
+    train.add_argument("--warmup-steps", type=int, default=recipe["warmup_steps"],
+                       help="optimizer steps over which the learning rate rises linearly (default: auto, 5%% of the "
+                            "run's steps)")
     train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"], help="weight decay")
     train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"],
                        help="label smoothing of the loss")
-    train.add_argument("--augment", choices=AUGMENTATIONS, default=recipe["augment"],
-                       help="augmentation of the training images")
+    train.add_argument("--augment", choices=AUGMENT_CHOICES, default=recipe["augment"],
+                       help="augmentation of the training images: auto is crop_flip where the data's mirror images "
+                            "keep their labels (CIFAR, image folders, npz:FILE?flip=yes), else crop")
     train.add_argument("--eval-image-size", type=int, help="evaluation image size (default: the last training size)")
     train.add_argument("--randaugment", dest="randaugment_magnitude", type=float,
                        default=recipe["randaugment_magnitude"], metavar="M",
@@ -1030,6 +1060,13 @@ def build_parser() -> _Parser:
                                                              "--config file's, else 1 when there are GPUs, else 0)")
     search.add_argument("--cpus-per-trial", type=int, help="CPUs per trial")
     search.add_argument("--seed", type=int, help="seed of the controller")
+    search.add_argument("--scheduler", choices=SCHEDULERS,
+                        help="successive halving: asha judges each trial after --min-epochs, then every "
+                             "--reduction-factor times as many epochs, and stops those behind; none trains every "
+                             "trial for all its epochs")
+    search.add_argument("--min-epochs", type=int, metavar="N", help="epochs before a trial's first rung (asha)")
+    search.add_argument("--reduction-factor", type=int, metavar="N",
+                        help="asha: the top 1/N of the rewards at a rung go on, and rungs are N times apart")
     search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
     search.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="ray: trials as Ray Tune trials, --workers at a time, on this machine or the cluster of "

@@ -46,6 +46,7 @@ from nas.sources import (
     read_cifar10,
     read_cifar100,
     read_npz,
+    source_flips,
     synthetic_options,
 )
 from search_spaces.files import write_file
@@ -62,7 +63,8 @@ class ImageData:
 
     ``mean`` and ``std`` are per-channel statistics of ``train_images`` in [0, 1] units, the normalization
     that :class:`DeviceBatches` applies. The hold-out split (``val_*``) is what a candidate's accuracy is
-    measured on; it comes from the source's training data.
+    measured on; it comes from the source's training data. ``flips`` says whether a horizontally mirrored image
+    keeps its label (photographs: yes; digits, letters, oriented patterns: no): augment ``auto`` flips only then.
     """
 
     name: str
@@ -73,6 +75,7 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    flips: bool = True
 
     def __post_init__(self) -> None:
         # Metadata checks only (no reductions), so constructing one on an accelerator never synchronizes.
@@ -146,7 +149,8 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     - ``npz:FILE``: arrays ``images`` (uint8 NHWC, or NHW for grayscale) and ``labels`` (integers, (N,) or
       (N, 1)), or, when those are absent, Keras-style ``x_train`` and ``y_train`` (``x_test``/``y_test`` are never
       read). Other names are given after a ``?``: ``npz:FILE?images=x_train&labels=y_train`` (keys ``images``
-      and ``labels``; a file name that holds a ``?`` is written with a trailing ``?``). Labels must be exactly
+      and ``labels``; a file name that holds a ``?`` is written with a trailing ``?``); ``flip=yes`` says that
+      mirrored images keep their labels (without it an npz file is never flipped: ``ImageData.flips``). Labels must be exactly
       0..K-1 with K <= :data:`nas.sources.MAX_CLASSES`; K is the number of classes. Each array is checked from
       its ``.npy`` header first (dtype, shape, at most :data:`nas.sources.MAX_DATASET_BYTES`, agreeing with the
       archive's sizes), and never decompressed past the size that header declares.
@@ -194,6 +198,7 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
         num_classes=loaded.num_classes,
         mean=mean,
         std=std,
+        flips=source_flips(source),
     )
 
 
@@ -614,6 +619,7 @@ class DeviceBatches:
         self._batch_positions = torch.arange(batch_size, device=device)
         # Crop offsets and flip are drawn as uniform numbers scaled to these counts of choices.
         self._crop_choices = torch.tensor([2 * crop_padding + 1, 2 * crop_padding + 1, 2], device=device)
+        self._crop_choices_no_flip = torch.tensor([2 * crop_padding + 1, 2 * crop_padding + 1, 1], device=device)
 
     def state_dict(self) -> dict[str, int]:
         """Where the batch stream is: epochs are seeded from (seed, epoch), so the epoch count is all a resumed
@@ -647,10 +653,11 @@ class DeviceBatches:
     def _draw_parameters(self, count: int) -> torch.Tensor | None:
         """Per-sample augmentation parameters of one epoch, drawn with one generator call."""
         device = self.images.device
-        if self.augment == "crop_flip":
-            # Columns: vertical offset, horizontal offset (each in [0, 2 * padding]), flip (0 or 1).
-            return (torch.rand((count, 3), generator=self._generator, device=device) * self._crop_choices).long()
-        if self.augment == "resized_crop_flip":
+        if self.augment in ("crop_flip", "crop"):
+            # Columns: vertical offset, horizontal offset (each in [0, 2 * padding]), flip (0 or 1; 0 for crop).
+            choices = self._crop_choices if self.augment == "crop_flip" else self._crop_choices_no_flip
+            return (torch.rand((count, 3), generator=self._generator, device=device) * choices).long()
+        if self.augment in ("resized_crop_flip", "resized_crop"):
             # Columns: area scale, log aspect ratio, horizontal centre, vertical centre, flip, each uniform in [0, 1).
             return torch.rand((count, 5), generator=self._generator, device=device)
         return None
@@ -661,10 +668,10 @@ class DeviceBatches:
         Normalization runs in NCHW and the layout changes last: on CPU a channels_last multiply-add broadcasts
         over an innermost dimension of C = 3 and is several times slower than this order.
         """
-        if self.augment == "crop_flip":
+        if self.augment in ("crop_flip", "crop"):
             images = self._crop_flip(images, parameters)
         images = images.to(torch.float32)
-        if self.augment == "resized_crop_flip":
+        if self.augment in ("resized_crop_flip", "resized_crop"):
             images = self._resized_crop_flip(images, parameters)
         if self.randaugment_magnitude > 0:
             images = rand_augment(
@@ -699,7 +706,8 @@ class DeviceBatches:
         height = (scale / log_ratio.exp()).sqrt().clamp(max=1)
         centre_x = (1 - width) * (2 * parameters[:, 2] - 1)  # in grid_sample's [-1, 1] coordinates
         centre_y = (1 - height) * (2 * parameters[:, 3] - 1)
-        sign = 1 - 2 * (parameters[:, 4] < 0.5).to(images.dtype)
+        flipped = parameters[:, 4] < 0.5 if self.augment == "resized_crop_flip" else torch.zeros_like(scale, dtype=torch.bool)
+        sign = 1 - 2 * flipped.to(images.dtype)
         zeros = torch.zeros_like(width)
         theta = torch.stack(
             [torch.stack([width * sign, zeros, centre_x], dim=1), torch.stack([zeros, height, centre_y], dim=1)], dim=1

@@ -6,6 +6,8 @@ cache the plan carries), at the campaign's timing settings, against the baseline
 the device's exclusive timing lock (:mod:`nas.timing`), so a candidate over ``max_step_time_ratio`` is PRUNED
 before proxy training; only then is it proxy-trained for its accuracy A, without timing its proxy step again.
 The baseline trial times itself alone at the same settings: that S is S0, and its ratio is 1 by definition.
+With successive halving, the trainer is handed the plan's rungs and a judge that passes each rung's result, with
+the S/S0 measured here, to the campaign's decision (:mod:`nas.halving`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from nas.campaign import TrialPlan
 from nas.data import ImageData
 from nas.complexity import count_spec
+from nas.halving import Rungs
 from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device
 from nas.recipe import TrainConfig
 from nas.records import STATUS_FAILED, STATUS_PRUNED, EvalResult
@@ -25,9 +28,11 @@ from nas.timing import DeviceLock, time_relative
 from nas.train import failure_reason
 from search_spaces.spec import ArchSpec
 
-Trainer = Callable[[ArchSpec, ImageData, TrainConfig], EvalResult]
-"""What a trial calls to proxy-train a candidate: :func:`nas.train.train_and_evaluate`, or a replacement with the
-same contract (it returns a failed EvalResult rather than raising). Ray's executor pickles it to its workers."""
+Trainer = Callable[..., EvalResult]
+"""What a trial calls to proxy-train a candidate, as ``trainer(spec, data, config, rungs=Rungs(...) or None)``:
+:func:`nas.train.train_and_evaluate`, or a replacement with the same contract (it returns a failed EvalResult
+rather than raising, and with ``rungs`` asks ``rungs.judge`` after each of ``rungs.epochs`` and returns a
+``stopped`` result when told to stop). Ray's executor pickles it to its workers."""
 
 
 def evaluate_candidate(
@@ -38,12 +43,15 @@ def evaluate_candidate(
     trainer: Trainer,
     *,
     on_timed: Callable[[dict[str, Any]], None] | None = None,
+    on_rung: Callable[[EvalResult], bool] | None = None,
 ) -> EvalResult:
     """The trial's result: PRUNED with the reason when over a constraint, FAILED when timing fails (out of memory
     at the target settings, say), else ``trainer``'s proxy-training result with the step-time measurement.
 
     ``on_timed`` receives a new S/S0 measurement (with the device and settings) as soon as it is taken, before
-    proxy training: the campaign caches it then, so a trial interrupted while training is not timed again."""
+    proxy training: the campaign caches it then, so a trial interrupted while training is not timed again.
+    With ``plan.rungs`` and ``on_rung``, the trainer asks ``on_rung`` at each rung, with the rung's result carrying
+    this S/S0 as the final result does; its answer (True: train on) is the trainer's."""
     measured: dict[str, Any] = {}
     try:
         device = resolve_device(train.device)
@@ -62,8 +70,11 @@ def evaluate_candidate(
         return EvalResult(status=STATUS_FAILED, failure_reason=f"while timing: {failure_reason(error)}", **measured)
     if reason is not None:
         return EvalResult(status=STATUS_PRUNED, failure_reason=reason, **measured)
-    result = trainer(spec, data, dataclasses.replace(train, measure_step_time=False))
     timing = {key: value for key, value in measured.items() if key != "parameters"}
+    rungs = None
+    if plan.rungs and on_rung is not None:
+        rungs = Rungs(plan.rungs, lambda rung: on_rung(dataclasses.replace(rung, **timing)))
+    result = trainer(spec, data, dataclasses.replace(train, measure_step_time=False), rungs=rungs)
     return dataclasses.replace(result, **timing)
 
 

@@ -2,7 +2,8 @@
 
 For debugging (a breakpoint or a profiler sees the trial), for machines where Ray cannot start, and for tests of
 the campaign that do not need Ray. The results are the same study records as under Ray; only the parallelism
-differs (one trial at a time, ``cpus_per_trial`` threads, the GPU when there is one).
+differs (one trial at a time, ``cpus_per_trial`` threads, the GPU when there is one). Successive halving's rungs
+are judged in this process, by a direct call to :meth:`~nas.campaign.Campaign.judge`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class LocalExecutor:
         data = data.to(device)
         while (proposal := campaign.next_trial()) is not None:
             result = evaluate_candidate(proposal.spec, data, train, proposal.plan, self.trainer,
-                                        on_timed=functools.partial(campaign.record_timing, proposal.number))
+                                        on_timed=functools.partial(campaign.record_timing, proposal.number),
+                                        on_rung=functools.partial(campaign.judge, proposal.number))
             campaign.record(proposal.number, result)
 
 
@@ -51,5 +53,5 @@ def load_campaign_data(campaign: Campaign) -> ImageData:
     config = campaign.config
     data = load_data(config.data, image_size=config.train.image_size, val_fraction=config.val_fraction,
                      seed=config.seed)
-    campaign.start(data.name)
+    campaign.start(data.name, train_images=len(data.train_labels), flips=data.flips)
     return data

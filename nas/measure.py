@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.builder import build_model, resolve_in_channels
-from nas.recipe import MAX_BATCH_SIZE, TrainConfig
+from nas.recipe import MAX_BATCH_SIZE, TrainConfig, resolve_recipe
 from nas.step import build_training_step
 from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
@@ -319,6 +319,13 @@ class BenchResult:
 BENCH_STEPS_PER_EPOCH = 100
 
 
+def timed_recipe(recipe: TrainConfig, batch_size: int) -> TrainConfig:
+    """The recipe a timed step runs: ``recipe`` at ``batch_size``, resolved as for an epoch of
+    BENCH_STEPS_PER_EPOCH batches (its learning rate's value never changes the work of a step)."""
+    return resolve_recipe(dataclasses.replace(recipe, batch_size=batch_size),
+                          train_images=batch_size * BENCH_STEPS_PER_EPOCH)
+
+
 def benchmark_spec(
     spec: ArchSpec,
     *,
@@ -381,7 +388,8 @@ def _benchmark(
     inference: bool,
 ) -> BenchResult:
     model = build_model(spec, num_classes, in_channels)
-    step = build_training_step(model, recipe, device=device, steps_per_epoch=BENCH_STEPS_PER_EPOCH)
+    step = build_training_step(model, timed_recipe(recipe, batch_size), device=device,
+                               steps_per_epoch=BENCH_STEPS_PER_EPOCH)
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     images = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
     images = images.to(memory_format=memory_format)  # (N, C, H, W), as the training batches come

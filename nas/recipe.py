@@ -17,25 +17,42 @@ from search_spaces.checks import check_bool, check_choice, check_int, check_real
 from search_spaces.spec import MAX_IMAGE_SIZE
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+# Peak learning rates at batch BASE_BATCH_SIZE; an automatic learning rate scales them linearly with the batch
+# (Goyal et al. 2017). SGD's 0.1 is the CIFAR/ImageNet ResNet standard, RMSprop's is EfficientNet's 0.256 at 4096,
+# AdamW's the common 1e-3.
+BASE_BATCH_SIZE = 128
+BASE_LEARNING_RATES = {"sgd": 0.1, "adamw": 1e-3, "rmsprop": 0.008}
+# The automatic batch: the largest power of two from MIN_AUTO_BATCH_SIZE to MAX_AUTO_BATCH_SIZE that still gives
+# MIN_STEPS_PER_EPOCH optimizer steps per epoch, so a small training set is not under-trained in few steps.
+MIN_AUTO_BATCH_SIZE = 16
+MAX_AUTO_BATCH_SIZE = 128
+MIN_STEPS_PER_EPOCH = 200
+WARMUP_FRACTION = 0.05  # automatic warm-up: this share of the run's optimizer steps
+
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "resized_crop_flip", "resized_crop", "none")
+# ``auto`` resolves to crop_flip where the data says mirror images keep their labels, else crop (ImageData.flips).
+AUGMENT_CHOICES = ("auto", *AUGMENTATIONS)
 MAX_BATCH_SIZE = 65_536  # images per step; far above what one accelerator holds at any useful image size
 MAX_EPOCHS = 10_000
 MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1
 # (low, high) of the integer settings; the caps refuse absurd values (a typo, a hostile file) before any work.
 _INTEGER_RANGES = {
-    "epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "eval_batch_size": (1, MAX_BATCH_SIZE),
+    "epochs": (1, MAX_EPOCHS), "eval_batch_size": (1, MAX_BATCH_SIZE),
     "timing_warmup": (1, 1000), "timing_repeats": (1, 1000), "seed": (0, MAX_SEED),
     "bn_recalibration_batches": (0, 10_000),
 }
 _OPTIONAL_INTEGER_RANGES = {"image_size": (1, MAX_IMAGE_SIZE), "eval_image_size": (1, MAX_IMAGE_SIZE),
-                            "threads": (1, MAX_THREADS)}
+                            "threads": (1, MAX_THREADS), "batch_size": (1, MAX_BATCH_SIZE),
+                            "warmup_steps": (0, 10**9)}
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Proxy-training settings. Defaults follow the paper's search (about 10 epochs) with a CIFAR-style recipe.
+    """Proxy-training settings. Defaults follow the paper's search (about 10 epochs) with a CIFAR-style recipe that
+    adapts to the data (:func:`resolve_recipe`): ``batch_size``, ``learning_rate`` and ``warmup_steps`` None and
+    ``augment`` ``auto`` are filled in from the training-set size and the data's flips when a run starts.
 
     ``image_size`` None trains at the data's resolution; otherwise batches are resized on the device.
     ``amp`` ``auto`` is bfloat16 on CUDA and full precision on CPU. ``threads`` None leaves torch's default.
@@ -53,14 +70,14 @@ class TrainConfig:
 
     epochs: int = 10
     image_size: int | None = None
-    batch_size: int = 128
+    batch_size: int | None = None
     optimizer: str = "sgd"
-    learning_rate: float = 0.1
+    learning_rate: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
+    warmup_steps: int | None = None
     label_smoothing: float = 0.1
-    augment: str = "crop_flip"
+    augment: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -89,17 +106,16 @@ class TrainConfig:
             check_int(field, getattr(self, field), low, high, optional=True)
         for field in ("channels_last", "compile", "measure_step_time"):
             check_bool(field, getattr(self, field))
-        for field, low, high in (("learning_rate", 0.0, 1e6), ("momentum", 0.0, 1.0),
-                                 ("weight_decay", 0.0, 1.0), ("warmup_epochs", 0.0, float(MAX_EPOCHS)),
-                                 ("label_smoothing", 0.0, 1.0), ("randaugment_magnitude", 0.0, RANDAUGMENT_MAX_MAGNITUDE),
-                                 ("mixup_alpha", 0.0, 100.0)):
+        check_real("learning_rate", self.learning_rate, 0.0, 1e6, low_open=True, optional=True)
+        for field, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 1.0),
+                                 ("randaugment_magnitude", 0.0, RANDAUGMENT_MAX_MAGNITUDE), ("mixup_alpha", 0.0, 100.0)):
             check_real(field, getattr(self, field), low, high)
         check_real("ema_decay", self.ema_decay, 0, 1, low_open=True, high_open=True, optional=True)
         if self.progressive is not None and self.epochs < self.progressive.num_stages:
             raise ValueError(
                 f"epochs ({self.epochs}) must be at least progressive.num_stages ({self.progressive.num_stages})"
             )
-        for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS), ("amp", AMP_CHOICES)):
+        for field, allowed in (("optimizer", OPTIMIZERS), ("augment", AUGMENT_CHOICES), ("amp", AMP_CHOICES)):
             check_choice(field, getattr(self, field), allowed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,13 +123,53 @@ class TrainConfig:
         data["progressive"] = None if self.progressive is None else self.progressive.to_dict()
         return data
 
+    @property
+    def resolved(self) -> bool:
+        """Whether every automatic setting is filled in (:func:`resolve_recipe`)."""
+        return (self.batch_size is not None and self.learning_rate is not None and self.warmup_steps is not None
+                and self.augment != "auto")
+
+
+def auto_batch_size(train_images: int) -> int:
+    """The automatic batch for a training set of ``train_images``: the largest power of two from
+    MIN_AUTO_BATCH_SIZE to MAX_AUTO_BATCH_SIZE that gives at least MIN_STEPS_PER_EPOCH steps per epoch (the
+    smallest when none does), never more than the training set."""
+    batch_size = MAX_AUTO_BATCH_SIZE
+    while batch_size > MIN_AUTO_BATCH_SIZE and train_images // batch_size < MIN_STEPS_PER_EPOCH:
+        batch_size //= 2
+    return max(1, min(batch_size, train_images))
+
+
+def resolve_recipe(config: TrainConfig, *, train_images: int, flips: bool = True) -> TrainConfig:
+    """``config`` with its automatic settings filled in for a training set of ``train_images`` images whose mirror
+    images keep their labels when ``flips`` (README, "Proxy training"; settings given explicitly stay):
+
+    - ``batch_size``: :func:`auto_batch_size`;
+    - ``learning_rate``: the optimizer's BASE_LEARNING_RATES value scaled by batch_size / BASE_BATCH_SIZE;
+    - ``warmup_steps``: WARMUP_FRACTION of the run's optimizer steps (epochs x full batches per epoch), at least 1;
+    - ``augment`` ``auto``: ``crop_flip`` when ``flips``, else ``crop`` (digits, text, oriented patterns).
+    """
+    check_int("train_images", train_images, 1, 10**12)
+    batch_size = config.batch_size if config.batch_size is not None else auto_batch_size(train_images)
+    learning_rate = config.learning_rate
+    if learning_rate is None:
+        learning_rate = BASE_LEARNING_RATES[config.optimizer] * batch_size / BASE_BATCH_SIZE
+    warmup_steps = config.warmup_steps
+    if warmup_steps is None:
+        total_steps = config.epochs * max(1, train_images // batch_size)
+        warmup_steps = max(1, round(WARMUP_FRACTION * total_steps))
+    augment = config.augment if config.augment != "auto" else ("crop_flip" if flips else "crop")
+    return dataclasses.replace(config, batch_size=batch_size, learning_rate=learning_rate,
+                               warmup_steps=warmup_steps, augment=augment)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TimingConfig:
     """The settings step time S is measured at: those of the user's real training, not the proxy's (DESIGN.md).
 
     ``image_size`` None is the architecture's own training image size (the space's backbone's, for a campaign),
-    ``batch_size`` None the proxy recipe's. ``amp``, ``channels_last`` and ``compile`` are the precision, memory
+    ``batch_size`` None the proxy recipe's when it sets one, else MAX_AUTO_BATCH_SIZE (the batch the automatic
+    recipe gives a data set large enough, and a common one for real training). ``amp``, ``channels_last`` and ``compile`` are the precision, memory
     format and compilation of the timed step. S/S0 is estimated from ``pairs`` interleaved pairs of timed windows
     of the candidate and the reference, after ``warmup`` untimed steps of each; each window runs enough steps
     to last at least ``window_s`` seconds, so that timer and launch noise stay small beside it.

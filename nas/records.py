@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_PRUNED = "pruned"  # over a campaign constraint (max_step_time_ratio, max_params_ratio): stopped before training
+STATUS_STOPPED = "stopped"  # stopped at a rung by successive halving (nas.halving): behind the others there
 
 # --- trial attributes -------------------------------------------------------------------------------------------
 ROLE = "role"  # ROLE_BASELINE or ROLE_CANDIDATE
@@ -35,7 +36,9 @@ CONTROLLER = "controller"
 RAY_NODE = "ray_node"  # the id of the Ray node the trial ran on
 INTERRUPTED = "interrupted"  # True on a FAIL the candidate did not cause (a stopped driver, a dead worker)
 REQUEUED_FROM = "requeued_from"  # on a re-run: the number of the interrupted trial it repeats
-STATUS = "status"  # STATUS_OK, STATUS_FAILED or STATUS_PRUNED (EvalResult.status)
+STATUS = "status"  # STATUS_OK, STATUS_FAILED, STATUS_PRUNED or STATUS_STOPPED (EvalResult.status)
+RUNGS = "rungs"  # successive halving: [{epoch, accuracy, reward, promoted}, ...] in the order the rungs were reached
+STOPPED_AT_EPOCH = "stopped_at_epoch"  # on a trial successive halving stopped: the rung (epochs trained) it stopped at
 FAILURE_REASON = "failure_reason"
 LOSS_HISTORY = "loss_history"  # the training loss after each epoch
 NORMALIZED_STEP_TIME = "normalized_step_time"  # S / S_baseline
@@ -60,6 +63,7 @@ SPACE = "space"  # the SearchSpace as a dict
 SPACE_NAME = "space_name"
 SPACE_FINGERPRINT = "space_fingerprint"
 PROXY = "proxy"  # CampaignConfig.proxy_settings(): what a trial's numbers depend on
+RECIPE = "recipe"  # the proxy recipe as resolved for the campaign's data (study) or as a trial ran it (trial)
 CAMPAIGN = "campaign"  # the last run's CampaignConfig as a dict
 BASELINE = "baseline"  # a Baseline as a dict, once the baseline trial completed
 EXPORTED_SPEC = "exported_spec"  # the absolute path nas search last wrote the best trial's spec to
@@ -83,7 +87,8 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What one proxy evaluation measured. A failed or pruned result keeps whatever was measured before it ended.
+    """What one proxy evaluation measured. A failed, pruned or stopped result keeps whatever was measured before it
+    ended (a result stopped at a rung: that rung's accuracy, history and ``epochs_completed``).
 
     In a campaign, ``step_time_s`` is the step time at the campaign's timing settings (``timing``), and
     ``step_time_ratio`` is S/S0 estimated from windows interleaved with the baseline's (:mod:`nas.timing`), with
@@ -102,6 +107,7 @@ class EvalResult:
     reference_step_time_s: float | None = None
     timing: dict[str, Any] | None = None
     timing_cached: bool | None = None  # None: this result timed nothing
+    recipe: dict[str, Any] | None = None  # the proxy recipe as run, its automatic settings resolved
     parameters: int | None = None
     macs: int | None = None
     peak_memory_bytes: int | None = None

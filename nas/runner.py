@@ -2,9 +2,13 @@
 module that imports Ray.
 
 Tune runs the trials; :class:`PolicySearcher` asks the policy for each trial and hands it the result, so the study
-stays the single source of truth and Tune's own state is disposable. The dataset is put in Ray's object store once
-per campaign and cached in each worker process, which Tune reuses between trials. Local Ray starts by itself;
-``address`` joins a cluster.
+stays the single source of truth and Tune's own state is disposable. With successive halving, a worker reports
+each rung's result as an intermediate result and :class:`PolicyScheduler` answers with the policy's decision
+(:meth:`nas.campaign.Campaign.judge`): a Tune function trainable reports synchronously (its training thread waits
+in ``tune.report`` until the driver has processed the result), so a trial judged behind trains no further.
+
+The dataset is put in Ray's object store once per campaign and cached in each worker process, which Tune reuses
+between trials. Local Ray starts by itself; ``address`` joins a cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -24,6 +29,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402  (Tune reads the variables above when it is imported)
 from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated, TrialPlan  # noqa: E402
@@ -38,6 +44,7 @@ from search_spaces.spec import ArchSpec  # noqa: E402
 RESULT_KEY = "eval_result_json"
 TIMING_KEY = "step_time_json"  # an intermediate result: S/S0 as soon as it is measured, before proxy training
 NODE_KEY = "ray_node_id"
+RUNG_KEY = "rung_result_json"  # an intermediate result: the trial's EvalResult at a successive-halving rung
 #: How long a trial may wait for its resources before the campaign says so (once per trial).
 PENDING_REPORT_S = 60.0
 
@@ -78,7 +85,8 @@ class RayExecutor:
             self.prepare(campaign.config)
             stop.install()  # ray.init replaced the SIGTERM handler
         data = load_campaign_data(campaign)
-        _run_tune(campaign.config, data, PolicySearcher(campaign), self.trainer, stop, gpus=self._gpus_per_trial)
+        _run_tune(campaign.config, data, PolicySearcher(campaign), PolicyScheduler(campaign), self.trainer, stop,
+                  gpus=self._gpus_per_trial)
 
 
 class PolicySearcher(Searcher):
@@ -112,6 +120,9 @@ class PolicySearcher(Searcher):
             self.campaign.record_timing(number, json.loads(result[TIMING_KEY]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A trial ended: its final result is recorded, or ``None`` when its worker died. A trial
+        :class:`PolicyScheduler` stopped ends with its rung result; the policy recorded it then, so it is
+        no longer in flight there and this record is ignored."""
         number = self.numbers.pop(trial_id, None)
         if number is None:
             return
@@ -119,6 +130,26 @@ class PolicySearcher(Searcher):
             self.campaign.record(number, None)
             return
         self.campaign.record(number, EvalResult.from_json(result[RESULT_KEY]), node=result.get(NODE_KEY))
+
+
+class PolicyScheduler(FIFOScheduler):
+    """Ray Tune scheduler that hands each rung result (:data:`RUNG_KEY`) to the campaign policy and stops the
+    trial when the policy says so (:meth:`nas.campaign.Campaign.judge`, which records the stopped trial); every
+    other result goes on, first come first served."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        super().__init__()
+        self.campaign = campaign
+
+    def __getstate__(self) -> dict[str, Any]:
+        """As :meth:`PolicySearcher.__getstate__`: Tune's pickled copy leaves the campaign out."""
+        return {key: value for key, value in self.__dict__.items() if key != "campaign"} | {"campaign": None}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if RUNG_KEY not in result:
+            return TrialScheduler.CONTINUE
+        promoted = self.campaign.judge(trial.config["trial_number"], EvalResult.from_json(result[RUNG_KEY]))
+        return TrialScheduler.CONTINUE if promoted else TrialScheduler.STOP
 
 
 class PendingWatch(Callback):
@@ -203,14 +234,39 @@ def evaluate_trial(
     spec = ArchSpec.from_dict(config["spec"])
     plan = TrialPlan.from_dict(config["plan"])
     train = dataclasses.replace(train, device=device, threads=cpus)
+    rungs = _RungReporter()
     result = evaluate_candidate(spec, _WORKER_DATA[key], train, plan, trainer,
-                                on_timed=lambda measurement: tune.report({TIMING_KEY: json.dumps(measurement)}))
+                                on_timed=lambda measurement: tune.report({TIMING_KEY: json.dumps(measurement)}),
+                                on_rung=rungs)
+    if rungs.stopped:
+        # The driver stopped the trial at a rung and recorded it; training has returned, and with it the memory
+        # it held. End the training thread as Tune's own report would have (Tune then reuses this worker).
+        sys.exit(0)
     tune.report({RESULT_KEY: result.to_json(), NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
+class _RungReporter:
+    """A worker's judge at a rung: reports the rung's result to the driver, where :class:`PolicyScheduler`
+    decides while the training thread waits in ``tune.report``. Going on, Tune lets the report return (True).
+    Stopping, Tune ends the wait with ``SystemExit`` when it finishes the trial (to reuse the worker, or to
+    release it); that is taken here as "stop" (False), so that the trainer returns through its own path and
+    releases the trial's memory before the thread ends."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self, result: EvalResult) -> bool:
+        try:
+            tune.report({RUNG_KEY: result.to_json()})
+        except SystemExit:
+            self.stopped = True
+            return False
+        return True
+
+
 def _run_tune(
-    config: CampaignConfig, data: ImageData, searcher: PolicySearcher, trainer: Trainer, stop: StopSignal, *,
-    gpus: float
+    config: CampaignConfig, data: ImageData, searcher: PolicySearcher, scheduler: PolicyScheduler, trainer: Trainer,
+    stop: StopSignal, *, gpus: float
 ) -> None:
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -221,7 +277,8 @@ def _run_tune(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=-1, max_concurrent_trials=config.workers, reuse_actors=True
+            search_alg=searcher, scheduler=scheduler, num_samples=-1, max_concurrent_trials=config.workers,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=f"{config.study}-{int(time.time())}",

@@ -39,6 +39,13 @@ SYNTHETIC_MAXIMUM = {"num_classes": MAX_CLASSES, "num_images": 100_000_000, "ima
 # The same budget caps every npz array, checked from its header before anything is allocated or decompressed.
 MAX_DATASET_BYTES = 64 << 30
 NPZ_ARRAYS = ("images", "labels")
+# npz:FILE?flip=yes says horizontal flips keep the labels (photographs); without it an npz file is not flipped,
+# since its content is unknown and a mirrored digit, letter or oriented pattern can be another class.
+NPZ_FLIP_VALUES = {"yes": True, "no": False}
+NPZ_OPTIONS = (*NPZ_ARRAYS, "flip")
+# Whether each source's mirror images keep their labels, for augment "auto" (nas.recipe.resolve_recipe). The
+# synthetic gratings' orientations and blob positions are their classes, so a flip changes the class.
+_SOURCE_FLIPS = {"synthetic": False, "cifar10": True, "cifar100": True, "imagefolder": True}
 # Array names tried, in order, for an npz file whose source names none: this project's, then Keras' (mnist.npz).
 NPZ_CONVENTIONS = (("images", "labels"), ("x_train", "y_train"))
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -81,6 +88,16 @@ def check_source(source: str, *, image_size: int | None = None, files: bool = Tr
     if name not in _CHECKS:
         raise DataError(f"unknown data source {name!r} in {source!r}; allowed sources: {', '.join(SOURCE_NAMES)}")
     return _CHECKS[name](argument, image_size, files)
+
+
+def source_flips(source: str) -> bool:
+    """Whether horizontal flips keep ``source``'s labels: True for photographs (CIFAR, an image folder), False for
+    the synthetic gratings, and for an npz file only with its ``flip=yes`` option."""
+    check_source(source, files=False)
+    name, _, argument = source.partition(":")
+    if name == "npz":
+        return _npz_flip(argument)
+    return _SOURCE_FLIPS[name]
 
 
 def holdout_count(count: int, val_fraction: float) -> int:
@@ -367,27 +384,41 @@ def _check_npz(argument: str, image_size: int | None, files: bool) -> SourceSumm
 
 
 def _npz_argument(argument: str) -> tuple[str, dict[str, str]]:
-    """``FILE?images=NAME&labels=NAME`` -> the file and the array names given; syntax only, no file is read.
+    """``FILE?images=NAME&labels=NAME&flip=yes`` -> the file and the array names given (``flip`` is read by
+    :func:`_npz_flip`); syntax only, no file is read.
 
     The options follow the last ``?``, so a file name holding a ``?`` is written with a trailing one.
     """
+    file, options = _npz_options(argument)
+    return file, {key: value for key, value in options.items() if key in NPZ_ARRAYS}
+
+
+def _npz_flip(argument: str) -> bool:
+    return NPZ_FLIP_VALUES[_npz_options(argument)[1].get("flip", "no")]
+
+
+def _npz_options(argument: str) -> tuple[str, dict[str, str]]:
     file, separator, query = argument.rpartition("?")
     if not separator:
         return argument, {}
-    names: dict[str, str] = {}
+    options: dict[str, str] = {}
     for item in filter(None, query.split("&")):
         key, equals, value = item.partition("=")
-        if key not in NPZ_ARRAYS:
+        if key not in NPZ_OPTIONS:
             raise DataError(
-                f"unknown npz option {key!r} in 'npz:{argument}'; allowed options: {', '.join(NPZ_ARRAYS)} "
-                "(as in 'npz:FILE?images=x_train&labels=y_train')"
+                f"unknown npz option {key!r} in 'npz:{argument}'; allowed options: {', '.join(NPZ_OPTIONS)} "
+                "(as in 'npz:FILE?images=x_train&labels=y_train&flip=no')"
             )
         if not equals or not value:
-            raise DataError(f"npz option {key} needs an array name, '{key}=NAME', got {item!r}")
-        if key in names:
+            raise DataError(f"npz option {key} needs an array name, '{key}=NAME', got {item!r}" if key != "flip"
+                            else f"npz option flip needs a value, 'flip=yes' or 'flip=no', got {item!r}")
+        if key == "flip" and value not in NPZ_FLIP_VALUES:
+            raise DataError(f"npz option flip must be one of {', '.join(NPZ_FLIP_VALUES)}, got {value!r} in "
+                            f"'npz:{argument}'")
+        if key in options:
             raise DataError(f"npz option {key} is given twice in 'npz:{argument}'")
-        names[key] = value
-    return file, names
+        options[key] = value
+    return file, options
 
 
 def _open_npz(path: Path) -> zipfile.ZipFile:

@@ -131,13 +131,16 @@ def build_training_step(
 
     Moves ``model`` (in place) to ``device`` in ``config.channels_last``'s memory format; builds the optimizer
     (``config.optimizer``, ``learning_rate``, ``momentum``, ``weight_decay``; no decay on norms and biases), the
-    warm-up-cosine schedule over ``config.epochs * steps_per_epoch`` steps with ``config.warmup_epochs`` of
-    warm-up (at least one step), the loss with ``config.label_smoothing``, autocast at ``config.amp`` resolved
+    warm-up-cosine schedule over ``config.epochs * steps_per_epoch`` steps with ``config.warmup_steps`` of
+    warm-up, the loss with ``config.label_smoothing``, autocast at ``config.amp`` resolved
     for ``device``, and ``torch.compile`` when ``config.compile``. The returned step's ``model`` is the compiled
     module when compiling; ``model`` itself stays the plain module whose parameters both share.
     """
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+    if config.learning_rate is None or config.warmup_steps is None:
+        raise ValueError("the recipe's learning_rate and warmup_steps are automatic (None): resolve it for the data "
+                         "first (nas.recipe.resolve_recipe)")
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(
@@ -148,7 +151,7 @@ def build_training_step(
         momentum=config.momentum,
     )
     total_steps = config.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, max(1, round(config.warmup_epochs * steps_per_epoch)))
+    warmup_steps = min(total_steps, config.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
     runnable = torch.compile(model) if config.compile else model
     return TrainingStep(

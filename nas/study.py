@@ -6,6 +6,10 @@ user attributes hold the space (and its fingerprint), the campaign settings, the
 measurements (:mod:`nas.records` names them all). Everything is JSON, so Optuna's own CLI and optuna-dashboard read
 a study unchanged.
 
+With successive halving, a trial stopped at a rung is recorded PRUNED (:func:`record_stopped`) with that rung's
+measurements and reward (:func:`training_reward`, the same formula as a finished trial's); Optuna's intermediate
+values hold every rung's reward.
+
 Resume rules: a trial left RUNNING by a dead driver is marked FAIL with ``interrupted`` set and its params are
 enqueued once more; finished trials are never re-run; the budget counts finished trials (COMPLETE, and FAIL that
 the candidate itself caused); a different space or proxy setting is refused with a message saying what differs.
@@ -212,23 +216,59 @@ def record_result(
     reference = baseline(study)
     if reference is None:
         raise StudyError("a candidate finished before the baseline; the baseline must complete first")
+    normalized_step_time, normalized_parameters, reward = training_reward(
+        result, reference_step_time_s=reference.step_time_s, reference_parameters=reference.parameters, config=config
+    )
+    trial.set_user_attr(records.NORMALIZED_STEP_TIME, normalized_step_time)
+    trial.set_user_attr(records.NORMALIZED_PARAMETERS, normalized_parameters)
+    trial.set_user_attr(records.REWARD, reward)
+    study.tell(trial, reward)
+    return reward
+
+
+def record_stopped(
+    study: optuna.Study,
+    trial: optuna.trial.Trial,
+    result: EvalResult,
+    *,
+    normalized_step_time: float,
+    normalized_parameters: float,
+    reward: float,
+) -> None:
+    """Records a trial successive halving stopped at a rung, as PRUNED: ``result`` (its status ``stopped``, its
+    ``epochs_completed`` the rung) with the rung's normalized S and P and reward. Optuna gives a PRUNED trial its
+    last intermediate value as its value: the rung reward the caller reported."""
+    for key, value in records.result_attributes(result).items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr(records.NORMALIZED_STEP_TIME, normalized_step_time)
+    trial.set_user_attr(records.NORMALIZED_PARAMETERS, normalized_parameters)
+    trial.set_user_attr(records.REWARD, reward)
+    trial.set_user_attr(records.STOPPED_AT_EPOCH, result.epochs_completed)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def training_reward(
+    result: EvalResult, *, reference_step_time_s: float, reference_parameters: int, config: CampaignConfig
+) -> tuple[float, float, float]:
+    """``(S/S_ref, P/P_ref, reward)`` of an ok ``result``: the one formula of a trial's reward, at its end
+    (:func:`record_result`) and at a successive-halving rung (:meth:`nas.campaign.Campaign.judge`).
+
+    S/S_ref is the paired ratio to the baseline (``result.step_time_ratio``) when the result has one, else the
+    ratio of the medians; the reward is ``A * (S / S_ref)^w * (P / P_ref)^v``.
+    """
     normalized_step_time = result.step_time_ratio
     if normalized_step_time is None:
-        normalized_step_time = result.step_time_s / reference.step_time_s
+        normalized_step_time = result.step_time_s / reference_step_time_s
     reward = training_aware_reward(
         result.accuracy,
         normalized_step_time,
         result.parameters,
         step_time_ref=1.0,
-        params_ref=reference.parameters,
+        params_ref=reference_parameters,
         w=config.step_time_exponent,
         v=config.params_exponent,
     )
-    trial.set_user_attr(records.NORMALIZED_STEP_TIME, normalized_step_time)
-    trial.set_user_attr(records.NORMALIZED_PARAMETERS, result.parameters / reference.parameters)
-    trial.set_user_attr(records.REWARD, reward)
-    study.tell(trial, reward)
-    return reward
+    return normalized_step_time, result.parameters / reference_parameters, reward
 
 
 def trial_spec(trial: optuna.trial.FrozenTrial) -> ArchSpec:

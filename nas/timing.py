@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from nas.builder import build_model
-from nas.measure import BENCH_STEPS_PER_EPOCH, prepare_device, release_memory, time_window
+from nas.measure import BENCH_STEPS_PER_EPOCH, prepare_device, release_memory, time_window, timed_recipe
 from nas.recipe import TimingConfig, TrainConfig
 from nas.step import build_training_step
 from search_spaces.checks import check_int, check_real
@@ -187,8 +187,8 @@ def _time_relative(
 ) -> PairedTiming:
     # The schedule's steps per epoch only set the learning rate's value, never a step's work (as in `nas bench`).
     candidate_step, reference_step = (
-        build_training_step(build_model(network, num_classes, in_channels), recipe, device=device,
-                            steps_per_epoch=BENCH_STEPS_PER_EPOCH)
+        build_training_step(build_model(network, num_classes, in_channels), timed_recipe(recipe, settings.batch_size),
+                            device=device, steps_per_epoch=BENCH_STEPS_PER_EPOCH)
         for network in (spec, reference)
     )
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format

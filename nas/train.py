@@ -2,7 +2,9 @@
 
 ``train_and_evaluate(spec, data, config) -> EvalResult`` knows nothing of Ray or Optuna. It never raises into a
 campaign: out-of-memory, a non-finite loss or any other exception ends as a failed result with the reason, and the
-memory the trial used is released before it returns.
+memory the trial used is released before it returns. With successive halving's ``rungs``
+(:class:`~nas.halving.Rungs`), it evaluates the weights at each rung epoch and asks the rung's judge whether to
+train on, without changing the training run (:func:`evaluate_at_rung`).
 
 Problems a caller can see before any work (:func:`check_data`, :func:`read_checkpoint`) are public checks, so
 that ``nas train`` refuses them with a one-line usage error before data reaches the device, while a campaign gets
@@ -26,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nas.augment import mixup
 from nas.builder import build_model
 from nas.data import DeviceBatches, ImageData
+from nas.halving import Rungs
 from nas.measure import (
     StepTiming,
     count_parameters,
@@ -46,8 +49,8 @@ from nas.progressive import (
     progressive_schedule,
     stage_for_epoch,
 )
-from nas.recipe import TrainConfig
-from nas.records import STATUS_FAILED, STATUS_OK, EpochStats, EvalResult
+from nas.recipe import TrainConfig, resolve_recipe
+from nas.records import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
 from nas.step import TrainingStep, build_training_step
 from search_spaces.files import write_file
 from search_spaces.io import dump_spec
@@ -67,6 +70,7 @@ def train_and_evaluate(
     checkpoint: Path | None = None,
     resume: bool = False,
     weights: Path | None = None,
+    rungs: Rungs | None = None,
 ) -> EvalResult:
     """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
 
@@ -81,6 +85,12 @@ def train_and_evaluate(
     spec, recipe or data is a failed result before step timing. The caller guards ``checkpoint`` against a second
     process (``nas train`` holds a :class:`~search_spaces.files.FileLock` on it). ``weights`` receives the final
     state dict (the EMA's when on). Missing parent directories of both are created.
+
+    With ``rungs``, after each epoch of ``rungs.epochs`` below ``config.epochs`` the current weights (the EMA's
+    when on) are evaluated as the final evaluation does (:func:`evaluate_at_rung`, which leaves the training run
+    as it was) and ``rungs.judge`` gets that result (status ok, ``epochs_completed`` the rung, the wall time so
+    far). When it says False, training stops there: the result is that rung's, with status ``stopped`` and the
+    reason, and nothing is written to ``weights``.
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -88,8 +98,11 @@ def train_and_evaluate(
     try:
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
-        _run(spec, data, config, device, measured, on_epoch, checkpoint, resume, weights)
+        stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, resume, weights, rungs=rungs,
+                          start=start)
         status, reason = STATUS_OK, None
+        if stopped_at is not None:
+            status, reason = STATUS_STOPPED, f"stopped at epoch {stopped_at} of {config.epochs} by its rung's judge"
     except NonFiniteLossError as error:
         status, reason = STATUS_FAILED, f"non-finite loss: {error}"
     except Exception as error:  # a failing candidate must never end the campaign
@@ -121,8 +134,13 @@ def _run(
     checkpoint: Path | None = None,
     resume: bool = False,
     weights: Path | None = None,
-) -> None:
-    """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured."""
+    *,
+    rungs: Rungs | None,
+    start: float,
+) -> int | None:
+    """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured.
+    Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
+    :func:`time.perf_counter`, for the wall time of a rung's result."""
     check_data(spec, config, data)
     saved = None
     if resume:
@@ -134,6 +152,9 @@ def _run(
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
     prepare_device(device, config.threads)
+    settings = config  # as given: what a checkpoint records and must match
+    config = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips)
+    measured["recipe"] = config.to_dict()
     image_size = config.image_size or data.image_size
     measured["macs"] = spec_complexity(  # on the meta device: no weights, no work
         spec, num_classes=data.num_classes, image_size=image_size, in_channels=data.in_channels
@@ -162,7 +183,7 @@ def _run(
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    state = TrainingState(spec, config, model, step, ema, train_batches, mixing)
+    state = TrainingState(spec, settings, model, step, ema, train_batches, mixing)
     history: list[EpochStats] = []
     if saved is not None:
         history = state.load(saved, checkpoint)
@@ -179,6 +200,13 @@ def _run(
             state.save(checkpoint, history)
         if on_epoch is not None:
             on_epoch(stats)
+        if rungs is not None and epoch in rungs.epochs and epoch < config.epochs:
+            final = model if ema is None else ema.module
+            measured["accuracy"] = evaluate_at_rung(final, data, train_batches, config, amp_dtype)
+            measured["peak_memory_bytes"] = peak_memory_bytes(device)
+            rung = EvalResult(status=STATUS_OK, wall_time_s=time.perf_counter() - start, **measured)
+            if not rungs.judge(rung):
+                return epoch
     final = model if ema is None else ema.module
     recalibrate_batch_norm(final, train_batches, config.bn_recalibration_batches, amp_dtype)
     eval_config = dataclasses.replace(config, image_size=evaluation_image_size(config, data.image_size))
@@ -186,6 +214,36 @@ def _run(
     if weights is not None:
         _write_torch({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
     measured["peak_memory_bytes"] = peak_memory_bytes(device)
+    return None
+
+
+def evaluate_at_rung(
+    model: torch.nn.Module, data: ImageData, batches: DeviceBatches, config: TrainConfig,
+    amp_dtype: torch.dtype | None,
+) -> float:
+    """Hold-out accuracy of ``model`` mid-run, exactly as the final evaluation measures it (batch-norm statistics
+    recalibrated on ``batches``, evaluation at :func:`evaluation_image_size`), leaving the run as it was.
+
+    The recalibration resets the batch-norm statistics and draws training batches (advancing the batch stream
+    and, through dropout and stochastic depth, the random generators), and both passes switch the modules'
+    train/eval modes; all of that goes back afterwards, so training goes on exactly as it would have without
+    the rung (on CPU, bit for bit). Its cost is one recalibration and one hold-out evaluation.
+    """
+    device = next(model.parameters()).device
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    modes = [module.training for module in model.modules()]
+    position = batches.state_dict()
+    eval_config = dataclasses.replace(config, image_size=evaluation_image_size(config, data.image_size))
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        recalibrate_batch_norm(model, batches, config.bn_recalibration_batches, amp_dtype)
+        accuracy = evaluate(model, data, eval_config, amp_dtype)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    for module, training in zip(model.modules(), modes):
+        module.training = training
+    batches.load_state_dict(position)
+    return accuracy
 
 
 def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData) -> None:
@@ -198,7 +256,7 @@ def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData) -> None:
             f"{spec.in_channels}-channel data"
         )
     train_images = len(data.train_labels)
-    if config.batch_size > train_images:
+    if config.batch_size is not None and config.batch_size > train_images:
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the training set: {train_images} images of {data.name} "
             f"after the hold-out split; use a batch size of at most {train_images}"

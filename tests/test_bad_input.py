@@ -152,12 +152,12 @@ CAMPAIGN_CASES = {
     "negative GPUs": (campaign(gpus_per_trial=-1), ("gpus_per_trial", "[0, 64]")),
     "zero batch size": (campaign_train(batch_size=0), ("batch_size", "[1, 65536]")),
     "negative image size": (campaign_train(image_size=-32), ("image_size", "[1, 4096]")),
-    "negative learning rate": (campaign_train(learning_rate=-0.1), ("learning_rate", "[0.0, 1000000.0]")),
+    "negative learning rate": (campaign_train(learning_rate=-0.1), ("learning_rate", "(0.0, 1000000.0]")),
     # NaN and infinity, as YAML writes them (.nan, .inf)
     "NaN val_fraction": (campaign(val_fraction=math.nan), ("val_fraction", "(0, 0.5]", "nan")),
     "NaN learning rate": (campaign_train(learning_rate=math.nan), ("learning_rate", "nan")),
     "infinite GPUs": (campaign(gpus_per_trial=math.inf), ("gpus_per_trial", "inf")),
-    "infinite warm-up": (campaign_train(warmup_epochs=math.inf), ("warmup_epochs", "[0.0, 10000.0]", "inf")),
+    "infinite warm-up": (campaign_train(warmup_steps=math.inf), ("warmup_steps", "inf")),
     "minus infinite exponent": (campaign(step_time_exponent=-math.inf), ("step_time_exponent", "[-10, 10]")),
     # references to things that are not there
     "unknown data source": (campaign(data="imagenet:/data"), ("data", "imagenet", "allowed sources")),

@@ -5,6 +5,13 @@ stream of the first one: trial 40 of the resumed run got the params of trial 0 (
 sampler afresh for each draw, seeded by ``(seed, trial.number)`` (:mod:`nas.controllers.seeding`), is the public
 way to seed it per trial. :class:`OptunaProposer` does that for :class:`~nas.controllers.DistinctSampler`;
 :class:`TrialSeededSampler` does it in a plain Optuna study.
+
+Trials successive halving stopped (PRUNED, status ``stopped``, their intermediate values the rung rewards) reach
+TPE by Optuna's own rule (``optuna.samplers._tpe.sampler._split_trials``): its good ("below") group takes the best
+COMPLETE trials first and fills any room left with PRUNED ones, ranked by the last step they reached (later is
+better), then by the value there; so a stopped trial counts as worse than every complete one and better than one
+stopped at an earlier rung. Constraint-PRUNED trials (no intermediate value) rank below those. RandomSampler
+ignores finished trials altogether.
 """
 
 from __future__ import annotations

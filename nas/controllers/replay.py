@@ -16,8 +16,11 @@ Which finished trials teach, and with which reward (:func:`taught_reward`), is t
   lowest reward a campaign's candidate can get), so the controller learns to avoid what fails.
 * PRUNED trials that a campaign constraint stopped (status ``pruned``: over ``max_step_time_ratio`` or
   ``max_params_ratio``) teach ``failed_reward`` too: to the controller an architecture over a hard limit is as
-  bad as one that fails, so it learns to stay under the limits. Other PRUNED trials (an ordinary Optuna study's
-  pruner) teach nothing: their value is unknown.
+  bad as one that fails, so it learns to stay under the limits.
+* PRUNED trials that successive halving stopped at a rung (status ``stopped``, :mod:`nas.halving`) teach their
+  last rung's reward (Optuna's value of a PRUNED trial: its last intermediate value): the best estimate there is of
+  what the architecture would have reached, and low, since it was behind the others at that rung.
+* Other PRUNED trials (an ordinary Optuna study's pruner) teach nothing: their final value is unknown.
 * COMPLETE trials with a non-finite value, and trials whose params are not a member of the decisions (one
   missing, a value outside its choices), teach nothing. RUNNING and WAITING trials are not finished.
 
@@ -52,8 +55,12 @@ def taught_reward(trial: FrozenTrial, failed_reward: float) -> float | None:
     if trial.state == TrialState.FAIL:
         return None if trial.user_attrs.get(records.INTERRUPTED) else failed_reward
     if trial.state == TrialState.PRUNED:
-        return failed_reward if trial.user_attrs.get(records.STATUS) == records.STATUS_PRUNED else None
-    if trial.state != TrialState.COMPLETE:
+        status = trial.user_attrs.get(records.STATUS)
+        if status == records.STATUS_PRUNED:
+            return failed_reward
+        if status != records.STATUS_STOPPED:
+            return None
+    elif trial.state != TrialState.COMPLETE:
         return None
     value = trial.value
     return value if value is not None and math.isfinite(value) else None

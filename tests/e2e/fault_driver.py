@@ -33,6 +33,7 @@ import torch
 
 from nas.campaign import load_campaign, run_campaign
 from nas.data import ImageData
+from nas.halving import Rungs
 from nas.recipe import TrainConfig
 from nas.records import EvalResult
 from nas.runner import RayExecutor
@@ -68,7 +69,7 @@ def live_tensors() -> int:
 
 
 def make_trainer(faults: dict[str, str], log: Path):
-    def faulty_trainer(spec: ArchSpec, data: ImageData, config: TrainConfig) -> EvalResult:
+    def faulty_trainer(spec: ArchSpec, data: ImageData, config: TrainConfig, rungs: Rungs | None = None) -> EvalResult:
         fault = faults.get(" ".join(spec.block_strings))
         pid_file = Path(f"{log}.pid")
         on_epoch = None
@@ -86,7 +87,7 @@ def make_trainer(faults: dict[str, str], log: Path):
             time.sleep(600)
         before = (resident_bytes(), live_tensors())
         with address_space_cap(memory_cap):
-            result = train_and_evaluate(spec, data, config, on_epoch=on_epoch)
+            result = train_and_evaluate(spec, data, config, on_epoch=on_epoch, rungs=rungs)
         after = (resident_bytes(), live_tensors())
         with log.open("a") as file:
             file.write(json.dumps({"fault": fault, "status": result.status, "reason": result.failure_reason,

@@ -88,7 +88,7 @@ TIMING = {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02}
 MNIST = Path(__file__).resolve().parents[1] / "data" / "mnist5k.npz"
 
 
-def measured(spec, data, config) -> EvalResult:
+def measured(spec, data, config, rungs=None) -> EvalResult:
     return EvalResult(status="ok", accuracy=0.5, step_time_s=0.01, step_time_iqr_s=0.001, parameters=1000, macs=10,
                       device="cpu", wall_time_s=1.0, epochs_completed=1)
 
@@ -124,7 +124,7 @@ def test_a_driver_that_loses_its_lock_starts_nothing_records_what_runs_and_stops
 
     calls = itertools.count()
 
-    def outage_in_trial_two(spec, data, config):
+    def outage_in_trial_two(spec, data, config, rungs=None):
         if next(calls) == 2:  # the storage is locked by another client for longer than the lock's safe share
             flaky["storage"].failing = True
             time.sleep(2.5)
@@ -185,7 +185,7 @@ def test_sigterm_during_a_trial_marks_it_interrupted_and_it_runs_once_more_on_re
     monkeypatch.chdir(tmp_path)
     calls = itertools.count()
 
-    def terminated_in_trial_one(spec, data, config):
+    def terminated_in_trial_one(spec, data, config, rungs=None):
         if next(calls) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
@@ -206,8 +206,8 @@ def test_a_campaign_searches_on_real_grayscale_digits(tmp_path, monkeypatch):
     stems and learn; the outcome carries the best architecture."""
     monkeypatch.chdir(tmp_path)
     config = CampaignConfig.from_dict({"data": f"npz:{MNIST}", "trials": 2, "controller": "random", "study": "mnist",
-                                       "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.05,
-                                                 "augment": "none", "timing_repeats": 2}, "timing": TIMING})
+                                       "train": {"epochs": 2, "batch_size": 64, "timing_repeats": 2},
+                                       "timing": TIMING})
     config.check_inputs()
     outcome = campaigns.run_campaign(config, LocalExecutor(), out=io.StringIO())
     study = optuna.load_study(study_name="mnist", storage="sqlite:///runs/mnist.db")
@@ -215,6 +215,11 @@ def test_a_campaign_searches_on_real_grayscale_digits(tmp_path, monkeypatch):
     baseline = study.trials[0].user_attrs
     assert baseline["accuracy"] > 0.9  # 10 classes: chance is 0.1
     assert baseline["parameters"] == 183_460  # the tiny backbone with a 1-channel stem and a 10-way head
+    # The recipe as resolved for 4,500 digits: the batch given, the learning rate scaled to it, no flips (npz).
+    recipe = study.user_attrs["recipe"]
+    assert (recipe["batch_size"], recipe["learning_rate"], recipe["augment"]) == (64, 0.05, "crop")
+    assert recipe["warmup_steps"] == 7  # 5% of 2 epochs x 70 steps
+    assert {key: baseline["recipe"][key] for key in recipe} == recipe  # each trial records the recipe it ran
     best = study.trials[outcome.best_trial]
     assert outcome.best_spec.name == f"mnist-trial{outcome.best_trial}"
     assert list(outcome.best_spec.block_strings) == best.user_attrs["block_strings"]

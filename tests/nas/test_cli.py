@@ -1236,7 +1236,10 @@ def test_help_shows_the_real_defaults_of_the_recipe_and_the_campaign_and_lists_t
     commands = _command_parsers()
     recipe, table6, campaign = TrainConfig(), ProgressiveConfig(), CampaignConfig()
     train_help = " ".join(commands["train"].format_help().split())
-    for flag, value in (("--epochs EPOCHS", recipe.epochs), ("--lr LR", recipe.learning_rate),
+    for flag in ("--lr LR", "--batch-size BATCH_SIZE", "--warmup-steps WARMUP_STEPS"):  # resolved for the data
+        assert re.search(rf"{re.escape(flag)} [^-]*\(default: auto, ", train_help), flag
+    for flag, value in (("--epochs EPOCHS", recipe.epochs), ("--augment {auto,crop_flip,crop,resized_crop_flip,"
+                                                                "resized_crop,none}", recipe.augment),
                         ("--optimizer {sgd,adamw,rmsprop}", recipe.optimizer),
                         ("--image-size-range MIN MAX", f"{table6.image_size[0]} {table6.image_size[1]}")):
         assert re.search(rf"{re.escape(flag)} [^-]*\(default: {re.escape(str(value))}\)", train_help), flag

@@ -823,7 +823,7 @@ def test_labels_stay_with_their_images(augment):
         for batch, batch_labels in batches:
             pixels = denormalize(batch, (0.3, 0.4, 0.5), (0.2, 0.3, 0.4)).round().flatten(1)  # (B, C * S * S)
             expected = (10 + 2 * batch_labels).float().view(-1, 1)
-            if augment == "crop_flip":
+            if augment in ("crop_flip", "crop"):
                 assert ((pixels == expected) | (pixels == 0)).all()
                 assert ((pixels == expected).float().mean(1) >= (6 / 10) ** 2).all()  # at most 4 of 10 rows/columns cut
             else:
@@ -927,7 +927,8 @@ def test_batches_are_resized_to_image_size(augment):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"augment": "mixup"}, r"augment must be one of \('crop_flip', 'resized_crop_flip', 'none'\), got 'mixup'"),
+        ({"augment": "mixup"}, r"augment must be one of \('crop_flip', 'crop', 'resized_crop_flip', 'resized_crop', 'none'\), "
+                                    r"got 'mixup'"),
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"image_size": -1}, "image_size must be a positive integer"),
         ({"crop_padding": -1}, "crop_padding must be a non-negative integer"),

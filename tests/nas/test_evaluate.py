@@ -33,14 +33,14 @@ def data():
     return load_data("synthetic:num_images=200,image_size=32", val_fraction=0.1, seed=0)
 
 
-def trained(spec, data, config) -> EvalResult:
+def trained(spec, data, config, rungs=None) -> EvalResult:
     """A stand-in proxy training: what a trainer returns, checked to be asked not to time its own step."""
     assert config.measure_step_time is False
     return EvalResult(status=STATUS_OK, accuracy=0.5, parameters=1, macs=10, device="cpu", epochs_completed=1,
                       wall_time_s=0.1)
 
 
-def never_trained(spec, data, config) -> EvalResult:
+def never_trained(spec, data, config, rungs=None) -> EvalResult:
     raise AssertionError("a pruned candidate must not be trained")
 
 
@@ -185,7 +185,7 @@ def test_a_trial_interrupted_while_training_is_not_timed_again_when_it_runs_once
     real = evaluate.time_relative
     monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
 
-    def interrupted_in_training(spec, data, config):
+    def interrupted_in_training(spec, data, config, rungs=None):
         if spec.name != SPACE.baseline.name:
             raise KeyboardInterrupt  # Ctrl-C while the first candidate trains
         return trained(spec, data, config)
@@ -199,3 +199,30 @@ def test_a_trial_interrupted_while_training_is_not_timed_again_when_it_runs_once
     rerun = next(t for t in study.trials if t.user_attrs.get("requeued_from") == 1)
     assert rerun.state.name == "COMPLETE" and rerun.user_attrs["timing_cached"] is True
     assert len(timed) == 1 + 2  # the two new candidates only
+
+
+def test_a_rung_result_reaches_the_policy_with_the_trial_s_step_time(data):
+    """The trainer's judge passes each rung's result, with S/S0 as the final result gets it, to ``on_rung`` and
+    returns its answer; without rungs in the plan, or without ``on_rung``, the trainer gets none."""
+    cached = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s": 0.004,
+              "reference_step_time_s": 0.005}
+    asked, answers, handed = [], [], []
+
+    def trainer(spec, data, config, rungs=None) -> EvalResult:
+        handed.append(rungs)
+        if rungs is not None:
+            answers.append(rungs.judge(EvalResult(status=STATUS_OK, accuracy=0.3, parameters=1, epochs_completed=1)))
+        return trained(spec, data, config)
+
+    def on_rung(result: EvalResult) -> bool:
+        asked.append(result)
+        return False
+
+    result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(cached=cached, rungs=(1,)), trainer,
+                                         on_rung=on_rung)
+    assert result.ok and handed[0].epochs == (1,) and answers == [False]
+    assert asked[0].accuracy == 0.3 and asked[0].parameters == 1 and asked[0].epochs_completed == 1
+    assert asked[0].step_time_ratio == 0.8 and asked[0].timing_cached is True and asked[0].device.startswith("cpu")
+    evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(cached=cached), trainer, on_rung=on_rung)
+    evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(cached=cached, rungs=(1,)), trainer)
+    assert handed[1:] == [None, None] and len(asked) == 1

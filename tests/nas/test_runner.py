@@ -146,3 +146,31 @@ def test_an_unreachable_cluster_is_refused_before_the_study_is_created(tmp_path,
     with pytest.raises(runner.ResourceError, match=r"no Ray cluster to join at address 'auto' .*ray start --head"):
         run_campaign(config, runner.RayExecutor(), out=io.StringIO())
     assert list(tmp_path.iterdir()) == []
+
+
+def rung(accuracy: float, epoch: int = 1) -> EvalResult:
+    return EvalResult(status="ok", accuracy=accuracy, step_time_s=0.01, step_time_ratio=1.0, parameters=1000,
+                      device="cpu", epochs_completed=epoch)
+
+
+def test_the_scheduler_hands_rungs_to_the_policy_and_stops_a_trial_recorded_once(tmp_path):
+    """A rung result gets the policy's decision (CONTINUE or STOP); Tune's completion of the stopped trial, with
+    that rung result, records nothing more; any other result goes on."""
+    config = CampaignConfig.from_dict({"trials": 3, "controller": "random", "study": "adapter",
+                                       "storage": f"sqlite:///{tmp_path / 'adapter.db'}", "train": {"epochs": 3},
+                                       "scheduler": {"type": "asha"}})
+    space = presets.get_space(config.space)
+    campaign = Campaign(studies.open_study(config, space, make_sampler(config.controller, space)), space, config,
+                        out=io.StringIO())
+    searcher, scheduler = runner.PolicySearcher(campaign), runner.PolicyScheduler(campaign)
+    assert searcher.suggest("a")["plan"]["rungs"] == [1]
+    assert scheduler.on_trial_result(None, FakeTrial("a", 0), {runner.RUNG_KEY: rung(0.1).to_json()}) == "CONTINUE"
+    searcher.on_trial_complete("a", {runner.RESULT_KEY: rung(0.2, epoch=3).to_json()})
+    searcher.suggest("b")
+    assert scheduler.on_trial_result(None, FakeTrial("b", 1), {runner.TIMING_KEY: "{}"}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, FakeTrial("b", 1), {runner.RUNG_KEY: rung(0.05).to_json()}) == "STOP"
+    searcher.on_trial_complete("b", {runner.RUNG_KEY: rung(0.05).to_json(), "done": True})
+    trials = campaign.study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"] and campaign.finished == 2
+    assert trials[1].user_attrs["status"] == "stopped" and "interrupted" not in trials[1].user_attrs
+    assert runner.PolicyScheduler(campaign).__getstate__()["campaign"] is None

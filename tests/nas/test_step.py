@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nas.builder import build_model
-from nas.recipe import TrainConfig
+from nas.recipe import TrainConfig, resolve_recipe
 from nas.step import TrainingStep, build_training_step, make_optimizer, resolve_amp, warmup_cosine
 from search_spaces import presets
 
@@ -78,20 +78,25 @@ def test_scheduler_advances_once_per_step():
 # --- the one assembly of a network's training step --------------------------------------------------------------
 
 
+def resolved(**fields):
+    """A recipe with its automatic settings filled in, as a run resolves it for 1,280 training images."""
+    return resolve_recipe(TrainConfig(**fields), train_images=1280)
+
+
 def test_build_training_step_follows_the_recipe():
     model = tiny_model()
     config = TrainConfig(epochs=5, optimizer="rmsprop", learning_rate=0.02, momentum=0.8, weight_decay=0.03,
-                         warmup_epochs=2, label_smoothing=0.2, amp="bf16", channels_last=True)
+                         warmup_steps=20, label_smoothing=0.2, amp="bf16", channels_last=True)
     step = build_training_step(model, config, device=torch.device("cpu"), steps_per_epoch=10)
     assert step.model is model and step.amp_dtype is torch.bfloat16 and step.label_smoothing == 0.2
     assert isinstance(step.optimizer, torch.optim.RMSprop)
     decay, no_decay = step.optimizer.param_groups
     assert (decay["weight_decay"], no_decay["weight_decay"], decay["momentum"]) == (0.03, 0.0, 0.8)
-    assert decay["lr"] == pytest.approx(0.02 / 20)  # warm-up: 2 epochs of 10 steps
+    assert decay["lr"] == pytest.approx(0.02 / 20)  # warm-up: 20 steps
     expected = warmup_cosine(total_steps=50, warmup_steps=20)
     assert [step.scheduler.lr_lambdas[0](s) for s in (0, 19, 35, 50)] == [expected(s) for s in (0, 19, 35, 50)]
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = build_training_step(tiny_model(), TrainConfig(channels_last=False, amp="none"),
+    nchw = build_training_step(tiny_model(), resolved(channels_last=False, amp="none"),
                                device=torch.device("cpu"), steps_per_epoch=1)
     assert nchw.model.stem[0].weight.is_contiguous() and nchw.amp_dtype is None and nchw.label_smoothing == 0.1
     with pytest.raises(ValueError, match="steps_per_epoch must be an integer >= 1, got 0"):
@@ -100,14 +105,14 @@ def test_build_training_step_follows_the_recipe():
 
 def test_build_training_step_compiles_the_model_it_moved():
     model = tiny_model()
-    step = build_training_step(model, TrainConfig(compile=True), device=torch.device("cpu"), steps_per_epoch=1)
+    step = build_training_step(model, resolved(compile=True), device=torch.device("cpu"), steps_per_epoch=1)
     assert step.model is not model and step.model._orig_mod is model  # lazily compiled on the first call
 
 
 def test_step_state_round_trips_optimizer_schedule_and_scaler():
     model = tiny_model()
-    step = build_training_step(model, TrainConfig(amp="fp16", optimizer="adamw"), device=torch.device("cpu"),
-                               steps_per_epoch=4)
+    config = resolved(amp="fp16", optimizer="adamw")
+    step = build_training_step(model, config, device=torch.device("cpu"), steps_per_epoch=4)
     initial = step.state_dict()
     assert initial["optimizer"]["state"] == {} and initial["scaler"]["scale"] == 65536.0
     images, labels = torch.randn(4, 3, 32, 32), torch.arange(4)
@@ -116,4 +121,4 @@ def test_step_state_round_trips_optimizer_schedule_and_scaler():
     assert step.scheduler.last_epoch == 3 and step.optimizer.state_dict()["state"]
     step.load_state_dict(initial)
     assert step.scheduler.last_epoch == 0 and step.optimizer.state_dict()["state"] == {}
-    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 4)
+    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(config.learning_rate / config.warmup_steps)

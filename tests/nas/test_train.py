@@ -28,7 +28,7 @@ from search_spaces.files import write_file
 from search_spaces.spec import SpecError
 
 FAST = dict(device="cpu", batch_size=64, timing_warmup=1, timing_repeats=2)
-RECIPE = dict(epochs=4, learning_rate=0.05, warmup_epochs=0.5, **FAST)
+RECIPE = dict(epochs=4, learning_rate=0.05, warmup_steps=2, **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -479,3 +479,51 @@ def test_save_run_writes_the_spec_the_weights_fit_and_the_result(small_data, tmp
     assert text == json.dumps(result.to_dict(), indent=2) + "\n" and json.loads(text)["history"][0]["loss"] == 2.0
     assert sorted(entry.name for entry in (tmp_path / "run").iterdir()) == ["result.json", "spec.yaml"]
     assert tmp_path / "run" / "result.json" in written
+
+
+# --- successive halving's rungs: evaluated mid-run without changing the run ---------------------------------------
+
+RUNG_RECIPE = {**RECIPE, "epochs": 3, "measure_step_time": False, "bn_recalibration_batches": 2}
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_rungs_that_always_go_on_leave_the_run_bit_identical(small_data, tmp_path, ema_decay):
+    """The rung evaluation recalibrates batch norm on training batches (moving the batch stream, the random
+    generators and, with an EMA, the averaged buffers) and evaluates; all of it must go back."""
+    from nas.halving import Rungs
+
+    config = TrainConfig(**RUNG_RECIPE, ema_decay=ema_decay, mixup_alpha=0.2, randaugment_magnitude=5)
+    spec = presets.get("tiny")
+    judged: list[EvalResult] = []
+    with_rungs = train_and_evaluate(spec, small_data, config, weights=tmp_path / "rungs.pt",
+                                    checkpoint=tmp_path / "rungs-state.pt",
+                                    rungs=Rungs((1, 2, 3), lambda result: judged.append(result) or True))
+    plain = train_and_evaluate(spec, small_data, config, weights=tmp_path / "plain.pt",
+                               checkpoint=tmp_path / "plain-state.pt")
+    assert with_rungs.ok and plain.ok
+    assert [e.loss for e in with_rungs.history] == [e.loss for e in plain.history]
+    assert with_rungs.accuracy == plain.accuracy
+    weights = [torch.load(tmp_path / f"{run}.pt", weights_only=True) for run in ("rungs", "plain")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # the whole training state too (the final weights' batch-norm statistics are recalibrated anyway; the last
+    # checkpoint's come from training, through the rungs)
+    states = [torch.load(tmp_path / f"{run}-state.pt", weights_only=True) for run in ("rungs", "plain")]
+    for part in ("model", "ema"):
+        if states[1][part] is not None:
+            assert all(torch.equal(states[0][part][name], states[1][part][name]) for name in states[1][part]), part
+    # judged at the rungs below the run's end only, each with what the reward needs
+    assert [(r.status, r.epochs_completed, len(r.history)) for r in judged] == [("ok", 1, 1), ("ok", 2, 2)]
+    assert all(0 <= r.accuracy <= 1 and r.parameters == plain.parameters and r.macs == plain.macs
+               and r.device == plain.device and r.wall_time_s > 0 for r in judged)
+
+
+def test_a_judge_that_says_stop_ends_the_run_at_its_rung(small_data, tmp_path):
+    from nas.halving import Rungs
+    from nas.records import STATUS_STOPPED
+
+    judged: list[EvalResult] = []
+    result = train_and_evaluate(presets.get("tiny"), small_data, TrainConfig(**RUNG_RECIPE),
+                                weights=tmp_path / "w.pt", rungs=Rungs((1,), lambda r: judged.append(r) and False))
+    assert result.status == STATUS_STOPPED and result.epochs_completed == 1 and len(result.history) == 1
+    assert result.failure_reason == "stopped at epoch 1 of 3 by its rung's judge"
+    assert result.accuracy == judged[0].accuracy and not (tmp_path / "w.pt").exists()

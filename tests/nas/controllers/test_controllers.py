@@ -16,7 +16,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from nas.controllers import CONTROLLERS, DistinctSampler, PolicyGradientSampler, distributions, make_sampler
+from nas.controllers import (
+    CONTROLLERS, DistinctSampler, PolicyGradientSampler, RegularizedEvolutionSampler, distributions, make_sampler,
+)
 from search_spaces.presets import get_space
 from search_spaces.space import SearchSpace
 
@@ -360,3 +362,33 @@ def test_trials_outside_the_space_teach_nothing():
     )
     pruned = taught_trial(params[0], state=TrialState.PRUNED)
     assert policy_after(completed[:2] + [missing_decision, outside, pruned] + completed[2:]) == policy_after(completed)
+
+
+@pytest.mark.parametrize("controller", ["rl", "evolution"])
+def test_pruned_trials_teach_by_why_they_were_pruned(controller):
+    """Stopped by successive halving: its last rung reward (its value); over a campaign constraint: the failed
+    reward; pruned by anything else: nothing."""
+    params = sampled_params(6)
+    completed = [taught_trial(p, value=0.5 + 0.05 * index) for index, p in enumerate(params)]
+    other = sampled_params(1, seed=9)[0]
+
+    def learned(trial) -> object:
+        study = optuna.create_study(direction="maximize")
+        for finished in completed[:3] + ([] if trial is None else [trial]) + completed[3:]:
+            study.add_trial(finished)
+        if controller == "rl":
+            sampler = PolicyGradientSampler(SPACE)
+            sampler.update(study)
+            return sampler.policy_probabilities()
+        sampler = RegularizedEvolutionSampler(SPACE, population_size=10)
+        sampler.update(study)
+        return sampler.population()
+
+    stopped = create_trial(state=TrialState.PRUNED, value=0.42, intermediate_values={1: 0.3, 3: 0.42},
+                           params=other, distributions=distributions(SPACE), user_attrs={"status": "stopped"})
+    assert learned(stopped) == learned(taught_trial(other, value=0.42)) != learned(None)
+    over_a_limit = taught_trial(other, state=TrialState.PRUNED, status="pruned")
+    assert learned(over_a_limit) == learned(taught_trial(other, value=0.0))
+    by_a_pruner = create_trial(state=TrialState.PRUNED, value=0.42, intermediate_values={3: 0.42}, params=other,
+                               distributions=distributions(SPACE))
+    assert learned(by_a_pruner) == learned(None)

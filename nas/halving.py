@@ -1,0 +1,100 @@
+"""Successive halving for campaigns: the rung arithmetic, the promotion rule and what a trainer is handed.
+
+This is asynchronous successive halving (ASHA; Li et al., "A System for Massively Parallel Hyperparameter Tuning",
+MLSys 2020) in its early-stopping form: every trial is started for the full ``train.epochs`` and judged when it
+reports a rung (:func:`rung_epochs`: ``min_epochs * reduction_factor**k`` epochs). It goes on if its reward is
+among the top ``1 / reduction_factor`` of every reward recorded at that rung so far (:func:`promotes`), else it
+stops there. Nothing waits for a rung to fill and no trial is paused or checkpointed between rungs, so no worker
+idles and no trial state moves between nodes; the price is that a decision depends on the order in which trials
+arrive at a rung. That is why each decision is recorded in the study the moment it is taken (the trial's ``rungs``
+attribute, and a stopped trial as PRUNED) and never re-taken: a campaign that resumes continues exactly, and the
+re-run of an interrupted trial inherits the decisions its original got (a trial promoted before a kill is not
+re-judged).
+
+The rule is ours rather than a library's: Ray's ``AsyncHyperBandScheduler`` keeps its rungs in the driver's
+memory (lost when a campaign resumes) and Optuna's ``SuccessiveHalvingPruner`` judges the re-run of an interrupted
+trial again, with its rung values in its own system attributes. The rule itself is the one both apply (a trial is
+promoted iff its value is at least the k-th best at the rung, ``k = max(1, n // reduction_factor)``), and each
+rung's reward is reported to Optuna as the trial's intermediate value (``trial.report``), so any Optuna client sees
+the learning curves.
+
+Imports no torch, no Ray and no Optuna (the ledger layer, DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from nas.records import EvalResult
+from search_spaces.checks import check_choice, check_int
+
+SCHEDULERS = ("none", "asha")
+# Caps that refuse absurd values before a study exists: no proxy training runs anywhere near 1000 epochs, and a
+# reduction factor above 100 would stop all but one trial in a hundred at every rung.
+MAX_MIN_EPOCHS = 1000
+MAX_REDUCTION_FACTOR = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """How a campaign spends its proxy-training budget: ``none`` trains every trial for all its epochs; ``asha``
+    judges a trial after ``min_epochs``, ``min_epochs * reduction_factor``, ... epochs and stops the ones behind
+    (module doc). A campaign's ``scheduler`` section (``{type: asha, min_epochs: 1, reduction_factor: 3}``)."""
+
+    type: str = "none"
+    min_epochs: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        check_choice("scheduler.type", self.type, SCHEDULERS)
+        check_int("scheduler.min_epochs", self.min_epochs, 1, MAX_MIN_EPOCHS)
+        check_int("scheduler.reduction_factor", self.reduction_factor, 2, MAX_REDUCTION_FACTOR)
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rung_epochs(min_epochs: int, reduction_factor: int, epochs: int) -> tuple[int, ...]:
+    """The epochs a full-length trial of ``epochs`` is judged at: ``min_epochs * reduction_factor**k`` for
+    ``k >= 0``, strictly below ``epochs`` (the end of training is no rung: the trial is complete there).
+    ``(1, 3, 9)`` for 1, 3 and 10."""
+    rungs = []
+    epoch = min_epochs
+    while epoch < epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return tuple(rungs)
+
+
+def promotion_cutoff(rung_rewards: Sequence[float], reduction_factor: int) -> tuple[float, int]:
+    """``(cutoff, k)``: a reward at this rung goes on iff it is at least ``cutoff``, the ``k``-th best of
+    ``rung_rewards`` (every reward recorded at the rung, the one judged included), ``k = max(1, n //
+    reduction_factor)``."""
+    if not rung_rewards:
+        raise ValueError("rung_rewards must hold at least the reward being judged, got none")
+    k = max(1, len(rung_rewards) // reduction_factor)
+    return sorted(rung_rewards, reverse=True)[k - 1], k
+
+
+def promotes(reward: float, rung_rewards: Sequence[float], reduction_factor: int) -> bool:
+    """Whether ``reward`` goes on past its rung: at least the k-th best of ``rung_rewards`` (which includes it)
+    (:func:`promotion_cutoff`). The first trial at a rung always goes on."""
+    return reward >= promotion_cutoff(rung_rewards, reduction_factor)[0]
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """What a trainer is handed: the epochs to stop at (each below its ``epochs``) and the judge to ask there.
+
+    After each epoch of ``epochs`` the trainer evaluates the current weights as its final evaluation would and
+    calls ``judge`` with that result (status ok, ``epochs_completed`` the rung); True means train on, False means
+    stop and return that result as ``stopped``."""
+
+    epochs: tuple[int, ...]
+    judge: Callable[[EvalResult], bool]
