@@ -4,7 +4,9 @@ Everything comes from the study, the campaign's single source of truth. :func:`w
 ``report.html`` with PNG figures beside it, referenced by relative paths and styled inline, so the directory can be
 copied, archived or opened from disk with no network. From the top: the verdict (the winner against the baseline,
 each top trial's reward as the product of its factors, whether the lead is inside the step-time noise, where the
-winner's spec is), the optimization history by controller, accuracy against normalized step time and against
+winner's spec is, and what successive halving stopped and saved), the optimization history by controller, the
+learning curves (each trial's reward at the rungs, where the campaign reported them), accuracy against normalized
+step time and against
 parameters with the Pareto front, the decisions of the top 10% of candidates against those of all candidates (and
 what the RL or evolution controller prefers now), every trial in a table that sorts by any column, the baseline and
 the winner as stage tables, failures by reason with the trials over time, and the campaign's settings, storage,
@@ -36,7 +38,7 @@ from nas.complexity import STAGE_TABLE_HEADERS, stage_rows
 from nas.measure import spec_complexity
 from nas.storage import default_storage_url, mask_url
 from nas.study import is_interrupted, trial_spec
-from nas.trials import best_trials, pareto_front, trials_frame
+from nas.trials import EPOCHS_COMPLETED, best_trials, is_stopped, pareto_front, stopped_at_epoch, trials_frame
 from search_spaces.files import Content, write_file
 from search_spaces.space import DECISION_FIELDS, Decision, SearchSpace
 
@@ -166,6 +168,10 @@ class Figure:
     title: str
     caption: str
     draw: Callable[[StudySnapshot], PlotFigure]
+    #: Whether the figure belongs in this study's report at all (None: always). A figure that does not belong is
+    #: neither drawn nor mentioned, and its section is left out; one that belongs but cannot be drawn yet raises
+    #: :class:`NotDrawable` and gets a sentence saying why.
+    shown: Callable[[StudySnapshot], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,8 @@ def _draw_figures(
     pyplot = _pyplot()
     drawn, not_drawn = [], {}
     for figure in FIGURES:
+        if figure.shown is not None and not figure.shown(snapshot):
+            continue
         with pyplot.rc_context(FIGURE_STYLE):  # one style for every figure; none leaks into the caller's
             try:
                 plot = figure.draw(snapshot)
@@ -359,6 +367,88 @@ def _factors(snapshot: StudySnapshot) -> list[RewardFactors]:
     return [factors for factors in found if factors is not None]
 
 
+# --- successive halving ---------------------------------------------------------------------------------------------
+
+
+def has_curves(snapshot: StudySnapshot) -> bool:
+    """Whether any trial reported a reward at a rung (``trial.report``): a campaign with successive halving."""
+    return any(trial.intermediate_values for trial in snapshot.trials)
+
+
+def full_epochs(snapshot: StudySnapshot) -> int | None:
+    """The epochs of a full proxy training: the campaign's ``train.epochs``, else the most a complete trial
+    trained; None when the study records neither."""
+    epochs = (snapshot.campaign.get("train") or {}).get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
+        return epochs
+    return max((value for trial in snapshot.ranked
+                if isinstance(value := trial.user_attrs.get(EPOCHS_COMPLETED), int)), default=None)
+
+
+def _epochs_trained(trial: optuna.trial.FrozenTrial, full: int | None) -> int | None:
+    """The epochs ``trial`` trained, as it recorded (``epochs_completed``), else what its state implies."""
+    epochs = trial.user_attrs.get(EPOCHS_COMPLETED)
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        return epochs
+    return stopped_at_epoch(trial) if is_stopped(trial) else full
+
+
+@dataclass(frozen=True)
+class HalvingSummary:
+    """What successive halving did to a campaign: of the trials that finished training (complete or stopped at a
+    rung), how many it stopped, and the epochs they trained against the epochs of training every one in full."""
+
+    trained: int
+    stopped: int
+    epochs_trained: int
+    full_budget_epochs: int | None  # trained x the campaign's epochs; None when the study does not record them
+    epochs: int | None
+    rungs: tuple[int, ...]
+    reduction_factor: Any
+
+    @property
+    def saving(self) -> float | None:
+        """How many times fewer epochs than the full budget were trained."""
+        if not self.full_budget_epochs or not self.epochs_trained:
+            return None
+        return self.full_budget_epochs / self.epochs_trained
+
+    def line(self) -> str:
+        """``successive halving: 14 of 20 stopped early; 96 of 200 epochs trained, 2.1x less than full budget``"""
+        text = f"successive halving: {self.stopped} of {self.trained} stopped early; {self.epochs_trained:,}"
+        if self.full_budget_epochs is None:
+            return f"{text} epochs trained"
+        text += f" of {self.full_budget_epochs:,} epochs trained"
+        return text + ("" if self.saving is None else f", {self.saving:.1f}x less than full budget")
+
+    def settings(self) -> str:
+        """``rungs at epochs 1, 3, 9 of 10, reduction factor 3`` (what the study records of them)."""
+        parts = []
+        if self.rungs:
+            parts.append(f"rungs at epoch{'s' if len(self.rungs) > 1 else ''} {', '.join(map(str, self.rungs))}"
+                         + ("" if self.epochs is None else f" of {self.epochs}"))
+        if _is_real(self.reduction_factor):
+            parts.append(f"reduction factor {self.reduction_factor:g}")
+        return ", ".join(parts)
+
+
+def halving_summary(snapshot: StudySnapshot) -> HalvingSummary | None:
+    """The campaign's :class:`HalvingSummary`; None when no trial reported a rung or was stopped at one."""
+    stopped = [trial for trial in snapshot.trials if is_stopped(trial)]
+    if not stopped and not has_curves(snapshot):
+        return None
+    full = full_epochs(snapshot)
+    trained = [trial for trial in snapshot.trials if trial.state.name == "COMPLETE" or is_stopped(trial)]
+    epochs = [_epochs_trained(trial, full) for trial in trained]
+    scheduler = snapshot.campaign.get("scheduler")
+    return HalvingSummary(
+        trained=len(trained), stopped=len(stopped), epochs_trained=sum(epoch or 0 for epoch in epochs),
+        full_budget_epochs=None if full is None else full * len(trained), epochs=full,
+        rungs=tuple(sorted({epoch for trial in snapshot.trials for epoch in trial.intermediate_values})),
+        reduction_factor=scheduler.get("reduction_factor") if isinstance(scheduler, Mapping) else None,
+    )
+
+
 # --- figures --------------------------------------------------------------------------------------------------------
 
 
@@ -396,6 +486,68 @@ def _draw_history(snapshot: StudySnapshot) -> PlotFigure:
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_ylabel(f"reward  {_reward_formula(snapshot.exponents)}")
     axes.grid(alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return figure
+
+
+def _curve(trial: optuna.trial.FrozenTrial, full: int | None) -> tuple[list[int], list[float]]:
+    """A trial's rewards at its rungs by epoch; a complete trial's line goes on to its final reward at the last
+    epoch it trained (the rungs stop short of it), a stopped one's ends at the rung it stopped at."""
+    points = sorted(trial.intermediate_values.items())
+    if trial.state.name == "COMPLETE" and trial.value is not None:
+        last = _epochs_trained(trial, full)
+        if last is not None and (not points or last > points[-1][0]):
+            points.append((last, trial.value))
+    return [epoch for epoch, _ in points], [reward for _, reward in points]
+
+
+def _draw_curves(snapshot: StudySnapshot) -> PlotFigure:
+    """Each trial's reward at the rungs against the epoch, one line per trial: stopped trials' lines end at their
+    rung with a cross, complete ones' reach their final reward; the winner and the baseline drawn and labelled
+    apart. Every trial's line has the gid ``trial-N``."""
+    if not has_curves(snapshot):
+        raise NotDrawable("no trial has reported its reward at a rung")
+    full = full_epochs(snapshot)
+    winner, baseline = snapshot.winner, snapshot.baseline_trial
+    special = {trial.number for trial in (winner, baseline) if trial is not None}
+    figure = _pyplot().figure(figsize=(9, 4.2))
+    axes = figure.subplots()
+    labelled: set[str] = set()
+
+    def draw(trial: optuna.trial.FrozenTrial, label: str, end_marker: str, **style: Any) -> None:
+        epochs, rewards = _curve(trial, full)
+        if not epochs:
+            return
+        axes.plot(epochs, rewards, label=label if label not in labelled else "_nolegend_",
+                          marker=end_marker, markevery=[len(epochs) - 1], gid=f"trial-{trial.number}", **style)
+        labelled.add(label)
+
+    # the crowd first, the baseline and the winner on top
+    for trial in snapshot.trials:
+        if not trial.intermediate_values or trial.number in special:
+            continue
+        if is_stopped(trial):
+            draw(trial, "stopped at a rung (×)", "x", color="grey", alpha=0.55, linewidth=0.9, markersize=6)
+        elif trial.state.name == "COMPLETE":
+            draw(trial, "complete", "o", color="tab:blue", alpha=0.6, linewidth=1.1, markersize=4)
+        else:
+            draw(trial, trial.state.name.lower(), "", color="tab:orange", alpha=0.6, linewidth=0.9, linestyle=":")
+    if baseline is not None:
+        if baseline.intermediate_values:
+            draw(baseline, f"baseline (trial {baseline.number})", "*", color="black", linestyle="--",
+                 linewidth=1.5, markersize=11, zorder=3)
+        elif baseline.value is not None:
+            axes.axhline(baseline.value, color="black", linestyle="--", linewidth=1, gid="baseline",
+                         label=f"baseline's reward (trial {baseline.number})")
+    if winner is not None and (baseline is None or winner.number != baseline.number):
+        draw(winner, f"winner (trial {winner.number})", "o", color="crimson", linewidth=2.4, markersize=7,
+             zorder=4)
+    rungs = sorted({epoch for trial in snapshot.trials for epoch in trial.intermediate_values})
+    for epoch in rungs:
+        axes.axvline(epoch, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
+    axes.set_xticks(sorted(set(rungs) | ({full} if full is not None else set())))
+    axes.set_xlabel("epoch of proxy training (dotted lines: the rungs, where successive halving compares trials)")
+    axes.set_ylabel(f"reward at the epoch  {_reward_formula(snapshot.exponents)}")
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return figure
 
@@ -649,6 +801,10 @@ def _timeline_style(trial: optuna.trial.FrozenTrial) -> tuple[str, dict[str, Any
         if is_interrupted(trial):
             return "interrupted", {"color": "orange"}
         return "failed", {"color": "crimson"}
+    if state == "PRUNED":
+        if is_stopped(trial):
+            return "stopped at a rung", {"color": "darkgrey"}
+        return "pruned by a constraint", {"color": "tan"}
     return f"{state.lower()} (no end yet)", {"facecolor": "white", "edgecolor": "grey", "hatch": "///"}
 
 
@@ -659,6 +815,14 @@ FIGURES = (
            "P normalize everyone else's): a controller is worth its cost once its line stays above it. Crosses on "
            "the trial axis are failed trials.",
            _draw_history),
+    Figure("curves", "Learning curves",
+           "Each line is one trial's reward at the rungs (the epochs where successive halving compares the trials "
+           "that reached them, dotted) against the epoch of its proxy training. A grey line that ends in a cross "
+           "is a trial stopped at that rung: its reward there was below the cutoff of the trials it was compared "
+           "with, and it trained no further. Blue lines are trials that trained in full; they reach their final "
+           "reward at the last epoch. The red line is the winner, the dashed black one the baseline. Only complete "
+           "trials can win: a stopped trial's reward is that of a shorter training.",
+           _draw_curves, shown=has_curves),
     Figure("tradeoffs", "Accuracy, step time and size",
            "Every complete trial by proxy accuracy against training step time (relative to the baseline's) and "
            "against parameters. Orange points are the Pareto front over all three (no other trial is at least as "
@@ -677,8 +841,9 @@ FIGURES = (
            _draw_decisions),
     Figure("timeline", "Trials over time",
            "One bar per trial from its start to its end: coloured by controller when it completed, black for the "
-           "baseline, red when it failed, orange when it was interrupted (it runs once more); hatched bars are "
-           "trials still running. Overlapping bars are trials that ran at once on different workers.",
+           "baseline, red when it failed, orange when it was interrupted (it runs once more), grey when successive "
+           "halving stopped it at a rung, tan when a constraint pruned it; hatched bars are trials still running. "
+           "Overlapping bars are trials that ran at once on different workers.",
            _draw_timeline),
 )
 
@@ -693,6 +858,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.changed { font-weight: bold; background: #fff6e0; }
+tr.stopped td { color: #777; font-style: italic; }
 figure { margin: 0.5em 0; } figure img { max-width: 100%; } figcaption, .note { color: #555; max-width: 80em; }
 .missing { color: #a33; font-style: italic; }
 .verdict { font-size: 1.15em; max-width: 60em; }
@@ -736,22 +902,25 @@ for (const table of document.querySelectorAll("table.sortable")) {
 """
 _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
 _SECTIONS = (
-    ("verdict", "Verdict"), ("history", "Optimization history"), ("tradeoffs", "Accuracy, step time and size"),
+    ("verdict", "Verdict"), ("history", "Optimization history"), ("curves", "Learning curves"),
+    ("tradeoffs", "Accuracy, step time and size"),
     ("decisions", "What the controller learned, per stage"), ("trials", "All trials"),
     ("architectures", "Baseline and winner"), ("failures", "Failures"), ("settings", "Campaign settings and device"),
 )
 TRIALS_TABLE_HEADERS = (
-    "trial", "state", "role", "controller", "reward", "A", "S/S₀", "step time (ms)", "step time IQR (ms)",
+    "trial", "state", "epochs", "role", "controller", "reward", "A", "S/S₀", "step time (ms)", "step time IQR (ms)",
     "parameters", "P/P₀", "duration (s)", "architecture", "failure reason",
 )
 
 
 def _page(snapshot: StudySnapshot, not_drawn: Mapping[str, str]) -> str:
-    figures = {figure.name: _figure_html(figure, not_drawn.get(figure.name)) for figure in FIGURES}
+    figures = {figure.name: None if figure.shown is not None and not figure.shown(snapshot)
+               else _figure_html(figure, not_drawn.get(figure.name)) for figure in FIGURES}
     name = _text(snapshot.study.study_name)
-    bodies = {
+    bodies = {  # a section whose body is None does not belong in this study's report
         "verdict": _verdict(snapshot),
         "history": figures["history"],
+        "curves": figures["curves"],
         "tradeoffs": figures["tradeoffs"],
         "decisions": figures["decisions"] + _decisions_note(snapshot) + _top_table(snapshot),
         "trials": _trials_table(snapshot),
@@ -759,7 +928,8 @@ def _page(snapshot: StudySnapshot, not_drawn: Mapping[str, str]) -> str:
         "failures": _failures(snapshot) + figures["timeline"],
         "settings": _settings(snapshot),
     }
-    navigation = " ".join(f'<a href="#{anchor}">{_text(title)}</a>' for anchor, title in _SECTIONS)
+    sections = [(anchor, title) for anchor, title in _SECTIONS if bodies[anchor] is not None]
+    navigation = " ".join(f'<a href="#{anchor}">{_text(title)}</a>' for anchor, title in sections)
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -767,7 +937,7 @@ def _page(snapshot: StudySnapshot, not_drawn: Mapping[str, str]) -> str:
         f"<h1>Search report: {name}</h1>",
         f'<p class="summary">{_text(_summary(snapshot))}</p>',
         f"<nav>{navigation}</nav>",
-        *(_section(anchor, title, bodies[anchor]) for anchor, title in _SECTIONS),
+        *(_section(anchor, title, bodies[anchor]) for anchor, title in sections),
         f"<script>{_SCRIPT}</script>",
         "</body></html>",
         "",
@@ -775,11 +945,14 @@ def _page(snapshot: StudySnapshot, not_drawn: Mapping[str, str]) -> str:
 
 
 def _summary(snapshot: StudySnapshot) -> str:
-    states = Counter(trial.state.name for trial in snapshot.trials)
+    states = Counter("stopped" if is_stopped(trial) else trial.state.name for trial in snapshot.trials)
     parts = [f"space {snapshot.attributes.get(records.SPACE_NAME, '?')}",
              f"{len(snapshot.trials)} trials ({', '.join(f'{count} {state}' for state, count in states.items())})"]
     if snapshot.winner is not None:
         parts.append(f"best reward {snapshot.winner.value:.4f} (trial {snapshot.winner.number})")
+    halving = halving_summary(snapshot)
+    if halving is not None:
+        parts.append(halving.line())
     span = _campaign_span(snapshot.trials)
     if span is not None:
         parts.append(f"wall time {_duration(span.seconds)}" + (" so far" if span.running else ""))
@@ -805,8 +978,9 @@ def _verdict(snapshot: StudySnapshot) -> str:
     factors, whether the lead is inside the step-time noise, and where the winner's spec is."""
     winner, baseline = snapshot.winner, snapshot.baseline_trial
     if winner is None:
-        return '<p class="missing verdict" id="verdict-line">No trial has completed yet: no verdict.</p>'
-    parts = [_verdict_line(snapshot)]
+        return "\n".join(['<p class="missing verdict" id="verdict-line">No trial has completed yet: no verdict.</p>',
+                          _halving(snapshot)])
+    parts = [_verdict_line(snapshot), _halving(snapshot)]
     if baseline is not None and baseline.value is not None:
         versus = snapshot.candidates[0] if winner.number == baseline.number and snapshot.candidates else winner
         rows = [["baseline", *_versus_row(baseline)]]
@@ -844,6 +1018,25 @@ def _verdict_line(snapshot: StudySnapshot) -> str:
                  f"S/S₀ {_number(attributes.get(records.NORMALIZED_STEP_TIME), 3)} and parameters "
                  f"P/P₀ {_number(attributes.get(records.NORMALIZED_PARAMETERS), 3)} of the baseline's")
     return f'<p class="verdict" id="verdict-line">{text}.</p>'
+
+
+def _halving(snapshot: StudySnapshot) -> str:
+    """What successive halving stopped and saved, in a sentence (empty when the campaign ran without it)."""
+    halving = halving_summary(snapshot)
+    if halving is None:
+        return ""
+    settings = halving.settings()
+    text = (f"<strong>{_text(halving.line()[:1].upper() + halving.line()[1:])}</strong>"
+            + (f" ({_text(settings)})" if settings else "") + ". ")
+    if halving.stopped:
+        text += ("A stopped trial's accuracy and reward are those at the rung it stopped at (state "
+                 "<code>stopped@E</code> in the tables), and it is never the winner: only trials that trained in "
+                 "full compete on reward.")
+    else:
+        text += "No trial has been stopped at a rung yet."
+    if halving.full_budget_epochs is None:
+        text += " The study does not record the campaign's epochs, so the full budget is unknown."
+    return f'<p class="note" id="halving">{text}</p>'
 
 
 def _versus_row(trial: optuna.trial.FrozenTrial) -> list[Any]:
@@ -1009,15 +1202,23 @@ def _trials_table(snapshot: StudySnapshot) -> str:
                for key, value in row.items()}
         iqr = trial.user_attrs.get(records.STEP_TIME_IQR_S)
         duration = trial.duration.total_seconds() if trial.duration is not None else None
+        epochs = trial.user_attrs.get(EPOCHS_COMPLETED)
         rows.append([
-            row["number"], row["state"], row["role"], row["controller"], row["reward"], row["accuracy"],
+            row["number"], row["state"], epochs if _is_real(epochs) else None, row["role"], row["controller"],
+            row["reward"], row["accuracy"],
             row["normalized_step_time"], row["step_time_ms"], iqr * 1e3 if _is_real(iqr) else None,
             row["parameters"], row["normalized_parameters"], duration, row["architecture"] or None,
             row["failure_reason"],
         ])
-    return ('<p class="note">Click a column\'s header to sort by it (again for the reverse order); missing values '
-            "stay last.</p>"
-            + f'<div class="scroll">{_table("all-trials", TRIALS_TABLE_HEADERS, rows, sortable=True)}</div>')
+    stopped = ["stopped" if is_stopped(trial) else None for trial in snapshot.trials]
+    note = ""
+    if any(stopped):
+        note = (' Rows in grey italics are trials successive halving stopped at a rung (state <code>stopped@E</code>, '
+                "after epoch E): their A and reward are those at that rung, not after a full training, and they "
+                "never win.")
+    table = _table("all-trials", TRIALS_TABLE_HEADERS, rows, sortable=True, row_classes=stopped)
+    return ('<p class="note" id="trials-note">Click a column\'s header to sort by it (again for the reverse order); '
+            f'missing values stay last.{note}</p><div class="scroll">{table}</div>')
 
 
 def _architectures(snapshot: StudySnapshot) -> str:
@@ -1180,11 +1381,19 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 def _table(
     table_id: str, headers: Sequence[str], rows: Iterable[Sequence[Any]],
     highlight: Container[tuple[int, int]] = frozenset(), *, sortable: bool = False,
+    row_classes: Sequence[str | None] = (),
 ) -> str:
-    """An HTML table; ``sortable`` gives every cell its raw value as ``data-sort``, for the page's sort script."""
+    """An HTML table; ``sortable`` gives every cell its raw value as ``data-sort``, for the page's sort script;
+    ``row_classes`` gives row i the class ``row_classes[i]`` where it is not None."""
+
+    def row_tag(row: int) -> str:
+        name = row_classes[row] if row < len(row_classes) else None
+        return "<tr>" if name is None else f'<tr class="{_text(name)}">'
+
     head = "".join(f'<th scope="col">{_text(header)}</th>' for header in headers)
     body = "\n".join(
-        "<tr>" + "".join(_cell(value, (row, column) in highlight, sortable) for column, value in enumerate(values))
+        row_tag(row) + "".join(_cell(value, (row, column) in highlight, sortable)
+                               for column, value in enumerate(values))
         + "</tr>"
         for row, values in enumerate(rows)
     )

@@ -24,12 +24,50 @@ TABLE_COLUMNS = (
     "normalized_parameters", "architecture", "failure_reason", "controller",
 )
 INTEGER_COLUMNS = ("number", "parameters", "macs")
-TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # PRUNED: over a campaign constraint
+# PRUNED: over a campaign constraint, or stopped at a rung by successive halving (the state column says which)
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
+# The trial attribute of EvalResult.epochs_completed, as records.result_attributes records it (nas.records names
+# no constant for it; defined here until it does).
+EPOCHS_COMPLETED = "epochs_completed"
+#: The state column's text for a trial stopped at a rung: ``stopped@3`` (after epoch 3). One word, so that the
+#: table's columns still split on white space.
+STOPPED_STATE = "stopped"
+
+
+def is_stopped(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether successive halving stopped ``trial`` at a rung (a PRUNED trial that a constraint did not prune)."""
+    return trial.state.name == "PRUNED" and trial.user_attrs.get(records.STATUS) == records.STATUS_STOPPED
+
+
+def stopped_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The epoch of the rung a stopped trial ended at: as recorded, else its last reported rung."""
+    epoch = trial.user_attrs.get(records.STOPPED_AT_EPOCH)
+    if isinstance(epoch, int) and not isinstance(epoch, bool):
+        return epoch
+    return max(trial.intermediate_values, default=None)
+
+
+def trial_state(trial: optuna.trial.FrozenTrial) -> str:
+    """The state column: Optuna's state name, or ``stopped@E`` for a trial successive halving stopped after epoch
+    E (Optuna's state PRUNED, which ``--filter state=PRUNED`` keeps)."""
+    if is_stopped(trial):
+        epoch = stopped_at_epoch(trial)
+        return STOPPED_STATE if epoch is None else f"{STOPPED_STATE}@{epoch}"
+    return trial.state.name
+
+
+def _optuna_state(state: str) -> str:
+    """The Optuna state behind a state column's text (``stopped@3`` is PRUNED)."""
+    return "PRUNED" if state.startswith(STOPPED_STATE) else state
 
 
 def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
-    """One row per trial under :data:`TABLE_COLUMNS`, in trial order (all the study's trials by default)."""
+    """One row per trial under :data:`TABLE_COLUMNS`, in trial order (all the study's trials by default).
+
+    A trial successive halving stopped reads ``stopped@E`` in the state column (:func:`trial_state`); its accuracy
+    and reward are those at that rung (epoch E), not after the full training of a complete trial.
+    """
     import pandas as pd
 
     rows = []
@@ -38,7 +76,7 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
         step_time = attributes.get(records.STEP_TIME_S)
         rows.append({
             "number": trial.number,
-            "state": trial.state.name,
+            "state": trial_state(trial),
             "role": attributes.get(records.ROLE, records.ROLE_CANDIDATE),
             "reward": trial.value,
             "accuracy": attributes.get(records.ACCURACY),
@@ -78,7 +116,9 @@ def trial_to_export(study: optuna.Study, number: int | None = None) -> optuna.tr
         raise ValueError(f"study {study.study_name!r} has no trial {number}; trials are 0..{len(trials) - 1}")
     trial = trials[number]
     if trial.state != optuna.trial.TrialState.COMPLETE:
-        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE; export a complete trial")
+        state = (f"{trial.state.name} (successive halving stopped it after epoch {stopped_at_epoch(trial)})"
+                 if is_stopped(trial) else trial.state.name)
+        raise ValueError(f"trial {number} is {state}, not COMPLETE; export a complete trial")
     return trial
 
 
@@ -146,7 +186,8 @@ class TrialQuery:
     def apply(self, frame: pd.DataFrame, limit: int | None = None) -> pd.DataFrame:
         """The rows of ``frame`` that pass every filter, the first ``limit`` of them, then sorted."""
         for name, values in self.filters.items():
-            frame = frame[frame[name].isin(values)]
+            column = frame[name].map(_optuna_state) if name == "state" else frame[name]
+            frame = frame[column.isin(values)]
         if limit is not None:
             frame = frame.head(limit)
         if self.sort is not None:

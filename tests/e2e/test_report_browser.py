@@ -169,7 +169,8 @@ def load(chromium: str, report: Path, profile: Path) -> tuple[list[list[Any]], l
 
 
 def test_the_report_opens_in_chromium_with_every_figure(chromium, campaign_report, tmp_path):
-    figures = sorted(f"{figure.name}.png" for figure in FIGURES)
+    figures = sorted(path.name for path in campaign_report.glob("*.png"))  # the learning curves only with rungs
+    assert {f"{figure.name}.png" for figure in FIGURES if figure.shown is None} <= set(figures)
     images, errors, requested = load(chromium, campaign_report, tmp_path / "profile")
     assert sorted(source for source, _, _ in images) == figures
     assert all(complete and width > 0 for _, complete, width in images), images

@@ -52,13 +52,17 @@ CANDIDATES = [
     ("random", 0.55, 0.025, 2200), ("rl", 0.68, 0.022, 2100), ("rl", 0.45, 0.050, 4000),
     ("random", 0.58, 0.012, 1200),
 ]
+#: The figures of a campaign without successive halving (the learning curves are shown only where trials reported
+#: their reward at rungs).
+PLAIN_FIGURES = tuple(figure for figure in FIGURES if figure.shown is None)
 TABLES = ("verdict-table", "factors", "top-trials", "all-trials", "stages-baseline", "stages-winner", "failures",
           "device", "settings")
 
 
-def measured(accuracy: float, step_time: float, parameters: int) -> EvalResult:
+def measured(accuracy: float, step_time: float, parameters: int, epochs: int = 1) -> EvalResult:
     return EvalResult(status="ok", accuracy=accuracy, step_time_s=step_time, step_time_iqr_s=step_time / 20,
-                      parameters=parameters, macs=parameters * 100, device=DEVICE, wall_time_s=1.0, epochs_completed=1)
+                      parameters=parameters, macs=parameters * 100, device=DEVICE, wall_time_s=1.0,
+                      epochs_completed=epochs)
 
 
 class Recorder:
@@ -203,12 +207,15 @@ def test_the_report_has_every_figure_and_table(campaign, tmp_path):
     study = campaign.study
     report = write_report(study, tmp_path / "report")
     assert report.not_drawn == {} and report.path == tmp_path / "report" / REPORT_FILE
-    assert sorted(path.name for path in report.figures) == sorted(f"{figure.name}.png" for figure in FIGURES)
+    assert sorted(path.name for path in report.figures) == sorted(f"{figure.name}.png" for figure in PLAIN_FIGURES)
     for path in report.figures:
         assert_png(path)
     text = report.path.read_text()
     page = Page(text)
-    assert page.images == [f"{figure.name}.png" for figure in FIGURES]  # relative paths, beside the HTML
+    assert page.images == [f"{figure.name}.png" for figure in PLAIN_FIGURES]  # relative paths, beside the HTML
+    # No trial reported a rung: no learning curves, not even a sentence about them, and no word of halving.
+    assert {"curves", "figure-curves", "missing-curves", "halving"}.isdisjoint(page.ids)
+    assert 'href="#curves"' not in text and "curves.png" not in text
     for table in TABLES:
         assert page.tables.get(table), f"table {table} missing or empty"
     # The winner is the best trial by reward, the baseline trial 0; both tables show their stages' block strings.
@@ -601,7 +608,7 @@ def test_the_command_writes_a_report_and_refuses_to_overwrite_it_without_force(c
     storage = campaign.config.storage_url
     output = tmp_path / "new" / "report"
     status, out, err = run(capsys, "report", "--study", "demo", "--storage", storage, "-o", output)
-    assert status == 0 and f"wrote {output / REPORT_FILE} with {len(FIGURES)} figure(s)" in out, err
+    assert status == 0 and f"wrote {output / REPORT_FILE} with {len(PLAIN_FIGURES)} figure(s)" in out, err
     before = (output / REPORT_FILE).stat().st_mtime_ns
     status, out, err = run(capsys, "report", "--study", "demo", "--storage", storage, "-o", output)
     assert_refused(status, err, "report", str(output), "report.html", "--force")
@@ -672,7 +679,7 @@ def listing(directory: Path) -> dict[str, bytes]:
     return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
 
 
-@pytest.mark.parametrize("call, failed", [(2, "tradeoffs.png"), (len(FIGURES) + 1, REPORT_FILE)],
+@pytest.mark.parametrize("call, failed", [(2, "tradeoffs.png"), (len(PLAIN_FIGURES) + 1, REPORT_FILE)],
                          ids=["second figure", "the page"])
 def test_a_full_disk_leaves_nothing_behind_and_a_rerun_writes_the_report(capsys, campaign, tmp_path, monkeypatch,
                                                                           call, failed):
@@ -685,7 +692,7 @@ def test_a_full_disk_leaves_nothing_behind_and_a_rerun_writes_the_report(capsys,
     assert listing(tmp_path) == before and not (tmp_path / "new").exists()  # the directories it made are gone too
     monkeypatch.setattr(reports, "write_file", files.write_file)  # the disk has room again
     status, out, err = run(capsys, "report", "--study", "demo", "--storage", storage, "-o", output)
-    assert status == 0 and f"wrote {output / REPORT_FILE} with {len(FIGURES)} figure(s)" in out, err
+    assert status == 0 and f"wrote {output / REPORT_FILE} with {len(PLAIN_FIGURES)} figure(s)" in out, err
 
 
 def test_a_full_disk_with_force_keeps_every_file_that_was_there_before(campaign, tmp_path, monkeypatch):
@@ -696,7 +703,7 @@ def test_a_full_disk_with_force_keeps_every_file_that_was_there_before(campaign,
     (directory / "notes.txt").write_text("mine")
     before = listing(directory)
     assert "decisions.png" not in before
-    disk_full_on(monkeypatch, len(FIGURES) + 1)
+    disk_full_on(monkeypatch, len(PLAIN_FIGURES) + 1)
     with pytest.raises(OSError) as error:
         write_report(campaign.study, directory, force=True)
     assert str(error.value) == f"cannot write {directory / REPORT_FILE}: no space left on device"
@@ -723,6 +730,195 @@ def test_no_storage_password_appears_in_the_report(tmp_path, password):
     assert ["storage", "postgresql://u:***@h/db"] in Page(text).tables["settings"]
     assert ["storage", "postgresql://u:***@h/db"] in Page(text).tables["device"]
     assert "postgresql://u:***@h/db" in Page(text).paragraphs["export"]  # the command that writes the winner's spec
+
+
+# --- successive halving: learning curves and stopped trials --------------------------------------------------------
+
+EPOCHS = 10  # the campaign's train.epochs (CampaignConfig's default)
+RUNGS = (1, 3, 9)  # 10 epochs, min_epochs 1, reduction factor 3
+SCHEDULER = {"type": "asha", "min_epochs": 1, "reduction_factor": 3}
+
+
+class HalvingRecorder(Recorder):
+    """Writes trials the way a campaign with successive halving does: every trial reports its reward at each rung
+    it reaches (``trial.report(reward, step=epoch)``); one stopped at a rung is PRUNED with status "stopped"."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        campaign_settings = self.study.user_attrs["campaign"]
+        assert campaign_settings["train"]["epochs"] == EPOCHS
+        self.study.set_user_attr("campaign", {**campaign_settings, "scheduler": SCHEDULER})
+
+    def complete(self, accuracy: float, step_time: float, parameters: int, controller: str = "rl", *,
+                 baseline: bool = False) -> int:
+        trial, spec = self.ask(controller, baseline=baseline)
+        rungs = []
+        for epoch in RUNGS:  # below the final accuracy, rising with the epochs
+            reward = round(accuracy * (0.5 + epoch / 20), 4)
+            trial.report(reward, step=epoch)
+            rungs.append({"epoch": epoch, "accuracy": reward, "reward": reward, "promoted": True})
+        trial.set_user_attr("rungs", rungs)
+        studies.record_result(self.study, trial, spec, measured(accuracy, step_time, parameters, EPOCHS), self.config)
+        return trial.number
+
+    def stop(self, epoch: int, reward: float, controller: str = "random") -> int:
+        """A trial stopped at the rung ``epoch`` with ``reward`` (and accuracy) there."""
+        trial, _ = self.ask(controller)
+        reached = [rung for rung in RUNGS if rung <= epoch]
+        rungs = []
+        for rung in reached:
+            value = reward if rung == epoch else round(reward * 0.9, 4)
+            trial.report(value, step=rung)
+            rungs.append({"epoch": rung, "accuracy": value, "reward": value, "promoted": rung != epoch})
+        for key, value in {
+            "status": "stopped", "stopped_at_epoch": epoch, "epochs_completed": epoch, "accuracy": reward,
+            "rungs": rungs, "failure_reason": f"stopped by successive halving at epoch {epoch} of {EPOCHS}: reward "
+                                              f"{reward:.4f} below the cutoff 0.6500 (top 1 of 4 at this rung)",
+        }.items():
+            trial.set_user_attr(key, value)
+        self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # Optuna keeps the last rung's reward
+        return trial.number
+
+
+@pytest.fixture(scope="module")
+def halving(tmp_path_factory: pytest.TempPathFactory) -> HalvingRecorder:
+    """The baseline and three complete candidates (10 epochs each), five stopped at a rung (four at epoch 1, one
+    at epoch 3 whose rung reward, 0.95, is above every complete trial's), one pruned by a constraint and one
+    failed. The tests only read it."""
+    recorder = HalvingRecorder(tmp_path_factory.mktemp("halving"))
+    recorder.complete(0.6, 0.020, 2000, baseline=True)  # 0
+    recorder.complete(0.70, 0.018, 1800)  # 1
+    recorder.stop(1, 0.41)  # 2
+    recorder.stop(1, 0.35)  # 3
+    recorder.complete(0.65, 0.020, 2500, "random")  # 4
+    recorder.stop(3, 0.95)  # 5
+    recorder.stop(1, 0.30, "rl")  # 6
+    recorder.stop(1, 0.28)  # 7
+    recorder.complete(0.62, 0.030, 3000)  # 8
+    recorder.record(EvalResult(status="pruned", failure_reason="P/P0 1.60 over max_params_ratio 1.50"))  # 9
+    recorder.record(EvalResult(status="failed", failure_reason="out of memory: x"), "rl")  # 10
+    return recorder
+
+
+STOPPED = {2: 1, 3: 1, 5: 3, 6: 1, 7: 1}  # trial: the epoch it was stopped at
+COMPLETE = (0, 1, 4, 8)
+# 9 trials trained (4 complete, 5 stopped); 4 x 10 + 1 + 1 + 3 + 1 + 1 = 47 epochs of 9 x 10; 90 / 47 = 1.91
+HALVING_LINE = "successive halving: 5 of 9 stopped early; 47 of 90 epochs trained, 1.9x less than full budget"
+
+
+@pytest.fixture(scope="module")
+def halving_report(halving: HalvingRecorder, tmp_path_factory: pytest.TempPathFactory) -> tuple[
+        reports.Report, str, Page]:
+    report = write_report(halving.study, tmp_path_factory.mktemp("halving-report") / "report")
+    text = report.path.read_text()
+    return report, text, Page(text)
+
+
+def test_the_fixture_is_what_a_halving_campaign_records(halving):
+    trials = halving.study.get_trials(deepcopy=False)
+    assert [trial.number for trial in trials if trial.state.name == "COMPLETE"] == list(COMPLETE)
+    assert {trial.number: trial.user_attrs["stopped_at_epoch"] for trial in trials
+            if trial.user_attrs.get("status") == "stopped"} == STOPPED
+    assert trials[5].state.name == "PRUNED" and trials[5].value == 0.95  # its last rung's reward
+    assert trials[9].state.name == "PRUNED" and not trials[9].intermediate_values  # a constraint's
+    assert sorted(trials[1].intermediate_values) == list(RUNGS)
+
+
+def test_the_learning_curves_have_one_line_per_trial_that_reported_rungs(halving):
+    snapshot = StudySnapshot.read(halving.study)
+    figure = {figure.name: figure for figure in FIGURES}["curves"].draw(snapshot)
+    axes = figure.axes[0]
+    curves = {line.get_gid(): line for line in axes.get_lines() if (line.get_gid() or "").startswith("trial-")}
+    assert sorted(curves) == sorted(f"trial-{number}" for number in (*COMPLETE, *STOPPED))
+    for number, epoch in STOPPED.items():  # a stopped trial's line ends at its rung, with a cross
+        line = curves[f"trial-{number}"]
+        assert list(line.get_xdata())[-1] == epoch and line.get_marker() == "x"
+        assert list(line.get_ydata()) == [halving.study.trials[number].intermediate_values[rung]
+                                          for rung in RUNGS if rung <= epoch]
+    for number in COMPLETE:  # a complete one's reaches its final reward at the last epoch
+        line, trial = curves[f"trial-{number}"], halving.study.trials[number]
+        assert list(line.get_xdata()) == [*RUNGS, EPOCHS] and line.get_ydata()[-1] == pytest.approx(trial.value)
+    winner = trial_tables.best_trials(halving.study, 1)[0]
+    labels = dict(zip(*reversed(axes.get_legend_handles_labels())))
+    assert labels[f"winner (trial {winner.number})"] is curves[f"trial-{winner.number}"]
+    assert labels["baseline (trial 0)"] is curves["trial-0"]
+    assert matplotlib.colors.to_hex(curves[f"trial-{winner.number}"].get_color()) == matplotlib.colors.to_hex("crimson")
+    assert {"complete", "stopped at a rung (×)"} <= set(labels)
+    assert list(axes.get_xticks()) == [*RUNGS, EPOCHS]
+    pyplot.close(figure)
+
+
+def test_a_halving_report_shows_the_learning_curves_in_their_own_section(halving_report):
+    report, text, page = halving_report
+    assert report.not_drawn == {}
+    assert sorted(path.name for path in report.figures) == sorted(f"{figure.name}.png" for figure in FIGURES)
+    assert page.images == [f"{figure.name}.png" for figure in FIGURES]
+    assert_png(report.path.parent / "curves.png")
+    assert {"curves", "figure-curves"} <= page.ids and 'href="#curves"' in text
+    assert text.index('<section id="history">') < text.index('<section id="curves">') < text.index(
+        '<section id="tradeoffs">')
+
+
+def test_a_report_without_rungs_shows_no_learning_curves(campaign, tmp_path):
+    """The curves figure is absent, not replaced by a sentence, where no trial reported a rung."""
+    snapshot = StudySnapshot.read(campaign.study)
+    assert not reports.has_curves(snapshot) and reports.halving_summary(snapshot) is None
+    with pytest.raises(reports.NotDrawable):
+        {figure.name: figure for figure in FIGURES}["curves"].draw(snapshot)
+    report = write_report(campaign.study, tmp_path / "report")
+    assert "curves" not in report.not_drawn and not (tmp_path / "report" / "curves.png").exists()
+
+
+def test_the_summary_and_the_verdict_say_what_successive_halving_stopped_and_saved(halving, halving_report):
+    _, text, page = halving_report
+    summary = html.unescape(re.search(r'<p class="summary">(.*?)</p>', text).group(1))
+    assert "11 trials (4 COMPLETE, 5 stopped, 1 PRUNED, 1 FAIL)" in summary and HALVING_LINE in summary
+    assert page.paragraphs["halving"].startswith(HALVING_LINE[:1].upper() + HALVING_LINE[1:])
+    assert "rungs at epochs 1, 3, 9 of 10, reduction factor 3" in page.paragraphs["halving"]
+    assert text.index('id="verdict-line"') < text.index('id="halving"') < text.index('<section id="history">')
+    summary = reports.halving_summary(StudySnapshot.read(halving.study))
+    assert (summary.trained, summary.stopped, summary.epochs_trained, summary.full_budget_epochs) == (9, 5, 47, 90)
+    assert summary.saving == pytest.approx(90 / 47)
+
+
+def test_the_full_budget_without_the_campaign_s_epochs_is_the_longest_complete_training(tmp_path):
+    recorder = HalvingRecorder(tmp_path)
+    recorder.complete(0.6, 0.020, 2000, baseline=True)
+    recorder.stop(1, 0.4)
+    campaign_settings = recorder.study.user_attrs["campaign"]
+    recorder.study.set_user_attr("campaign", {**campaign_settings, "train": {}})
+    summary = reports.halving_summary(StudySnapshot.read(recorder.study))
+    assert summary.line() == ("successive halving: 1 of 2 stopped early; 11 of 20 epochs trained, 1.8x less than "
+                              "full budget")
+
+
+def test_a_stopped_trial_is_marked_in_the_trials_table_and_never_wins(halving, halving_report):
+    _, text, page = halving_report
+    headers, rows = page.headers["all-trials"], {int(row[0]): row for row in page.tables["all-trials"]}
+    state, epochs, accuracy = headers.index("state"), headers.index("epochs"), headers.index("A")
+    for number, epoch in STOPPED.items():
+        trial = halving.study.trials[number]
+        assert rows[number][state] == f"stopped@{epoch}" and rows[number][epochs] == str(epoch)
+        assert rows[number][accuracy] == f"{trial.user_attrs['accuracy']:.4g}"  # A at that rung
+    assert {rows[number][state] for number in COMPLETE} == {"COMPLETE"}
+    assert {rows[number][epochs] for number in COMPLETE} == {str(EPOCHS)}
+    assert rows[9][state] == "PRUNED" and rows[10][state] == "FAIL"  # a constraint's pruning stays PRUNED
+    assert set(map(int, re.findall(r'<tr class="stopped"><td class="num" data-sort="(\d+)"', text))) == set(STOPPED)
+    assert "stopped@E" in page.paragraphs["trials-note"]
+    # Trial 5's rung reward (0.95) is the study's highest value, yet the winner is the best complete trial.
+    assert max(halving.study.trials, key=lambda trial: trial.value or 0).number == 5
+    winner = trial_tables.best_trials(halving.study, 1)[0]
+    assert winner.state.name == "COMPLETE" and winner.number == 1
+    assert page.paragraphs["verdict-line"].startswith("Trial 1 (rl) wins")
+    assert column(page, "top-trials", 0) == ["1"] and "5" not in column(page, "factors", 1)
+
+
+def test_the_timeline_tells_stopped_trials_from_pruned_ones(halving):
+    figure = {figure.name: figure for figure in FIGURES}["timeline"].draw(StudySnapshot.read(halving.study))
+    labels = {text.get_text() for text in figure.axes[0].get_legend().get_texts()}
+    assert {"stopped at a rung", "pruned by a constraint", "failed", "baseline"} <= labels
+    assert not any("no end yet" in label for label in labels)  # no trial is still running
+    pyplot.close(figure)
 
 
 # --- nas trials / nas best: --filter and --sort ---------------------------------------------------------------------
@@ -763,6 +959,41 @@ def test_best_ranks_among_the_filtered_trials(capsys, campaign):
     front = rows(capsys, "best", storage, "--pareto", "--filter", "controller=rl")
     assert {row["number"] for row in front} == {t.number for t in trial_tables.pareto_front(study)
                                                 if t.user_attrs["controller"] == "rl"}
+
+
+def test_trials_show_stopped_trials_with_their_rung(capsys, halving):
+    storage = halving.config.storage_url
+    result = rows(capsys, "trials", storage)
+    assert [row["state"] for row in result] == [
+        "COMPLETE", "COMPLETE", "stopped@1", "stopped@1", "COMPLETE", "stopped@3", "stopped@1", "stopped@1",
+        "COMPLETE", "PRUNED", "FAIL"]
+    assert result[5]["accuracy"] == 0.95 and result[5]["reward"] == 0.95  # at its rung
+    # --filter state=PRUNED keeps every PRUNED trial: those stopped at a rung and the constraint's.
+    assert [row["number"] for row in rows(capsys, "trials", storage, "--filter", "state=pruned")] == [
+        2, 3, 5, 6, 7, 9]
+    assert [row["number"] for row in rows(capsys, "trials", storage, "--filter", "state=COMPLETE")] == list(COMPLETE)
+    # The text table: the state column says stopped@EPOCH, and the columns stay aligned.
+    status, out, err = run(capsys, "trials", "--study", "demo", "--storage", storage)
+    assert status == 0, err
+    lines = out.splitlines()
+    header = lines[0]
+    end = header.index("state") + len("state")  # pandas right-aligns: every state ends under its header's end
+    assert [line[:end].split()[-1] for line in lines[1:]] == [row["state"] for row in result]
+    assert len({len(line) for line in lines}) == 1
+    for line in lines[1:]:
+        assert line[end] == " " and line[:end].split()[0].isdigit()
+    csv_lines = run(capsys, "trials", "--study", "demo", "--storage", storage, "--format", "csv")[1].splitlines()
+    assert csv_lines[6].split(",")[:3] == ["5", "stopped@3", "candidate"]
+
+
+def test_best_and_export_leave_stopped_trials_out(capsys, halving, tmp_path):
+    storage = halving.config.storage_url
+    assert [row["number"] for row in rows(capsys, "best", storage, "-k", 10)] == [
+        trial.number for trial in trial_tables.best_trials(halving.study, 10)]
+    assert {row["state"] for row in rows(capsys, "best", storage, "-k", 10)} == {"COMPLETE"}
+    status, out, err = run(capsys, "export", "--study", "demo", "--storage", storage, "--trial", 5)
+    assert_refused(status, err, "export", "trial 5 is PRUNED (successive halving stopped it after epoch 3)",
+                   "not COMPLETE")
 
 
 @pytest.mark.parametrize("argv, words", [
