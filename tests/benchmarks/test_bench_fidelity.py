@@ -1,0 +1,183 @@
+"""benchmarks/bench_fidelity.py: its rank statistics, its job list and resume, and one tiny real run."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from search_spaces import presets
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fidelity.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The script as a module (``benchmarks`` is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+# --- rank statistics ------------------------------------------------------------------------------------------------
+
+def test_perfect_and_reversed_orders(bench):
+    a = [0.1, 0.5, 0.3, 0.9, 0.7]
+    same_order = [1.0, 5.0, 3.0, 90.0, 7.0]  # monotone, not linear: ranks only
+    assert bench.spearman(a, same_order) == pytest.approx(1.0)
+    assert bench.kendall_tau_b(a, same_order) == pytest.approx(1.0)
+    reversed_order = [-x for x in same_order]
+    assert bench.spearman(a, reversed_order) == pytest.approx(-1.0)
+    assert bench.kendall_tau_b(a, reversed_order) == pytest.approx(-1.0)
+
+
+def test_spearman_gives_ties_their_average_rank(bench):
+    # ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): covariance 4.5, variances 4.5 and 5
+    assert bench.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(math.sqrt(4.5 / 5))
+
+
+def test_kendall_tau_b_with_ties_by_hand(bench):
+    # Pairs of (1, 2, 2, 3) and (1, 3, 2, 2): (0,1) (0,2) (0,3) concordant, (1,3) discordant, (1,2) tied in a,
+    # (2,3) tied in b. tau-b = (3 - 1) / sqrt((6 - 1) * (6 - 1)) = 0.4 (scipy.stats.kendalltau says the same).
+    assert bench.kendall_tau_b([1, 2, 2, 3], [1, 3, 2, 2]) == pytest.approx(0.4)
+    # tau-a would be 2 / 6; the tie correction is what makes it tau-b
+    assert bench.kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(2 * 3))
+
+
+def test_constant_sides_have_no_correlation(bench):
+    assert math.isnan(bench.spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(bench.kendall_tau_b([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(bench.spearman([1], [1]))
+
+
+def test_top_k_overlap(bench):
+    reference = [0.9, 0.8, 0.7, 0.1, 0.2]
+    assert bench.top_k(reference) == [0, 1, 2]
+    assert bench.top_k_overlap(reference, reference) == 3
+    assert bench.top_k_overlap([0.1, 0.8, 0.7, 0.9, 0.2], reference) == 2  # 0 fell out, 3 came in
+    assert bench.top_k_overlap([0.1, 0.2, 0.3, 0.9, 0.8], reference) == 1
+    assert bench.top_k([0.5, 0.5, 0.5, 0.5], 2) == [0, 1]  # ties: the earlier candidate first
+
+
+# --- candidates, jobs and the results file ------------------------------------------------------------------------
+
+def test_candidates_are_distinct_with_the_baseline_first(bench):
+    space = presets.get_space("tiny")
+    specs = bench.candidates(space, 24, sample_seed=0)
+    assert len(specs) == 24
+    assert specs[0] == space.baseline
+    assert len({spec.block_strings for spec in specs}) == 24
+    assert bench.candidates(space, 24, sample_seed=0) == specs  # seeded
+    assert bench.candidates(space, 24, sample_seed=1)[1:] != specs[1:]
+
+
+def test_jobs_cover_every_candidate_seed_and_length_longest_first(bench):
+    specs = bench.candidates(presets.get_space("tiny"), 3, sample_seed=0)
+    jobs = bench.make_jobs(specs, [0, 1], [1, 3, 10], 40, proxy_image_size=24, data_image_size=28)
+    assert len(jobs) == 3 * 2 * 4
+    assert {(job.candidate, job.seed, job.column) for job in jobs} == {
+        (c, s, col) for c in range(3) for s in (0, 1) for col in (1, 3, 10, "reference")}
+    assert [job.column for job in jobs[:6]] == ["reference"] * 6
+    assert all(job.image_size is None and job.epochs == 40 for job in jobs[:6])
+    assert [job.epochs for job in jobs[6:]] == sorted((job.epochs for job in jobs[6:]), reverse=True)
+    assert all(job.image_size == 24 for job in jobs[6:])
+    assert jobs[0].block_strings == specs[0].block_strings and jobs[0].seed == 0
+
+
+def test_resume_skips_the_jobs_in_the_results_file(bench, tmp_path):
+    path = tmp_path / "results.jsonl"
+    results = bench.ResultsFile(path)
+    results.append({"key": "a", "status": "ok", "accuracy": 0.5})
+    results.append({"key": "b", "status": "failed", "failure_reason": "out of memory"})
+    results.append({"key": "a", "status": "ok", "accuracy": 0.6})  # the last record of a key wins
+    results.close()
+    with path.open("a") as file:
+        file.write('{"key": "c", "stat')  # a line cut short by a kill
+    records = bench.read_records(path)
+    assert set(records) == {"a", "b"} and records["a"]["accuracy"] == 0.6
+
+
+def run_tiny(bench, results, *extra):
+    """main() on 3 candidates x 2 seeds x {1-epoch proxy at 8px, 1-epoch reference at 16px}: its printed text."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--data", "synthetic:num_images=48,image_size=16", "--candidates", "3", "--proxy-epochs", "1",
+                    "--reference-epochs", "1", "--proxy-image-size", "8", "--seeds", "0,1", "--timing-pairs", "1",
+                    "--timing-window-s", "0.01", "--timing-batch-size", "4", "--device", "cpu", "--workers", "1",
+                    "--threads", "1", "--results", str(results), *extra])
+    return out.getvalue()
+
+
+def agreement_table(out):
+    return out.split("rank agreement")[1].split("jobs:")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(bench, tmp_path_factory):
+    results = tmp_path_factory.mktemp("fidelity") / "fidelity.jsonl"
+    return results, run_tiny(bench, results)
+
+
+def test_a_tiny_run_records_every_job_and_prints_the_tables(tiny_run):
+    results, out = tiny_run
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sum(record["kind"] == "timing" for record in records) == 3
+    assert sum(record["kind"] == "train" for record in records) == 3 * 2 * 2
+    assert all(record["status"] == "ok" for record in records), records
+    assert records[3]["column"] == "reference"  # the timings, then the longest jobs first
+    assert records[3]["recipe"]["epochs"] == 1 and records[3]["recipe"]["image_size"] is None
+
+    for row in ("| proxy 1 ep vs reference | A | 3 |", "| proxy 1 ep vs reference | reward | 3 |",
+                "| ceiling: reference, seed 0 vs 1 | A | 3 |", "| ceiling: reference, seed 0 vs 1 | reward | 3 |",
+                "| ceiling: proxy 1 ep, seed 0 vs 1 | A | 3 |", "| ceiling: proxy 1 ep, seed 0 vs 1 | reward | 3 |"):
+        assert row in out, out
+    assert "| floor: S/S0 and P/P0 alone (A equal) | reward | 3 |" in out
+    assert "| # | block strings | P/P0 | S/S0 | A 1 ep | A ref 1 ep | reward ref |" in out
+    assert "| 0 | fused_r1_k3_s1_e1_c16 " in out and " | 1.000 | 1.000 | " in out  # the baseline is its own P0, S0
+    assert "jobs: 12 of 12 in the results file, 0 failed" in out
+    assert "target Spearman >= 0.7 for the 1-epoch proxy (A and reward): " in out
+    assert "device: cpu" in out and "at 8px" in out and "at 16px" in out and '"batch_size"' in out
+
+
+def test_a_rerun_resumes_from_the_file_and_table_only_reprints(bench, tiny_run):
+    results, out = tiny_run
+    lines = len(results.read_text().splitlines())
+    again = run_tiny(bench, results)
+    assert "0 of 3 candidates to time" in again and "training: 0 of 12 jobs to run (12 in the results file)" in again
+    assert len(results.read_text().splitlines()) == lines  # nothing ran again
+    table_only = run_tiny(bench, results, "--table-only")
+    assert "S/S0 and P:" not in table_only
+    assert agreement_table(table_only) == agreement_table(out)
+
+
+def test_a_rerun_runs_only_the_missing_jobs(bench, tiny_run, tmp_path):
+    results, _ = tiny_run
+    lines = results.read_text().splitlines()
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines[:-2]) + "\n")  # as if killed before the last two jobs finished
+    assert "2 job(s) not run yet" in run_tiny(bench, partial, "--table-only")
+    out = run_tiny(bench, partial)
+    assert "training: 2 of 12 jobs to run (10 in the results file)" in out
+    assert len(partial.read_text().splitlines()) == len(lines)
+
+
+def test_failed_jobs_are_counted_not_fatal(bench, tiny_run, tmp_path):
+    results, _ = tiny_run
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    failed = next(record for record in records if record["kind"] == "train" and record["column"] == "reference"
+                  and record["candidate"] == 2 and record["seed"] == 0)
+    failed.update(status="failed", failure_reason="out of memory: test", accuracy=None)
+    copy = tmp_path / "failed.jsonl"
+    copy.write_text(results.read_text() + json.dumps(failed) + "\n")  # the last record of a key wins
+    out = run_tiny(bench, copy, "--table-only")
+    assert "jobs: 12 of 12 in the results file, 1 failed" in out
+    assert "failed: reference 1 ep full size, candidate 2, seed 0: out of memory: test" in out
+    assert "| ceiling: reference, seed 0 vs 1 | A | 2 |" in out  # the failed candidate leaves that comparison
+    assert "| proxy 1 ep vs reference | A | 3 |" in out  # its mean comes from the seed that ran
