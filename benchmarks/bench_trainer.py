@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from nas.builder import build_model
 from nas.data import DeviceBatches, ImageData, load_data
 from nas.measure import describe_device, prepare_device, resolve_device, synchronize
-from nas.recipe import TrainConfig
+from nas.recipe import TrainConfig, resolve_recipe
 from nas.step import build_training_step, make_optimizer
 from nas.train import train_epoch
 from search_spaces import presets
@@ -73,19 +73,25 @@ def plain_epoch(model, optimizer, loader, device, label_smoothing, channels_last
 RECIPE = TrainConfig()  # the default nas train recipe: both loops use its optimizer and label smoothing
 
 
-def setup(spec: ArchSpec, data: ImageData, device, channels_last: bool, seed: int):
+def recipe_for(data: ImageData, batch_size: int) -> TrainConfig:
+    """The default recipe at ``batch_size``, resolved for ``data`` as a run resolves it (learning rate, warm-up)."""
+    return resolve_recipe(dataclasses.replace(RECIPE, batch_size=batch_size), train_images=len(data.train_labels))
+
+
+def setup(spec: ArchSpec, data: ImageData, device, channels_last: bool, seed: int, batch_size: int):
     torch.manual_seed(seed)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(spec, num_classes=data.num_classes).to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(model, name=RECIPE.optimizer, learning_rate=RECIPE.learning_rate,
-                               weight_decay=RECIPE.weight_decay, momentum=RECIPE.momentum)
+    recipe = recipe_for(data, batch_size)
+    optimizer = make_optimizer(model, name=recipe.optimizer, learning_rate=recipe.learning_rate,
+                               weight_decay=recipe.weight_decay, momentum=recipe.momentum)
     return model, optimizer
 
 
 def run_ours(spec, data, device, args, channels_last: bool) -> float:
     torch.manual_seed(args.seed)
     model = build_model(spec, num_classes=data.num_classes)
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs + 1, batch_size=args.batch_size, amp=args.amp,
+    recipe = dataclasses.replace(recipe_for(data, args.batch_size), epochs=args.epochs + 1, amp=args.amp,
                                  channels_last=channels_last)
     steps_per_epoch = max(1, len(data.train_labels) // args.batch_size)
     step = build_training_step(model, recipe, device=device, steps_per_epoch=steps_per_epoch)
@@ -109,7 +115,7 @@ def run_ours(spec, data, device, args, channels_last: bool) -> float:
 
 
 def run_plain(spec, data, device, args, channels_last: bool) -> float:
-    model, optimizer = setup(spec, data, device, channels_last, args.seed)
+    model, optimizer = setup(spec, data, device, channels_last, args.seed, args.batch_size)
     random.seed(args.seed)
 
     def loader(images, labels):

@@ -28,6 +28,7 @@ MIN_AUTO_BATCH_SIZE = 16
 MAX_AUTO_BATCH_SIZE = 128
 MIN_STEPS_PER_EPOCH = 200
 WARMUP_FRACTION = 0.05  # automatic warm-up: this share of the run's optimizer steps
+AUTOMATIC_FIELDS = ("batch_size", "learning_rate", "warmup_steps")  # None: resolved for the data (resolve_recipe)
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 AUGMENTATIONS = ("crop_flip", "crop", "resized_crop_flip", "resized_crop", "none")

@@ -49,7 +49,7 @@ from nas.progressive import (
     progressive_schedule,
     stage_for_epoch,
 )
-from nas.recipe import TrainConfig, resolve_recipe
+from nas.recipe import AUTOMATIC_FIELDS, TrainConfig, resolve_recipe
 from nas.records import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
 from nas.step import TrainingStep, build_training_step
 from search_spaces.files import write_file
@@ -338,8 +338,14 @@ def _differences(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[
                 differences.append(f"spec stages [{old_text}] in the checkpoint, "
                                    f"[{' '.join(map(_stage_text, new))}] now")
             else:
-                differences.append(f"{part} {field} {old!r} in the checkpoint, {new!r} now")
+                differences.append(f"{part} {field} {_setting(part, field, old)} in the checkpoint, "
+                                   f"{_setting(part, field, new)} now")
     return differences
+
+
+def _setting(part: str, field: str, value: Any) -> str:
+    """A checkpoint's setting as a message shows it: an automatic recipe setting (None) as ``auto``."""
+    return "auto" if part == "config" and value is None and field in AUTOMATIC_FIELDS else repr(value)
 
 
 def _stage_text(stage: Any) -> str:

@@ -668,7 +668,7 @@ RESUME_CASES = {
                      ("run.pt is not a checkpoint written by nas train", "network weights only")),
     "checkpoint of another recipe": (lambda work: checkpoint_file(work / "run.pt", epochs=4, batch_size=64),
                                      ("run.pt was written for another run", "config epochs 4 in the checkpoint, 1 now",
-                                      "config batch_size 64 in the checkpoint, 128 now")),
+                                      "config batch_size 64 in the checkpoint, auto now")),
     "checkpoint of another spec": (lambda work: checkpoint_file(work / "run.pt", spec_changes={"dropout": 0.5},
                                                                 epochs=1),
                                    ("run.pt was written for another run", "spec dropout 0.5 in the checkpoint")),

@@ -1034,7 +1034,7 @@ def test_train_resume_refusals_come_before_the_data_loads(capsys, tmp_path, monk
     status, out, err = run(capsys, *TINY_TRAIN, "--epochs", 3, "--lr", 0.05, "--checkpoint", tmp_path / "run.pt",
                            "--resume")
     assert_refused(status, out, err, "train", "run.pt was written for another run",
-                   "config epochs 1 in the checkpoint, 3 now", "config learning_rate 0.1 in the checkpoint, 0.05 now")
+                   "config epochs 1 in the checkpoint, 3 now", "config learning_rate auto in the checkpoint, 0.05 now")
 
     (tmp_path / "garbage.pt").write_bytes(checkpoint[: len(checkpoint) // 3])
     status, out, err = run(capsys, *TINY_TRAIN, "--checkpoint", tmp_path / "garbage.pt", "--resume")
@@ -1129,7 +1129,7 @@ def _interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, interrupted: int) -> No
 
 
 def _lines_after_progress(err: str) -> list[str]:
-    return [line for line in err.splitlines() if not line.startswith(("training ", "epoch "))]
+    return [line for line in err.splitlines() if not line.startswith(("training ", "recipe: ", "epoch "))]
 
 
 def test_ctrl_c_in_train_is_one_line_with_the_exact_resume_command(capsys, tmp_path, monkeypatch):

@@ -188,10 +188,12 @@ def test_bench_times_the_step_a_default_training_runs(monkeypatch):
         default, epochs=1, batch_size=8, device="cpu", timing_warmup=1, timing_repeats=1, bn_recalibration_batches=0))
     assert training.ok, training.failure_reason
     (bench_config, bench_step), (_, train_step) = benched[0], trained[0]
-    assert bench_config == default  # amp "auto", channels_last and no compile are the defaults too
+    # the default recipe at the timed batch (amp "auto", channels_last and no compile are the defaults too)
+    assert bench_config == nas.measure.timed_recipe(default, 8)
     assert _step_settings(bench_step) == _step_settings(train_step)
     assert isinstance(bench_step.optimizer, torch.optim.SGD) and bench_step.label_smoothing == default.label_smoothing
-    assert bench_step.optimizer.param_groups[0]["initial_lr"] == default.learning_rate
+    # the learning rate a default run at batch 8 resolves to
+    assert bench_step.optimizer.param_groups[0]["initial_lr"] == train_step.optimizer.param_groups[0]["initial_lr"]
     assert bench_step.scheduler.last_epoch > 1  # every timed step advanced the schedule, as in training
     assert result.optimizer == "sgd" and result.to_dict()["optimizer"] == "sgd"
 
@@ -206,7 +208,8 @@ def test_bench_takes_the_recipe_and_its_own_precision_settings(monkeypatch):
     result = benchmark_spec(presets.get("tiny"), device="cpu", batch_size=4, image_size=32, num_classes=10,
                             warmup=1, repeats=1, channels_last=False, amp="none", recipe=recipe)
     config, step = benched[0]
-    assert config == dataclasses.replace(recipe, channels_last=False, amp="none")
+    assert config == nas.measure.timed_recipe(dataclasses.replace(recipe, channels_last=False, amp="none"), 4)
+    assert config.learning_rate == 0.003  # given, so kept
     assert isinstance(step.optimizer, torch.optim.AdamW) and step.label_smoothing == 0.3
     assert step.optimizer.param_groups[0]["weight_decay"] == 0.05 and step.amp_dtype is None
     assert result.optimizer == "adamw" and result.amp == "none" and not result.channels_last

@@ -12,6 +12,7 @@ import torch
 import nas.train
 from nas.data import ImageData, load_data
 from nas.measure import spec_complexity
+from nas.recipe import resolve_recipe
 from nas.train import (
     STATUS_FAILED,
     STATUS_OK,
@@ -427,8 +428,9 @@ def test_timing_returns_the_network_step_batches_and_generators_to_their_start(s
     from nas.step import build_training_step
     from nas.train import time_training_step
 
-    config = TrainConfig(**{**RECIPE, "epochs": 2}, optimizer="adamw")
     data = small_data
+    config = resolve_recipe(TrainConfig(**{**RECIPE, "epochs": 2}, optimizer="adamw"),
+                            train_images=len(data.train_labels), flips=data.flips)
     batches = nas.train._batches(data.train_images, data.train_labels, data, config, train=True)
     torch.manual_seed(0)
     model = build_model(presets.get("tiny"), data.num_classes, data.in_channels)
