@@ -610,15 +610,12 @@ def collect(out_dir: Path, state: Mapping[str, Any]) -> list[SeedResult]:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    """The machine the campaigns ran on: its CPU (nas.measure's one description), cores and Python."""
+    import torch
+
+    from nas.measure import describe_device
+
+    return f"{describe_device(torch.device('cpu'))}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -129,19 +129,7 @@ def top_k_overlap(proxy: Sequence[float], reference: Sequence[float], k: int = T
 
 def candidates(space: SearchSpace, count: int, sample_seed: int) -> list[ArchSpec]:
     """The space's baseline and ``count - 1`` distinct architectures sampled with ``random.Random(sample_seed)``."""
-    specs = [space.baseline]
-    seen = {space.baseline.block_strings}
-    rng = random.Random(sample_seed)
-    for _ in range(1000 * count):
-        if len(specs) >= count:
-            break
-        spec = space.sample(rng)
-        if spec.block_strings not in seen:
-            seen.add(spec.block_strings)
-            specs.append(spec)
-    if len(specs) < count:
-        raise ValueError(f"the {space.name!r} space gave only {len(specs)} distinct architectures, {count} asked")
-    return specs
+    return [space.baseline, *space.sample_distinct(count - 1, random.Random(sample_seed))]
 
 
 @dataclass(frozen=True)

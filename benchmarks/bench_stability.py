@@ -177,19 +177,7 @@ class Pass:
 
 def distinct_samples(space, count: int, seed: int) -> list[ArchSpec]:
     """``count`` distinct specs drawn from ``space`` with one seeded generator, the baseline excluded."""
-    rng = random.Random(seed)
-    seen = {space.baseline.block_strings}
-    specs: list[ArchSpec] = []
-    for _ in range(1000 * count):
-        if len(specs) == count:
-            break
-        spec = space.sample(rng)
-        if spec.block_strings not in seen:
-            seen.add(spec.block_strings)
-            specs.append(spec)
-    if len(specs) < count:
-        raise ValueError(f"the {space!r} space gave only {len(specs)} distinct specs besides its baseline")
-    return specs
+    return space.sample_distinct(count, random.Random(seed))
 
 
 def run_pass(specs: list[ArchSpec], baseline: ArchSpec, args: argparse.Namespace, device: torch.device, *,

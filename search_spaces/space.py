@@ -108,6 +108,25 @@ class SearchSpace:
             rng = random.Random(rng)
         return self.from_params({decision.name: rng.choice(decision.choices) for decision in self.decisions})
 
+    def sample_distinct(self, count: int, rng: random.Random | int | None = None) -> list[ArchSpec]:
+        """``count`` distinct candidates other than the baseline, drawn one after another from ``rng`` (so a
+        shorter list is a prefix of a longer one); refuses a space too small to hold them."""
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
+        seen = {self.baseline.block_strings}
+        specs: list[ArchSpec] = []
+        for _ in range(1000 * count):
+            if len(specs) == count:
+                break
+            spec = self.sample(rng)
+            if spec.block_strings not in seen:
+                seen.add(spec.block_strings)
+                specs.append(spec)
+        if len(specs) < count:
+            raise SpaceError(f"the {self.name!r} space gave only {len(specs)} distinct architectures besides its "
+                             f"baseline, {count} asked")
+        return specs
+
     def from_params(self, params: Mapping[str, Any]) -> ArchSpec:
         """The candidate that the flat decisions describe; every decision must be present and allowed."""
         expected = [decision.name for decision in self.decisions]

@@ -1,29 +1,20 @@
 """benchmarks/bench_asha.py: its compute accounting, survival and summary on hand-made trials, its tables from a
 hand-made study, and one --quick run end to end."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
+from bench_support import script_module
 
 from nas import records
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_asha.py"
 BASELINE_SPEC = {"name": "tiny", "stem_channels": 8, "stages": [{"op": "mbconv", "num_layers": 1}]}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (``benchmarks`` is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_asha", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from script_module("bench_asha")
 
 
 def arch(layers):

@@ -1,26 +1,17 @@
 """benchmarks/bench_controllers.py on a small fake table: what a wrong benchmark would get wrong silently."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
+from bench_support import script_module
 
 from nas.controllers import CONTROLLERS
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_controllers.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (``benchmarks`` is a folder of scripts, not a package), registered in sys.modules
-    as its dataclasses and the worker pool's pickles need."""
-    spec = importlib.util.spec_from_file_location("bench_controllers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from script_module("bench_controllers")
 
 
 def fake_entries():

@@ -1,29 +1,20 @@
 """benchmarks/bench_fidelity.py: its rank statistics, its job list and resume, and one tiny real run."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from bench_support import script_module
 
 from search_spaces import presets
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fidelity.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (``benchmarks`` is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from script_module("bench_fidelity")
 
 
 # --- rank statistics ------------------------------------------------------------------------------------------------

@@ -203,3 +203,14 @@ def test_backbone_path_is_relative_to_the_space_file(tmp_path):
     (tmp_path / "nets" / "mine.yaml").write_text(spec_to_yaml(dataclasses.replace(presets.get("tiny"), name="mine")))
     space = presets.get_space(str(write_space(tmp_path, TINY_SPACE.replace("backbone: tiny", "backbone: nets/mine.yaml"))))
     assert space.backbone.name == "mine"
+
+
+def test_distinct_samples_leave_out_the_baseline_and_a_shorter_list_is_a_prefix(monkeypatch):
+    space = presets.get_space("tiny")
+    specs = space.sample_distinct(12, random.Random(3))
+    keys = [spec.block_strings for spec in specs]
+    assert len(set(keys)) == 12 and space.baseline.block_strings not in keys
+    assert space.sample_distinct(5, 3) == specs[:5]  # the benchmarks resume runs of more candidates on fewer
+    monkeypatch.setattr(SearchSpace, "sample", lambda self, rng=None: specs[0])  # a space of one candidate
+    with pytest.raises(SpaceError, match="gave only 1 distinct architectures besides its baseline, 2 asked"):
+        space.sample_distinct(2, 0)
