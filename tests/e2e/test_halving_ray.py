@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 import optuna
@@ -59,10 +60,12 @@ def test_a_trial_behind_at_a_rung_is_stopped_by_the_scheduler_and_recorded_once(
         "timing": {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02},
     })
     out = io.StringIO()
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         outcome = run_campaign(config, RayExecutor(trainer=behind_the_baseline(log)), out=out)
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, sigterm)  # ray.init installed its own; the tests after this one expect theirs
     assert outcome.finished == 3
     study = optuna.load_study(study_name="asha", storage="sqlite:///runs/asha.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "PRUNED"]
