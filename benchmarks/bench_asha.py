@@ -91,8 +91,6 @@ STATE_FILE = "bench.json"
 TABLE_FILE = "table.md"
 TARGET_SAVING = 2.5  # "at least 2.5x less training compute ..."
 
-# A trial's epochs trained: EvalResult.epochs_completed, recorded under its field name (records.result_attributes).
-EPOCHS_COMPLETED = "epochs_completed"
 
 QUICK = {  # CI-size: seconds per campaign on a CPU
     "data": "synthetic:num_images=256,image_size=16",
@@ -155,7 +153,7 @@ class TrialRecord:
             architecture=None if spec is None else architecture_key(spec),
             spec=spec,
             block_strings=tuple(attributes.get(records.BLOCK_STRINGS, ())),
-            epochs_completed=int(attributes.get(EPOCHS_COMPLETED) or 0),
+            epochs_completed=int(attributes.get(records.EPOCHS_COMPLETED) or 0),
             wall_time_s=float(attributes.get(records.WALL_TIME_S) or 0.0),
             reward=trial.value if complete else None,
             accuracy=attributes.get(records.ACCURACY),

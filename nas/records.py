@@ -38,6 +38,7 @@ INTERRUPTED = "interrupted"  # True on a FAIL the candidate did not cause (a sto
 REQUEUED_FROM = "requeued_from"  # on a re-run: the number of the interrupted trial it repeats
 STATUS = "status"  # STATUS_OK, STATUS_FAILED, STATUS_PRUNED or STATUS_STOPPED (EvalResult.status)
 RUNGS = "rungs"  # successive halving: [{epoch, accuracy, reward, promoted}, ...] in the order the rungs were reached
+EPOCHS_COMPLETED = "epochs_completed"  # EvalResult.epochs_completed as result_attributes records it: epochs trained
 STOPPED_AT_EPOCH = "stopped_at_epoch"  # on a trial successive halving stopped: the rung (epochs trained) it stopped at
 FAILURE_REASON = "failure_reason"
 LOSS_HISTORY = "loss_history"  # the training loss after each epoch

@@ -38,7 +38,7 @@ from nas.complexity import STAGE_TABLE_HEADERS, stage_rows
 from nas.measure import spec_complexity
 from nas.storage import default_storage_url, mask_url
 from nas.study import is_interrupted, trial_spec
-from nas.trials import EPOCHS_COMPLETED, best_trials, is_stopped, pareto_front, stopped_at_epoch, trials_frame
+from nas.trials import best_trials, is_stopped, pareto_front, stopped_at_epoch, trials_frame
 from search_spaces.files import Content, write_file
 from search_spaces.space import DECISION_FIELDS, Decision, SearchSpace
 
@@ -382,12 +382,12 @@ def full_epochs(snapshot: StudySnapshot) -> int | None:
     if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
         return epochs
     return max((value for trial in snapshot.ranked
-                if isinstance(value := trial.user_attrs.get(EPOCHS_COMPLETED), int)), default=None)
+                if isinstance(value := trial.user_attrs.get(records.EPOCHS_COMPLETED), int)), default=None)
 
 
 def _epochs_trained(trial: optuna.trial.FrozenTrial, full: int | None) -> int | None:
     """The epochs ``trial`` trained, as it recorded (``epochs_completed``), else what its state implies."""
-    epochs = trial.user_attrs.get(EPOCHS_COMPLETED)
+    epochs = trial.user_attrs.get(records.EPOCHS_COMPLETED)
     if isinstance(epochs, int) and not isinstance(epochs, bool):
         return epochs
     return stopped_at_epoch(trial) if is_stopped(trial) else full
@@ -1202,7 +1202,7 @@ def _trials_table(snapshot: StudySnapshot) -> str:
                for key, value in row.items()}
         iqr = trial.user_attrs.get(records.STEP_TIME_IQR_S)
         duration = trial.duration.total_seconds() if trial.duration is not None else None
-        epochs = trial.user_attrs.get(EPOCHS_COMPLETED)
+        epochs = trial.user_attrs.get(records.EPOCHS_COMPLETED)
         rows.append([
             row["number"], row["state"], epochs if _is_real(epochs) else None, row["role"], row["controller"],
             row["reward"], row["accuracy"],

@@ -27,9 +27,6 @@ INTEGER_COLUMNS = ("number", "parameters", "macs")
 # PRUNED: over a campaign constraint, or stopped at a rung by successive halving (the state column says which)
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
-# The trial attribute of EvalResult.epochs_completed, as records.result_attributes records it (nas.records names
-# no constant for it; defined here until it does).
-EPOCHS_COMPLETED = "epochs_completed"
 #: The state column's text for a trial stopped at a rung: ``stopped@3`` (after epoch 3). One word, so that the
 #: table's columns still split on white space.
 STOPPED_STATE = "stopped"
