@@ -3,7 +3,7 @@
     python benchmarks/bench_asha.py --data npz:tests/data/mnist5k.npz --seeds 0,1,2
         [--config experiments/mnist5k.yaml] [--trials N] [--epochs N] [--controller random]
         [--min-epochs 1] [--reduction-factor 3] [--reference-epochs 40] [--device DEVICE]
-        [--workers N] [--cpus-per-trial N] [--out-dir DIR]
+        [--workers N] [--cpus-per-trial N] [--out-dir DIR] [--full-from DIR]
     python benchmarks/bench_asha.py --table-only --out-dir DIR     # re-print the tables of a finished run
     python benchmarks/bench_asha.py --quick                         # CI-size: tiny synthetic data, seconds
 
@@ -11,6 +11,11 @@ Run it from the repository root (the config's data path is relative). Cost at th
 trials x 10 epochs, 3 seeds, reference 40 epochs): about 3 x (200 + ~70) proxy epochs and ~5 reference trainings
 of 40 epochs, at 5-6 core-seconds per epoch on a CPU: ~1.5 core-hours, ~50 minutes with 2 workers. ``--workers 0``
 runs everything in this process (debugging, tests). A stopped run is not resumed: start again in a new out-dir.
+``--full-from DIR`` takes the full arm (its studies, logs and wall times, and the reference results of its seeds)
+from an earlier run in DIR instead of running it again, and runs only the halving arm: the way to try other
+``--min-epochs`` or ``--reduction-factor`` against one full budget, at a fraction of the cost. The earlier run must
+have the seeds and the same space, trials, controller, proxy settings and reference epochs; what differs is refused
+by name, before anything is written.
 
 Why: asynchronous successive halving (``scheduler: {type: asha}``) stops a candidate at a rung (after 1, 3, 9, ...
 epochs) when it is behind the others there. It should cut the compute of a search several-fold; the risk is that
@@ -420,7 +425,9 @@ def render(seeds: Sequence[SeedResult], settings: Mapping[str, Any]) -> str:
         f"space {settings.get('space')}, data {settings.get('data')}, {settings.get('trials')} trials "
         f"(baseline included) x {settings.get('epochs')} epochs, controller {controller}: {same}. Halving: ASHA, "
         f"min_epochs {settings.get('min_epochs')}, reduction_factor {settings.get('reduction_factor')}. Winners "
-        f"reference-trained {settings.get('reference_epochs')} epochs at the data's full size.",
+        f"reference-trained {settings.get('reference_epochs')} epochs at the data's full size."
+        + (f" The full arm (its campaigns and its winners' references) is the one of `{settings['full_from']}`."
+           if settings.get("full_from") else ""),
     ]
     body = [seed_table(seed) for seed in seeds]
     return "\n\n".join(["\n".join(header), *body, summary_table(seeds, summarize(seeds))]) + "\n"
@@ -439,6 +446,54 @@ def database_name(arm: str, seed: int) -> str:
 
 def storage_url(out_dir: Path, arm: str, seed: int) -> str:
     return f"sqlite:///{(out_dir / database_name(arm, seed)).resolve()}"
+
+
+def check_full_arm(source: Path, configs: Mapping[tuple[str, int], CampaignConfig],
+                   settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The state of the earlier run in ``source`` if its full arm is the one ``configs`` would run (the seeds, the
+    space, trials, controller and proxy settings of each seed's study, the reference epochs); otherwise exits
+    naming every field that differs. Reads only."""
+    from nas.study import StudyError, load_study, settings_differences
+    from search_spaces import presets
+
+    source_state = read_state(source)
+    earlier = source_state["settings"]
+    problems = [f"{key}: {source} has {earlier.get(key)!r}, this run {settings[key]!r}"
+                for key in ("reference_epochs",) if earlier.get(key) != settings[key]]
+    missing = [seed for seed in settings["seeds"] if campaign_id(FULL, seed) not in source_state["campaigns"]
+               or not (source / database_name(FULL, seed)).is_file()]
+    if missing:
+        problems.append(f"seeds: {source} has no full arm for seed(s) {missing} (it has {earlier.get('seeds')})")
+    for seed in (seed for seed in settings["seeds"] if seed not in missing):
+        config = configs[(FULL, seed)]
+        try:
+            attributes = load_study(storage_url(source, FULL, seed), study_name(FULL, seed)).user_attrs
+        except StudyError as error:
+            problems.append(f"seed {seed}: {error}")
+            continue
+        recorded = attributes.get(records.CAMPAIGN, {})
+        differences = settings_differences(attributes, presets.get_space(config.space), config) + [
+            f"{key}: study {recorded.get(key)!r}, now {getattr(config, key)!r}"
+            for key in ("trials", "controller") if recorded.get(key) != getattr(config, key)]
+        problems += [f"seed {seed} {difference}" for difference in differences]
+    if problems:
+        raise SystemExit(f"error: --full-from {source}: its full arm is not this run's; " + "; ".join(problems))
+    return source_state
+
+
+def copy_full_arm(source: Path, source_state: Mapping[str, Any], out_dir: Path, state: dict[str, Any]) -> None:
+    """Copies the checked full arm of ``source`` into ``out_dir`` and ``state``: each seed's study and log, its
+    campaign entry (marked ``reused_from``) and the seed's reference results (an architecture trained there is not
+    trained again: the same task, the same seed)."""
+    for seed in state["settings"]["seeds"]:
+        campaign = dict(source_state["campaigns"][campaign_id(FULL, seed)], reused_from=str(source))
+        for name in (database_name(FULL, seed), campaign.get("log")):
+            if name and (source / name).is_file():
+                write_file(out_dir / name, (source / name).read_bytes())
+        state["campaigns"][campaign_id(FULL, seed)] = campaign
+        prefix = reference_id(seed, "")
+        state["references"].update({key: value for key, value in source_state["references"].items()
+                                    if key.startswith(prefix)})
 
 
 def campaign_id(arm: str, seed: int) -> str:
@@ -645,6 +700,8 @@ def parser() -> argparse.ArgumentParser:
                         help="parallel processes, each running one campaign or reference training (default: CPUs "
                              "// cpus_per_trial; 0 runs everything in this process)")
     parser.add_argument("--out-dir", help="a new or empty directory (default: runs/bench_asha/<time>)")
+    parser.add_argument("--full-from", metavar="DIR",
+                        help="take the full arm from the earlier run in DIR and run only the halving arm")
     parser.add_argument("--table-only", action="store_true", help="re-print the tables of --out-dir's run")
     parser.add_argument("--quick", action="store_true",
                         help="CI-size: synthetic data (256 images, 16px), 4 trials x 3 epochs, reference 2 epochs")
@@ -695,7 +752,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("error: --reference-epochs must be at least 1")
     if args.workers is not None and args.workers < 0:
         raise SystemExit("error: --workers must be 0 (this process) or more")
-    out_dir.mkdir(parents=True, exist_ok=True)
     threads = base.cpus_per_trial
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // threads)
 
@@ -705,14 +761,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": args.seeds, "trials": base.trials, "epochs": base.train.epochs, "controller": base.controller,
         "min_epochs": halving.min_epochs, "reduction_factor": halving.reduction_factor,
         "reference_epochs": reference_epochs, "device": args.device or base.train.device,
-        "cpus_per_trial": threads, "workers": workers,
+        "cpus_per_trial": threads, "workers": workers, "full_from": args.full_from,
     }
+    source_state = check_full_arm(Path(args.full_from), configs, settings) if args.full_from else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"settings": settings, "campaigns": {}, "references": {}}
+    if source_state is not None:
+        copy_full_arm(Path(args.full_from), source_state, out_dir, state)
     save_state(out_dir, state)
-    print(f"bench_asha: {len(args.seeds)} seed(s) x {len(ARMS)} arms, {workers} worker(s) x {threads} thread(s), "
-          f"out-dir {out_dir}", flush=True)
+    arms = (HALVING,) if args.full_from else ARMS
+    print(f"bench_asha: {len(args.seeds)} seed(s) x {len(arms)} arm(s), {workers} worker(s) x {threads} thread(s), "
+          f"out-dir {out_dir}" + (f", the full arm from {args.full_from}" if args.full_from else ""), flush=True)
 
-    tasks = [CampaignTask(arm, seed, config) for (arm, seed), config in configs.items()]
+    tasks = [CampaignTask(arm, seed, config) for (arm, seed), config in configs.items() if arm in arms]
     for done in run_tasks(run_campaign_task, tasks, workers, threads):
         log = f"seed{done['seed']}-{done['arm']}.log"
         write_file(out_dir / log, done["log"])
@@ -728,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             winner = result.winner
             if winner is not None and winner.architecture is not None and winner.spec is not None:
                 key = reference_id(seed.seed, winner.architecture)  # an architecture both arms picked: once
+                if key in state["references"]:  # trained by the run the full arm came from
+                    continue
                 references.setdefault(key, ReferenceTask(seed.seed, winner.architecture, winner.spec,
                                                          configs[(arm, seed.seed)], reference_epochs))
     for done in run_tasks(run_reference_task, list(references.values()), workers, threads):

@@ -17,7 +17,7 @@ the candidate itself caused); a different space or proxy setting is refused with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
@@ -74,7 +74,7 @@ def open_study(
         study.set_user_attr(records.PROXY, config.proxy_settings())
         study.set_user_attr(records.CAMPAIGN, config.to_dict())
         return study
-    differences = _differences(attributes, space, config)
+    differences = settings_differences(attributes, space, config)
     if differences:
         raise StudyError(
             f"study {config.study!r} in {mask_url(config.storage_url)} was made with other settings; "
@@ -84,7 +84,9 @@ def open_study(
     return study
 
 
-def _differences(attributes: dict[str, Any], space: SearchSpace, config: CampaignConfig) -> list[str]:
+def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, config: CampaignConfig) -> list[str]:
+    """How a study's recorded space and proxy settings (its user attributes) differ from ``config``'s, one line
+    per field naming both values; empty when the study's trials are comparable with the config's."""
     differences = []
     if attributes.get(records.SPACE_FINGERPRINT) != space.fingerprint():
         differences.append(

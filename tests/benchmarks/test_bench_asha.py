@@ -1,7 +1,10 @@
 """benchmarks/bench_asha.py: its compute accounting, survival and summary on hand-made trials, its tables from a
 hand-made study, and one --quick run end to end."""
 
+import contextlib
+import io
 import json
+import re
 
 import optuna
 import pytest
@@ -196,13 +199,21 @@ def test_an_out_dir_in_use_is_refused(bench, tmp_path):
         bench.main(["--quick", "--out-dir", str(tmp_path)])
 
 
-def test_quick_end_to_end(bench, tmp_path, capsys):
-    """Both arms of --quick for one seed, in this process: the studies, logs, state and table, and the epochs
-    halving saved, on the same candidates as the full budget."""
-    out_dir = tmp_path / "run"
-    assert bench.main(["--quick", "--seeds", "3", "--workers", "0", "--device", "cpu",
-                       "--out-dir", str(out_dir)]) == 0
-    text = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+    """One --quick run (both arms, seed 3, in this process), shared by the tests below: its out-dir and output."""
+    out_dir = tmp_path_factory.mktemp("bench_asha") / "run"
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert bench.main(["--quick", "--seeds", "3", "--workers", "0", "--device", "cpu",
+                           "--out-dir", str(out_dir)]) == 0
+    return out_dir, output.getvalue()
+
+
+def test_quick_end_to_end(bench, quick_run, capsys):
+    """Both arms of --quick for one seed: the studies, logs, state and table, and the epochs halving saved, on the
+    same candidates as the full budget."""
+    out_dir, text = quick_run
     state = json.loads((out_dir / bench.STATE_FILE).read_text())
     assert set(state["campaigns"]) == {"full/3", "halving/3"}
     assert {path.name for path in out_dir.iterdir()} == {
@@ -221,6 +232,36 @@ def test_quick_end_to_end(bench, tmp_path, capsys):
         # the random controller proposes the same candidates in the same order in both arms
         assert [t.architecture for t in full.trials] == [t.architecture for t in halving.trials]
         assert seed.reference_reward("full") is not None
-    capsys.readouterr()
     assert bench.main(["--table-only", "--out-dir", str(out_dir)]) == 0
     assert capsys.readouterr().out == (out_dir / bench.TABLE_FILE).read_text()
+
+
+def test_full_from_runs_only_the_halving_arm_against_an_earlier_full_arm(bench, quick_run, tmp_path, capsys):
+    """--full-from: the earlier run's full arm (study, wall time, references) is copied, not run again; only the
+    halving arm runs, with its own settings; a run whose full arm would differ is refused by name, writing nothing."""
+    source, _ = quick_run
+    source_state = json.loads((source / bench.STATE_FILE).read_text())
+    common = ["--quick", "--seeds", "3", "--workers", "0", "--device", "cpu", "--full-from", str(source)]
+    for flags, named in ((["--reference-epochs", "3"], "reference_epochs: "), (["--trials", "5"], "trials: study 4"),
+                         (["--epochs", "4"], "train.epochs: study 3, now 4"), (["--seeds", "3,4"], "seed(s) [4]")):
+        refused = tmp_path / "refused"
+        with pytest.raises(SystemExit, match=re.escape(named)):
+            bench.main(common + flags + ["--out-dir", str(refused)])
+        assert not refused.exists()
+
+    out_dir = tmp_path / "later"
+    assert bench.main(common + ["--min-epochs", "2", "--out-dir", str(out_dir)]) == 0
+    text = capsys.readouterr().out
+    state = json.loads((out_dir / bench.STATE_FILE).read_text())
+    assert state["campaigns"]["full/3"] == dict(source_state["campaigns"]["full/3"], reused_from=str(source))
+    assert state["campaigns"]["halving/3"]["error"] is None
+    assert (out_dir / "seed3-full.db").read_bytes() == (source / "seed3-full.db").read_bytes()
+    assert (out_dir / "seed3-full.log").read_bytes() == (source / "seed3-full.log").read_bytes()
+    assert all(state["references"][key] == value for key, value in source_state["references"].items())
+    [seed] = bench.collect(out_dir, state)
+    [earlier] = bench.collect(source, source_state)
+    assert seed.arms["full"].trials == earlier.arms["full"].trials
+    halving = seed.arms["halving"]
+    assert set(halving.stopped) <= {2} and halving.epochs == 4 * 3 - sum(halving.stopped.values())
+    assert seed.reference_reward("halving") is not None and seed.reference_reward("full") is not None
+    assert f"is the one of `{source}`" in text and "min_epochs 2" in text
