@@ -30,10 +30,11 @@ from the file. A job that fails is recorded with its reason and counted in the t
     python benchmarks/bench_fidelity.py --quick                          # CI size: 4 candidates, 24 jobs, ~1 min
 
 (Give synthetic data its native size, ``synthetic:image_size=32``: without it the proxy's images are drawn at the
-proxy size rather than resized from the reference's.) Cost, mnist5k (4500 training images; the automatic recipe
-trains it at batch 32): on the 2-core development machine (AMD EPYC, 1 thread a job) a 40-epoch reference job
-takes about 3 min of CPU and a 10-epoch proxy about 40 s, so the 192 jobs are about 3.3 CPU-hours (1.7 h with
-2 workers on an otherwise idle machine). On one H200 with 14 workers sharing it, reference jobs took 90-220 s each
+proxy size rather than resized from the reference's.) Cost, mnist5k (4,000 training images; the automatic recipe
+trains them at batch 16): on the 2-core development machine (AMD EPYC, 1 thread a job) a 20-epoch reference job
+takes about 140 s of CPU (so a 40-epoch one about 280 s) and the 1-, 3- and 10-epoch proxies 6, 16 and 61 s: the
+192 jobs at the defaults are about 4.8 CPU-hours (2.4 h with 2 workers on an otherwise idle machine), 3 CPU-hours
+with ``--reference-epochs 20``. On one H200 with 14 workers sharing it, 40-epoch reference jobs took 90-220 s each
 (the small steps are bound by kernel launches); the whole run comes to about 13 minutes there (extrapolated
 from a run stopped after the first 32 jobs).
 
