@@ -15,7 +15,8 @@ runs everything in this process (debugging, tests). A stopped run is not resumed
 from an earlier run in DIR instead of running it again, and runs only the halving arm: the way to try other
 ``--min-epochs`` or ``--reduction-factor`` against one full budget, at a fraction of the cost. The earlier run must
 have the seeds and the same space, trials, controller, proxy settings and reference epochs; what differs is refused
-by name, before anything is written.
+by name, before anything is written. Compare epochs across the two runs; their wall times are comparable only if
+the machine was as loaded in both.
 
 Why: asynchronous successive halving (``scheduler: {type: asha}``) stops a candidate at a rung (after 1, 3, 9, ...
 epochs) when it is behind the others there. It should cut the compute of a search several-fold; the risk is that
