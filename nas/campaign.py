@@ -29,14 +29,16 @@ from nas import records
 from nas import study as studies
 from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
 from nas.halving import SchedulerConfig, promotes, promotion_cutoff, rung_epochs
+from nas.outputs import default_storage_url, trial_spec_name
 from nas.recipe import MAX_AUTO_BATCH_SIZE, TimingConfig, TrainConfig, resolve_recipe
 from nas.records import EvalResult
 from nas.sources import DataError, check_source, holdout_count
-from nas.step_cache import StepTimeCache, cache_key
-from nas.storage import (
-    STORAGE_ERRORS, DriverLock, StudyError, default_storage_url, make_storage, mask_url, storage_errors,
-)
+from nas.states import is_baseline, is_interrupted
+from nas.step_cache import cache_key
+from nas.storage import STORAGE_ERRORS, DriverLock, StudyError, make_storage, mask_url, storage_errors
+from nas.study import RewardExponents, StudySettings
 from nas.trials import best_trials
+from rewards import PARAMS_EXPONENT, STEP_TIME_EXPONENT
 from search_spaces import presets
 from search_spaces.checks import check_choice, check_int, check_real, check_string
 from search_spaces.io import read_yaml_mapping
@@ -85,8 +87,8 @@ class CampaignConfig:
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None
     seed: int = 0
-    step_time_exponent: float = -0.07
-    params_exponent: float = -0.05
+    step_time_exponent: float = STEP_TIME_EXPONENT
+    params_exponent: float = PARAMS_EXPONENT
     train: TrainConfig = field(default_factory=TrainConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     max_step_time_ratio: float | None = None
@@ -180,6 +182,21 @@ class CampaignConfig:
             "max_params_ratio": self.max_params_ratio,
             "scheduler": self.scheduler.to_dict(),
         }
+
+    def study_settings(self) -> StudySettings:
+        """What the study keeps of this campaign and checks on resume (:func:`nas.study.open_study`)."""
+        return StudySettings(
+            study=self.study,
+            storage_url=self.storage_url,
+            proxy=self.proxy_settings(),
+            campaign=self.to_dict(),
+            exponents=self.reward_exponents,
+        )
+
+    @property
+    def reward_exponents(self) -> RewardExponents:
+        """The reward's exponents of S and P (:func:`nas.study.record_result`)."""
+        return RewardExponents(step_time=self.step_time_exponent, params=self.params_exponent)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -367,6 +384,7 @@ class Campaign:
         self.study = study
         self.space = space
         self.config = config
+        self.exponents = config.reward_exponents
         self.out = out
         self.lock = lock
         self.pending: dict[int, tuple[optuna.trial.Trial, ArchSpec]] = {}
@@ -386,7 +404,7 @@ class Campaign:
         self.best: tuple[float, int] | None = (best[0].value, best[0].number) if best else None
         self.timing = config.timing.resolved(image_size=space.baseline.train_image_size,
                                              batch_size=config.train.batch_size or MAX_AUTO_BATCH_SIZE)
-        self.cache = StepTimeCache(study._storage)
+        self.cache = studies.step_time_cache(study)
         self._timed_early: set[int] = set()  # trials whose S/S0 went into the cache before their result came
         # Successive halving, from the study's rung records: every reward counted at each rung, by rung epoch and
         # the trial it belongs to (a re-run's is its original's number, so it replaces rather than adds), and the
@@ -399,7 +417,7 @@ class Campaign:
             for rung in trial.user_attrs.get(records.RUNGS, ()):
                 if rung["promoted"]:
                     self._promoted.setdefault(trial.number, set()).add(rung["epoch"])
-                if not studies.is_interrupted(trial):
+                if not is_interrupted(trial):
                     self._rung_rewards.setdefault(rung["epoch"], {})[_lineage(trial.user_attrs, trial.number)] = (
                         rung["reward"])
 
@@ -413,8 +431,8 @@ class Campaign:
               f"trials finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
         recipe = resolve_recipe(self.config.train, train_images=train_images, flips=flips)
         try:
-            self.study.set_user_attr(records.RECIPE, {k: v for k, v in recipe.to_dict().items()
-                                                      if k not in _RUNNER_OWNED_TRAIN_FIELDS})
+            studies.record_recipe(self.study, {k: v for k, v in recipe.to_dict().items()
+                                                if k not in _RUNNER_OWNED_TRAIN_FIELDS})
         except STORAGE_ERRORS as error:
             self._stop_on(error)
         print(f"proxy recipe: {recipe.epochs} epochs at batch {recipe.batch_size} ({train_images // recipe.batch_size} "
@@ -473,7 +491,7 @@ class Campaign:
         trial, spec = self.pending[number]
         try:
             self._cache(spec, EvalResult.from_dict({"status": records.STATUS_OK, **measurement}),
-                        baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
+                        baseline=is_baseline(trial.user_attrs))
         except STORAGE_ERRORS as error:
             self._stop_on(error)
             return
@@ -497,29 +515,28 @@ class Campaign:
         if number not in self.pending:
             return True
         trial, spec = self.pending[number]
-        frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
+        frozen = studies.current_trial(self.study, trial)
         if frozen.state != optuna.trial.TrialState.RUNNING:
             return True  # another driver ended it after this one lost the lock; its record() will say so
         attributes = frozen.user_attrs
         epoch = result.epochs_completed
-        is_baseline = attributes.get(records.ROLE) == records.ROLE_BASELINE
-        reference = None if is_baseline else studies.baseline(self.study)
+        baseline = is_baseline(attributes)
+        reference = None if baseline else studies.baseline(self.study)
         normalized_step_time, normalized_parameters, reward = studies.training_reward(
             result,  # the baseline at a rung is its own reference: its reward is its accuracy
             reference_step_time_s=result.step_time_s if reference is None else reference.step_time_s,
             reference_parameters=result.parameters if reference is None else reference.parameters,
-            config=self.config,
+            exponents=self.exponents,
         )
-        trial.report(reward, step=epoch)
         lineage = _lineage(attributes, number)
         rung_rewards = self._rung_rewards.setdefault(epoch, {})
         rung_rewards[lineage] = reward  # a re-run's replaces its original's: counted once
         inherited = epoch in self._promoted.get(lineage, set())
-        promoted = is_baseline or inherited or promotes(reward, list(rung_rewards.values()),
-                                                        self.config.scheduler.reduction_factor)
+        promoted = baseline or inherited or promotes(reward, list(rung_rewards.values()),
+                                                     self.config.scheduler.reduction_factor)
         rungs = self._rung_records.setdefault(number, [])
         rungs.append({"epoch": epoch, "accuracy": result.accuracy, "reward": reward, "promoted": promoted})
-        trial.set_user_attr(records.RUNGS, rungs)
+        studies.record_rung(trial, epoch, reward, rungs)
         if promoted:
             self._promoted.setdefault(number, set()).add(epoch)
             return True
@@ -561,8 +578,7 @@ class Campaign:
             spec = dataclasses.replace(spec, name=self.space.baseline.name)
         else:
             role = trial.user_attrs.get(records.ROLE, records.ROLE_CANDIDATE)
-        for key, value in records.started_attributes(role, spec, self.config.controller).items():
-            trial.set_user_attr(key, value)
+        studies.record_start(trial, role, spec, self.config.controller)
         self.pending[trial.number] = (trial, spec)
         return Proposal(trial.number, spec, self._plan(spec, measuring_baseline))
 
@@ -600,8 +616,7 @@ class Campaign:
             self._waiting -= 1  # Optuna's ask takes it
             return True
         if measuring_baseline:
-            self.study.enqueue_trial(self.space.to_params(self.space.baseline),
-                                     user_attrs={records.ROLE: records.ROLE_BASELINE})
+            studies.enqueue_baseline(self.study, self.space.to_params(self.space.baseline))
             return True
         if self._reruns:
             studies.enqueue_rerun(self.study, self._reruns.pop(0))
@@ -619,7 +634,7 @@ class Campaign:
             return
         trial, spec = self.pending.pop(number)
         self._rung_records.pop(number, None)
-        frozen = self.study._storage.get_trial(trial._trial_id)  # this trial alone, not the whole study
+        frozen = studies.current_trial(self.study, trial)
         if frozen.state != optuna.trial.TrialState.RUNNING:
             print(f"trial {number}: result not recorded: another driver ended the trial after this one lost "
                   "the study's lock", file=self.out, flush=True)
@@ -627,23 +642,24 @@ class Campaign:
         if result is None:
             studies.mark_interrupted(self.study, frozen, reason="the trial's worker failed")
             self._forget_rung_rewards(_lineage(frozen.user_attrs, number))
-            frozen = self.study._storage.get_trial(trial._trial_id)
+            frozen = studies.current_trial(self.study, trial)
             if studies.may_rerun(frozen):
                 self._reruns.append(frozen)
             print(f"trial {number}: worker failed" + ("; it runs once more" if studies.may_rerun(frozen) else ""),
                   file=self.out, flush=True)
             return
         if node is not None:
-            trial.set_user_attr(records.RAY_NODE, node)
-        reward = studies.record_result(self.study, trial, spec, result, self.config)
+            studies.record_node(trial, node)
+        reward = studies.record_result(self.study, trial, spec, result, self.exponents)
+        baseline = is_baseline(trial.user_attrs)
         if number not in self._timed_early:
-            self._cache(spec, result, baseline=trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE)
+            self._cache(spec, result, baseline=baseline)
         self._timed_early.discard(number)
         self.finished += 1
         self.completed += 1
         if reward is not None and (self.best is None or reward > self.best[0]):
             self.best = (reward, number)
-        if trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE and not result.ok:
+        if baseline and not result.ok:
             self.baseline_failure = result.failure_reason
         self._report(number, spec, result, reward)
 
@@ -760,7 +776,7 @@ def _run_locked(
     stop: StopSignal,
 ) -> CampaignOutcome:
     sampler = make_sampler(config.controller, space, seed=config.seed, budget=config.trials)
-    study = studies.open_study(config, space, sampler, storage=storage)
+    study = studies.open_study(config.study_settings(), space, sampler, storage=storage)
     recovered = tuple(studies.recover_interrupted(study))
     if recovered:
         print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted); each runs once more",
@@ -797,8 +813,8 @@ def _outcome(
         ran=ran,
         best_trial=best[0].number if best else None,
         best_reward=best[0].value if best else None,
-        best_spec=(dataclasses.replace(studies.trial_spec(best[0]), name=f"{config.study}-trial{best[0].number}")
-                   if best else None),
+        best_spec=(dataclasses.replace(studies.trial_spec(best[0]),
+                                       name=trial_spec_name(config.study, best[0].number)) if best else None),
         recovered=recovered,
         exhausted=exhausted,
     )

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study is the record; no Tune CSV/JSON logs
@@ -36,6 +35,7 @@ from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated, Trial
 from nas.data import ImageData  # noqa: E402
 from nas.evaluate import Trainer, evaluate_candidate  # noqa: E402
 from nas.local import load_campaign_data  # noqa: E402
+from nas.outputs import ray_storage_path  # noqa: E402
 from nas.recipe import TrainConfig  # noqa: E402
 from nas.records import EvalResult  # noqa: E402
 from nas.train import train_and_evaluate  # noqa: E402
@@ -282,7 +282,7 @@ def _run_tune(
         ),
         run_config=tune.RunConfig(
             name=f"{config.study}-{int(time.time())}",
-            storage_path=str(Path("runs", "ray").resolve()),
+            storage_path=str(ray_storage_path()),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[PendingWatch(searcher.campaign.out, cpus=config.cpus_per_trial, gpus=gpus)],

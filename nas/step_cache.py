@@ -7,18 +7,21 @@ reference (a ratio needs both), the device's description (hardware, threads and 
 :func:`nas.measure.describe_device` writes it) and the resolved timing settings.
 
 Entries live as user attributes of one study per storage, :data:`CACHE_STUDY`, beside the campaigns' studies: any
-Optuna storage holds it, every campaign on the storage shares it, and deleting that study empties the cache.
+Optuna storage holds it, every campaign on the storage shares it, and deleting that study empties the cache. The
+storage itself is read and written by :class:`nas.storage.AttributeStudy`, with the ledger's other storage code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import optuna
-
+from nas.storage import AttributeStudy
 from search_spaces.spec import ArchSpec
+
+if TYPE_CHECKING:
+    import optuna
 
 #: The study that holds the cache in each storage (':' keeps it apart from the campaigns' study names).
 CACHE_STUDY = "nas:step-times"
@@ -47,36 +50,13 @@ class StepTimeCache:
     """The cache of one storage. Reads never create the cache's study; the first :meth:`put` does."""
 
     def __init__(self, storage: optuna.storages.BaseStorage) -> None:
-        self._storage = storage
-        self._study_id: int | None = None
+        self._entries = AttributeStudy(storage, CACHE_STUDY)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The entry stored under ``key``, or None."""
-        study_id = self._existing_study_id()
-        if study_id is None:
-            return None
-        entry = self._storage.get_study_user_attrs(study_id).get(key)
+        entry = self._entries.get(key)
         return dict(entry) if isinstance(entry, Mapping) else None
 
     def put(self, key: str, measurement: Mapping[str, Any]) -> None:
         """Stores the :data:`ENTRY_FIELDS` of ``measurement`` (an EvalResult's dict) under ``key``."""
-        entry = {field: measurement[field] for field in ENTRY_FIELDS}
-        self._storage.set_study_user_attr(self._created_study_id(), key, entry)
-
-    def _existing_study_id(self) -> int | None:
-        if self._study_id is None:
-            try:
-                self._study_id = self._storage.get_study_id_from_name(CACHE_STUDY)
-            except KeyError:
-                return None
-        return self._study_id
-
-    def _created_study_id(self) -> int:
-        study_id = self._existing_study_id()
-        if study_id is not None:
-            return study_id
-        try:
-            self._study_id = self._storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], CACHE_STUDY)
-        except optuna.exceptions.DuplicatedStudyError:  # another driver created it meanwhile
-            self._study_id = self._storage.get_study_id_from_name(CACHE_STUDY)
-        return self._study_id
+        self._entries.put(key, {field: measurement[field] for field in ENTRY_FIELDS})

@@ -26,6 +26,8 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
+from nas.outputs import default_storage_url
+
 
 class StudyError(RuntimeError):
     """The study cannot be opened or does not match this campaign; the message says why."""
@@ -35,11 +37,6 @@ OPEN_ATTEMPTS = 5
 # The URL each storage of make_storage was opened from, for messages that tell the user a command to run on it
 # (the driver lock's refusal): Optuna's storages do not say where they live.
 _OPENED_FROM: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, str] = weakref.WeakKeyDictionary()
-
-
-def default_storage_url(study: str) -> str:
-    """Where a study lives when no storage is given: ``sqlite:///runs/STUDY.db``, relative to the working directory."""
-    return f"sqlite:///runs/{study}.db"
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -214,6 +211,46 @@ def storage_problem(error: BaseException) -> str:
     if "malformed" in lowered or "not a database" in lowered or "file is encrypted" in lowered:
         return f"{text}: the database file is damaged; restore it from a backup"
     return text
+
+
+class AttributeStudy:
+    """A named study of a storage used as a key-value store of JSON values (its user attributes), beside the
+    campaigns' studies: every campaign on the storage shares it (the step-time cache, :mod:`nas.step_cache`).
+    Reads never create it; the first :meth:`put` does."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self._study_id: int | None = None
+
+    def get(self, key: str) -> Any:
+        """The value stored under ``key``, or None (also when the study does not exist yet)."""
+        study_id = self._existing_study_id()
+        if study_id is None:
+            return None
+        return self.storage.get_study_user_attrs(study_id).get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Stores ``value`` (JSON data) under ``key``, creating the study if it is the first."""
+        self.storage.set_study_user_attr(self._created_study_id(), key, value)
+
+    def _existing_study_id(self) -> int | None:
+        if self._study_id is None:
+            try:
+                self._study_id = self.storage.get_study_id_from_name(self.name)
+            except KeyError:
+                return None
+        return self._study_id
+
+    def _created_study_id(self) -> int:
+        study_id = self._existing_study_id()
+        if study_id is not None:
+            return study_id
+        try:
+            self._study_id = self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.name)
+        except optuna.exceptions.DuplicatedStudyError:  # another driver created it meanwhile
+            self._study_id = self.storage.get_study_id_from_name(self.name)
+        return self._study_id
 
 
 DRIVER_LOCK_SUFFIX = ":driver"

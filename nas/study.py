@@ -13,17 +13,24 @@ values hold every rung's reward.
 Resume rules: a trial left RUNNING by a dead driver is marked FAIL with ``interrupted`` set and its params are
 enqueued once more; finished trials are never re-run; the budget counts finished trials (COMPLETE, and FAIL that
 the candidate itself caused); a different space or proxy setting is refused with a message saying what differs.
+
+This module, with :mod:`nas.storage`, is the only code that writes to a study or touches Optuna's private API (the
+campaign asks the small ``record_*``/``enqueue_*`` functions here); it takes plain settings (:class:`StudySettings`,
+:class:`RewardExponents`), never a campaign's config, since the campaign sits above it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
 
 import optuna
 
 from nas import records
 from nas.records import EvalResult
-from nas.step_cache import CACHE_STUDY
+from nas.states import finished_states, is_baseline, is_interrupted
+from nas.step_cache import CACHE_STUDY, StepTimeCache
 from nas.storage import (
     DRIVER_LOCK_SUFFIX,
     StudyError,
@@ -34,36 +41,54 @@ from nas.storage import (
     storage_errors,
     storage_problem,
 )
-from rewards import training_aware_reward
+from rewards import PARAMS_EXPONENT, STEP_TIME_EXPONENT, training_aware_reward
 from search_spaces.space import SearchSpace
 from search_spaces.spec import ArchSpec
 
-if TYPE_CHECKING:
-    from nas.campaign import CampaignConfig
 
-# Trial states whose outcome is final: they count toward the budget (unless interrupted) and teach the controllers.
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+@dataclass(frozen=True, kw_only=True)
+class RewardExponents:
+    """The exponents of ``reward = A * (S / S_ref)^step_time * (P / P_ref)^params`` (EfficientNetV2's w and v)."""
+
+    step_time: float = STEP_TIME_EXPONENT
+    params: float = PARAMS_EXPONENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySettings:
+    """What the study needs to know of a campaign, as plain data (the campaign builds it:
+    :meth:`nas.campaign.CampaignConfig.study_settings`).
+
+    ``proxy`` is what a trial's numbers depend on: a resumed study must have been made with the same. ``campaign``
+    is the whole campaign's settings, recorded as the last run's. ``exponents`` weigh S and P in the reward.
+    """
+
+    study: str
+    storage_url: str
+    proxy: Mapping[str, Any]
+    campaign: Mapping[str, Any]
+    exponents: RewardExponents
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def open_study(
-    config: CampaignConfig,
+    settings: StudySettings,
     space: SearchSpace,
     sampler: optuna.samplers.BaseSampler,
     *,
     storage: optuna.storages.BaseStorage | None = None,
 ) -> optuna.Study:
     """Creates the campaign's study or loads it, refusing a study made with another space or proxy setting."""
-    storage = storage if storage is not None else make_storage(config.storage_url)
+    storage = storage if storage is not None else make_storage(settings.storage_url)
     try:
         study = optuna.create_study(
-            storage=storage, study_name=config.study, sampler=sampler, direction="maximize", load_if_exists=True
+            storage=storage, study_name=settings.study, sampler=sampler, direction="maximize", load_if_exists=True
         )
     except Exception as error:
         raise StudyError(
-            f"cannot open study {config.study!r} in {mask_url(config.storage_url)}: {storage_problem(error)}"
+            f"cannot open study {settings.study!r} in {mask_url(settings.storage_url)}: {storage_problem(error)}"
         ) from None
     attributes = study.user_attrs
     if records.SPACE_FINGERPRINT not in attributes:
@@ -71,22 +96,22 @@ def open_study(
         study.set_user_attr(records.SPACE, space.to_dict())
         study.set_user_attr(records.SPACE_NAME, space.name)
         study.set_user_attr(records.SPACE_FINGERPRINT, space.fingerprint())
-        study.set_user_attr(records.PROXY, config.proxy_settings())
-        study.set_user_attr(records.CAMPAIGN, config.to_dict())
+        study.set_user_attr(records.PROXY, dict(settings.proxy))
+        study.set_user_attr(records.CAMPAIGN, dict(settings.campaign))
         return study
-    differences = settings_differences(attributes, space, config)
+    differences = settings_differences(attributes, space, settings)
     if differences:
         raise StudyError(
-            f"study {config.study!r} in {mask_url(config.storage_url)} was made with other settings; "
+            f"study {settings.study!r} in {mask_url(settings.storage_url)} was made with other settings; "
             f"resume it with the same ones or use another --study: {'; '.join(differences)}"
         )
-    study.set_user_attr(records.CAMPAIGN, config.to_dict())
+    study.set_user_attr(records.CAMPAIGN, dict(settings.campaign))
     return study
 
 
-def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, config: CampaignConfig) -> list[str]:
-    """How a study's recorded space and proxy settings (its user attributes) differ from ``config``'s, one line
-    per field naming both values; empty when the study's trials are comparable with the config's."""
+def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, settings: StudySettings) -> list[str]:
+    """How a study's recorded space and proxy settings (its user attributes) differ from ``settings``, one line
+    per field naming both values; empty when the study's trials are comparable with the settings'."""
     differences = []
     if attributes.get(records.SPACE_FINGERPRINT) != space.fingerprint():
         differences.append(
@@ -94,7 +119,7 @@ def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, conf
             f"({attributes.get(records.SPACE_FINGERPRINT)}), "
             f"this campaign {space.name!r} ({space.fingerprint()})"
         )
-    stored, current = attributes.get(records.PROXY, {}), config.proxy_settings()
+    stored, current = attributes.get(records.PROXY, {}), settings.proxy
     for key in sorted(set(stored) | set(current)):
         if key == "train":
             for train_key in sorted(set(stored.get("train", {})) | set(current["train"])):
@@ -122,13 +147,21 @@ def load_study(storage_url: str, study_name: str) -> optuna.Study:
     raise StudyError(missing_study(storage_url, study_name, names))
 
 
-def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get(records.INTERRUPTED))
+def step_time_cache(study: optuna.Study) -> StepTimeCache:
+    """The step-time cache of the storage ``study`` lives in, shared by every campaign there."""
+    return StepTimeCache(study._storage)  # Optuna has no public call for a study's storage
+
+
+def current_trial(study: optuna.Study, trial: optuna.trial.Trial) -> optuna.trial.FrozenTrial:
+    """``trial`` as the storage holds it now (another driver may have ended it), read alone, not with the whole
+    study."""
+    return study._storage.get_trial(trial._trial_id)  # Optuna has no public call to read one trial by id
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that count toward the budget: complete ones and those that failed by themselves (not interrupted)."""
-    return [trial for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES) if not is_interrupted(trial)]
+    return [trial for trial in study.get_trials(deepcopy=False, states=finished_states())
+            if not is_interrupted(trial)]
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
@@ -170,7 +203,13 @@ def may_rerun(trial: optuna.trial.FrozenTrial) -> bool:
     re-run itself nor the baseline."""
     attributes = trial.user_attrs
     return (is_interrupted(trial) and records.SPEC in attributes and records.REQUEUED_FROM not in attributes
-            and attributes.get(records.ROLE) != records.ROLE_BASELINE)
+            and not is_baseline(attributes))
+
+
+def enqueue_baseline(study: optuna.Study, params: Mapping[str, Any]) -> None:
+    """Puts the baseline's params (the space's ``to_params`` of its backbone) first in line, with the baseline's
+    role; the caller asks for it at once."""
+    study.enqueue_trial(dict(params), user_attrs={records.ROLE: records.ROLE_BASELINE})
 
 
 def enqueue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -180,6 +219,30 @@ def enqueue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         user_attrs={records.REQUEUED_FROM: trial.number, records.ROLE: records.ROLE_CANDIDATE},
         skip_if_exists=False,
     )
+
+
+def record_recipe(study: optuna.Study, recipe: Mapping[str, Any]) -> None:
+    """Records the proxy recipe as it resolved for the campaign's data (the study's ``recipe`` attribute)."""
+    study.set_user_attr(records.RECIPE, dict(recipe))
+
+
+def record_start(trial: optuna.trial.Trial, role: str, spec: ArchSpec, controller: str) -> None:
+    """Records a trial as handed to a worker: its role, the architecture it evaluates and the controller that
+    proposed it (:func:`nas.records.started_attributes`)."""
+    for key, value in records.started_attributes(role, spec, controller).items():
+        trial.set_user_attr(key, value)
+
+
+def record_node(trial: optuna.trial.Trial, node: str) -> None:
+    """Records the executor's name for where ``trial`` ran (a Ray node's id)."""
+    trial.set_user_attr(records.RAY_NODE, node)
+
+
+def record_rung(trial: optuna.trial.Trial, epoch: int, reward: float, rungs: list[dict[str, Any]]) -> None:
+    """Records a successive-halving rung: ``reward`` as Optuna's intermediate value at ``epoch`` (any Optuna client
+    sees the learning curve) and ``rungs``, every rung the trial reached so far, as its ``rungs`` attribute."""
+    trial.report(reward, step=epoch)
+    trial.set_user_attr(records.RUNGS, rungs)
 
 
 def baseline(study: optuna.Study) -> records.Baseline | None:
@@ -192,7 +255,7 @@ def record_result(
     trial: optuna.trial.Trial,
     spec: ArchSpec,
     result: EvalResult,
-    config: CampaignConfig,
+    exponents: RewardExponents,
 ) -> float | None:
     """Writes a finished evaluation to its trial and tells the study; returns the reward (None when it failed or
     was pruned by a constraint).
@@ -209,7 +272,7 @@ def record_result(
     if not result.ok:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return None
-    if trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE:
+    if is_baseline(trial.user_attrs):
         measured = records.Baseline(
             trial=trial.number, step_time_s=result.step_time_s, parameters=result.parameters,
             accuracy=result.accuracy, macs=result.macs, device=result.device, block_strings=spec.block_strings,
@@ -219,7 +282,8 @@ def record_result(
     if reference is None:
         raise StudyError("a candidate finished before the baseline; the baseline must complete first")
     normalized_step_time, normalized_parameters, reward = training_reward(
-        result, reference_step_time_s=reference.step_time_s, reference_parameters=reference.parameters, config=config
+        result, reference_step_time_s=reference.step_time_s, reference_parameters=reference.parameters,
+        exponents=exponents,
     )
     trial.set_user_attr(records.NORMALIZED_STEP_TIME, normalized_step_time)
     trial.set_user_attr(records.NORMALIZED_PARAMETERS, normalized_parameters)
@@ -250,7 +314,7 @@ def record_stopped(
 
 
 def training_reward(
-    result: EvalResult, *, reference_step_time_s: float, reference_parameters: int, config: CampaignConfig
+    result: EvalResult, *, reference_step_time_s: float, reference_parameters: int, exponents: RewardExponents
 ) -> tuple[float, float, float]:
     """``(S/S_ref, P/P_ref, reward)`` of an ok ``result``: the one formula of a trial's reward, at its end
     (:func:`record_result`) and at a successive-halving rung (:meth:`nas.campaign.Campaign.judge`).
@@ -267,10 +331,28 @@ def training_reward(
         result.parameters,
         step_time_ref=1.0,
         params_ref=reference_parameters,
-        w=config.step_time_exponent,
-        v=config.params_exponent,
+        w=exponents.step_time,
+        v=exponents.params,
     )
     return normalized_step_time, result.parameters / reference_parameters, reward
+
+
+def record_export(storage_url: str, study_name: str, path: Path, best_trial: int | None) -> bool:
+    """Records ``path``, made absolute, as the study's :data:`~nas.records.EXPORTED_SPEC` (the report shows where
+    the winner's spec is) and returns whether ``best_trial`` is the baseline, which no candidate then beat: by the
+    study's recorded baseline, else by the trial's role.
+
+    The study is opened again, for writing, after the campaign released it. Raises :class:`StudyError` when the
+    storage refuses.
+    """
+    with storage_errors(storage_url, "write to"):
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
+        study.set_user_attr(records.EXPORTED_SPEC, str(path.resolve()))
+        reference = baseline(study)
+        if reference is not None:
+            return best_trial == reference.trial
+        trial = next((trial for trial in study.get_trials(deepcopy=False) if trial.number == best_trial), None)
+        return trial is not None and is_baseline(trial)
 
 
 def trial_spec(trial: optuna.trial.FrozenTrial) -> ArchSpec:

@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas import records
 from nas.controllers.params import DecisionSpace, choice_indices, distributions, inferred_space
 from nas.controllers.seeding import attempt_seed, sample_uniform
-from nas.study import FINISHED_STATES
+from nas.states import finished_states
 from search_spaces.checks import check_int, check_real
 
 State = TypeVar("State")
@@ -167,7 +167,7 @@ class ReplayedSampler(BaseSampler, Generic[State]):
     def _catch_up(self, study: Study, space: DecisionSpace) -> _Replay[State]:
         """The replay extended by the finished trials it has not seen; rebuilt when they do not extend it."""
         decisions = tuple((decision.name, tuple(decision.choices)) for decision in space.decisions)
-        finished = sorted(study.get_trials(deepcopy=False, states=FINISHED_STATES), key=lambda trial: trial.number)
+        finished = sorted(study.get_trials(deepcopy=False, states=finished_states()), key=lambda trial: trial.number)
         replay = self._replay
         if (
             replay is None

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import service_unavailable
-from e2e_support import CAMPAIGN, finished, load, nas, wait_for_running_trial, write_campaign
 
 from search_spaces import presets
+
+from conftest import service_unavailable
+from e2e_support import CAMPAIGN, finished, load, nas, wait_for_running_trial, write_campaign
 
 FAULT_DRIVER = Path(__file__).with_name("fault_driver.py")
 
@@ -224,7 +225,7 @@ from nas.study import open_study
 from search_spaces import presets
 config = load_campaign(sys.argv[1])
 space = presets.get_space(config.space)
-open_study(config, space, make_sampler(config.controller, space))
+open_study(config.study_settings(), space, make_sampler(config.controller, space))
 """
 
 

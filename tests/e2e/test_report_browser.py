@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import load as load_study
-from e2e_support import nas, sqlite_url, write_campaign
 from PIL import Image
 
+from nas.figures import FIGURES
+from nas.outputs import REPORT_FILE
+
 from conftest import service_unavailable  # tests/conftest.py; pytest puts tests/ on sys.path to load it
-from nas.report import FIGURES, REPORT_FILE
+from e2e_support import load as load_study
+from e2e_support import nas, sqlite_url, write_campaign
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (

@@ -18,9 +18,10 @@ from collections import Counter
 
 import optuna
 import pytest
-from e2e_support import finished, load, nas, sqlite_url, wait_for_running_trial, write_campaign
 
 from nas.storage import DRIVER_LOCK_SUFFIX
+
+from e2e_support import finished, load, nas, sqlite_url, wait_for_running_trial, write_campaign
 
 BUDGET = 6
 

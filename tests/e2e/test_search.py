@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import optuna
 import torch
-from e2e_support import finished, load, nas, sqlite_url, write_campaign
 
 from nas.builder import build_model
 from search_spaces.io import load_spec
+
+from e2e_support import finished, load, nas, sqlite_url, write_campaign
 
 
 def test_random_campaign_resume_refusal_and_export(tmp_path):

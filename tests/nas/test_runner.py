@@ -27,7 +27,7 @@ def policy_searcher(tmp_path, trials: int) -> runner.PolicySearcher:
     config = CampaignConfig(trials=trials, controller="random", study="adapter",
                             storage=f"sqlite:///{tmp_path / 'adapter.db'}")
     space = presets.get_space(config.space)
-    study = studies.open_study(config, space, make_sampler(config.controller, space))
+    study = studies.open_study(config.study_settings(), space, make_sampler(config.controller, space))
     return runner.PolicySearcher(Campaign(study, space, config, out=io.StringIO()))
 
 
@@ -160,8 +160,8 @@ def test_the_scheduler_hands_rungs_to_the_policy_and_stops_a_trial_recorded_once
                                        "storage": f"sqlite:///{tmp_path / 'adapter.db'}", "train": {"epochs": 3},
                                        "scheduler": {"type": "asha"}})
     space = presets.get_space(config.space)
-    campaign = Campaign(studies.open_study(config, space, make_sampler(config.controller, space)), space, config,
-                        out=io.StringIO())
+    study = studies.open_study(config.study_settings(), space, make_sampler(config.controller, space))
+    campaign = Campaign(study, space, config, out=io.StringIO())
     searcher, scheduler = runner.PolicySearcher(campaign), runner.PolicyScheduler(campaign)
     assert searcher.suggest("a")["plan"]["rungs"] == [1]
     assert scheduler.on_trial_result(None, FakeTrial("a", 0), {runner.RUNG_KEY: rung(0.1).to_json()}) == "CONTINUE"

@@ -14,14 +14,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy.exc
 
 from nas import storage as storages
-from nas import trials
 from nas import study as studies
+from nas import trials
 from nas.campaign import CampaignConfig
 from nas.controllers import distributions, make_sampler
 from nas.records import EvalResult
@@ -33,13 +34,21 @@ def space():
     return presets.get_space("tiny")
 
 
+EXPONENTS = studies.RewardExponents()  # the paper's w and v, a campaign's defaults
+
+
+def create(config, space):
+    """Opens ``config``'s study as a campaign does, with a random sampler."""
+    return studies.open_study(config.study_settings(), space, make_sampler("random", space))
+
+
 def config_for(storage_url, **changes):
     return CampaignConfig(storage=storage_url, study="s", **changes)
 
 
 def open_(storage_url, space, **changes):
     config = config_for(storage_url, **changes)
-    return config, studies.open_study(config, space, make_sampler("random", space))
+    return config, create(config, space)
 
 
 def result(accuracy=0.5, step_time=0.01, parameters=1000, ok=True):
@@ -75,10 +84,10 @@ def test_reopening_with_other_settings_says_what_differs(storage_url, space):
 def test_rewards_are_normalized_by_the_baseline(storage_url, space):
     config, study = open_(storage_url, space)
     baseline_trial, baseline_spec = ask(study, space, role="baseline")
-    assert studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), config) == 0.6
+    assert studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), EXPONENTS) == 0.6
     assert study.user_attrs["baseline"]["step_time_s"] == 0.02
     trial, spec = ask(study, space)
-    reward = studies.record_result(study, trial, spec, result(0.5, 0.01, 4000), config)
+    reward = studies.record_result(study, trial, spec, result(0.5, 0.01, 4000), EXPONENTS)
     assert reward == pytest.approx(0.5 * 0.5 ** -0.07 * 2.0 ** -0.05)
     frozen = study.trials[1]
     assert frozen.value == reward and frozen.user_attrs["normalized_step_time"] == 0.5
@@ -89,13 +98,13 @@ def test_a_candidate_before_the_baseline_is_an_error(storage_url, space):
     config, study = open_(storage_url, space)
     trial, spec = ask(study, space)
     with pytest.raises(studies.StudyError, match="baseline must complete first"):
-        studies.record_result(study, trial, spec, result(), config)
+        studies.record_result(study, trial, spec, result(), EXPONENTS)
 
 
 def test_failed_results_are_failed_trials_with_their_reason(storage_url, space):
     config, study = open_(storage_url, space)
     trial, spec = ask(study, space)
-    assert studies.record_result(study, trial, spec, result(ok=False), config) is None
+    assert studies.record_result(study, trial, spec, result(ok=False), EXPONENTS) is None
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.FAIL
     assert frozen.user_attrs["failure_reason"] == "out of memory: x" and frozen.user_attrs["step_time_s"] == 0.01
@@ -133,7 +142,7 @@ def test_best_and_pareto(storage_url, space):
     values = [(0.6, 0.02, 2000), (0.7, 0.04, 2000), (0.5, 0.03, 3000), (0.6, 0.02, 1000)]
     for index, (accuracy, step_time, parameters) in enumerate(values):
         trial, spec = ask(study, space, role="baseline" if index == 0 else "candidate")
-        studies.record_result(study, trial, spec, result(accuracy, step_time, parameters), config)
+        studies.record_result(study, trial, spec, result(accuracy, step_time, parameters), EXPONENTS)
     assert [t.number for t in trials.best_trials(study, 2)] == [1, 3]  # 0.7 * 2^-0.07 > 0.6 * 0.5^-0.05
     assert sorted(t.number for t in trials.pareto_front(study)) == [1, 3]  # 0 and 2 are dominated by 3
     frame = trials.trials_frame(study)
@@ -143,7 +152,7 @@ def test_best_and_pareto(storage_url, space):
 
 def test_journal_storage_and_errors(tmp_path, space):
     config = CampaignConfig(storage=f"journal:{tmp_path}/j.log", study="j")
-    studies.open_study(config, space, make_sampler("random", space))
+    create(config, space)
     assert studies.load_study(config.storage_url, "j").user_attrs["space_name"] == "tiny"
     with pytest.raises(studies.StudyError, match="no study 'other'.*studies there: j"):
         studies.load_study(config.storage_url, "other")
@@ -313,7 +322,7 @@ def test_reading_creates_nothing_and_names_the_study_files_there(tmp_path, monke
     with pytest.raises(studies.StudyError, match="no journal file"):
         studies.load_study("journal:runs/typo.journal", "typo")
     assert list(tmp_path.iterdir()) == []
-    studies.open_study(CampaignConfig(study="demo"), space, make_sampler("random", space))
+    create(CampaignConfig(study="demo"), space)
     before = sorted(path.name for path in (tmp_path / "runs").iterdir())
     with pytest.raises(studies.StudyError, match=r"no study database runs/typo.db \(.*\); study files in runs: demo"):
         studies.load_study("sqlite:///runs/typo.db", "typo")
@@ -329,7 +338,7 @@ def test_reading_creates_nothing_and_names_the_study_files_there(tmp_path, monke
 
 def test_a_damaged_database_is_a_one_line_error(tmp_path, space):
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    study = studies.open_study(CampaignConfig(study="x", storage=url), space, make_sampler("random", space))
+    study = create(CampaignConfig(study="x", storage=url), space)
     for _ in range(30):
         trial = study.ask(fixed_distributions=distributions(space))
         trial.set_user_attr("note", "x" * 2000)
@@ -355,8 +364,8 @@ def test_storage_urls_are_masked():
 
 def test_a_mistyped_study_name_gets_the_nearest_names_and_creates_nothing(tmp_path, monkeypatch, space):
     monkeypatch.chdir(tmp_path)
-    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))
-    studies.open_study(CampaignConfig(study="cifar10"), space, make_sampler("random", space))
+    create(CampaignConfig(study="cpu-demo"), space)
+    create(CampaignConfig(study="cifar10"), space)
     before = sorted(path.name for path in (tmp_path / "runs").iterdir())
 
     with pytest.raises(studies.StudyError) as error:  # the default storage of the typo, runs/cpu_demo.db, is missing
@@ -377,9 +386,9 @@ def test_a_mistyped_study_name_gets_the_nearest_names_and_creates_nothing(tmp_pa
 
 def test_the_default_database_of_a_typo_names_the_databases_beside_it(tmp_path, monkeypatch, space):
     monkeypatch.chdir(tmp_path)
-    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))
-    studies.open_study(CampaignConfig(study="leftover", storage="sqlite:///runs/cpu_demo.db"), space,
-                       make_sampler("random", space))  # runs/cpu_demo.db exists, without the study cpu_demo
+    create(CampaignConfig(study="cpu-demo"), space)
+    # runs/cpu_demo.db exists, without the study cpu_demo
+    create(CampaignConfig(study="leftover", storage="sqlite:///runs/cpu_demo.db"), space)
     with pytest.raises(studies.StudyError) as error:
         studies.load_study("sqlite:///runs/cpu_demo.db", "cpu_demo")
     assert str(error.value) == ("no study 'cpu_demo' in sqlite:///runs/cpu_demo.db; studies there: leftover; study "
@@ -430,3 +439,105 @@ def test_the_driver_lock_hint_masks_a_password_and_says_so(tmp_path):
     assert "hunter2" not in message and "(with the password in place of ***), run: " in message
     assert shlex.split(message.split(" run: ")[1]) == ["optuna", "delete-study", "--study-name", "s:driver",
                                                         "--storage", "postgresql+psycopg://u:***@db.example:5432/nas"]
+
+
+def test_the_settings_are_what_the_campaign_records_and_checks(space):
+    config = CampaignConfig(study="s", storage="sqlite:///x.db", step_time_exponent=-0.1, params_exponent=-0.2)
+    settings = config.study_settings()
+    assert (settings.study, settings.storage_url) == ("s", "sqlite:///x.db")
+    assert settings.proxy == config.proxy_settings() and settings.campaign == config.to_dict()
+    assert settings.exponents == studies.RewardExponents(step_time=-0.1, params=-0.2) == config.reward_exponents
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.study = "other"
+
+
+def test_the_reward_uses_the_exponents_it_is_given(storage_url, space):
+    _, study = open_(storage_url, space)
+    baseline_trial, baseline_spec = ask(study, space, role="baseline")
+    studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), EXPONENTS)
+    trial, spec = ask(study, space)
+    reward = studies.record_result(study, trial, spec, result(0.5, 0.01, 4000),
+                                   studies.RewardExponents(step_time=-1.0, params=0.0))
+    assert reward == pytest.approx(0.5 * 0.5 ** -1.0)
+
+
+def test_started_rung_and_node_records_land_on_the_trial(storage_url, space):
+    _, study = open_(storage_url, space)
+    studies.enqueue_baseline(study, space.to_params(space.baseline))
+    trial = study.ask(fixed_distributions=distributions(space))
+    assert trial.user_attrs["role"] == "baseline" and trial.params == space.to_params(space.baseline)
+    studies.record_start(trial, "baseline", space.baseline, "rl")
+    rungs = [{"epoch": 1, "accuracy": 0.3, "reward": 0.3, "promoted": True}]
+    studies.record_rung(trial, 1, 0.3, rungs)
+    studies.record_node(trial, "node-a")
+    frozen = studies.current_trial(study, trial)
+    assert frozen.intermediate_values == {1: 0.3} and frozen.user_attrs["rungs"] == rungs
+    assert frozen.user_attrs["ray_node"] == "node-a" and frozen.user_attrs["spec"] == space.baseline.to_dict()
+    assert frozen.user_attrs["block_strings"] == list(space.baseline.block_strings)
+
+
+def test_the_current_trial_sees_another_drivers_change(storage_url, space):
+    _, study = open_(storage_url, space)
+    trial, _ = ask(study, space)
+    assert studies.current_trial(study, trial).state == optuna.trial.TrialState.RUNNING
+    other = optuna.load_study(study_name="s", storage=storages.make_storage(storage_url))
+    studies.mark_interrupted(other, other.trials[0], reason="taken over")
+    frozen = studies.current_trial(study, trial)
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert frozen.user_attrs["failure_reason"] == "interrupted: taken over"
+
+
+def test_the_step_time_cache_is_the_studys_storages(storage_url, space):
+    _, study = open_(storage_url, space)
+    studies.step_time_cache(study).put("s:k", {"step_time_ratio": 1.5, "step_time_ratio_iqr": 0.1,
+                                                "step_time_s": 0.3, "reference_step_time_s": 0.2, "other": 1})
+    shared = studies.step_time_cache(optuna.load_study(study_name="s", storage=storages.make_storage(storage_url)))
+    assert shared.get("s:k") == {"step_time_ratio": 1.5, "step_time_ratio_iqr": 0.1, "step_time_s": 0.3,
+                                 "reference_step_time_s": 0.2}
+
+
+def test_an_attribute_study_is_created_by_its_first_write_and_shared(storage_url):
+    first = storages.AttributeStudy(storages.make_storage(storage_url), "nas:kv")
+    assert first.get("k") is None
+    assert optuna.get_all_study_names(first.storage) == []  # reading created nothing
+    first.put("k", {"a": 1})
+    second = storages.AttributeStudy(storages.make_storage(storage_url), "nas:kv")
+    assert second.get("k") == {"a": 1} and second.get("missing") is None
+    second.put("k", [2])  # a second writer finds the study the first created
+    assert first.get("k") == [2] and optuna.get_all_study_names(first.storage) == ["nas:kv"]
+
+
+def test_an_export_is_recorded_and_says_whether_the_baseline_won(storage_url, space, tmp_path, monkeypatch):
+    _, study = open_(storage_url, space)
+    baseline_trial, baseline_spec = ask(study, space, role="baseline")
+    studies.record_result(study, baseline_trial, baseline_spec, result(0.6, 0.02, 2000), EXPONENTS)
+    trial, spec = ask(study, space)
+    studies.record_result(study, trial, spec, result(0.7, 0.02, 2000), EXPONENTS)
+    monkeypatch.chdir(tmp_path)
+    assert studies.record_export(storage_url, "s", tmp_path / "sub" / ".." / "best.yaml", 1) is False
+    assert studies.load_study(storage_url, "s").user_attrs["exported_spec"] == str(tmp_path / "best.yaml")
+    assert studies.record_export(storage_url, "s", Path("relative.yaml"), 0) is True
+    assert studies.load_study(storage_url, "s").user_attrs["exported_spec"] == str(tmp_path / "relative.yaml")
+
+
+def test_an_export_before_the_baseline_was_measured_asks_the_trials_role(storage_url, space, tmp_path):
+    _, study = open_(storage_url, space)
+    ask(study, space, role="baseline")
+    ask(study, space)
+    assert studies.record_export(storage_url, "s", tmp_path / "a.yaml", 0) is True
+    assert studies.record_export(storage_url, "s", tmp_path / "a.yaml", 1) is False
+    assert studies.record_export(storage_url, "s", tmp_path / "a.yaml", None) is False
+
+
+def test_an_export_the_storage_refuses_is_a_study_error(tmp_path, space, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    create(CampaignConfig(study="x", storage=url), space)
+
+    def refuse(self, key, value):
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a readonly "
+                                                                                    "database"))
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", refuse)
+    with pytest.raises(studies.StudyError, match=r"cannot write to storage .*x.db: attempt to write a readonly "
+                                                 r"database: make the database writable"):
+        studies.record_export(url, "x", tmp_path / "best.yaml", 0)

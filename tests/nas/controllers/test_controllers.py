@@ -17,7 +17,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from nas.controllers import (
-    CONTROLLERS, DistinctSampler, PolicyGradientSampler, RegularizedEvolutionSampler, distributions, make_sampler,
+    CONTROLLERS,
+    DistinctSampler,
+    PolicyGradientSampler,
+    RegularizedEvolutionSampler,
+    distributions,
+    make_sampler,
 )
 from search_spaces.presets import get_space
 from search_spaces.space import SearchSpace
