@@ -1,15 +1,16 @@
-"""The ``nas`` command: inspect specs and spaces, scale architectures, benchmark and proxy-train them.
+"""The ``nas`` command: inspect specs and spaces, scale architectures, benchmark and proxy-train them, run a search
+and read its study.
 
 Every command that takes a spec takes a preset name (``efficientnetv2-s``) or a spec file path; every command
 that takes a space takes a shipped space name (``tiny``) or a space file path. Errors print one line naming the
-problem and exit with status 2.
+problem and exit with status 2. This module parses (:mod:`nas.parser`), calls the library and prints: it imports
+no Optuna, and no torch until a command needs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import random
@@ -17,26 +18,24 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
-from nas.scaling import IMAGE_SIZE_DIVISOR, V2_MAX_IMAGE_SIZE, compound_scale, scale
+from nas.outputs import best_spec_path, default_storage_url, report_directory, trial_spec_name
+from nas.parser import EXIT_USAGE, IMAGENET_CLASSES, RECIPE_FLAGS, SEARCH_OVERRIDES, build_parser
+from nas.scaling import V2_MAX_IMAGE_SIZE, compound_coefficients, compound_scale, image_size_rounding, scale
 from search_spaces import presets
+from search_spaces.checks import check_int
 from search_spaces.files import LockHeldError, check_output
 from search_spaces.io import dump_spec, spec_to_yaml, timm_arch_def
 from search_spaces.spec import ArchSpec, SpecError
 
-if TYPE_CHECKING:
-    from nas.campaign import CampaignConfig
-
 EXIT_FAILED = 1  # a run that started and failed
-EXIT_USAGE = 2  # refused input: a one-line error, nothing done
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 # The reader of the output went away (128 + SIGPIPE): what a shell reports for `git log | head`'s git, so that
 # `set -o pipefail` treats nas as it treats other tools, and a script can tell a cut-short output from a whole one.
 EXIT_BROKEN_PIPE = 141
 MAX_SAMPLES = 100_000
-IMAGENET_CLASSES = 1000  # the classifier --num-classes counts by default: the papers' parameter counts are ImageNet's
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -151,22 +150,20 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def _image_sizes_note(spec: ArchSpec, scaled: ArchSpec, args: argparse.Namespace) -> str | None:
     """Why ``scaled`` trains at another image size than it evaluates at, in a few words (None when they agree),
-    following :func:`nas.scaling.scale`'s rule: with ``--image-size`` the eval size is the one given and the train
-    size keeps the spec's train/eval ratio, rounded to a multiple of 8; with ``--phi`` both of the spec's sizes
-    grow by gamma^phi and are rounded to multiples of 8; ``--v2-rules`` caps both at 480px."""
+    with :mod:`nas.scaling`'s own numbers: its resolution coefficient, its rounding and its V2 cap."""
     train, evaluation = scaled.train_image_size, scaled.eval_image_size
     if train == evaluation:
         return None
     old_train, old_eval = spec.train_image_size, spec.eval_image_size
     if args.phi is not None:
+        growth = compound_coefficients(args.phi, args.alpha, args.beta, args.gamma).resolution
         why = (f"train {train}px and eval {evaluation}px are the spec's {old_train} and {old_eval}px times gamma^phi "
-               f"= {args.gamma:g}^{args.phi:g} = {args.gamma ** args.phi:.4g}, each rounded to a multiple of "
-               f"{IMAGE_SIZE_DIVISOR}")
+               f"= {args.gamma:g}^{args.phi:g} = {growth:.4g}, each {image_size_rounding()}")
     elif args.image_size is None:
         why = f"the spec's own train and eval sizes, {old_train} and {old_eval}px"
     else:
         why = (f"eval {args.image_size}px as given (--image-size); train {train}px = {args.image_size} x "
-               f"{old_train}/{old_eval} (the spec's train/eval ratio) rounded to a multiple of {IMAGE_SIZE_DIVISOR}")
+               f"{old_train}/{old_eval} (the spec's train/eval ratio) {image_size_rounding()}")
     if args.v2_rules and V2_MAX_IMAGE_SIZE in (train, evaluation):
         why += f"; then capped at {V2_MAX_IMAGE_SIZE}px (--v2-rules)"
     if old_train < old_eval:
@@ -187,8 +184,7 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
         raise ValueError("--family and --search-coefficients write files: give -o DIRECTORY")
     if args.width is not None or args.depth is not None or args.phi is not None:
         raise ValueError("--family and --search-coefficients take --alpha/--beta/--gamma, not --width/--depth/--phi")
-    if args.family is not None and args.family < 1:
-        raise ValueError(f"--family must be >= 1, got {args.family}")
+    check_int("--family", args.family, 1, optional=True)
     phis = range(1, (args.family or 1) + 1)
     paths = family_paths(spec, directory, phis, force=args.force)  # checked before any training
     alpha, beta, gamma = args.alpha, args.beta, args.gamma
@@ -210,18 +206,16 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
 
 
 def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Path) -> tuple[float, float, float]:
-    from nas.coefficient_search import save_coefficients, search_coefficients
-    from nas.data import load_data
-    from nas.measure import resolve_device
+    """Runs :func:`nas.coefficient_search.search_and_save_coefficients`, printing its progress on stderr and every
+    grid point's result as a table; returns the winning (alpha, beta, gamma)."""
+    from nas.coefficient_search import search_and_save_coefficients
     from nas.recipe import TrainConfig
-    from nas.scaling import coefficient_grid
 
-    grid = coefficient_grid(step=args.grid_step)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
-    resolve_device(config.device)  # a device this machine lacks is refused before the data loads
-    data = load_data(args.data, seed=args.seed)
-    print(f"coefficient search at phi = 1: {len(grid)} grid points, {args.epochs} epoch(s) each on {data.name}",
-          file=sys.stderr)
+
+    def started(points: int, data: Any) -> None:
+        print(f"coefficient search at phi = 1: {points} grid points, {args.epochs} epoch(s) each on {data.name}",
+              file=sys.stderr)
 
     def show(trial: Any) -> None:
         c, result = trial.coefficients, trial.result
@@ -229,9 +223,8 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Pa
         print(f"  alpha {c.depth:.2f} beta {c.width:.2f} gamma {c.resolution:.2f}  {trial.image_size}px  {outcome}",
               file=sys.stderr, flush=True)
 
-    best, trials = search_coefficients(spec, data, config, grid, on_trial=show)
-    if best is None:
-        raise ValueError("every grid point failed; see the reasons above")
+    best, trials = search_and_save_coefficients(spec, args.data, config, directory, grid_step=args.grid_step,
+                                                on_start=started, on_trial=show)
     rows = [
         [f"{t.coefficients.depth:.2f}", f"{t.coefficients.width:.2f}", f"{t.coefficients.resolution:.2f}",
          f"{t.coefficients.depth * t.coefficients.width**2 * t.coefficients.resolution**2:.3f}",
@@ -242,7 +235,6 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Pa
         for t in trials
     ]
     print(format_table(["alpha", "beta", "gamma", "a*b^2*g^2", "params", "px", "accuracy", "S (ms)", ""], rows))
-    save_coefficients(directory, best, data, config)
     return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
 
 
@@ -263,17 +255,16 @@ def _write_spec(spec: ArchSpec, output: Path | None, *, force: bool) -> bool:
 def _output_path(flag: str, value: str | Path, *, directory: bool | None = None) -> Path:
     """``value`` as a path to write, anywhere the user can write (a path the user types is theirs; DESIGN.md).
 
-    Every file or directory a command writes (``-o``, ``--export``, ``--save``, ``--checkpoint``,
-    ``--export-onnx``) goes through here before any work starts, so that a parent that is a file is refused
-    at once; ``--force`` for an existing file is checked by the command. Safety from planted links comes from
-    :func:`search_spaces.files.write_file`, not from confinement.
+    Every file or directory a command writes (``-o``, ``--export``; ``nas train``'s outputs in
+    :class:`nas.train.TrainPreflight`) goes through :func:`~search_spaces.files.check_output` before any work
+    starts, so that a parent that is a file is refused at once; ``--force`` for an existing file is checked by the
+    command. Safety from planted links comes from :func:`search_spaces.files.write_file`, not from confinement.
     """
     return check_output(value, flag=flag, force=True, directory=directory)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    if not 0 <= args.sample <= MAX_SAMPLES:
-        raise ValueError(f"--sample must be in [0, {MAX_SAMPLES}], got {args.sample}")
+    check_int("--sample", args.sample, 0, MAX_SAMPLES)
     space = presets.get_space(args.space)
     rng = random.Random(args.seed)
     samples = [space.sample(rng) for _ in range(args.sample)]
@@ -385,64 +376,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_relative(spec: Any, result: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """S/S0 of ``spec`` against ``--relative-to`` at the settings just benchmarked, paired as a campaign times it,
-    inside the device's timing lock; read from and added to ``--storage``'s step-time cache when given."""
+def _bench_relative(spec: ArchSpec, result: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """S/S0 of ``spec`` against ``--relative-to`` at the settings just benchmarked, as a campaign measures it
+    (:func:`nas.timing.relative_step_time`, with ``--storage``'s step-time cache when given)."""
     from nas.measure import resolve_device
     from nas.recipe import TimingConfig
-    from nas.step_cache import StepTimeCache, cache_key
-    from nas.storage import make_storage, storage_errors
-    from nas.timing import DeviceLock, time_relative
+    from nas.timing import relative_step_time
 
     reference = presets.resolve_spec(args.relative_to)
     settings = TimingConfig(image_size=result.image_size, batch_size=result.batch_size, amp=args.amp,
                             channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
                             pairs=args.repeats)
-    key = cache_key(spec, reference, result.device, settings.to_dict())
-    cache = None
-    if args.storage is not None:
-        with storage_errors(args.storage, "open"):
-            cache = StepTimeCache(make_storage(args.storage))
-            entry = cache.get(key)
-        if entry is not None:
-            return {"reference": reference.name or args.relative_to, "cached": True, "pairs": None, **entry}
-    device = resolve_device(args.device)
-    with DeviceLock(device):
-        paired = time_relative(spec, reference, settings, device=device, num_classes=args.num_classes,
-                               in_channels=result.in_channels)
-    measured = {"step_time_ratio": paired.ratio, "step_time_ratio_iqr": paired.ratio_iqr,
-                "step_time_s": paired.step_time_s, "reference_step_time_s": paired.reference_step_time_s}
-    if cache is not None:
-        with storage_errors(args.storage, "write to"):
-            cache.put(key, measured)
-    return {"reference": reference.name or args.relative_to, "cached": False, "pairs": paired.pairs, **measured}
+    relative = relative_step_time(spec, reference, settings, device=resolve_device(args.device),
+                                  num_classes=args.num_classes, in_channels=result.in_channels,
+                                  storage_url=args.storage)
+    return {"reference": reference.name or args.relative_to, "cached": relative.cached, "pairs": relative.pairs,
+            **relative.measurement()}
+
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts: a device
-    this machine does not have, the checkpoint (one that exists without --resume or --force; one to resume that is
-    missing, not one, of another spec, recipe or data), a checkpoint another ``nas train`` holds, data the spec
-    cannot train on; exit 1 is for a run that started and failed. Ctrl-C ends with one line: what was saved and
-    the command that continues the run (exit 130)."""
-    import contextlib
-
+    """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts
+    (:class:`nas.train.TrainPreflight`); exit 1 is for a run that started and failed. Ctrl-C ends with one line:
+    what was saved and the command that continues the run (exit 130)."""
     from nas.data import load_data
-    from nas.measure import resolve_device
+    from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
-    from nas.train import (
-        check_checkpoint_data,
-        check_data,
-        evaluation_image_size,
-        read_checkpoint,
-        save_run,
-        train_and_evaluate,
-    )
-    from search_spaces.files import FileLock
+    from nas.train import TrainPreflight, evaluation_image_size, save_run, train_and_evaluate
 
     spec = presets.resolve_spec(args.spec)
     progressive = None
     if args.progressive:
-        from nas.progressive import ProgressiveConfig
-
         progressive = ProgressiveConfig(
             num_stages=args.stages,
             image_size=tuple(args.image_size_range),
@@ -450,19 +413,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             randaugment_magnitude=tuple(args.randaugment_range),
             mixup_alpha=tuple(args.mixup_range),
         )
-    config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in _RECIPE_FLAGS})
-    resolve_device(config.device)  # a device this machine lacks is refused before the data loads
-    if args.resume and args.checkpoint is None:
-        raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
-    if args.force and args.checkpoint is None:
-        raise ValueError("--force starts an existing --checkpoint over: give --checkpoint PATH")
-    if args.force and args.resume:
-        raise ValueError("--resume continues the --checkpoint's run and --force starts it over: give one of them")
-    save = _output_path("--save", args.save, directory=True) if args.save else None
-    checkpoint = _output_path("--checkpoint", args.checkpoint, directory=False) if args.checkpoint else None
-    onnx_output = _output_path("--export-onnx", args.export_onnx, directory=False) if args.export_onnx else None
-    if onnx_output is not None and save is None:
-        raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
+    config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in RECIPE_FLAGS})
+    preflight = TrainPreflight(spec, config, checkpoint=args.checkpoint or None, resume=args.resume,
+                               force=args.force, save=args.save or None, export_onnx=args.export_onnx or None)
     saved_epochs: list[int] = []  # the epochs this run wrote to the checkpoint, for the line after Ctrl-C
 
     def on_epoch(stats: Any) -> None:
@@ -470,44 +423,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.json:
             _print_epoch(stats)
 
+    def load() -> Any:
+        return load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
+
     try:
-        with contextlib.ExitStack() as held:
-            # One run owns a checkpoint: a second is refused, naming this one's host and pid. (A --resume whose
-            # directory is missing has no checkpoint to resume, which read_checkpoint says without creating it.)
-            if checkpoint is not None and (not args.resume or checkpoint.parent.is_dir()):
-                checkpoint.parent.mkdir(parents=True, exist_ok=True)
-                held.enter_context(FileLock(checkpoint, what="checkpoint"))
-            if checkpoint is not None and checkpoint.exists() and not (args.resume or args.force):
-                raise FileExistsError(f"--checkpoint {checkpoint} exists: add --resume to continue its run, or "
-                                      "--force to start over (overwriting it)")
-            # Read before the data loads (tensors memory-mapped): a missing, foreign or mismatched checkpoint costs
-            # nothing.
-            saved = read_checkpoint(checkpoint, spec, config) if args.resume else None
-            data = load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
-            check_data(spec, config, data)
-            if saved is not None:
-                check_checkpoint_data(saved, checkpoint, spec, data)
-            if save is not None:
-                save.mkdir(parents=True, exist_ok=True)
+        with preflight.start(load) as data:
             if not args.json:
-                print(f"training {spec.name or args.spec} on {data.name}: {len(data.train_labels):,} train / "
-                      f"{len(data.val_labels):,} hold-out images, {data.in_channels} channel(s), {data.num_classes} "
-                      "classes, " + (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in "
-                                     f"{progressive.num_stages} stages" if progressive
-                                     else f"{config.image_size or data.image_size}px"), file=sys.stderr)
+                print(_training_line(spec.name or args.spec, data, config), file=sys.stderr)
                 print(_recipe_line(config, data), file=sys.stderr)
-            result = train_and_evaluate(
-                spec, data, config, on_epoch=on_epoch, checkpoint=checkpoint, resume=args.resume,
-                weights=save / "weights.pt" if save is not None else None,
-            )
-            if save is not None and result.ok:
-                trained = save_run(save, spec, data, result)  # spec.yaml and result.json beside weights.pt
+            result = train_and_evaluate(spec, data, config, on_epoch=on_epoch, checkpoint=preflight.checkpoint,
+                                        weights=preflight.weights)
+            if preflight.save is not None and result.ok:
+                trained = save_run(preflight.save, spec, data, result)  # spec.yaml and result.json beside the weights
                 if not args.json:
-                    print(f"saved the trained weights, the spec and the result to {save}", file=sys.stderr)
-                if onnx_output is not None:
-                    _export_onnx(trained, data.num_classes, data.in_channels, save / "weights.pt", onnx_output,
+                    print(f"saved the trained weights, the spec and the result to {preflight.save}", file=sys.stderr)
+                if preflight.onnx is not None:
+                    _export_onnx(trained, data.num_classes, data.in_channels, preflight.weights, preflight.onnx,
                                  evaluation_image_size(config, data.image_size))
     except KeyboardInterrupt:
+        checkpoint = None if preflight.checkpoint is None else preflight.checkpoint.path
         print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
@@ -515,6 +449,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _print_result(result)
     return 0 if result.ok else EXIT_FAILED
+
+
+def _training_line(name: str, data: Any, config: Any) -> str:
+    """What a run trains on: the data's split, channels and classes, and its image size or progressive schedule."""
+    progressive = config.progressive
+    size = (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in {progressive.num_stages} "
+            "stages" if progressive else f"{config.image_size or data.image_size}px")
+    return (f"training {name} on {data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} hold-out "
+            f"images, {data.in_channels} channel(s), {data.num_classes} classes, {size}")
 
 
 def _recipe_line(config: Any, data: Any) -> str:
@@ -547,15 +490,6 @@ def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_sa
     if not args.resume:
         command.append("--resume")
     return f"nas train: interrupted; {saved}; resume with: nas {shlex.join(command)}"
-
-
-# TrainConfig fields that `nas train` takes as flags of the same name (the flag's dest; --lr sets learning_rate).
-_RECIPE_FLAGS = (
-    "epochs", "image_size", "batch_size", "optimizer", "learning_rate", "warmup_steps", "weight_decay",
-    "label_smoothing", "augment",
-    "eval_image_size", "randaugment_magnitude", "mixup_alpha", "ema_decay", "amp", "channels_last", "compile", "seed",
-    "threads", "device",
-)
 
 
 def _export_onnx(
@@ -604,19 +538,13 @@ def _print_result(result: Any) -> None:
     print(format_table(["result", "value"], rows))
 
 
-_SEARCH_OVERRIDES = (
-    "space", "data", "trials", "epochs", "image_size", "batch_size", "controller", "storage", "study", "address",
-    "workers", "gpus_per_trial", "cpus_per_trial", "seed", "scheduler", "min_epochs", "reduction_factor",
-)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from nas.campaign import CampaignConfig, LockLostError, Terminated, load_campaign, run_campaign
 
     config = load_campaign(args.config) if args.config else CampaignConfig()
-    config = config.with_overrides({name: getattr(args, name) for name in _SEARCH_OVERRIDES})
+    config = config.with_overrides({name: getattr(args, name) for name in SEARCH_OVERRIDES})
     # Everything that can be refused is refused here, before a study, a directory or a Ray node exists.
-    output = _output_path("--export", args.export) if args.export else Path("runs") / f"{config.study}-best.yaml"
+    output = _output_path("--export", args.export) if args.export else best_spec_path(config.study)
     config.check_inputs()
     if args.executor == "local":
         from nas.local import LocalExecutor as Executor
@@ -635,7 +563,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(_finished_line(outcome.finished, outcome.budget, outcome.ran))
     if outcome.best_spec is not None:
         dump_spec(outcome.best_spec, output)
-        baseline_won = _record_export(config, output, outcome.best_trial)
+        baseline_won = _record_export(config.storage_url, config.study, output, outcome.best_trial)
         blocks = " ".join(outcome.best_spec.block_strings)
         if baseline_won:
             print(f"best: trial {outcome.best_trial}, the baseline, reward {outcome.best_reward:.4f}: {blocks}")
@@ -663,27 +591,15 @@ def _finished_line(finished: int, budget: int, ran: int) -> str:
     return f"{finished}/{budget} trials finished ({ran} in this run)"
 
 
-def _record_export(config: CampaignConfig, path: Path, best_trial: int | None) -> bool | None:
-    """Records ``path``, made absolute, as the study's :data:`~nas.records.EXPORTED_SPEC` (the report shows where
-    the winner's spec is) and says whether ``best_trial`` is the baseline, which no candidate then beat.
-
-    The study is opened again, for writing, after the campaign released it. The spec is already written: a storage
-    that refuses the attribute is a warning on stderr, not a failed search; None when the study could not tell.
-    """
-    import optuna
-
-    from nas import records
-    from nas.storage import StudyError, make_storage, storage_errors
+def _record_export(storage_url: str, study: str, path: Path, best_trial: int | None) -> bool | None:
+    """Records where the best spec was written in the study (:func:`nas.study.record_export`) and says whether
+    ``best_trial`` is the baseline. The spec is already written: a storage that refuses is a warning on stderr, not
+    a failed search; None when the study could not tell."""
+    from nas.storage import StudyError
+    from nas.study import record_export
 
     try:
-        with storage_errors(config.storage_url, "write to"):
-            study = optuna.load_study(study_name=config.study, storage=make_storage(config.storage_url))
-            study.set_user_attr(records.EXPORTED_SPEC, str(path.resolve()))
-            baseline = records.study_baseline(study.user_attrs)
-            if baseline is not None:
-                return best_trial == baseline.trial
-            trial = next((trial for trial in study.get_trials(deepcopy=False) if trial.number == best_trial), None)
-            return trial is not None and trial.user_attrs.get(records.ROLE) == records.ROLE_BASELINE
+        return record_export(storage_url, study, path, best_trial)
     except StudyError as error:
         print(f"nas search: warning: the study does not record where the best spec was written: {error}",
               file=sys.stderr)
@@ -691,8 +607,6 @@ def _record_export(config: CampaignConfig, path: Path, best_trial: int | None) -
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from nas.storage import default_storage_url
-
     return args.storage or default_storage_url(args.study)
 
 
@@ -740,13 +654,12 @@ def cmd_best(args: argparse.Namespace) -> int:
     from nas.trials import TrialQuery, best_trials, pareto_front, trials_frame
 
     query = TrialQuery.parse(args.filter, args.sort, args.descending)
-    if args.k < 1:
-        raise ValueError(f"-k must be >= 1, got {args.k}")
+    check_int("-k", args.k, 1)
     study = _open_study(args)
     if args.pareto:
         _print_frame(query.apply(trials_frame(study, pareto_front(study))), args.format)
     else:  # every complete trial by reward, so that the filters pick the best k among the trials they keep
-        ranked = best_trials(study, len(study.get_trials(deepcopy=False)))
+        ranked = best_trials(study, None)
         _print_frame(query.apply(trials_frame(study, ranked), limit=args.k), args.format)
     return 0
 
@@ -754,7 +667,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from nas.report import write_report
 
-    output = _output_path("-o", args.output or f"runs/{args.study}-report")
+    output = _output_path("-o", args.output or report_directory(args.study))
     report = write_report(_open_study(args), output, force=args.force)
     for name, reason in report.not_drawn.items():
         print(f"figure {name} not drawn: {reason}", file=sys.stderr)
@@ -768,7 +681,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     output = _output_path("-o", args.output) if args.output is not None else None
     trial = trial_to_export(_open_study(args), args.trial)
-    spec = dataclasses.replace(trial_spec(trial), name=args.name or f"{args.study}-trial{trial.number}")
+    spec = dataclasses.replace(trial_spec(trial), name=args.name or trial_spec_name(args.study, trial.number))
     if args.format == "timm":
         blocks = "\n".join(f"    [{block!r}]," for block in timm_arch_def(spec))
         print(f"# {spec.name}: timm EfficientNet arch_def; stem_size={spec.stem_channels}, "
@@ -779,390 +692,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="study name (the campaign's study setting)")
-    parser.add_argument("--storage", help="Optuna storage URL: sqlite:///PATH, postgresql://..., or journal:PATH "
-                                          "(default: sqlite:///runs/STUDY.db, relative to the working directory)")
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default where it has one (not for flags that are off, nor options whose
-    default is None, whose help says what happens without them) and its help does not say it already."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (not action.option_strings or "(default" in text or default is None or default is False
-                or default is argparse.SUPPRESS or default == []):
-            return text
-        shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-class _SearchHelpFormatter(_HelpFormatter):
-    """``nas search``'s help: a flag not given keeps the --config file's value, else the campaign's built-in
-    default, which is read here, when help is printed, so that building the parser never imports the campaign."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = super()._get_help_string(action)
-        if action.dest not in _SEARCH_OVERRIDES or "(default" in text:
-            return text
-        from nas.campaign import SCHEDULER_OVERRIDES, CampaignConfig
-
-        config = CampaignConfig()
-        if action.dest in SCHEDULER_OVERRIDES:
-            value = getattr(config.scheduler, SCHEDULER_OVERRIDES[action.dest])
-        elif hasattr(config, action.dest):
-            value = getattr(config, action.dest)
-        else:
-            value = getattr(config.train, action.dest)
-        return f"{text} (default: the --config file's, else {value})"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with this command's manners: a usage error is one line plus where the options are listed (the full
-    usage only with --help), and a mistyped command, choice or flag gets the nearest valid one suggested."""
-
-    def __init__(self, *args: Any, formatter_class: type[argparse.HelpFormatter] = _HelpFormatter,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
-        self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, by name
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
-
-    def _check_value(self, action: argparse.Action, value: Any) -> None:
-        # argparse's check of a command or --choice value; a mistyped one is told the nearest choice.
-        try:
-            super()._check_value(action, value)
-        except argparse.ArgumentError as error:
-            close = difflib.get_close_matches(str(value), [str(choice) for choice in action.choices or ()], n=1)
-            if not close:
-                raise
-            raise argparse.ArgumentError(action, f"{error.message}; did you mean {close[0]}?") from None
-
-    def refuse_unknown(self, arguments: Sequence[str]) -> NoReturn:
-        """Refuses arguments this command does not take, with the nearest option for each mistyped flag."""
-        options = [option for action in self._actions for option in action.option_strings]
-        guesses = {
-            argument: close[0] for argument in arguments if argument.startswith("-")
-            for close in [difflib.get_close_matches(argument.split("=", 1)[0], options, n=1)] if close
-        }
-        if len(guesses) == 1:
-            hint = f"; did you mean {next(iter(guesses.values()))}?"
-        elif guesses:
-            hint = f"; did you mean {', '.join(f'{close} (for {typed})' for typed, close in guesses.items())}?"
-        else:
-            hint = ""
-        self.error(f"unrecognized arguments: {' '.join(arguments)}{hint}")
-
-
-DESCRIPTION = ("Training-aware neural architecture search (EfficientNetV2): inspect specs and search spaces, scale "
-               "architectures, benchmark and proxy-train them, run a search and read, export and report its study. "
-               "A spec is a preset name or a spec file; a space is a shipped space name or a space file.")
-
-
-def build_parser() -> _Parser:
-    from nas.controller_names import CONTROLLERS  # not nas.controllers: building the parser imports no Optuna
-    from nas.halving import SCHEDULERS
-    from nas.progressive import ProgressiveConfig
-    from nas.recipe import AUGMENT_CHOICES, OPTIMIZERS, TrainConfig
-    from nas.sources import DEFAULT_IMAGEFOLDER_SIZE
-
-    recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
-    spec_help = f"a spec file or a preset: {', '.join(presets.names())}"
-    resized = f"imagefolder's images are resized to {DEFAULT_IMAGEFOLDER_SIZE}px unless --image-size says otherwise"
-    parser = _Parser(prog="nas", description=DESCRIPTION, epilog="Run nas COMMAND --help for a command's options.")
-    parser.add_argument("--version", action="version", version=f"nas {_version()}",
-                        help="print the installed version of training-aware-nas and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parser.commands = commands.choices
-
-    show = commands.add_parser(
-        "show", help="print a spec's stages, parameters and FLOPs",
-        description="Print a spec's stages (block string, channels, layers and parameters of each), its parameter "
-                    "count for --num-classes outputs (ImageNet's 1000 unless given) and its FLOPs (multiply-adds) at "
-                    "its eval image size, counted from the spec without building the network.",
-    )
-    show.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
-    show.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
-                      help=f"classifier outputs the parameter count is for (default: {IMAGENET_CLASSES}, ImageNet's, "
-                           "as in the papers; a search counts for its data's classes, e.g. 10 for CIFAR-10)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(handler=cmd_show)
-
-    scale_parser = commands.add_parser(
-        "scale", help="scale a spec in width, depth and resolution",
-        description="Scale a spec by explicit multipliers (--width/--depth) or by compound coefficient --phi; "
-                    "--family N writes one spec per phi = 1..N, --search-coefficients first grid-searches alpha, "
-                    "beta and gamma with the proxy trainer.",
-    )
-    scale_parser.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
-    scale_parser.add_argument("--width", type=float, help="channel multiplier (default: 1 when --depth is given)")
-    scale_parser.add_argument("--depth", type=float, help="layer multiplier (default: 1 when --width is given)")
-    scale_parser.add_argument("--image-size", type=int,
-                              help="new eval image size, with --width/--depth (default: the spec's)")
-    scale_parser.add_argument("--round-limit", type=float,
-                              help="channel rounding guard: 0.9 EfficientNet, 0 V2 (default: the spec's)")
-    scale_parser.add_argument("--phi", type=float, help="compound coefficient: depth alpha^phi, width beta^phi, "
-                                                        "resolution gamma^phi")
-    scale_parser.add_argument("--alpha", type=float, default=1.2, help="depth base")
-    scale_parser.add_argument("--beta", type=float, default=1.1, help="width base")
-    scale_parser.add_argument("--gamma", type=float, default=1.15, help="resolution base")
-    scale_parser.add_argument("--v2-rules", action="store_true",
-                              help=f"EfficientNetV2 rules: image size capped at {V2_MAX_IMAGE_SIZE}, "
-                                   "extra depth to later stages")
-    scale_parser.add_argument("--name", help="name of the new spec (default: the spec's, with the multipliers or phi)")
-    scale_parser.add_argument("-o", "--output", help="write the spec here (default: print YAML)")
-    scale_parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    scale_parser.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
-                              help=f"classifier outputs the parameter count is for (default: {IMAGENET_CLASSES}, "
-                                   "ImageNet's)")
-    scale_parser.add_argument("--family", type=int, metavar="N",
-                              help="write one spec per phi = 1..N into the -o directory, with a table")
-    scale_parser.add_argument("--search-coefficients", action="store_true",
-                              help="grid-search alpha, beta, gamma at phi = 1 with the proxy trainer (needs --data)")
-    scale_parser.add_argument("--data", default="synthetic", help="data for --search-coefficients")
-    scale_parser.add_argument("--epochs", type=int, default=3, help="proxy epochs per grid point")
-    scale_parser.add_argument("--batch-size", type=int, default=128, help="images per step of the proxy training")
-    scale_parser.add_argument("--grid-step", type=float, default=0.1, help="step of the coefficient grid")
-    scale_parser.add_argument("--seed", type=int, default=0, help="seed of the proxy training and its data split")
-    scale_parser.add_argument("--device", default="auto", help="device of the proxy training: auto, cpu, cuda, "
-                                                               "cuda:N or mps")
-    scale_parser.set_defaults(handler=cmd_scale)
-
-    space = commands.add_parser(
-        "space", help="print a search space's choices and size, or samples from it",
-        description="Print a search space's backbone, its per-stage choices (op, layers, kernel, expansion) and its "
-                    "size; --sample N also prints N candidates drawn from it as block strings.",
-    )
-    space.add_argument("space", metavar="SPACE", help=f"a space file or one of: {', '.join(presets.space_names())}")
-    space.add_argument("--sample", type=int, default=0, metavar="N", help="print N sampled candidates")
-    space.add_argument("--seed", type=int, default=0, help="seed for --sample")
-    space.add_argument("--json", action="store_true", help="machine-readable output")
-    space.set_defaults(handler=cmd_space)
-
-    bench = commands.add_parser(
-        "bench", help="measure a spec's training step time on a device",
-        description="Time a spec's full training step (forward, backward, optimizer: nas train's default recipe) "
-                    "on a device with the one timing protocol: warm-up steps excluded, the median of timed windows.",
-    )
-    bench.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
-    _add_device_arguments(bench)
-    bench.add_argument("--batch-size", type=int, default=32, help="images per step")
-    bench.add_argument("--image-size", type=int, help="image size (default: the spec's train image size)")
-    bench.add_argument("--in-channels", type=int, metavar="N",
-                       help="input image channels, 1 grayscale or 3 RGB (default: 3, or the spec's in_channels)")
-    bench.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
-                       help=f"classifier outputs (default: {IMAGENET_CLASSES}, ImageNet's)")
-    bench.add_argument("--warmup", type=int, default=recipe["timing_warmup"], help="untimed steps before timing")
-    bench.add_argument("--repeats", type=int, default=recipe["timing_repeats"],
-                       help="timed windows; the median is reported")
-    bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
-    bench.add_argument("--relative-to", metavar="SPEC_OR_PRESET",
-                       help="also estimate S/S0 against this reference (a campaign's baseline) from --repeats "
-                            "interleaved pairs of windows, as a campaign's reward does, with its spread")
-    bench.add_argument("--storage", metavar="URL",
-                       help="with --relative-to: read S/S0 from, and add it to, the step-time cache of this Optuna "
-                            "storage (a campaign's, e.g. sqlite:///runs/STUDY.db), keyed by both architectures, "
-                            "the device and the settings")
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.set_defaults(handler=cmd_bench)
-
-    train = commands.add_parser(
-        "train", help="proxy-train a spec and report accuracy, step time and size",
-        description="Train a spec on a data source and report hold-out accuracy, step time, parameters and FLOPs. "
-                    "--checkpoint saves every epoch (an existing one needs --resume to continue it or --force to "
-                    "start over), --save keeps the trained weights, --progressive trains in stages of growing "
-                    "image size and regularization.",
-    )
-    train.add_argument("spec", metavar="SPEC_OR_PRESET", help=spec_help)
-    train.add_argument("--data", default="synthetic",
-                       help=f"synthetic[:OPTIONS], cifar10:DIR, cifar100:DIR, npz:FILE or imagefolder:DIR ({resized}; "
-                            "the others keep their own size)")
-    train.add_argument("--epochs", type=int, default=recipe["epochs"], help="training epochs")
-    train.add_argument("--image-size", type=int,
-                       help=f"training image size (default: the data's own; {DEFAULT_IMAGEFOLDER_SIZE} for imagefolder)")
-    train.add_argument("--batch-size", type=int, default=recipe["batch_size"],
-                       help="images per step (default: auto, the largest power of two from 16 to 128 that gives at "
-                            "least 200 steps per epoch; README, Proxy training)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=recipe["optimizer"], help="optimizer")
-    train.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=recipe["learning_rate"],
-                       help="peak learning rate (default: auto, 0.1 for sgd, 0.001 for adamw, 0.008 for rmsprop at "
-                            "batch 128, scaled linearly with the batch)")
-    train.add_argument("--warmup-steps", type=int, default=recipe["warmup_steps"],
-                       help="optimizer steps over which the learning rate rises linearly (default: auto, 5%% of the "
-                            "run's steps)")
-    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"], help="weight decay")
-    train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"],
-                       help="label smoothing of the loss")
-    train.add_argument("--augment", choices=AUGMENT_CHOICES, default=recipe["augment"],
-                       help="augmentation of the training images: auto is crop_flip where the data's mirror images "
-                            "keep their labels (CIFAR, image folders, npz:FILE?flip=yes), else crop")
-    train.add_argument("--eval-image-size", type=int, help="evaluation image size (default: the last training size)")
-    train.add_argument("--randaugment", dest="randaugment_magnitude", type=float,
-                       default=recipe["randaugment_magnitude"], metavar="M",
-                       help="RandAugment magnitude 0-30 for a fixed-size run, 0 off")
-    train.add_argument("--mixup", dest="mixup_alpha", type=float, default=recipe["mixup_alpha"], metavar="ALPHA",
-                       help="mixup alpha, 0 off")
-    progressive = train.add_argument_group(
-        "progressive learning", "EfficientNetV2 Algorithm 1: M stages, image size and regularization growing "
-                                "linearly from MIN to MAX (defaults: the paper's Table 6 for EfficientNetV2-S)")
-    progressive.add_argument("--progressive", action="store_true", help="train in stages of growing size")
-    progressive.add_argument("--stages", type=int, default=table6["num_stages"], help="number of stages M")
-    for flag, name, kind, what in (("--image-size-range", "image_size", int, "image size"),
-                                   ("--dropout-range", "dropout", float, "dropout rate"),
-                                   ("--randaugment-range", "randaugment_magnitude", float, "RandAugment magnitude"),
-                                   ("--mixup-range", "mixup_alpha", float, "mixup alpha")):
-        progressive.add_argument(flag, type=kind, nargs=2, default=table6[name], metavar=("MIN", "MAX"),
-                                 help=f"{what} of the first and the last stage")
-    train.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY",
-                       help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
-    train.add_argument("--checkpoint", help="write the full training state here after every epoch; one run at a "
-                                            "time owns it (a second is refused, naming the first's host and pid)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from --checkpoint, which must exist (same spec, recipe and data)")
-    train.add_argument("--force", action="store_true",
-                       help="start over: overwrite an existing --checkpoint instead of refusing")
-    train.add_argument("--save", metavar="DIR", help="write weights.pt, spec.yaml and result.json into DIR")
-    train.add_argument("--export-onnx", metavar="PATH", help="also write the trained network as ONNX (needs --save "
-                                                              "and the onnx extra); checked against PyTorch")
-    train.add_argument("--val-fraction", type=float, default=0.1,
-                       help="share of the training data held out for accuracy")
-    train.add_argument("--seed", type=int, default=recipe["seed"],
-                       help="seed of the hold-out split, the initial weights and the augmentation")
-    _add_device_arguments(train)
-    train.add_argument("--json", action="store_true", help="machine-readable output")
-    train.set_defaults(handler=cmd_train)
-
-    search = commands.add_parser(
-        "search", help="run or resume a training-aware architecture search", formatter_class=_SearchHelpFormatter,
-        description="Run (or resume) a search campaign. Settings come from --config (a campaign YAML) and any "
-                    "flag given overrides its field; without --config the built-in defaults apply.",
-    )
-    search.add_argument("--config", help="campaign file, e.g. experiments/cpu-demo.yaml (default: none, the "
-                                         "built-in settings)")
-    search.add_argument("--space", help="space name or file")
-    search.add_argument("--data", help=f"data source, as for nas train ({resized})")
-    search.add_argument("--trials", type=int, help="finished trials wanted in the study (baseline included)")
-    search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
-    search.add_argument("--image-size", type=int,
-                        help="proxy image size (default: the --config file's, else the data's)")
-    search.add_argument("--batch-size", type=int, help="images per proxy-training step")
-    search.add_argument("--controller", choices=CONTROLLERS, help="what proposes the candidates")
-    search.add_argument("--storage", help="Optuna storage URL (default: the --config file's, else "
-                                          "sqlite:///runs/STUDY.db)")
-    search.add_argument("--study", help="study name")
-    search.add_argument("--address", help="Ray cluster address, 'auto' or HOST:PORT (default: the --config file's, "
-                                          "else start a local Ray)")
-    search.add_argument("--workers", type=int, help="trials at once")
-    search.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, a fraction shares one (default: the "
-                                                             "--config file's, else 1 when there are GPUs, else 0)")
-    search.add_argument("--cpus-per-trial", type=int, help="CPUs per trial")
-    search.add_argument("--seed", type=int, help="seed of the controller")
-    search.add_argument("--scheduler", choices=SCHEDULERS,
-                        help="successive halving: asha judges each trial after --min-epochs, then every "
-                             "--reduction-factor times as many epochs, and stops those behind; none trains every "
-                             "trial for all its epochs")
-    search.add_argument("--min-epochs", type=int, metavar="N", help="epochs before a trial's first rung (asha)")
-    search.add_argument("--reduction-factor", type=int, metavar="N",
-                        help="asha: the top 1/N of the rewards at a rung go on, and rungs are N times apart")
-    search.add_argument("--export", help="where to write the best spec (default: runs/STUDY-best.yaml)")
-    search.add_argument("--executor", choices=("ray", "local"), default="ray",
-                        help="ray: trials as Ray Tune trials, --workers at a time, on this machine or the cluster of "
-                             "--address; local: one trial at a time in this process, without Ray (for debugging)")
-    search.set_defaults(handler=cmd_search)
-
-    trials = commands.add_parser(
-        "trials", help="list a study's trials",
-        description="List a study's trials: state, role, reward, accuracy A, step time S, parameters P, their "
-                    "normalized values and the architecture. Reads the study only: it creates and changes nothing.",
-    )
-    _add_study_arguments(trials)
-    trials.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
-    _add_query_arguments(trials)
-    trials.set_defaults(handler=_reads_study(cmd_trials))
-
-    best = commands.add_parser(
-        "best", help="the best trials by reward, or the Pareto front over A, S and P",
-        description="List a study's best complete trials by reward, or with --pareto the trials no other beats on "
-                    "accuracy, step time and parameters at once. Reads the study only.",
-    )
-    _add_study_arguments(best)
-    best.add_argument("-k", type=int, default=5, help="how many")
-    best.add_argument("--pareto", action="store_true", help="the trials no other beats on accuracy, step time "
-                                                            "and parameters at once")
-    best.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
-    _add_query_arguments(best, ranking=" (with -k: the best k among the trials kept; with --pareto: the front's "
-                                       "trials that match)")
-    best.set_defaults(handler=_reads_study(cmd_best))
-
-    export = commands.add_parser(
-        "export", help="write a trial's architecture as a spec file",
-        description="Write a trial's architecture (the best complete trial unless --trial) as a spec file, print "
-                    "it as YAML, or print timm's arch_def for it. Reads the study only.",
-    )
-    _add_study_arguments(export)
-    export.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
-    export.add_argument("-o", "--output", help="spec file to write (default: print YAML)")
-    export.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    export.add_argument("--name", help="name of the exported spec (default: STUDY-trialN)")
-    export.add_argument("--format", choices=("yaml", "timm"), default="yaml",
-                        help="yaml: a spec file; timm: the equivalent timm arch_def block strings")
-    export.set_defaults(handler=_reads_study(cmd_export))
-
-    report = commands.add_parser(
-        "report", help="write an HTML report of a study, with figures",
-        description="Write DIR/report.html with PNG figures beside it (no network needed to view it): the "
-                    "optimization history by controller, accuracy against step time and parameters with the Pareto "
-                    "front, the top 10% of candidates' decisions per stage, the baseline and the winner, failures "
-                    "by reason, and the campaign's settings and device.",
-    )
-    _add_study_arguments(report)
-    report.add_argument("-o", "--output", metavar="DIR", help="directory to write (default: runs/STUDY-report)")
-    report.add_argument("--force", action="store_true", help="overwrite a report already in DIR")
-    report.set_defaults(handler=_reads_study(cmd_report))
-    return parser
-
-
-def _version() -> str:
-    """The installed distribution's version; a source tree that was never installed says so."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("training-aware-nas")
-    except PackageNotFoundError:
-        return "(not installed: run pip install -e .)"
-
-
-def _defaults(config: type) -> dict[str, Any]:
-    """The default of each field of a config dataclass: the CLI's defaults are its owners'."""
-    return {field.name: field.default for field in dataclasses.fields(config)}
-
-
-def _add_query_arguments(parser: argparse.ArgumentParser, ranking: str = "") -> None:
-    from nas.trials import FILTER_FIELDS, TABLE_COLUMNS
-
-    fields = "; ".join(f"{name}: {', '.join(values)}" for name, values in FILTER_FIELDS.items())
-    parser.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
-                        help=f"keep the trials whose FIELD is VALUE, in any case ({fields}); repeat it: filters on "
-                             f"one field are alternatives, on different fields all must hold{ranking}")
-    parser.add_argument("--sort", metavar="COLUMN", help="order the rows by COLUMN, smallest first, ties in the order "
-                                                         f"shown without it; one of: {', '.join(TABLE_COLUMNS)}")
-    parser.add_argument("--descending", action="store_true", help="with --sort: largest first (missing values "
-                                                                  "stay last)")
-
-
-def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    from nas.recipe import AMP_CHOICES
-
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                        help="autocast precision (default: auto = bf16 on CUDA, none on CPU)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="channels_last memory format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "show": cmd_show, "scale": cmd_scale, "space": cmd_space, "bench": cmd_bench, "train": cmd_train,
+    "search": cmd_search, "trials": _reads_study(cmd_trials), "best": _reads_study(cmd_best),
+    "export": _reads_study(cmd_export), "report": _reads_study(cmd_report),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1197,7 +731,7 @@ def _run(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.handler(args)
+        return _HANDLERS[args.command](args)
     except BrokenPipeError:
         raise  # an OSError, but no refused input: main ends quietly
     except _usage_errors() as error:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nas.data import ImageData
+from nas.data import ImageData, load_data
+from nas.measure import resolve_device
 from nas.recipe import TrainConfig
 from nas.records import EvalResult
-from nas.scaling import CompoundCoefficients, compound_scale, round_image_size
+from nas.scaling import CompoundCoefficients, coefficient_grid, compound_scale, round_image_size
 from nas.train import train_and_evaluate
 from search_spaces.files import write_file
 from search_spaces.spec import ArchSpec
@@ -60,6 +61,34 @@ def search_coefficients(
             on_trial(trial)
     successful = [trial for trial in trials if trial.result.ok]
     best = max(successful, key=lambda trial: trial.result.accuracy, default=None)
+    return best, trials
+
+
+def search_and_save_coefficients(
+    spec: ArchSpec,
+    data_source: str,
+    config: TrainConfig,
+    directory: Path,
+    *,
+    grid_step: float,
+    on_start: Callable[[int, ImageData], None] | None = None,
+    on_trial: Callable[[CoefficientTrial], None] | None = None,
+) -> tuple[CoefficientTrial, list[CoefficientTrial]]:
+    """``nas scale --search-coefficients``: proxy-trains ``spec`` at every point of a ``grid_step`` grid on the data
+    of ``data_source`` and saves the winner as ``directory/coefficients.json``; returns the best point and all.
+
+    A device this machine lacks is refused before the data loads. ``on_start(grid points, data)`` is told once
+    the data is loaded, ``on_trial`` after each point. Raises ``ValueError`` when every point failed.
+    """
+    resolve_device(config.device)
+    grid = coefficient_grid(step=grid_step)
+    data = load_data(data_source, seed=config.seed)
+    if on_start is not None:
+        on_start(len(grid), data)
+    best, trials = search_coefficients(spec, data, config, grid, on_trial=on_trial)
+    if best is None:
+        raise ValueError("every grid point failed; see the reasons above")
+    save_coefficients(directory, best, data, config)
     return best, trials
 
 

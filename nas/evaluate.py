@@ -18,13 +18,13 @@ from typing import Any, Callable
 import torch
 
 from nas.campaign import TrialPlan
-from nas.data import ImageData
 from nas.complexity import count_spec
+from nas.data import ImageData
 from nas.halving import Rungs
 from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device
 from nas.recipe import TrainConfig
 from nas.records import STATUS_FAILED, STATUS_PRUNED, EvalResult
-from nas.timing import DeviceLock, time_relative
+from nas.timing import DeviceLock, relative_step_time
 from nas.train import failure_reason
 from search_spaces.spec import ArchSpec
 
@@ -95,24 +95,24 @@ def _over_step_time(ratio: float, plan: TrialPlan) -> str | None:
 
 def _step_time(spec: ArchSpec, data: ImageData, train: TrainConfig, plan: TrialPlan, device: torch.device
                ) -> dict[str, Any]:
-    """The EvalResult fields of S: from the cache, timed against the reference, or (the baseline) timed alone."""
+    """The EvalResult fields of S: the entry the campaign read from its step-time cache (the driver owns the cache
+    and caches a new measurement through ``on_timed``), else timed against the reference, or (the baseline) timed
+    alone, inside the device's timing lock."""
     settings = plan.timing
     common = {"timing": settings.to_dict()}
     if plan.cached is not None:
         return {**common, **plan.cached, "timing_cached": True}
+    if plan.reference is not None:
+        paired = relative_step_time(spec, plan.reference, settings, device=device, num_classes=data.num_classes,
+                                    in_channels=data.in_channels, recipe=train)
+        return {**common, **paired.measurement(), "timing_cached": False}
     with DeviceLock(device):
-        if plan.reference is None:
-            alone = benchmark_spec(
-                spec, device=str(device), batch_size=settings.batch_size, image_size=settings.image_size,
-                in_channels=data.in_channels, num_classes=data.num_classes, amp=settings.amp,
-                channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
-                repeats=settings.pairs, min_window_s=settings.window_s, threads=train.threads, recipe=train,
-            )
-            return {**common, "step_time_s": alone.step.median_s, "step_time_iqr_s": alone.step.iqr_s,
-                    "step_time_ratio": 1.0, "step_time_ratio_iqr": 0.0, "reference_step_time_s": alone.step.median_s,
-                    "timing_cached": False}
-        paired = time_relative(spec, plan.reference, settings, device=device, num_classes=data.num_classes,
-                               in_channels=data.in_channels, recipe=train)
-    return {**common, "step_time_s": paired.step_time_s, "step_time_ratio": paired.ratio,
-            "step_time_ratio_iqr": paired.ratio_iqr, "reference_step_time_s": paired.reference_step_time_s,
+        alone = benchmark_spec(
+            spec, device=str(device), batch_size=settings.batch_size, image_size=settings.image_size,
+            in_channels=data.in_channels, num_classes=data.num_classes, amp=settings.amp,
+            channels_last=settings.channels_last, compile=settings.compile, warmup=settings.warmup,
+            repeats=settings.pairs, min_window_s=settings.window_s, threads=train.threads, recipe=train,
+        )
+    return {**common, "step_time_s": alone.step.median_s, "step_time_iqr_s": alone.step.iqr_s,
+            "step_time_ratio": 1.0, "step_time_ratio_iqr": 0.0, "reference_step_time_s": alone.step.median_s,
             "timing_cached": False}

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+from search_spaces.checks import check_real
 from search_spaces.io import dump_spec
 from search_spaces.spec import ArchSpec
 
@@ -38,10 +39,8 @@ def compound_coefficients(
     since then each phi step no longer doubles FLOPs.
     """
     for field, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 1.0):
-            raise ValueError(f"{field} must be a finite number >= 1, got {value!r}")
-    if not (isinstance(phi, (int, float)) and math.isfinite(phi) and 0 <= phi <= MAX_PHI):
-        raise ValueError(f"phi must be a number in [0, {MAX_PHI}], got {phi!r}")
+        check_real(field, value, 1)
+    check_real("phi", phi, 0, MAX_PHI)
     check_flops_constraint(alpha, beta, gamma, tolerance=tolerance)
     return CompoundCoefficients(depth=alpha**phi, width=beta**phi, resolution=gamma**phi)
 
@@ -93,10 +92,8 @@ def scale(
     - ``image_size`` is the new eval (inference) image size; the train size keeps the spec's train/eval ratio
       (rounded to a multiple of 8) unless ``train_image_size`` is given. Both are capped at ``max_image_size``.
     """
-    if not (isinstance(width_mult, (int, float)) and math.isfinite(width_mult) and width_mult > 0):
-        raise ValueError(f"width_mult must be a finite number > 0, got {width_mult!r}")
-    if not (isinstance(depth_mult, (int, float)) and math.isfinite(depth_mult) and depth_mult > 0):
-        raise ValueError(f"depth_mult must be a finite number > 0, got {depth_mult!r}")
+    check_real("width_mult", width_mult, 0, low_open=True)
+    check_real("depth_mult", depth_mult, 0, low_open=True)
     if depth_rule not in DEPTH_RULES:
         raise ValueError(f"depth_rule must be one of {DEPTH_RULES}, got {depth_rule!r}")
     limit = spec.round_limit if round_limit is None else round_limit
@@ -168,6 +165,11 @@ def round_image_size(size: float) -> int:
     return max(IMAGE_SIZE_DIVISOR, int(round(size / IMAGE_SIZE_DIVISOR)) * IMAGE_SIZE_DIVISOR)
 
 
+def image_size_rounding() -> str:
+    """How :func:`round_image_size` rounds every scaled image size, in words, for messages that explain one."""
+    return f"rounded to a multiple of {IMAGE_SIZE_DIVISOR}"
+
+
 def _scaled_depths(num_layers: list[int], depth_mult: float, depth_rule: str) -> list[int]:
     uniform = [math.ceil(depth_mult * layers) for layers in num_layers]
     if depth_rule == "uniform" or depth_mult <= 1.0:
@@ -190,8 +192,7 @@ def coefficient_grid(*, step: float = 0.05, max_alpha: float = 1.4, max_beta: fl
     For every ``(alpha, beta)`` on the grid, gamma is the grid value closest to ``sqrt(2 / (alpha * beta^2))``.
     Returned as ``CompoundCoefficients(depth=alpha, width=beta, resolution=gamma)``.
     """
-    if not 0 < step <= 0.5:
-        raise ValueError(f"step must be in (0, 0.5], got {step}")
+    check_real("step", step, 0, 0.5, low_open=True)
     grid = []
     alphas = [round(1 + step * i, 6) for i in range(int(round((max_alpha - 1) / step)) + 1)]
     betas = [round(1 + step * i, 6) for i in range(int(round((max_beta - 1) / step)) + 1)]

@@ -6,7 +6,9 @@ time drifts differently, so S/S0 from two separate measurements mixes architectu
 candidate (A) and the reference (B) are both resident and timed in interleaved windows in one process, pair after
 pair, alternating the order (A B, B A, A B, ...), so that a slowdown shared by both cancels in each pair's ratio
 and a linear drift cancels between the two orders (:func:`paired_ratio`). :func:`time_relative` assembles both
-training steps exactly as training and ``nas bench`` do and runs the pairs.
+training steps exactly as training and ``nas bench`` do and runs the pairs. :func:`relative_step_time` is the whole
+sequence every caller wants (``nas bench --relative-to``, a campaign's trial, the benchmarks): the step-time cache
+first, then the paired timing inside the device's lock, then the cache again with the new measurement.
 
 Timing windows never share a device, while proxy trainings may (fractional trials): :class:`DeviceLock` is the
 exclusive per-device lock, across the processes of one machine, that a timing holds.
@@ -31,9 +33,18 @@ from typing import Any, Callable
 import torch
 
 from nas.builder import build_model
-from nas.measure import BENCH_STEPS_PER_EPOCH, prepare_device, release_memory, time_window, timed_recipe
+from nas.measure import (
+    BENCH_STEPS_PER_EPOCH,
+    describe_device,
+    prepare_device,
+    release_memory,
+    time_window,
+    timed_recipe,
+)
 from nas.recipe import TimingConfig, TrainConfig
 from nas.step import build_training_step
+from nas.step_cache import StepTimeCache, cache_key
+from nas.storage import make_storage, storage_errors
 from search_spaces.checks import check_int, check_real
 from search_spaces.spec import ArchSpec
 
@@ -198,6 +209,65 @@ def _time_relative(
     labels = torch.randint(0, num_classes, (settings.batch_size,), device=device)
     return paired_ratio(lambda: candidate_step(images, labels), lambda: reference_step(images, labels), device,
                         warmup=settings.warmup, pairs=settings.pairs, min_window_s=settings.window_s)
+
+
+@dataclass(frozen=True)
+class RelativeStepTime:
+    """S/S0 as a trial records it (:class:`~nas.records.EvalResult`'s field names): the ratio and its spread, each
+    network's median seconds per step, and where it came from: ``cached`` (read from the step-time cache, then
+    ``pairs`` is None) or timed from ``pairs`` pairs of windows."""
+
+    step_time_ratio: float
+    step_time_ratio_iqr: float
+    step_time_s: float
+    reference_step_time_s: float
+    cached: bool = False
+    pairs: int | None = None
+
+    def measurement(self) -> dict[str, float]:
+        """The four measured fields, as the step-time cache and a trial's result keep them."""
+        return {"step_time_ratio": self.step_time_ratio, "step_time_ratio_iqr": self.step_time_ratio_iqr,
+                "step_time_s": self.step_time_s, "reference_step_time_s": self.reference_step_time_s}
+
+
+def relative_step_time(
+    spec: ArchSpec,
+    reference: ArchSpec,
+    settings: TimingConfig,
+    *,
+    device: torch.device,
+    num_classes: int,
+    in_channels: int,
+    recipe: TrainConfig | None = None,
+    storage_url: str | None = None,
+) -> RelativeStepTime:
+    """S/S0 of ``spec`` against ``reference`` at the resolved timing ``settings`` on ``device``: the one sequence
+    of ``nas bench --relative-to``, a campaign's trial and the benchmarks.
+
+    With ``storage_url``, the step-time cache of that Optuna storage (:class:`~nas.step_cache.StepTimeCache`, keyed
+    by both architectures, the device as :func:`~nas.measure.describe_device` names it now and the settings) is
+    asked first, and a new measurement is added to it. Otherwise, or on a miss, both networks are timed in
+    interleaved windows (:func:`time_relative`) inside the device's :class:`DeviceLock`. A storage that cannot be
+    read or written is a :class:`~nas.storage.StudyError` naming it.
+    """
+    cache, key = None, None
+    if storage_url is not None:
+        key = cache_key(spec, reference, describe_device(device), settings.to_dict())
+        with storage_errors(storage_url, "open"):
+            cache = StepTimeCache(make_storage(storage_url))
+            entry = cache.get(key)
+        if entry is not None:
+            return RelativeStepTime(**entry, cached=True)
+    with DeviceLock(device):
+        paired = time_relative(spec, reference, settings, device=device, num_classes=num_classes,
+                               in_channels=in_channels, recipe=recipe)
+    measured = RelativeStepTime(step_time_ratio=paired.ratio, step_time_ratio_iqr=paired.ratio_iqr,
+                                step_time_s=paired.step_time_s, reference_step_time_s=paired.reference_step_time_s,
+                                pairs=paired.pairs)
+    if cache is not None and key is not None:
+        with storage_errors(storage_url, "write to"):
+            cache.put(key, measured.measurement())
+    return measured
 
 
 def lock_key(device: torch.device | str) -> str:

@@ -7,20 +7,22 @@ memory the trial used is released before it returns. With successive halving's `
 train on, without changing the training run (:func:`evaluate_at_rung`).
 
 Problems a caller can see before any work (:func:`check_data`, :func:`read_checkpoint`) are public checks, so
-that ``nas train`` refuses them with a one-line usage error before data reaches the device, while a campaign gets
-them as failed results. Every file a run writes (checkpoints, weights, and :func:`save_run`'s spec and result) goes
-through :func:`~search_spaces.files.write_file`.
+that ``nas train`` refuses them with a one-line usage error before data reaches the device (:class:`TrainPreflight`
+runs them all, in the order that costs least), while a campaign gets them as failed results. A checkpoint to resume
+is read once per run (:class:`Checkpoint`). Every file a run writes (checkpoints, weights, and :func:`save_run`'s
+spec and result) goes through :func:`~search_spaces.files.write_file`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -52,7 +54,7 @@ from nas.progressive import (
 from nas.recipe import AUTOMATIC_FIELDS, TrainConfig, resolve_recipe
 from nas.records import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
 from nas.step import TrainingStep, build_training_step
-from search_spaces.files import write_file
+from search_spaces.files import FileLock, check_output, write_file
 from search_spaces.io import dump_spec
 from search_spaces.spec import ArchSpec, SpecError, StageSpec
 
@@ -67,8 +69,7 @@ def train_and_evaluate(
     config: TrainConfig,
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
-    checkpoint: Path | None = None,
-    resume: bool = False,
+    checkpoint: Checkpoint | None = None,
     weights: Path | None = None,
     rungs: Rungs | None = None,
 ) -> EvalResult:
@@ -80,11 +81,12 @@ def train_and_evaluate(
     seed, and the same as it would be without timing.
 
     With ``checkpoint``, the whole training state (weights, optimizer, schedule, EMA, random generators, the
-    batch stream's position) is written there after every epoch; ``resume`` continues from it, reaching the
-    same final weights as an uninterrupted run; a missing checkpoint, a file that is not one, or one of another
-    spec, recipe or data is a failed result before step timing. The caller guards ``checkpoint`` against a second
-    process (``nas train`` holds a :class:`~search_spaces.files.FileLock` on it). ``weights`` receives the final
-    state dict (the EMA's when on). Missing parent directories of both are created.
+    batch stream's position) is written to its path after every epoch; with its ``resume`` the run continues from
+    it, reaching the same final weights as an uninterrupted run; a missing checkpoint, a file that is not one, or
+    one of another spec, recipe or data is a failed result before step timing. A checkpoint the caller already
+    read (:class:`TrainPreflight`) is not read again. The caller guards the file against a second process
+    (``nas train`` holds a :class:`~search_spaces.files.FileLock` on it). ``weights`` receives the final state
+    dict (the EMA's when on). Missing parent directories of both are created.
 
     With ``rungs``, after each epoch of ``rungs.epochs`` below ``config.epochs`` the current weights (the EMA's
     when on) are evaluated as the final evaluation does (:func:`evaluate_at_rung`, which leaves the training run
@@ -98,7 +100,7 @@ def train_and_evaluate(
     try:
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
-        stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, resume, weights, rungs=rungs,
+        stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, weights, rungs=rungs,
                           start=start)
         status, reason = STATUS_OK, None
         if stopped_at is not None:
@@ -131,8 +133,7 @@ def _run(
     device: torch.device,
     measured: dict[str, Any],
     on_epoch: Callable[[EpochStats], None] | None,
-    checkpoint: Path | None = None,
-    resume: bool = False,
+    checkpoint: Checkpoint | None = None,
     weights: Path | None = None,
     *,
     rungs: Rungs | None,
@@ -142,13 +143,10 @@ def _run(
     Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
     :func:`time.perf_counter`, for the wall time of a rung's result."""
     check_data(spec, config, data)
-    saved = None
-    if resume:
-        if checkpoint is None:
-            raise ValueError("resume needs a checkpoint to resume from")
-        saved = read_checkpoint(checkpoint, spec, config)
-        check_checkpoint_data(saved, checkpoint, spec, data)
-    for output in (checkpoint, weights):
+    saved = None if checkpoint is None else checkpoint.saved(spec, config)
+    if saved is not None:
+        check_checkpoint_data(saved, checkpoint.path, spec, data)
+    for output in (None if checkpoint is None else checkpoint.path, weights):
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
     prepare_device(device, config.threads)
@@ -186,7 +184,7 @@ def _run(
     state = TrainingState(spec, settings, model, step, ema, train_batches, mixing)
     history: list[EpochStats] = []
     if saved is not None:
-        history = state.load(saved, checkpoint)
+        history = state.load(saved, checkpoint.path)
         measured.update(history=tuple(history), epochs_completed=len(history),
                         final_loss=history[-1].loss if history else None)
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -197,7 +195,7 @@ def _run(
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
         if checkpoint is not None:
-            state.save(checkpoint, history)
+            state.save(checkpoint.path, history)
         if on_epoch is not None:
             on_epoch(stats)
         if rungs is not None and epoch in rungs.epochs and epoch < config.epochs:
@@ -371,6 +369,114 @@ def check_checkpoint_data(state: Mapping[str, Any], path: Path, spec: ArchSpec, 
             f"{path} was written for other data: {shown} (the data {data.name} has {data.in_channels} channel(s) "
             f"and {data.num_classes} classes); resume with the same data, or run without --resume to start"
         )
+
+
+class Checkpoint:
+    """A run's checkpoint file: its whole training state, written after every epoch; with ``resume`` the run
+    continues from it.
+
+    Read at most once per run: :meth:`saved` reads and checks the file the first time it is asked (``nas train``
+    asks before its data loads, so a missing, foreign or mismatched checkpoint costs nothing) and gives the same
+    state to :func:`train_and_evaluate`, unless the spec, the recipe or the file changed in between.
+    """
+
+    def __init__(self, path: Path, *, resume: bool = False) -> None:
+        self.path = path
+        self.resume = resume
+        self._read: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def saved(self, spec: ArchSpec, config: TrainConfig) -> dict[str, Any] | None:
+        """The state to continue (None unless ``resume``), as :func:`read_checkpoint` returns it for ``spec`` and
+        ``config``; raises its :class:`CheckpointError` for a file that cannot continue this run."""
+        if not self.resume:
+            return None
+        identity = (spec, config, self._file_version())
+        if self._read is None or self._read[0] != identity:
+            self._read = (identity, read_checkpoint(self.path, spec, config))
+        return self._read[1]
+
+    def _file_version(self) -> tuple[int, int, int] | None:
+        """The file's inode, modification time and size, which change when it is written again (a run replaces
+        it: :func:`~search_spaces.files.write_file`); None when it cannot be read."""
+        try:
+            status = self.path.stat()
+        except OSError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+class TrainPreflight:
+    """Everything ``nas train`` refuses before it trains, each checked once and in the order that costs least, so
+    that a refusal is one line and nothing was loaded, created or trained.
+
+    Construction checks what needs no file: the device exists (:func:`~nas.measure.resolve_device`); ``resume``
+    and ``force`` come with a checkpoint, and not together; every output is a path the user can write
+    (:func:`~search_spaces.files.check_output`: ``save`` a directory, ``checkpoint`` and ``export_onnx`` files),
+    and an ONNX export has ``save``'s weights to export. :meth:`start` then checks the files and the data.
+    """
+
+    def __init__(
+        self,
+        spec: ArchSpec,
+        config: TrainConfig,
+        *,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        force: bool = False,
+        save: str | Path | None = None,
+        export_onnx: str | Path | None = None,
+    ) -> None:
+        resolve_device(config.device)  # a device this machine lacks is refused before the data loads
+        if resume and checkpoint is None:
+            raise ValueError("--resume needs --checkpoint PATH (the file earlier runs of this command wrote)")
+        if force and checkpoint is None:
+            raise ValueError("--force starts an existing --checkpoint over: give --checkpoint PATH")
+        if force and resume:
+            raise ValueError("--resume continues the --checkpoint's run and --force starts it over: give one of them")
+        self.spec, self.config, self.force = spec, config, force
+        self.save = None if save is None else check_output(save, flag="--save", force=True, directory=True)
+        self.checkpoint = None if checkpoint is None else Checkpoint(
+            check_output(checkpoint, flag="--checkpoint", force=True, directory=False), resume=resume)
+        self.onnx = None if export_onnx is None else check_output(export_onnx, flag="--export-onnx", force=True,
+                                                                  directory=False)
+        if self.onnx is not None and self.save is None:
+            raise ValueError("--export-onnx exports the saved weights: give --save DIR as well")
+
+    @property
+    def weights(self) -> Path | None:
+        """Where the trained weights go: ``weights.pt`` in the ``save`` directory, beside :func:`save_run`'s files."""
+        return None if self.save is None else self.save / "weights.pt"
+
+    @contextlib.contextmanager
+    def start(self, load: Callable[[], ImageData]) -> Iterator[ImageData]:
+        """Checks the files and the data, then yields the data ``load`` returns, holding the checkpoint's lock
+        until the block ends.
+
+        In order: the checkpoint's :class:`~search_spaces.files.FileLock` (a second run is refused, naming this
+        one's host and pid); an existing checkpoint without ``resume`` or ``force``; the checkpoint to resume, read
+        once (:class:`Checkpoint`); then the data (:func:`check_data`, and :func:`check_checkpoint_data` against the
+        checkpoint). The ``save`` directory is created last.
+        """
+        with contextlib.ExitStack() as held:
+            saved = None
+            checkpoint = self.checkpoint
+            if checkpoint is not None:
+                # A --resume whose directory is missing has no checkpoint to resume, which read_checkpoint says
+                # without creating the directory.
+                if not checkpoint.resume or checkpoint.path.parent.is_dir():
+                    checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(FileLock(checkpoint.path, what="checkpoint"))
+                if checkpoint.path.exists() and not (checkpoint.resume or self.force):
+                    raise FileExistsError(f"--checkpoint {checkpoint.path} exists: add --resume to continue its run, "
+                                          "or --force to start over (overwriting it)")
+                saved = checkpoint.saved(self.spec, self.config)
+            data = load()
+            check_data(self.spec, self.config, data)
+            if saved is not None:
+                check_checkpoint_data(saved, checkpoint.path, self.spec, data)
+            if self.save is not None:
+                self.save.mkdir(parents=True, exist_ok=True)
+            yield data
 
 
 class TrainingState:

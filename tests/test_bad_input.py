@@ -31,8 +31,8 @@ import yaml
 from PIL import Image
 
 import nas.data
-import nas.measure
 import nas.local
+import nas.measure
 import nas.train
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
@@ -755,8 +755,8 @@ def damaged_study(directory: Path) -> Path:
     from nas.study import open_study
 
     space = presets.get_space("tiny")
-    study = open_study(CampaignConfig(study="demo", storage=f"sqlite:///{directory}/runs/demo.db"), space,
-                       make_sampler("random", space))
+    config = CampaignConfig(study="demo", storage=f"sqlite:///{directory}/runs/demo.db")
+    study = open_study(config.study_settings(), space, make_sampler("random", space))
     for _ in range(30):
         trial = study.ask(fixed_distributions=distributions(space))
         trial.set_user_attr("note", "x" * 2000)

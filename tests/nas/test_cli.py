@@ -657,7 +657,7 @@ def recorded_study(storage: str, measurements: list, name: str = "s"):
 
     space = presets.get_space("tiny")
     config = CampaignConfig(storage=storage, study=name)
-    study = studies.open_study(config, space, make_sampler("random", space))
+    study = studies.open_study(config.study_settings(), space, make_sampler("random", space))
     for index, values in enumerate(measurements):
         trial = study.ask(fixed_distributions=distributions(space))
         spec = space.from_params(trial.params)
@@ -666,7 +666,7 @@ def recorded_study(storage: str, measurements: list, name: str = "s"):
         trial.set_user_attr("block_strings", list(spec.block_strings))
         result = (EvalResult(status="failed", failure_reason="out of memory: x") if values is None else
                   EvalResult(status="ok", accuracy=values[0], step_time_s=values[1], parameters=values[2], macs=1))
-        studies.record_result(study, trial, spec, result, config)
+        studies.record_result(study, trial, spec, result, config.reward_exponents)
     return study
 
 
@@ -814,7 +814,8 @@ def test_a_mistyped_study_name_suggests_the_nearest_study(capsys, tmp_path):
     from nas.controllers import make_sampler
 
     space = presets.get_space("tiny")
-    studies.open_study(CampaignConfig(study="cpu-demo"), space, make_sampler("random", space))  # runs/cpu-demo.db
+    studies.open_study(CampaignConfig(study="cpu-demo").study_settings(), space,
+                       make_sampler("random", space))  # runs/cpu-demo.db
     before = _snapshot(tmp_path)
     for command in ("trials", "best", "export"):
         status, out, err = run(capsys, command, "--study", "cpu_demo")
@@ -864,10 +865,10 @@ def test_family_writes_one_spec_per_phi(capsys, tmp_path):
 
 
 def test_coefficient_search_picks_a_grid_point_and_scales_with_it(capsys, tmp_path, monkeypatch):
-    from nas import scaling
+    from nas import coefficient_search, scaling
 
     grid = [scaling.CompoundCoefficients(1.0, 1.2, 1.2), scaling.CompoundCoefficients(1.4, 1.2, 1.0)]
-    monkeypatch.setattr(scaling, "coefficient_grid", lambda step: grid)
+    monkeypatch.setattr(coefficient_search, "coefficient_grid", lambda step: grid)
     directory = tmp_path / "searched"
     status, out, err = run(capsys, "scale", "tiny", "--search-coefficients", "--data", "synthetic:num_images=400",
                            "--epochs", 1, "--batch-size", 64, "--device", "cpu", "--family", 2, "-o", directory)
@@ -1202,7 +1203,7 @@ def test_usage_errors_are_one_line_with_the_nearest_valid_input(capsys, argv, fi
 
 
 def _command_parsers() -> dict:
-    from nas.cli import build_parser
+    from nas.parser import build_parser
 
     parser = build_parser()
     assert set(parser.commands) == {"show", "scale", "space", "bench", "train", "search", "trials", "best",
@@ -1229,7 +1230,7 @@ def test_every_command_has_a_description_and_every_option_help_that_shows_its_de
 
 def test_help_shows_the_real_defaults_of_the_recipe_and_the_campaign_and_lists_the_presets():
     from nas.campaign import CampaignConfig
-    from nas.cli import build_parser
+    from nas.parser import build_parser
     from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
 
@@ -1260,8 +1261,32 @@ def test_building_the_parser_imports_no_workshop():
 
     # Nor the ledger's libraries: optuna (through nas.controllers) and pandas (through nas.trials) took half a
     # second of every command's start, nas --help's included (issue 15).
-    code = ("import sys\nfrom nas.cli import build_parser\nbuild_parser().format_help()\n"
+    code = ("import sys\nfrom nas.parser import build_parser\nbuild_parser().format_help()\n"
             "print(sorted(m for m in ('torch', 'ray', 'matplotlib', 'optuna', 'pandas', 'sqlalchemy') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _packages(nodes: object) -> set[str]:
+    """The top-level packages the import statements among ``nodes`` import."""
+    import ast
+
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_cli_imports_no_optuna_anywhere_and_no_torch_at_import():
+    """DESIGN.md: the CLI reads and writes a study through nas.study and nas.trials, never Optuna itself, and
+    imports torch only inside the commands that train or time."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "nas" / "cli.py").read_text())
+    assert "optuna" not in _packages(ast.walk(tree))  # inside functions too
+    at_import = _packages(tree.body)
+    assert "torch" not in at_import and "nas" in at_import  # the check sees the module's own imports

@@ -12,6 +12,7 @@ import torch
 
 from nas import campaign as campaigns
 from nas import evaluate
+from nas import timing as timings
 from nas.campaign import CampaignConfig, TrialPlan
 from nas.controllers import PolicyGradientSampler, RegularizedEvolutionSampler
 from nas.data import load_data
@@ -60,14 +61,14 @@ def test_the_baseline_is_timed_alone_and_its_ratio_is_one(data):
 
 def test_a_candidate_is_timed_against_the_baseline_in_its_lock(data, monkeypatch):
     locked = []
-    real_lock = evaluate.DeviceLock
+    real_lock = timings.DeviceLock
 
     class RecordingLock(real_lock):
         def __enter__(self):
             locked.append(self.key)
             return super().__enter__()
 
-    monkeypatch.setattr(evaluate, "DeviceLock", RecordingLock)
+    monkeypatch.setattr(timings, "DeviceLock", RecordingLock)  # relative_step_time takes it
     result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(), trained)
     assert result.ok and locked == ["cpu"]
     assert 0 < result.step_time_ratio < 100 and result.reference_step_time_s > 0
@@ -75,7 +76,7 @@ def test_a_candidate_is_timed_against_the_baseline_in_its_lock(data, monkeypatch
 
 
 def test_a_candidate_over_the_parameter_limit_is_pruned_before_timing_or_training(data, monkeypatch):
-    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: pytest.fail("timed a pruned candidate"))
+    monkeypatch.setattr(evaluate, "relative_step_time", lambda *a, **k: pytest.fail("timed a pruned candidate"))
     result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(max_params_ratio=0.01), never_trained)
     assert result.status == STATUS_PRUNED and result.step_time_ratio is None
     assert result.failure_reason.startswith("parameters ") and "over max_params_ratio 0.01" in result.failure_reason
@@ -89,7 +90,7 @@ def test_a_candidate_over_the_step_time_limit_is_pruned_after_timing_before_trai
 
 
 def test_a_cache_hit_skips_timing(data, monkeypatch):
-    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: pytest.fail("timed a cached architecture"))
+    monkeypatch.setattr(evaluate, "relative_step_time", lambda *a, **k: pytest.fail("timed a cached architecture"))
     cached = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s": 0.004,
               "reference_step_time_s": 0.005}
     result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(cached=cached), trained)
@@ -101,7 +102,7 @@ def test_timing_that_fails_is_a_failed_trial_not_a_dead_campaign(data, monkeypat
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(evaluate, "time_relative", out_of_memory)
+    monkeypatch.setattr(evaluate, "relative_step_time", out_of_memory)
     result = evaluate.evaluate_candidate(WIDER, data, TRAIN, candidate_plan(), never_trained)
     assert result.status == "failed" and result.failure_reason.startswith("while timing: out of memory")
 
@@ -123,8 +124,8 @@ def config(study: str, storage: str, **changes) -> CampaignConfig:
 def test_a_second_campaign_on_the_storage_times_nothing_it_has_timed_before(tmp_path, monkeypatch):
     storage = f"sqlite:///{tmp_path / 'cache.db'}"
     timed = []
-    real = evaluate.time_relative
-    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: timed.append(a[0].name) or real(*a, **k))
+    real = evaluate.relative_step_time
+    monkeypatch.setattr(evaluate, "relative_step_time", lambda *a, **k: timed.append(a[0].name) or real(*a, **k))
     campaigns.run_campaign(config("first", storage), LocalExecutor(trainer=trained), out=io.StringIO())
     assert len(timed) == 3  # the three candidates; the baseline times itself alone
     first = optuna.load_study(study_name="first", storage=storage)
@@ -182,8 +183,8 @@ def test_a_trial_interrupted_while_training_is_not_timed_again_when_it_runs_once
     """Its S/S0 reached the cache when it was measured, before training: the re-run reads it."""
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     timed = []
-    real = evaluate.time_relative
-    monkeypatch.setattr(evaluate, "time_relative", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
+    real = evaluate.relative_step_time
+    monkeypatch.setattr(evaluate, "relative_step_time", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
 
     def interrupted_in_training(spec, data, config, rungs=None):
         if spec.name != SPACE.baseline.name:

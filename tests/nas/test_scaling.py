@@ -2,18 +2,22 @@
 
 import dataclasses
 import math
+import re
 
 import pytest
 
 from nas.measure import spec_complexity
 from nas.scaling import (
+    IMAGE_SIZE_DIVISOR,
     V2_MAX_IMAGE_SIZE,
     check_flops_constraint,
     coefficient_grid,
     compound_coefficients,
     compound_family,
     compound_scale,
+    image_size_rounding,
     round_channels,
+    round_image_size,
     scale,
 )
 from search_spaces import presets
@@ -109,9 +113,9 @@ def test_compound_coefficients():
     assert check_flops_constraint(1.2, 1.1, 1.15) == pytest.approx(1.92, abs=0.001)
     with pytest.raises(ValueError, match="about 2"):
         compound_coefficients(1, alpha=2.0, beta=1.5, gamma=1.5)
-    with pytest.raises(ValueError, match="phi"):
+    with pytest.raises(ValueError, match=re.escape("phi must be a number in [0, 100], got -1")):
         compound_coefficients(-1)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 1, got nan"):
         compound_coefficients(1, alpha=float("nan"))
 
 
@@ -140,12 +144,23 @@ def test_v2_rules_cap_image_size_and_deepen_later_stages():
         assert larger.macs >= smaller.macs
 
 
-@pytest.mark.parametrize("kwargs, field", [({"width_mult": 0}, "width_mult"), ({"depth_mult": -1}, "depth_mult"),
-                                           ({"depth_rule": "random"}, "depth_rule")])
-def test_invalid_scaling_arguments(kwargs, field):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"width_mult": 0}, "width_mult must be a finite number > 0, got 0"),
+    ({"depth_mult": -1}, "depth_mult must be a finite number > 0, got -1"),
+    ({"depth_mult": True}, "depth_mult must be a finite number > 0, got True"),
+    ({"depth_rule": "random"}, "depth_rule must be one of ('uniform', 'later_stages'), got 'random'"),
+])
+def test_invalid_scaling_arguments(kwargs, message):
     arguments = {"width_mult": 1.0, "depth_mult": 1.0, **kwargs}
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         scale(presets.get("tiny"), **arguments)
+
+
+def test_the_rounding_explained_is_the_rounding_applied():
+    """Messages that explain a scaled image size (nas scale's note) say what round_image_size does."""
+    assert image_size_rounding() == f"rounded to a multiple of {IMAGE_SIZE_DIVISOR}"
+    sizes = [round_image_size(size) for size in (3.9, 97.0, 223.5, 380 * 224 / 224, 508.3)]
+    assert all(size % IMAGE_SIZE_DIVISOR == 0 for size in sizes) and sizes == [8, 96, 224, 384, 512]
 
 
 def test_coefficient_grid_keeps_the_flops_constraint():
@@ -154,7 +169,7 @@ def test_coefficient_grid_keeps_the_flops_constraint():
     assert all(abs(c.depth * c.width**2 * c.resolution**2 - 2) <= 0.1 for c in grid)
     assert len(set(grid)) == len(grid)
     assert any(c == pytest.approx((1.2, 1.1, 1.15)) for c in grid)  # EfficientNet's choice is on the grid
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ValueError, match=re.escape("step must be a number in (0, 0.5], got 0")):
         coefficient_grid(step=0)
 
 

@@ -17,8 +17,18 @@ from typing import Callable
 import pytest
 import torch
 
+import nas.timing
 from nas.recipe import TimingConfig
-from nas.timing import DeviceLock, PairedTiming, default_lock_directory, lock_key, paired_ratio, time_relative
+from nas.timing import (
+    DeviceLock,
+    PairedTiming,
+    RelativeStepTime,
+    default_lock_directory,
+    lock_key,
+    paired_ratio,
+    relative_step_time,
+    time_relative,
+)
 from search_spaces import presets
 
 CPU = torch.device("cpu")
@@ -202,6 +212,55 @@ def test_time_relative_needs_resolved_settings():
     tiny = presets.get("tiny")
     with pytest.raises(ValueError, match=r"settings must be resolved .*image_size=None, batch_size=8"):
         time_relative(tiny, tiny, TimingConfig(batch_size=8), device=CPU, num_classes=10, in_channels=3)
+
+
+def _fake_pairs(lock_path: Path, calls: list[str]) -> Callable[..., PairedTiming]:
+    """A stand-in for :func:`time_relative` that records the candidate's name and fails unless the device's timing
+    lock (at ``lock_path``) is held while it runs."""
+
+    def timed(spec, reference, settings, **options) -> PairedTiming:
+        with open(lock_path) as other:  # flock: a second open file conflicts, even in this process
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        calls.append(spec.name)
+        return PairedTiming(ratio=1.25, ratio_iqr=0.05, ratios=(1.2, 1.3, 1.25), step_time_s=0.005,
+                            reference_step_time_s=0.004, pairs=3, steps_per_window=(10, 12), warmup_steps=2)
+
+    return timed
+
+
+def test_relative_step_time_times_inside_the_lock_then_caches_and_reuses(tmp_path, monkeypatch):
+    """The one sequence of nas bench --relative-to, a trial and the benchmarks: cache, lock, paired timing, cache."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(nas.timing, "time_relative", _fake_pairs(DeviceLock(CPU).path, calls))
+    tiny, storage = presets.get("tiny"), f"sqlite:///{tmp_path / 'cache.db'}"
+    options = dict(device=CPU, num_classes=10, in_channels=3)
+
+    alone = relative_step_time(heavier(tiny), tiny, SMALL, **options)
+    assert alone == RelativeStepTime(1.25, 0.05, 0.005, 0.004, cached=False, pairs=3) and calls == ["tiny-heavier"]
+    assert not (tmp_path / "cache.db").exists()  # no storage: nothing written
+
+    timed = relative_step_time(heavier(tiny), tiny, SMALL, **options, storage_url=storage)
+    cached = relative_step_time(heavier(tiny), tiny, SMALL, **options, storage_url=storage)
+    assert calls == ["tiny-heavier", "tiny-heavier"]  # the second call read the cache
+    assert timed.cached is False and cached.cached is True and cached.pairs is None
+    assert cached.measurement() == timed.measurement() == {
+        "step_time_ratio": 1.25, "step_time_ratio_iqr": 0.05, "step_time_s": 0.005, "reference_step_time_s": 0.004}
+    relative_step_time(heavier(tiny), tiny, dataclasses.replace(SMALL, image_size=64), **options,
+                       storage_url=storage)
+    assert len(calls) == 3  # other settings: another entry, timed
+
+
+def test_relative_step_time_names_a_storage_it_cannot_open(tmp_path):
+    from nas.storage import StudyError
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database" * 100)
+    tiny = presets.get("tiny")
+    with pytest.raises(StudyError, match=f"cannot open storage sqlite:///{damaged}"):
+        relative_step_time(tiny, tiny, SMALL, device=CPU, num_classes=10, in_channels=3,
+                           storage_url=f"sqlite:///{damaged}")
 
 
 def test_lock_keys_name_the_device(monkeypatch):

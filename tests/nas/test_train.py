@@ -16,16 +16,18 @@ from nas.recipe import resolve_recipe
 from nas.train import (
     STATUS_FAILED,
     STATUS_OK,
+    Checkpoint,
     CheckpointError,
     EvalResult,
     TrainConfig,
+    TrainPreflight,
     check_checkpoint_data,
     check_data,
     read_checkpoint,
     train_and_evaluate,
 )
 from search_spaces import presets
-from search_spaces.files import write_file
+from search_spaces.files import LockHeldError, write_file
 from search_spaces.spec import SpecError
 
 FAST = dict(device="cpu", batch_size=64, timing_warmup=1, timing_repeats=2)
@@ -203,16 +205,17 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(data, tmp_path):
                                     randaugment_magnitude=(0.0, 5.0), mixup_alpha=(0.0, 0.2))
     config = TrainConfig(**{**RECIPE, "epochs": 3}, progressive=progressive, ema_decay=0.99)
     spec = presets.get("tiny")
-    uninterrupted = train_and_evaluate(spec, data, config, checkpoint=tmp_path / "a.pt", weights=tmp_path / "a-w.pt")
+    uninterrupted = train_and_evaluate(spec, data, config, checkpoint=Checkpoint(tmp_path / "a.pt"),
+                                       weights=tmp_path / "a-w.pt")
 
     def stop_after_two(stats):
         if stats.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", on_epoch=stop_after_two)
+        train_and_evaluate(spec, data, config, checkpoint=Checkpoint(tmp_path / "b.pt"), on_epoch=stop_after_two)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["batches"]["epoch"] == 2  # timing left no epoch behind
-    resumed = train_and_evaluate(spec, data, config, checkpoint=tmp_path / "b.pt", resume=True,
+    resumed = train_and_evaluate(spec, data, config, checkpoint=Checkpoint(tmp_path / "b.pt", resume=True),
                                  weights=tmp_path / "b-w.pt")
     assert resumed.ok and resumed.accuracy == uninterrupted.accuracy
     assert [e.loss for e in resumed.history] == [e.loss for e in uninterrupted.history]
@@ -227,7 +230,7 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(data, tmp_path):
 def checkpoint(data, tmp_path_factory) -> Path:
     """A real one-epoch checkpoint of tiny with ONE_EPOCH; tests copy it before they change anything."""
     path = tmp_path_factory.mktemp("checkpoint") / "c.pt"
-    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=Checkpoint(path))
     assert result.ok, result.failure_reason
     return path
 
@@ -237,7 +240,7 @@ ONE_EPOCH = TrainConfig(**{**RECIPE, "epochs": 1})
 
 def test_resume_refuses_a_checkpoint_of_another_recipe_naming_both_values_before_timing(data, checkpoint):
     other = train_and_evaluate(presets.get("tiny"), data, TrainConfig(**{**RECIPE, "epochs": 2, "batch_size": 32}),
-                               checkpoint=checkpoint, resume=True)
+                               checkpoint=Checkpoint(checkpoint, resume=True))
     assert not other.ok and other.failure_reason.startswith(f"CheckpointError: {checkpoint} was written for another")
     assert "config epochs 1 in the checkpoint, 2 now" in other.failure_reason
     assert "config batch_size 64 in the checkpoint, 32 now" in other.failure_reason
@@ -259,11 +262,63 @@ def test_resume_refuses_a_checkpoint_of_another_spec_naming_the_stage(data, chec
 
 
 def test_resume_without_a_checkpoint_file_is_an_error_not_a_fresh_start(data, tmp_path):
-    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=tmp_path / "none.pt", resume=True)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH,
+                                checkpoint=Checkpoint(tmp_path / "none.pt", resume=True))
     assert not result.ok and result.epochs_completed == 0 and result.step_time_s is None
     assert result.failure_reason == f"CheckpointError: no checkpoint at {tmp_path / 'none.pt'}; " \
                                     "run without --resume to start"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_run_reads_its_checkpoint_once_from_preflight_to_training(data, checkpoint, tmp_path, monkeypatch):
+    """nas train's pre-flight reads the checkpoint before the data loads; training continues from that same read."""
+    path = tmp_path / "c.pt"
+    path.write_bytes(checkpoint.read_bytes())
+    reads = []
+    real = nas.train.read_checkpoint
+    monkeypatch.setattr(nas.train, "read_checkpoint", lambda *args: reads.append(args[0]) or real(*args))
+    spec = presets.get("tiny")
+    preflight = TrainPreflight(spec, ONE_EPOCH, checkpoint=path, resume=True)
+    with preflight.start(lambda: reads.append("data loaded") or data) as loaded:
+        result = train_and_evaluate(spec, loaded, ONE_EPOCH, checkpoint=preflight.checkpoint)
+    assert result.ok and result.epochs_completed == 1, result.failure_reason
+    assert reads == [path, "data loaded"]  # once, before the data; not again by training
+    path.write_bytes(path.read_bytes())  # the file written again: its state is read anew
+    assert preflight.checkpoint.saved(spec, ONE_EPOCH)["history"][-1]["epoch"] == 1
+    assert reads == [path, "data loaded", path]
+
+
+@pytest.mark.parametrize("options, error, words", [
+    (dict(resume=True), ValueError, "--resume needs --checkpoint PATH"),
+    (dict(force=True), ValueError, "--force starts an existing --checkpoint over"),
+    (dict(checkpoint="c.pt", force=True, resume=True), ValueError, "give one of them"),
+    (dict(export_onnx="net.onnx"), ValueError, "--export-onnx exports the saved weights: give --save DIR"),
+    (dict(save="file.txt"), NotADirectoryError, "--save file.txt must be a directory"),
+])
+def test_preflight_refuses_contradicting_options_before_any_file(tmp_path, monkeypatch, options, error, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("a file")
+    with pytest.raises(error, match=re.escape(words)):
+        TrainPreflight(presets.get("tiny"), ONE_EPOCH, **options)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_preflight_refuses_an_existing_checkpoint_or_a_held_one_before_loading_data(data, checkpoint, tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(checkpoint.read_bytes())
+    spec = presets.get("tiny")
+
+    def load() -> ImageData:
+        raise AssertionError("the refused run loaded its data")
+
+    with pytest.raises(FileExistsError, match="add --resume to continue its run, or --force to start over"):
+        with TrainPreflight(spec, ONE_EPOCH, checkpoint=path).start(load):
+            pass
+    with TrainPreflight(spec, ONE_EPOCH, checkpoint=path, force=True).start(lambda: data):
+        with pytest.raises(LockHeldError, match=f"checkpoint {path} is in use by"):
+            with TrainPreflight(spec, ONE_EPOCH, checkpoint=path, resume=True).start(load):
+                pass
+    assert not path.with_name("c.pt.lock").exists()  # released when the first run's block ended
 
 
 def _garbage(kind: str, checkpoint: Path, path: Path) -> None:
@@ -297,7 +352,7 @@ def test_a_garbage_checkpoint_is_named_as_not_a_checkpoint(data, checkpoint, tmp
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))} is not a checkpoint written by nas train"):
         read_checkpoint(path, presets.get("tiny"), ONE_EPOCH)
-    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path, resume=True)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=Checkpoint(path, resume=True))
     assert result.failure_reason.startswith(f"CheckpointError: {path} is not a checkpoint written by nas train")
     assert result.step_time_s is None and path.read_bytes() == before
 
@@ -306,7 +361,7 @@ def test_a_checkpoint_whose_state_does_not_load_is_named_too(data, checkpoint, t
     """Structure and settings pass, the optimizer's state does not fit: still a CheckpointError, not a traceback."""
     path = tmp_path / "damaged.pt"
     _garbage("damaged state", checkpoint, path)
-    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=path, resume=True)
+    result = train_and_evaluate(presets.get("tiny"), data, ONE_EPOCH, checkpoint=Checkpoint(path, resume=True))
     assert result.failure_reason.startswith(f"CheckpointError: {path} is not a checkpoint written by nas train")
 
 
@@ -363,7 +418,7 @@ def test_checkpoints_and_weights_are_written_through_the_safe_write_helper(data,
     monkeypatch.setattr(nas.train, "write_file", spy)
     run = tmp_path / "new" / "dir"  # missing parents are created
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(**{**RECIPE, "epochs": 2}),
-                                checkpoint=run / "c.pt", weights=run / "w.pt")
+                                checkpoint=Checkpoint(run / "c.pt"), weights=run / "w.pt")
     assert result.ok, result.failure_reason
     assert written == [run / "c.pt", run / "c.pt", run / "w.pt"]
     assert sorted(path.name for path in run.iterdir()) == ["c.pt", "w.pt"]  # no temporary file left behind
@@ -498,10 +553,10 @@ def test_rungs_that_always_go_on_leave_the_run_bit_identical(small_data, tmp_pat
     spec = presets.get("tiny")
     judged: list[EvalResult] = []
     with_rungs = train_and_evaluate(spec, small_data, config, weights=tmp_path / "rungs.pt",
-                                    checkpoint=tmp_path / "rungs-state.pt",
+                                    checkpoint=Checkpoint(tmp_path / "rungs-state.pt"),
                                     rungs=Rungs((1, 2, 3), lambda result: judged.append(result) or True))
     plain = train_and_evaluate(spec, small_data, config, weights=tmp_path / "plain.pt",
-                               checkpoint=tmp_path / "plain-state.pt")
+                               checkpoint=Checkpoint(tmp_path / "plain-state.pt"))
     assert with_rungs.ok and plain.ok
     assert [e.loss for e in with_rungs.history] == [e.loss for e in plain.history]
     assert with_rungs.accuracy == plain.accuracy
