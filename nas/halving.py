@@ -18,17 +18,22 @@ promoted iff its value is at least the k-th best at the rung, ``k = max(1, n // 
 rung's reward is reported to Optuna as the trial's intermediate value (``trial.report``), so any Optuna client sees
 the learning curves.
 
+What halving did to a campaign, the trials it stopped and the epochs it saved against training every trial in
+full, is :func:`halving_summary`, computed from plain per-trial values (:class:`TrialTraining`) so that the report
+and ``benchmarks/bench_asha.py`` count alike.
+
 Imports no torch, no Ray and no Optuna (the ledger layer, DESIGN.md section 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from nas.records import EvalResult
-from search_spaces.checks import check_choice, check_int
+from search_spaces.checks import check_choice, check_int, is_int
 
 SCHEDULERS = ("none", "asha")
 # Caps that refuse absurd values before a study exists: no proxy training runs anywhere near 1000 epochs, and a
@@ -98,3 +103,93 @@ class Rungs:
 
     epochs: tuple[int, ...]
     judge: Callable[[EvalResult], bool]
+
+
+# --- what halving did to a campaign ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialTraining:
+    """One trial as successive halving left it: complete (trained in full), or stopped at a rung, or neither
+    (failed, pruned by a constraint, still running); the epochs it recorded it trained (None where it did not)
+    and, for a stopped trial, the epoch of its rung (None where unknown)."""
+
+    complete: bool
+    stopped: bool
+    epochs_completed: int | None = None
+    stopped_at_epoch: int | None = None
+
+    def epochs_trained(self, full_epochs: int | None) -> int | None:
+        """The epochs this trial trained: as recorded, else what its state implies (its rung when stopped, the
+        full training's ``full_epochs`` otherwise)."""
+        if is_int(self.epochs_completed):
+            return self.epochs_completed
+        return self.stopped_at_epoch if self.stopped else full_epochs
+
+
+def full_epochs(configured: Any, trials: Iterable[TrialTraining]) -> int | None:
+    """The epochs of a full proxy training: ``configured`` (the campaign's ``train.epochs``) when it is a positive
+    integer, else the most epochs a complete trial recorded; None when there is neither."""
+    if is_int(configured, 1):
+        return configured
+    return max((trial.epochs_completed for trial in trials if trial.complete and is_int(trial.epochs_completed)),
+               default=None)
+
+
+@dataclass(frozen=True)
+class HalvingSummary:
+    """What successive halving did to a campaign: of the trials that finished training (complete or stopped at a
+    rung), how many it stopped and where, and the epochs they trained against the epochs of training every one
+    in full."""
+
+    trained: int
+    stopped: int
+    stopped_at: Mapping[int | None, int]  # rung epoch -> trials stopped there, by epoch (an unknown rung last)
+    epochs_trained: int
+    full_budget_epochs: int | None  # trained x the full epochs; None when they are unknown
+    epochs: int | None
+    rungs: tuple[int, ...]
+    reduction_factor: float | None
+
+    @property
+    def saving(self) -> float | None:
+        """How many times fewer epochs than the full budget were trained."""
+        if not self.full_budget_epochs or not self.epochs_trained:
+            return None
+        return self.full_budget_epochs / self.epochs_trained
+
+    def line(self) -> str:
+        """``successive halving: 14 of 20 stopped early; 96 of 200 epochs trained, 2.1x less than full budget``"""
+        text = f"successive halving: {self.stopped} of {self.trained} stopped early; {self.epochs_trained:,}"
+        if self.full_budget_epochs is None:
+            return f"{text} epochs trained"
+        text += f" of {self.full_budget_epochs:,} epochs trained"
+        return text + ("" if self.saving is None else f", {self.saving:.1f}x less than full budget")
+
+    def settings(self) -> str:
+        """``rungs at epochs 1, 3, 9 of 10, reduction factor 3`` (what is known of them)."""
+        parts = []
+        if self.rungs:
+            parts.append(f"rungs at epoch{'s' if len(self.rungs) > 1 else ''} {', '.join(map(str, self.rungs))}"
+                         + ("" if self.epochs is None else f" of {self.epochs}"))
+        if self.reduction_factor is not None:
+            parts.append(f"reduction factor {self.reduction_factor:g}")
+        return ", ".join(parts)
+
+
+def halving_summary(
+    trials: Iterable[TrialTraining], *, epochs: int | None, rungs: Sequence[int] = (),
+    reduction_factor: float | None = None,
+) -> HalvingSummary:
+    """The :class:`HalvingSummary` of a campaign's ``trials`` (every trial: those that did not finish training
+    are not counted), ``epochs`` being a full training's (:func:`full_epochs`), ``rungs`` the epochs trials were
+    judged at and ``reduction_factor`` the scheduler's, as far as they are known."""
+    trained = [trial for trial in trials if trial.complete or trial.stopped]
+    stopped = Counter(trial.stopped_at_epoch for trial in trained if trial.stopped)
+    return HalvingSummary(
+        trained=len(trained), stopped=sum(stopped.values()),
+        stopped_at=dict(sorted(stopped.items(), key=lambda item: (item[0] is None, item[0] or 0))),
+        epochs_trained=sum(trial.epochs_trained(epochs) or 0 for trial in trained),
+        full_budget_epochs=None if epochs is None else epochs * len(trained), epochs=epochs,
+        rungs=tuple(sorted(rungs)), reduction_factor=reduction_factor,
+    )

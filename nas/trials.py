@@ -1,19 +1,30 @@
-"""The trials of a study as a table, its best trials and Pareto front, and the ``--filter/--sort`` rule.
+"""The trials of a study as a table, its best trials and Pareto front, the ``--filter/--sort`` rule, and a study
+read once for the report (:class:`StudySnapshot`).
 
 Shared by ``nas trials``, ``nas best`` and the report, so a column means the same everywhere. Reads only trial
 attributes (named in :mod:`nas.records`): no torch. Optuna and pandas are imported by the functions that use them,
 not by this module: the ``nas`` command's parser offers :data:`TABLE_COLUMNS` and :data:`FILTER_FIELDS` in its
-help, and ``nas --help`` or ``nas show`` should not pay the half second those two take to import.
+help, and ``nas --help`` or ``nas show`` should not pay the half second those two take to import. The numbers
+are computed elsewhere, from plain values: a reward's factors and noise by :mod:`rewards`, what successive halving
+saved by :mod:`nas.halving`; here a trial's attributes are read into those values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from nas import records
 from nas.controller_names import CONTROLLERS
+from nas.halving import HalvingSummary, TrialTraining, full_epochs, halving_summary
+from nas.states import is_baseline, is_interrupted, is_stopped, stopped_at_epoch
+from rewards import RewardFactors, reward_factors, step_time_noise, within_noise
+from search_spaces.checks import is_int, is_real
+from search_spaces.space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -27,22 +38,11 @@ INTEGER_COLUMNS = ("number", "parameters", "macs")
 # PRUNED: over a campaign constraint, or stopped at a rung by successive halving (the state column says which)
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 FILTER_FIELDS = {"state": TRIAL_STATES, "controller": CONTROLLERS}
+#: The campaign settings (CampaignConfig's fields) that hold the reward's exponents w and v.
+EXPONENT_SETTINGS = ("step_time_exponent", "params_exponent")
 #: The state column's text for a trial stopped at a rung: ``stopped@3`` (after epoch 3). One word, so that the
 #: table's columns still split on white space.
 STOPPED_STATE = "stopped"
-
-
-def is_stopped(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether successive halving stopped ``trial`` at a rung (a PRUNED trial that a constraint did not prune)."""
-    return trial.state.name == "PRUNED" and trial.user_attrs.get(records.STATUS) == records.STATUS_STOPPED
-
-
-def stopped_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The epoch of the rung a stopped trial ended at: as recorded, else its last reported rung."""
-    epoch = trial.user_attrs.get(records.STOPPED_AT_EPOCH)
-    if isinstance(epoch, int) and not isinstance(epoch, bool):
-        return epoch
-    return max(trial.intermediate_values, default=None)
 
 
 def trial_state(trial: optuna.trial.FrozenTrial) -> str:
@@ -91,8 +91,8 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({column: "Int64" for column in INTEGER_COLUMNS})
 
 
-def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` complete trials with the highest reward (ties by trial order)."""
+def best_trials(study: optuna.Study, k: int | None = 1) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` complete trials with the highest reward (ties by trial order); all of them, ranked, when None."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -140,6 +140,243 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         trial for trial in complete
         if not any(dominates(points[other.number], points[trial.number]) for other in complete)
     ]
+
+
+def trial_training(trial: optuna.trial.FrozenTrial) -> TrialTraining:
+    """What successive halving needs of ``trial`` (:func:`nas.halving.halving_summary`)."""
+    epochs = trial.user_attrs.get(records.EPOCHS_COMPLETED)
+    stopped = is_stopped(trial)
+    return TrialTraining(complete=trial.state.name == "COMPLETE", stopped=stopped,
+                         epochs_completed=epochs if is_int(epochs) else None,
+                         stopped_at_epoch=stopped_at_epoch(trial) if stopped else None)
+
+
+@dataclass(frozen=True)
+class TrialFactors:
+    """A complete trial's reward as the product of its factors (:func:`rewards.reward_factors`), with the median
+    and interquartile range of the step time it was measured with and the reward noise that spread implies
+    (:func:`rewards.step_time_noise`); None where the trial does not record them."""
+
+    trial: optuna.trial.FrozenTrial
+    factors: RewardFactors
+    step_time_s: float | None
+    step_time_iqr_s: float | None
+    noise: float | None
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial, exponents: tuple[float, float]) -> TrialFactors | None:
+        """The factors of a complete ``trial`` under the reward's exponents ``(w, v)``; None if it has no reward
+        or lacks a valid A, S/S₀ or P/P₀."""
+        attributes = trial.user_attrs
+        accuracy, step_time_ratio, params_ratio = (attributes.get(key) for key in (
+            records.ACCURACY, records.NORMALIZED_STEP_TIME, records.NORMALIZED_PARAMETERS))
+        if trial.value is None or not all(map(is_real, (accuracy, step_time_ratio, params_ratio))):
+            return None
+        w, v = exponents
+        try:
+            factors = reward_factors(accuracy, step_time_ratio, params_ratio, w=w, v=v)
+        except ValueError:  # numbers no reward comes from (a hand-edited study): shown without factors
+            return None
+        median, iqr = attributes.get(records.STEP_TIME_S), attributes.get(records.STEP_TIME_IQR_S)
+        median, iqr = (median if is_real(median) else None), (iqr if is_real(iqr) else None)
+        noise = (step_time_noise(trial.value, median, iqr, w=w)
+                 if median is not None and median > 0 and iqr is not None and iqr >= 0 else None)
+        return cls(trial, factors, median, iqr, noise)
+
+    @property
+    def reward(self) -> float:
+        return self.trial.value
+
+    def within_noise(self, other: TrialFactors) -> bool | None:
+        """Whether the two rewards differ by less than their summed step-time noise (:func:`rewards.within_noise`);
+        None when either trial's step-time spread is not recorded."""
+        if self.noise is None or other.noise is None:
+            return None
+        return within_noise(self.reward, self.noise, other.reward, other.noise)
+
+
+@dataclass(frozen=True)
+class CampaignSpan:
+    """When a campaign ran: its first trial's start, its last recorded end (while trials run, the last recorded
+    start or end; pauses between runs of the search included), the trials' own time summed, and how many run."""
+
+    start: datetime
+    end: datetime
+    trial_seconds: float
+    running: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+    @classmethod
+    def of(cls, trials: Iterable[optuna.trial.FrozenTrial]) -> CampaignSpan | None:
+        """The span of ``trials`` from their datetimes; None before any trial started."""
+        started = [trial for trial in trials if trial.datetime_start is not None]
+        if not started:
+            return None
+        return cls(
+            start=min(trial.datetime_start for trial in started),
+            end=max(trial.datetime_complete or trial.datetime_start for trial in started),
+            trial_seconds=sum(trial.duration.total_seconds() for trial in started if trial.duration is not None),
+            running=sum(trial.state.name == "RUNNING" for trial in started),
+        )
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What a campaign's controller prefers now, per decision name and choice: the RL policy's probabilities, or
+    the shares of each choice in the evolution controller's current population of ``population`` members."""
+
+    controller: str
+    shares: Mapping[str, list[float]]
+    population: int | None = None
+
+
+@dataclass(frozen=True)
+class StudySnapshot:
+    """A study read once (for the report): its trials, the complete ones by reward (best first), the numbers of
+    its Pareto front, and what its attributes record of the campaign."""
+
+    study: optuna.Study
+    attributes: Mapping[str, Any]
+    trials: tuple[optuna.trial.FrozenTrial, ...]
+    ranked: tuple[optuna.trial.FrozenTrial, ...]
+    front: frozenset[int]
+
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudySnapshot:
+        trials = tuple(study.get_trials(deepcopy=False))
+        return cls(study, study.user_attrs, trials, tuple(best_trials(study, len(trials))),
+                   frozenset(trial.number for trial in pareto_front(study)))
+
+    @property
+    def baseline_trial(self) -> optuna.trial.FrozenTrial | None:
+        """The trial that evaluated the baseline (the completed one if it was run again)."""
+        measured = records.study_baseline(self.attributes)
+        recorded = None if measured is None else measured.trial
+        baselines = [trial for trial in self.trials if is_baseline(trial)]
+        return next((trial for trial in baselines if trial.number == recorded), baselines[0] if baselines else None)
+
+    @property
+    def winner(self) -> optuna.trial.FrozenTrial | None:
+        """The complete trial with the highest reward: the architecture ``nas export`` writes."""
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def candidates(self) -> list[optuna.trial.FrozenTrial]:
+        """Complete candidate trials (the baseline excluded), best reward first."""
+        return [trial for trial in self.ranked if not is_baseline(trial)]
+
+    def top(self, fraction: float) -> list[optuna.trial.FrozenTrial]:
+        """The best ``fraction`` of the complete candidates by reward, rounded up (at least one, when there is
+        one)."""
+        candidates = self.candidates
+        return candidates[:math.ceil(fraction * len(candidates))]
+
+    def proposed(self, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
+        """The candidates the controllers proposed: every candidate trial with all its decisions of ``space``,
+        interrupted ones (whose re-run is the same architecture) excluded."""
+        return [trial for trial in self.trials if not is_baseline(trial) and not is_interrupted(trial)
+                and all(decision.name in trial.params for decision in space.decisions)]
+
+    @property
+    def space(self) -> SearchSpace | None:
+        data = self.attributes.get(records.SPACE)
+        return None if data is None else SearchSpace.from_dict(data)
+
+    @property
+    def campaign(self) -> Mapping[str, Any]:
+        """The campaign's settings as the study recorded them (its last run's), empty if it records none."""
+        return self.attributes.get(records.CAMPAIGN) or {}
+
+    @property
+    def exponents(self) -> tuple[float, float] | None:
+        """The reward's exponents ``(w, v)`` on S/S₀ and P/P₀: the proxy settings' (fixed for the study's life),
+        else the campaign's; None when the study records neither."""
+        for settings in (self.attributes.get(records.PROXY) or {}, self.campaign):
+            w, v = (settings.get(name) for name in EXPONENT_SETTINGS)
+            if is_real(w) and is_real(v):
+                return float(w), float(v)
+        return None
+
+    @functools.cached_property
+    def factors(self) -> list[TrialFactors]:
+        """The factors of every complete trial that has them, best reward first (none without exponents)."""
+        exponents = self.exponents
+        if exponents is None:
+            return []
+        found = (TrialFactors.of(trial, exponents) for trial in self.ranked)
+        return [factors for factors in found if factors is not None]
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs any trial reported its reward at (``trial.report``): the rungs of successive halving."""
+        return tuple(sorted({epoch for trial in self.trials for epoch in trial.intermediate_values}))
+
+    @property
+    def has_curves(self) -> bool:
+        """Whether any trial reported a reward at a rung: a campaign with successive halving."""
+        return bool(self.rungs)
+
+    @property
+    def full_epochs(self) -> int | None:
+        """The epochs of a full proxy training (:func:`nas.halving.full_epochs`)."""
+        configured = (self.campaign.get("train") or {}).get("epochs")
+        return full_epochs(configured, map(trial_training, self.ranked))
+
+    @functools.cached_property
+    def halving(self) -> HalvingSummary | None:
+        """What successive halving stopped and saved; None when no trial reported a rung or was stopped at one."""
+        if not self.has_curves and not any(map(is_stopped, self.trials)):
+            return None
+        scheduler = self.campaign.get("scheduler")
+        reduction_factor = scheduler.get("reduction_factor") if isinstance(scheduler, Mapping) else None
+        return halving_summary(map(trial_training, self.trials), epochs=self.full_epochs, rungs=self.rungs,
+                               reduction_factor=reduction_factor if is_real(reduction_factor) else None)
+
+    def preferences(self, space: SearchSpace) -> Preferences | None:
+        """What the campaign's controller prefers now over the decisions of ``space``, rebuilt from the study as
+        the controller itself rebuilds it; None for other controllers (they keep no preferences) and for an
+        evolution with no population yet."""
+        controller = self.campaign.get("controller")
+        if controller == "rl":
+            from nas.controllers import PolicyGradientSampler
+
+            policy = PolicyGradientSampler(space)
+            policy.update(self.study)
+            probabilities = policy.policy_probabilities()
+            return Preferences(controller, {decision.name: [probabilities[decision.name][choice]
+                                                            for choice in decision.choices]
+                                            for decision in space.decisions})
+        if controller == "evolution":
+            from nas.controllers import RegularizedEvolutionSampler
+
+            budget = self.campaign.get("trials")
+            evolution = RegularizedEvolutionSampler(space, budget=budget if is_int(budget) else None)
+            evolution.update(self.study)
+            members = [indices for indices, _ in evolution.population()]
+            if not members:
+                return None
+            return Preferences(controller, {
+                decision.name: [sum(indices[position] == index for indices in members) / len(members)
+                                for index in range(len(decision.choices))]
+                for position, decision in enumerate(space.decisions)}, len(members))
+        return None
+
+    @property
+    def span(self) -> CampaignSpan | None:
+        return CampaignSpan.of(self.trials)
+
+    def failures(self) -> list[tuple[str, list[optuna.trial.FrozenTrial]]]:
+        """Failed trials grouped by the kind of their reason (the text before the first colon: ``out of
+        memory``, ...), the largest group first."""
+        groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
+        for trial in self.trials:
+            if trial.state.name == "FAIL":
+                reason = trial.user_attrs.get(records.FAILURE_REASON) or "no reason recorded"
+                groups.setdefault(reason.split(":", 1)[0], []).append(trial)
+        return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
 
 
 @dataclass(frozen=True)

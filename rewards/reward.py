@@ -7,6 +7,8 @@ Two rewards, each taken from the paper that defines it:
   step time and ``P`` the parameter size, with ``w = -0.07`` and ``v = -0.05`` "empirically
   determined to balance the trade-offs". ``S`` and ``P`` are normalized by the baseline
   architecture's step time and parameter count, so the baseline scores exactly its accuracy.
+  ``reward_factors`` breaks such a reward into its factors, and ``step_time_noise`` says how far the
+  spread of a step-time measurement moves it (what a report needs to tell a lead from timing noise).
 * ``latency_target_reward`` -- MnasNet (Tan et al., 2019, Eq. 2):
   ``ACC(m) * (LAT(m) / T)**w`` with ``w = alpha`` if ``LAT(m) <= T`` else ``beta``.
   The paper's soft constraint uses ``alpha = beta = -0.07``; its hard constraint uses
@@ -22,14 +24,27 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
 __all__ = [
     "LATENCY_CONSTRAINTS",
+    "PARAMS_EXPONENT",
+    "STEP_TIME_EXPONENT",
+    "RewardFactors",
     "latency_target_reward",
+    "reward_factors",
+    "step_time_noise",
     "training_aware_reward",
+    "within_noise",
 ]
+
+#: EfficientNetV2 (Tan & Le, 2021, Section 3.3): the exponents ``w`` of the normalized step time and ``v`` of
+#: the normalized parameter count, "empirically determined to balance the trade-offs". The one home of the
+#: defaults: a campaign, the report and the benchmarks read them from here.
+STEP_TIME_EXPONENT = -0.07
+PARAMS_EXPONENT = -0.05
 
 #: MnasNet (Tan et al., 2019, Section 3) exponents ``(alpha, beta)`` of Eq. 2 by constraint kind.
 #: "soft": alpha = beta = -0.07 (a model 2x slower than the target needs ~5% more accuracy to
@@ -63,6 +78,14 @@ def _check_positive(name: str, value: object) -> float:
     allowed = "a finite number > 0"
     x = _real(name, value, allowed)
     if not (math.isfinite(x) and x > 0.0):
+        raise ValueError(f"{name} must be {allowed}, got {x!r}")
+    return x
+
+
+def _check_non_negative(name: str, value: object) -> float:
+    allowed = "a finite number >= 0"
+    x = _real(name, value, allowed)
+    if not (math.isfinite(x) and x >= 0.0):
         raise ValueError(f"{name} must be {allowed}, got {x!r}")
     return x
 
@@ -103,8 +126,8 @@ def training_aware_reward(
     *,
     step_time_ref: float,
     params_ref: float,
-    w: float = -0.07,
-    v: float = -0.05,
+    w: float = STEP_TIME_EXPONENT,
+    v: float = PARAMS_EXPONENT,
 ) -> float:
     """EfficientNetV2's training-aware search reward ``A * (S / S_ref)**w * (P / P_ref)**v``.
 
@@ -191,3 +214,69 @@ def latency_target_reward(
     beta = _check_exponent("beta", default_beta if beta is None else beta)
     exponent = alpha if lat <= t else beta
     return a * _power("latency / target", lat / t, exponent)
+
+
+@dataclass(frozen=True)
+class RewardFactors:
+    """A training-aware reward as the product of its factors: ``accuracy * step_time_factor * params_factor``,
+    where ``step_time_factor = step_time_ratio**w`` and ``params_factor = params_ratio**v``."""
+
+    accuracy: float
+    step_time_ratio: float
+    params_ratio: float
+    step_time_factor: float
+    params_factor: float
+
+    @property
+    def product(self) -> float:
+        """``A * (S/S_ref)**w * (P/P_ref)**v``: the reward, recomputed from the factors."""
+        return self.accuracy * self.step_time_factor * self.params_factor
+
+
+def reward_factors(
+    accuracy: float,
+    step_time_ratio: float,
+    params_ratio: float,
+    *,
+    w: float = STEP_TIME_EXPONENT,
+    v: float = PARAMS_EXPONENT,
+) -> RewardFactors:
+    """The factors of :func:`training_aware_reward` for a normalized step time ``S/S_ref`` and parameter count
+    ``P/P_ref``: a factor above 1 raises the reward (faster or smaller than the reference), below 1 lowers it.
+
+    Raises:
+        ValueError: If an argument is not a finite real number in its allowed range (accuracy in [0, 1], ratios
+            > 0); the message names the argument.
+    """
+    a = _check_accuracy("accuracy", accuracy)
+    s = _check_positive("step_time_ratio", step_time_ratio)
+    p = _check_positive("params_ratio", params_ratio)
+    w = _check_exponent("w", w)
+    v = _check_exponent("v", v)
+    return RewardFactors(a, s, p, _power("step_time_ratio", s, w), _power("params_ratio", p, v))
+
+
+def step_time_noise(
+    reward: float, step_time: float, step_time_iqr: float, *, w: float = STEP_TIME_EXPONENT
+) -> float:
+    """How far a step time's spread moves a reward: the change in ``reward`` that moving the step time (a median
+    of timed windows) by half the windows' interquartile range implies through ``(S/S_ref)**w``, to first order,
+    ``|w| * reward * iqr / (2 * median)``. The step time and its IQR in any one unit.
+
+    The reference's own spread moves every normalized step time alike, so it does not reorder candidates and is
+    not counted; neither is accuracy noise (the proxy training's seed), which comes on top.
+
+    Raises:
+        ValueError: If ``reward`` or ``step_time_iqr`` is not a finite number >= 0, ``step_time`` not > 0, or ``w``
+            not finite; the message names the argument.
+    """
+    r = _check_non_negative("reward", reward)
+    median = _check_positive("step_time", step_time)
+    iqr = _check_non_negative("step_time_iqr", step_time_iqr)
+    return abs(_check_exponent("w", w)) * r * iqr / (2 * median)
+
+
+def within_noise(reward: float, noise: float, other_reward: float, other_noise: float) -> bool:
+    """Whether two rewards differ by less than their summed noise (:func:`step_time_noise`): their ranges
+    ``reward +- noise`` overlap, so timing the two again could swap them."""
+    return abs(reward - other_reward) < noise + other_noise

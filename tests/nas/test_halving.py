@@ -17,9 +17,17 @@ import pytest
 from nas import campaign as campaigns
 from nas import evaluate, halving
 from nas.campaign import CampaignConfig, CampaignError, TrialPlan
-from nas.cli import _SEARCH_OVERRIDES, build_parser
-from nas.halving import SchedulerConfig, promotes, promotion_cutoff, rung_epochs
+from nas.halving import (
+    SchedulerConfig,
+    TrialTraining,
+    full_epochs,
+    halving_summary,
+    promotes,
+    promotion_cutoff,
+    rung_epochs,
+)
 from nas.local import LocalExecutor
+from nas.parser import SEARCH_OVERRIDES, build_parser
 from nas.recipe import TimingConfig
 from nas.records import EpochStats, EvalResult
 
@@ -96,7 +104,7 @@ def test_min_epochs_at_or_above_epochs_is_allowed_without_halving():
 def test_search_flags_reach_the_scheduler_section():
     args = build_parser().parse_args(["search", "--scheduler", "asha", "--min-epochs", "2", "--reduction-factor",
                                       "4", "--epochs", "12"])
-    config = CampaignConfig().with_overrides({name: getattr(args, name) for name in _SEARCH_OVERRIDES})
+    config = CampaignConfig().with_overrides({name: getattr(args, name) for name in SEARCH_OVERRIDES})
     assert config.scheduler == SchedulerConfig(type="asha", min_epochs=2, reduction_factor=4)
     assert config.train.epochs == 12
     # a flag not given keeps the file's value
@@ -261,3 +269,58 @@ def test_the_halving_module_imports_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert result.stdout.strip() == ""
+
+
+# --- what halving did: one summary from plain values, for the report and bench_asha.py ------------------------------
+
+
+def complete(epochs: int | None = 10) -> TrialTraining:
+    return TrialTraining(complete=True, stopped=False, epochs_completed=epochs)
+
+
+def stopped(epoch: int | None, recorded: int | None = None) -> TrialTraining:
+    return TrialTraining(complete=False, stopped=True, epochs_completed=recorded, stopped_at_epoch=epoch)
+
+
+NOT_TRAINED = (TrialTraining(complete=False, stopped=False, epochs_completed=2),  # failed after 2 epochs
+               TrialTraining(complete=False, stopped=False))  # pruned by a constraint, or still running
+
+
+def test_the_summary_counts_the_trials_that_trained_and_the_epochs_they_saved():
+    """Four complete trials of 10 epochs and five stopped (four at epoch 1, one at 3): 47 of 90 epochs."""
+    trials = [complete(), complete(), stopped(1, 1), stopped(1, 1), complete(), stopped(3, 3), stopped(1, 1),
+              stopped(1, 1), complete(), *NOT_TRAINED]
+    summary = halving_summary(trials, epochs=10, rungs=(9, 1, 3), reduction_factor=3)
+    assert (summary.trained, summary.stopped, summary.epochs_trained, summary.full_budget_epochs) == (9, 5, 47, 90)
+    assert summary.stopped_at == {1: 4, 3: 1} and list(summary.stopped_at) == [1, 3]
+    assert summary.saving == pytest.approx(90 / 47) and summary.rungs == (1, 3, 9)
+    assert summary.line() == ("successive halving: 5 of 9 stopped early; 47 of 90 epochs trained, 1.9x less than "
+                              "full budget")
+    assert summary.settings() == "rungs at epochs 1, 3, 9 of 10, reduction factor 3"
+
+
+def test_a_trial_that_did_not_record_its_epochs_trained_what_its_state_implies():
+    assert complete(None).epochs_trained(10) == 10 and complete(7).epochs_trained(10) == 7
+    assert stopped(3).epochs_trained(10) == 3 and stopped(None).epochs_trained(10) is None
+    assert stopped(3, recorded=4).epochs_trained(10) == 4  # the record wins
+    summary = halving_summary([complete(None), stopped(None), stopped(3)], epochs=10)
+    assert summary.epochs_trained == 13 and summary.stopped_at == {3: 1, None: 1}  # an unknown rung last
+    assert list(summary.stopped_at) == [3, None]
+
+
+def test_the_full_epochs_are_the_campaign_s_else_the_longest_complete_training():
+    trials = [complete(8), complete(10), stopped(1, 1), stopped(3, 12)]
+    assert full_epochs(20, trials) == 20
+    for unusable in (None, 0, -5, True, 2.5, "10"):
+        assert full_epochs(unusable, trials) == 10  # a stopped trial's record does not count
+    assert full_epochs(None, [stopped(1, 1), complete(None)]) is None
+
+
+def test_without_the_full_epochs_the_budget_is_unknown():
+    summary = halving_summary([complete(None), stopped(1, 1)], epochs=None)
+    assert summary.full_budget_epochs is None and summary.saving is None and summary.epochs_trained == 1
+    assert summary.line() == "successive halving: 1 of 2 stopped early; 1 epochs trained"
+    assert summary.settings() == ""
+    nothing = halving_summary(NOT_TRAINED, epochs=10)
+    assert (nothing.trained, nothing.stopped, nothing.epochs_trained, nothing.saving) == (0, 0, 0, None)
+    assert halving_summary([complete()], epochs=10, rungs=(3,)).settings() == "rungs at epoch 3 of 10"

@@ -12,19 +12,22 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.colors
 import optuna
 import pytest
-import matplotlib.colors
 from matplotlib import pyplot
 from matplotlib.text import Text
 from PIL import Image
 
+from nas import figures as report_figures
 from nas import records
 from nas import report as reports
 from nas import study as studies
@@ -38,9 +41,13 @@ from nas.controllers import (
     distributions,
     make_sampler,
 )
+from nas.figures import FIGURES
+from nas.outputs import REPORT_FILE
 from nas.records import EvalResult
-from nas.report import FIGURES, REPORT_FILE, StudySnapshot, write_report
+from nas.report import write_report
+from nas.trials import StudySnapshot
 from search_spaces import files, presets
+from search_spaces.space import DECISION_FIELDS
 
 SPACE = presets.get_space("tiny")
 DEVICE = "cpu Test CPU (1 threads), torch 2.x"
@@ -71,7 +78,7 @@ class Recorder:
     def __init__(self, tmp_path: Path, **settings: object) -> None:
         settings = {"controller": "rl", **settings}  # the campaign's controller, whatever CampaignConfig's default
         self.config = CampaignConfig(storage=f"sqlite:///{tmp_path}/study.db", study="demo", **settings)
-        self.study = studies.open_study(self.config, SPACE, make_sampler("random", SPACE, seed=0))
+        self.study = studies.open_study(self.config.study_settings(), SPACE, make_sampler("random", SPACE, seed=0))
 
     def ask(self, controller: str = "random", *, baseline: bool = False) -> tuple[optuna.trial.Trial, object]:
         if baseline:
@@ -86,7 +93,7 @@ class Recorder:
 
     def record(self, result: EvalResult, controller: str = "random", *, baseline: bool = False) -> int:
         trial, spec = self.ask(controller, baseline=baseline)
-        studies.record_result(self.study, trial, spec, result, self.config)
+        studies.record_result(self.study, trial, spec, result, self.config.reward_exponents)
         return trial.number
 
     def interrupt(self) -> int:
@@ -248,19 +255,20 @@ def test_history_is_by_controller_and_the_front_is_marked(campaign):
 
 
 def test_every_controller_has_its_own_colour_in_every_report(campaign):
-    assert set(reports.CONTROLLER_COLORS) == set(CONTROLLERS)
-    assert len(set(reports.CONTROLLER_COLORS.values()) | {reports.UNKNOWN_CONTROLLER_COLOR}) == len(CONTROLLERS) + 1
+    assert set(report_figures.CONTROLLER_COLORS) == set(CONTROLLERS)
+    assert len(set(report_figures.CONTROLLER_COLORS.values()) | {report_figures.UNKNOWN_CONTROLLER_COLOR}) == len(CONTROLLERS) + 1
     history = {figure.name: figure for figure in FIGURES}["history"].draw(StudySnapshot.read(campaign.study))
     points = {collection.get_label(): collection for collection in history.axes[0].collections}
     for controller in ("random", "rl"):
-        expected = matplotlib.colors.to_rgba(reports.CONTROLLER_COLORS[controller], alpha=0.55)
+        expected = matplotlib.colors.to_rgba(report_figures.CONTROLLER_COLORS[controller], alpha=0.55)
         assert tuple(points[f"{controller}: reward"].get_facecolor()[0]) == pytest.approx(expected)
     pyplot.close(history)
 
 
 def test_the_decisions_compare_the_top_tenth_with_all_candidates(campaign):
     data = StudySnapshot.read(campaign.study)
-    assert [trial.number for trial in data.top] == [trial_tables.best_trials(campaign.study, 1)[0].number]
+    best = trial_tables.best_trials(campaign.study, 1)[0]
+    assert [trial.number for trial in data.top(report_figures.TOP_FRACTION)] == [best.number]
     figure = {figure.name: figure for figure in FIGURES}["decisions"].draw(data)
     assert len(figure.axes) == len(SPACE.decisions)
     proposed = 10 + 2 + 1  # complete, failed by themselves, running; not the interrupted one nor its waiting re-run
@@ -326,10 +334,10 @@ def test_each_row_of_the_factor_table_multiplies_to_its_reward(campaign, campaig
         assert accuracy * step * params == pytest.approx(reward, abs=3e-4)  # four decimals each
         assert step == pytest.approx(float(row["S/S₀"]) ** -0.07, abs=1e-4)
         assert params == pytest.approx(float(row["P/P₀"]) ** -0.05, abs=1e-4)
-    factors = reports._factors(StudySnapshot.read(campaign.study))
+    factors = StudySnapshot.read(campaign.study).factors
     assert len(factors) == len(ranked)
     for factor in factors:
-        assert factor.product == pytest.approx(factor.reward, rel=1e-12)
+        assert factor.factors.product == pytest.approx(factor.reward, rel=1e-12)
 
 
 @pytest.mark.parametrize("runner_up, within", [(0.699, True), (0.65, False)], ids=["within", "clear"])
@@ -343,21 +351,6 @@ def test_a_lead_inside_the_step_time_noise_is_flagged_and_a_clear_one_is_not(tmp
     assert f"{sum(noise):.4f}" in page.paragraphs["noise-note" if within else "noise-clear"]
     assert "δ = |w|·R·IQR/(2·median)" in page.paragraphs["noise-definition"]
     assert [row[-1] for row in page.tables["factors"][:2]] == [f"{value:.4f}" for value in noise]
-
-
-def test_the_noise_of_issue_15s_two_trials():
-    """Trial 10 (0.7716; 130 ms, IQR 13.5 ms) beat trial 11 (0.7693; 128 ms, IQR 21.6 ms) inside the noise."""
-
-    def factors(reward: float, median_s: float, iqr_s: float | None) -> reports.RewardFactors:
-        attributes = {"accuracy": 0.77, "normalized_step_time": 1.0, "normalized_parameters": 1.0,
-                      "step_time_s": median_s} | ({} if iqr_s is None else {"step_time_iqr_s": iqr_s})
-        return reports.RewardFactors.of(optuna.trial.create_trial(value=reward, user_attrs=attributes), (-0.07, -0.05))
-
-    first, second = factors(0.7716, 0.130, 0.0135), factors(0.7693, 0.128, 0.0216)
-    assert first.noise == pytest.approx(0.00280, abs=1e-5) and second.noise == pytest.approx(0.00454, abs=1e-5)
-    assert reports.within_noise(first, second) is True
-    assert reports.within_noise(first, factors(0.7600, 0.128, 0.0216)) is False
-    assert reports.within_noise(first, factors(0.7693, 0.128, None)) is None
 
 
 def test_when_the_baseline_wins_the_verdict_says_no_candidate_beat_it(tmp_path):
@@ -456,8 +449,8 @@ def test_the_axis_labels_and_the_factor_headers_carry_the_study_s_exponents(tmp_
     assert "^{-0.1}" in tradeoffs.axes[0].get_xlabel() and "^{-0.02}" in tradeoffs.axes[1].get_xlabel()
     pyplot.close(history)
     pyplot.close(tradeoffs)
-    for factor in reports._factors(data):  # the rewards were computed with these exponents
-        assert factor.product == pytest.approx(factor.reward, rel=1e-12)
+    for factor in data.factors:  # the rewards were computed with these exponents
+        assert factor.factors.product == pytest.approx(factor.reward, rel=1e-12)
     headers = Page(write_report(recorder.study, tmp_path / "report").path.read_text()).headers["factors"]
     assert {"(S/S₀)^-0.1", "(P/P₀)^-0.02"} <= set(headers)
 
@@ -474,19 +467,20 @@ def test_the_decision_bars_give_their_sample_sizes_and_warn_when_the_top_group_i
     assert legend[:2] == ["all candidates (n = 13)", "top 10% by reward (n = 1)"]
     assert any("only 1 candidate" in text.get_text() for text in figure.texts)
     pyplot.close(figure)
-    monkeypatch.setattr(reports, "TOP_FRACTION", 0.5)  # 5 of the 10 complete candidates: no warning
+    for module in (reports, report_figures):  # 5 of the 10 complete candidates: no warning
+        monkeypatch.setattr(module, "TOP_FRACTION", 0.5)
     figure = decisions.draw(data)
     assert [text.get_text() for text in figure.legends[0].get_texts()][1] == "top 50% by reward (n = 5)"
     assert not any("only" in text.get_text() for text in figure.texts)
     pyplot.close(figure)
-    assert 'id="decisions-small-sample"' not in reports._decisions_note(data)
+    assert reports._decisions(data)["warning"] is None
 
 
 def bars(figure, label: str) -> dict[str, list[float]]:
     """The heights of the bars labelled ``label``, per decision of SPACE."""
     heights = {}
     for axes, decision in zip(figure.axes, sorted(SPACE.decisions, key=lambda decision: (
-            decision.stage, reports.DECISION_FIELDS.index(decision.field)))):
+            decision.stage, DECISION_FIELDS.index(decision.field)))):
         container = next(container for container in axes.containers if container.get_label() == label)
         heights[decision.name] = [patch.get_height() for patch in container]
     return heights
@@ -587,6 +581,55 @@ def test_a_report_is_written_for_a_study_that_cannot_show_everything(tmp_path, f
     for path in report.figures:
         assert_png(path)
     assert {name for name, rows in page.tables.items() if rows} == tables
+
+
+HOSTILE = "<script>alert(1)</script>\"'&"
+
+
+def test_every_string_from_the_study_is_escaped_by_the_templates(tmp_path):
+    """A study name, a space name, a controller, a device, a failure reason, a campaign setting and an exported
+    path that hold markup come out as text wherever the page shows them, in element text and attributes alike."""
+    study = optuna.create_study(direction="maximize", study_name=HOSTILE, storage=f"sqlite:///{tmp_path}/s.db")
+    study.set_user_attr(records.SPACE_NAME, HOSTILE)
+    study.set_user_attr(records.CAMPAIGN, {"controller": "random", "storage": None, "notes": HOSTILE})
+    study.set_user_attr(records.EXPORTED_SPEC, f"/runs/{HOSTILE}.yaml")
+    spec = SPACE.baseline
+    for role, reward in ((records.ROLE_BASELINE, 0.6), (records.ROLE_CANDIDATE, 0.7)):
+        study.add_trial(optuna.trial.create_trial(value=reward, user_attrs={
+            "role": role, "controller": HOSTILE, "device": HOSTILE, "spec": spec.to_dict(),
+            "block_strings": list(spec.block_strings), "accuracy": reward, "step_time_s": 0.02,
+            "normalized_step_time": 1.0, "parameters": 2000, "normalized_parameters": 1.0,
+        }))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                              user_attrs={"failure_reason": f"out of memory: {HOSTILE}"}))
+    text = write_report(study, tmp_path / "report").path.read_text()
+    assert "<script>alert" not in text and text.count("<script>") == 1  # the page's own sort script alone
+    page = Page(text)
+    assert html.unescape(re.search(r"<title>(.*?)</title>", text).group(1)) == f"nas report: {HOSTILE}"
+    assert html.unescape(re.search(r"<h1>(.*?)</h1>", text).group(1)) == f"Search report: {HOSTILE}"
+    assert html.unescape(re.search(r'<p class="summary">(.*?)</p>', text).group(1)).startswith(f"space {HOSTILE};")
+    assert page.paragraphs["verdict-line"].startswith(f"Trial 1 ({HOSTILE}) wins")
+    assert page.tables["failures"][0][3] == f"out of memory: {HOSTILE}"
+    controller = page.headers["all-trials"].index("controller")
+    assert [row[controller] for row in page.tables["all-trials"][:2]] == [HOSTILE, HOSTILE]
+    assert page.sort_keys["all-trials"][1][controller] == HOSTILE  # an attribute value, escaped all the same
+    assert ["notes", HOSTILE] in page.tables["settings"]
+    assert ["study", HOSTILE] in page.tables["device"] and ["devices of the trials", HOSTILE] in page.tables["device"]
+    assert f"to /runs/{HOSTILE}.yaml (the path" in page.paragraphs["export"]
+    assert f"--study {shlex.quote(HOSTILE)}" in page.paragraphs["export"]
+
+
+def test_writing_a_report_imports_no_torch(campaign, tmp_path):
+    """``nas report`` reads the study and draws; the stage tables' parameters are counted without building a
+    network (nas.complexity), so the command never pays for torch."""
+    code = ("import sys\nfrom nas.cli import main\n"
+            f"status = main(['report', '--study', 'demo', '--storage', {campaign.config.storage_url!r}, "
+            f"'-o', {str(tmp_path / 'report')!r}])\n"
+            "print(status, 'torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert result.stdout.splitlines()[-1] == "0 False", result.stderr
+    assert (tmp_path / "report" / REPORT_FILE).is_file()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -758,7 +801,8 @@ class HalvingRecorder(Recorder):
             trial.report(reward, step=epoch)
             rungs.append({"epoch": epoch, "accuracy": reward, "reward": reward, "promoted": True})
         trial.set_user_attr("rungs", rungs)
-        studies.record_result(self.study, trial, spec, measured(accuracy, step_time, parameters, EPOCHS), self.config)
+        result = measured(accuracy, step_time, parameters, EPOCHS)
+        studies.record_result(self.study, trial, spec, result, self.config.reward_exponents)
         return trial.number
 
     def stop(self, epoch: int, reward: float, controller: str = "random") -> int:
@@ -862,8 +906,8 @@ def test_a_halving_report_shows_the_learning_curves_in_their_own_section(halving
 def test_a_report_without_rungs_shows_no_learning_curves(campaign, tmp_path):
     """The curves figure is absent, not replaced by a sentence, where no trial reported a rung."""
     snapshot = StudySnapshot.read(campaign.study)
-    assert not reports.has_curves(snapshot) and reports.halving_summary(snapshot) is None
-    with pytest.raises(reports.NotDrawable):
+    assert not snapshot.has_curves and snapshot.halving is None
+    with pytest.raises(report_figures.NotDrawable):
         {figure.name: figure for figure in FIGURES}["curves"].draw(snapshot)
     report = write_report(campaign.study, tmp_path / "report")
     assert "curves" not in report.not_drawn and not (tmp_path / "report" / "curves.png").exists()
@@ -876,7 +920,7 @@ def test_the_summary_and_the_verdict_say_what_successive_halving_stopped_and_sav
     assert page.paragraphs["halving"].startswith(HALVING_LINE[:1].upper() + HALVING_LINE[1:])
     assert "rungs at epochs 1, 3, 9 of 10, reduction factor 3" in page.paragraphs["halving"]
     assert text.index('id="verdict-line"') < text.index('id="halving"') < text.index('<section id="history">')
-    summary = reports.halving_summary(StudySnapshot.read(halving.study))
+    summary = StudySnapshot.read(halving.study).halving
     assert (summary.trained, summary.stopped, summary.epochs_trained, summary.full_budget_epochs) == (9, 5, 47, 90)
     assert summary.saving == pytest.approx(90 / 47)
 
@@ -887,7 +931,7 @@ def test_the_full_budget_without_the_campaign_s_epochs_is_the_longest_complete_t
     recorder.stop(1, 0.4)
     campaign_settings = recorder.study.user_attrs["campaign"]
     recorder.study.set_user_attr("campaign", {**campaign_settings, "train": {}})
-    summary = reports.halving_summary(StudySnapshot.read(recorder.study))
+    summary = StudySnapshot.read(recorder.study).halving
     assert summary.line() == ("successive halving: 1 of 2 stopped early; 11 of 20 epochs trained, 1.8x less than "
                               "full budget")
 

@@ -8,7 +8,17 @@ from fractions import Fraction
 import pytest
 
 import rewards
-from rewards import LATENCY_CONSTRAINTS, latency_target_reward, training_aware_reward
+from rewards import (
+    LATENCY_CONSTRAINTS,
+    PARAMS_EXPONENT,
+    STEP_TIME_EXPONENT,
+    latency_target_reward,
+    reward_factors,
+    step_time_noise,
+    training_aware_reward,
+    within_noise,
+)
+from rewards import reward as reward_module
 
 # A baseline in the units nas.measure reports: seconds per step and a parameter count
 # (EfficientNetV2-S has ~21.5M parameters).
@@ -30,9 +40,16 @@ def test_public_api_is_reexported():
     assert rewards.latency_target_reward is latency_target_reward
     assert set(rewards.__all__) == {
         "LATENCY_CONSTRAINTS",
+        "PARAMS_EXPONENT",
+        "STEP_TIME_EXPONENT",
+        "RewardFactors",
         "latency_target_reward",
+        "reward_factors",
+        "step_time_noise",
         "training_aware_reward",
+        "within_noise",
     }
+    assert all(getattr(rewards, name) is getattr(reward_module, name) for name in rewards.__all__)
 
 
 @pytest.mark.parametrize("accuracy", [0.0, 0.1, 0.731, 0.8, 1.0])
@@ -259,7 +276,7 @@ def test_latency_target_rejects_bad_exponents(name, bad):
         _expect_value_error(
             name,
             "finite number",
-            lambda: latency_target_reward(0.5, latency, target=T, **{name: bad}),
+            lambda latency=latency: latency_target_reward(0.5, latency, target=T, **{name: bad}),
         )
 
 
@@ -306,3 +323,65 @@ def test_out_of_range_ratio_is_reported_as_value_error(kwargs):
 def test_out_of_range_latency_ratio_is_reported_as_value_error():
     with pytest.raises(ValueError, match=r"^latency / target \*\* "):
         latency_target_reward(0.5, 1e300, target=1e-300)
+
+
+# --- the reward's factors and the step-time noise ------------------------------------------------------------
+
+
+def test_the_default_exponents_are_the_paper_s():
+    assert (STEP_TIME_EXPONENT, PARAMS_EXPONENT) == (-0.07, -0.05)
+    assert ta(0.8, step_time=2 * S_REF) == ta(0.8, step_time=2 * S_REF, w=-0.07, v=-0.05)
+
+
+@pytest.mark.parametrize("w, v", [(STEP_TIME_EXPONENT, PARAMS_EXPONENT), (-0.1, -0.02), (0.5, 3.0)])
+@pytest.mark.parametrize("step_time, params", [(S_REF, P_REF), (S_REF / 2, 3 * P_REF), (1.7 * S_REF, P_REF / 4)])
+def test_the_factors_multiply_to_the_reward(w, v, step_time, params):
+    factors = reward_factors(0.73, step_time / S_REF, params / P_REF, w=w, v=v)
+    assert factors.product == pytest.approx(ta(0.73, step_time, params, w=w, v=v), rel=1e-14)
+    assert factors.step_time_factor == pytest.approx((step_time / S_REF) ** w, rel=1e-15)
+    assert factors.params_factor == pytest.approx((params / P_REF) ** v, rel=1e-15)
+    assert (factors.accuracy, factors.step_time_ratio, factors.params_ratio) == (
+        0.73, step_time / S_REF, params / P_REF)
+
+
+def test_a_faster_and_smaller_candidate_has_factors_above_one():
+    factors = reward_factors(0.7, 0.5, 0.8)  # the paper's exponents by default
+    assert factors.step_time_factor == pytest.approx(0.5**-0.07) and factors.step_time_factor > 1
+    assert factors.params_factor == pytest.approx(0.8**-0.05) and factors.params_factor > 1
+    slower = reward_factors(0.7, 2.0, 1.0)
+    assert slower.step_time_factor < 1 and slower.params_factor == 1.0
+
+
+@pytest.mark.parametrize("name, kwargs, allowed", [
+    ("accuracy", {"accuracy": 1.5}, "[0, 1]"),
+    ("step_time_ratio", {"step_time_ratio": 0.0}, "> 0"),
+    ("params_ratio", {"params_ratio": NAN}, "> 0"),
+    ("w", {"w": True}, "finite number"),
+])
+def test_reward_factors_refuse_bad_inputs_naming_them(name, kwargs, allowed):
+    arguments = {"accuracy": 0.7, "step_time_ratio": 1.0, "params_ratio": 1.0} | kwargs
+    _expect_value_error(name, allowed, lambda: reward_factors(**arguments))
+
+
+def test_the_step_time_noise_of_issue_15s_two_trials():
+    """Trial 10 (0.7716; 130 ms, IQR 13.5 ms) beat trial 11 (0.7693; 128 ms, IQR 21.6 ms) inside the noise:
+    |w| * R * IQR / (2 * median)."""
+    first, second = step_time_noise(0.7716, 0.130, 0.0135), step_time_noise(0.7693, 0.128, 0.0216)
+    assert first == pytest.approx(0.07 * 0.7716 * 0.0135 / 0.260, rel=1e-12)
+    assert first == pytest.approx(0.00280, abs=1e-5) and second == pytest.approx(0.00454, abs=1e-5)
+    assert within_noise(0.7716, first, 0.7693, second) is True
+    assert within_noise(0.7716, first, 0.7600, second) is False
+    assert step_time_noise(0.7716, 130.0, 13.5) == pytest.approx(first, rel=1e-12)  # any one unit
+    assert step_time_noise(0.7716, 0.130, 0.0135, w=-0.14) == pytest.approx(2 * first, rel=1e-12)
+    assert step_time_noise(0.7716, 0.130, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("name, kwargs, allowed", [
+    ("reward", {"reward": -0.1}, ">= 0"),
+    ("step_time", {"step_time": 0.0}, "> 0"),
+    ("step_time_iqr", {"step_time_iqr": -1e-3}, ">= 0"),
+    ("w", {"w": INF}, "finite number"),
+])
+def test_step_time_noise_refuses_bad_inputs_naming_them(name, kwargs, allowed):
+    arguments = {"reward": 0.7, "step_time": 0.1, "step_time_iqr": 0.01} | kwargs
+    _expect_value_error(name, allowed, lambda: step_time_noise(**arguments))
