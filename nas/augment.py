@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.progressive import RANDAUGMENT_MAX_MAGNITUDE
+from search_spaces.checks import check_int, check_real
 
 PAPER_MAX_MAGNITUDE = 10.0  # top of the RandAugment paper's scale; the official EfficientNetV2 code's _MAX_LEVEL
 
@@ -237,7 +238,7 @@ def _resample(images: torch.Tensor, pixel_affines: torch.Tensor) -> torch.Tensor
     blend into grey over half a pixel, as with zero padding of a batch shifted by -0.5 (one pass instead of two).
     The grid is the one ``affine_grid`` would give, built by two broadcast multiply-adds (on CPU ~4x faster).
     """
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     device, dtype = images.device, pixel_affines.dtype
     ringed = F.pad(images, (1, 1, 1, 1), value=FILL_VALUE)  # (B, C, H + 2, W + 2)
     column_centres = torch.arange(width, dtype=dtype, device=device) + 0.5  # (W,)
@@ -349,8 +350,7 @@ def rand_augment(
     """
     _check_images(images)
     _check_magnitude(magnitude)
-    if isinstance(num_ops, bool) or not isinstance(num_ops, int) or num_ops < 1:
-        raise ValueError(f"num_ops must be a positive integer, got {num_ops!r}")
+    check_int("num_ops", num_ops, 1)
     _check_generator(generator, images.device)
     batch, channels, height, width = images.shape
     magnitude = float(magnitude)
@@ -433,10 +433,8 @@ def mixup(
     from 0 during progressive learning.
     """
     _check_images(images, require_rgb_or_grey=False)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_real("alpha", alpha, 0)
+    check_int("num_classes", num_classes, 1)
     _check_generator(generator, images.device)
     batch = images.shape[0]
     if labels.device != images.device:
@@ -508,13 +506,7 @@ def _check_images(images: torch.Tensor, *, require_rgb_or_grey: bool = True) -> 
 
 
 def _check_magnitude(magnitude: float) -> None:
-    if (
-        isinstance(magnitude, bool)
-        or not isinstance(magnitude, int | float)
-        or not math.isfinite(magnitude)
-        or not 0 <= magnitude <= RANDAUGMENT_MAX_MAGNITUDE
-    ):
-        raise ValueError(f"magnitude must be a number in [0, {RANDAUGMENT_MAX_MAGNITUDE:g}], got {magnitude!r}")
+    check_real("magnitude", magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))  # int: the message says [0, 30]
 
 
 def _check_op_arguments(images: torch.Tensor, magnitude: float, signs: torch.Tensor) -> None:

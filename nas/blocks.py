@@ -7,7 +7,7 @@ Structure and initialization follow the reference implementations (TensorFlow ``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from nas.blocks import ACTIVATION_LAYERS, BLOCKS, ConvNormAct
-from search_spaces.spec import MAX_CHANNELS, ArchSpec, SpecError
+from nas.complexity import resolve_in_channels
+from search_spaces.checks import check_int
+from search_spaces.spec import ArchSpec
 
 
 class EfficientNet(nn.Module):
@@ -45,8 +47,7 @@ def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int | None
     its residual branch with probability ``drop_path_rate * i / n``), and only the first layer of a stage
     carries the stage's stride and channel change.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_int("num_classes", num_classes, 1)
     in_channels = resolve_in_channels(spec, in_channels)
     norm = functools.partial(nn.BatchNorm2d, eps=spec.bn_eps, momentum=spec.bn_momentum)
     activation = ACTIVATION_LAYERS[spec.activation]
@@ -79,21 +80,6 @@ def build_model(spec: ArchSpec, num_classes: int = 1000, in_channels: int | None
     model = EfficientNet(stem, nn.Sequential(*stages), head, spec.dropout, nn.Linear(spec.head_channels, num_classes))
     model.apply(_reference_init)
     return model
-
-
-def resolve_in_channels(spec: ArchSpec, in_channels: int | None) -> int:
-    """The input channels to build ``spec`` for: ``in_channels`` when given, else the spec's pinned value, else 3
-    (RGB); refuses a value that contradicts the spec's pinned one."""
-    if in_channels is None:
-        return 3 if spec.in_channels is None else spec.in_channels
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_CHANNELS:
-        raise ValueError(f"in_channels must be an integer in [1, {MAX_CHANNELS}], got {in_channels!r}")
-    if spec.in_channels is not None and spec.in_channels != in_channels:
-        raise SpecError(
-            f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, got in_channels {in_channels}: "
-            f"drop in_channels from the spec to follow the input, or give {spec.in_channels}"
-        )
-    return in_channels
 
 
 def _reference_init(module: nn.Module) -> None:

@@ -4,8 +4,10 @@
 (:func:`nas.measure.spec_complexity`, on the meta device) costs an import of torch and, through the meta device's
 initializers, of ``torch._dynamo``: 3-7 s on a loaded 2-core machine, for a command that trains nothing. Here the
 builder's structure (:mod:`nas.builder`, :mod:`nas.blocks`) is counted layer by layer instead, in microseconds.
+Both ways answer with one :class:`SpecCount`, and both resolve the input channels with :func:`resolve_in_channels`,
+the rule the builder follows.
 
-The counts are exact, not estimates: ``tests/nas/test_complexity.py`` compares them with the built network's
+The counts are exact, not estimates: ``tests/nas/test_complexity.py`` compares the two :class:`SpecCount` values
 (:func:`nas.measure.spec_complexity`: trainable parameters, and multiply-adds as torch's ``FlopCounterMode`` counts
 them) on every preset and on sampled candidates, so a change to the blocks that this module does not follow fails
 there. What is counted, as ``FlopCounterMode`` does: the convolutions (bias-free, except squeeze-excitation's) and
@@ -15,10 +17,12 @@ and shift) but no multiply-adds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from search_spaces.spec import ArchSpec, StageSpec
+from search_spaces.checks import check_int
+from search_spaces.spec import MAX_CHANNELS, ArchSpec, SpecError, StageSpec
 
 #: The columns of a spec's stage table, in ``nas show`` and the report's baseline and winner tables.
 STAGE_TABLE_HEADERS = (
@@ -29,7 +33,11 @@ STAGE_TABLE_HEADERS = (
 @dataclass(frozen=True)
 class SpecCount:
     """Size and cost of a spec for ``num_classes`` outputs and ``in_channels`` input channels: parameters in total
-    and per stage, multiply-adds of one ``image_size`` x ``image_size`` image."""
+    and per stage, multiply-adds of one ``image_size`` x ``image_size`` image.
+
+    :func:`count_spec` counts it from the spec's numbers; :func:`nas.measure.spec_complexity` measures it on the
+    built network. The two are equal, field for field.
+    """
 
     parameters: int
     stage_parameters: tuple[int, ...]
@@ -102,11 +110,9 @@ def count_spec(
     The classifier alone depends on ``num_classes`` (``head_channels * num_classes + num_classes`` parameters),
     which is why every printed count says which number of classes it is for.
     """
-    for name, value in (("num_classes", num_classes), ("image_size", image_size), ("in_channels", in_channels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    image_size = spec.eval_image_size if image_size is None else image_size
-    in_channels = (3 if spec.in_channels is None else spec.in_channels) if in_channels is None else in_channels
+    check_int("num_classes", num_classes, 1)
+    image_size = resolve_image_size(spec, image_size)
+    in_channels = resolve_in_channels(spec, in_channels)
     tally = _Tally()
     size = _output_size(image_size, spec.stem_stride)
     tally.conv_norm(in_channels, spec.stem_channels, 3, output_size=size)
@@ -121,6 +127,30 @@ def count_spec(
     tally.parameters += spec.head_channels * num_classes + num_classes  # the classifier, a Linear with bias
     tally.macs += spec.head_channels * num_classes
     return SpecCount(tally.parameters, tuple(stage_parameters), tally.macs, image_size, num_classes, in_channels)
+
+
+def resolve_image_size(spec: ArchSpec, image_size: int | None) -> int:
+    """The image size to count ``spec`` at: ``image_size`` when given (an integer >= 1), else the spec's eval size."""
+    check_int("image_size", image_size, 1, optional=True)
+    return spec.eval_image_size if image_size is None else image_size
+
+
+def resolve_in_channels(spec: ArchSpec, in_channels: int | None) -> int:
+    """The input channels to build ``spec`` for: ``in_channels`` when given, else the spec's pinned value, else 3
+    (RGB); refuses a value that contradicts the spec's pinned one.
+
+    The builder (:func:`nas.builder.build_model`) and both counts follow this one rule; it lives here, with no
+    torch, so that :func:`count_spec` need not import the builder.
+    """
+    if in_channels is None:
+        return 3 if spec.in_channels is None else spec.in_channels
+    check_int("in_channels", in_channels, 1, MAX_CHANNELS)
+    if spec.in_channels is not None and spec.in_channels != in_channels:
+        raise SpecError(
+            f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, got in_channels {in_channels}: "
+            f"drop in_channels from the spec to follow the input, or give {spec.in_channels}"
+        )
+    return in_channels
 
 
 def stage_rows(spec: ArchSpec, stage_parameters: Sequence[int]) -> list[list[Any]]:

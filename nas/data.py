@@ -49,6 +49,7 @@ from nas.sources import (
     source_flips,
     synthetic_options,
 )
+from search_spaces.checks import check_choice, check_int, check_real
 from search_spaces.files import write_file
 
 CACHE_DIRNAME = ".nas-cache"
@@ -165,11 +166,9 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     """
     if not isinstance(source, str):
         raise DataError(f"source must be a string 'NAME[:ARG]', got {source!r}")
-    if image_size is not None:
-        _check_positive_int("image_size", image_size, DataError)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction <= 0.5:
-        raise DataError(f"val_fraction must be a number in (0, 0.5], got {val_fraction!r}")
-    _check_seed(seed, DataError)
+    check_int("image_size", image_size, 1, optional=True, error=DataError)
+    check_real("val_fraction", val_fraction, 0, 0.5, low_open=True, error=DataError)
+    check_int("seed", seed, 0, error=DataError)
     check_source(source, image_size=image_size, files=False)
     name, _, argument = source.partition(":")
     loaded = _LOADERS[name](argument, image_size, seed)
@@ -200,16 +199,6 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
         std=std,
         flips=source_flips(source),
     )
-
-
-def _check_positive_int(field: str, value: Any, error: type[ValueError]) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise error(f"{field} must be a positive integer, got {value!r}")
-
-
-def _check_seed(seed: Any, error: type[ValueError]) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise error(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _derived_seed(*keys: int) -> int:
@@ -301,11 +290,10 @@ def synthetic_images(
     Everything is drawn from one seeded ``torch.Generator`` and rendered in vectorized chunks: the same seed
     gives bit-identical images on the same machine, a different seed gives different prototypes and images.
     """
-    _check_positive_int("num_images", num_images, DataError)
-    _check_positive_int("image_size", image_size, DataError)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise DataError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    _check_seed(seed, DataError)
+    check_int("num_images", num_images, 1, error=DataError)
+    check_int("image_size", image_size, 1, error=DataError)
+    check_int("num_classes", num_classes, 2, error=DataError)
+    check_int("seed", seed, 0, error=DataError)
     generator = torch.Generator().manual_seed(_derived_seed(seed, 0))
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
@@ -578,16 +566,12 @@ class DeviceBatches:
             )
         if labels.device != images.device:
             raise ValueError(f"labels must be on the images' device {images.device}, got {labels.device}")
-        _check_positive_int("batch_size", batch_size, ValueError)
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-        if image_size is not None:
-            _check_positive_int("image_size", image_size, ValueError)
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
-        _check_seed(seed, ValueError)
-        if not 0 <= randaugment_magnitude <= RANDAUGMENT_MAX_MAGNITUDE:
-            raise ValueError(f"randaugment_magnitude must be in [0, {RANDAUGMENT_MAX_MAGNITUDE:g}], got {randaugment_magnitude!r}")
+        check_int("batch_size", batch_size, 1)
+        check_choice("augment", augment, AUGMENTATIONS)
+        check_int("image_size", image_size, 1, optional=True)
+        check_int("crop_padding", crop_padding, 0)
+        check_int("seed", seed, 0)
+        check_real("randaugment_magnitude", randaugment_magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))
         channels = images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std must have {channels} values (one per channel), got {mean} and {std}")

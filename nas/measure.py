@@ -21,16 +21,24 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.builder import build_model, resolve_in_channels
+from nas.builder import build_model
+from nas.complexity import (
+    SpecCount,
+    count_spec,
+    resolve_image_size,
+    resolve_in_channels,
+)
 from nas.recipe import MAX_BATCH_SIZE, TrainConfig, resolve_recipe
 from nas.step import build_training_step
+from search_spaces.checks import check_int
 from search_spaces.spec import MAX_IMAGE_SIZE, ArchSpec
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
@@ -73,32 +81,25 @@ def count_macs(model: nn.Module, image_size: int, in_channels: int = 3) -> int:
     return counter.get_total_flops() // 2
 
 
-@dataclass(frozen=True)
-class Complexity:
-    """Size and cost of a spec: parameters in total and per stage, multiply-adds at ``image_size``."""
-
-    parameters: int
-    stage_parameters: tuple[int, ...]
-    macs: int
-    image_size: int
-
-
 def spec_complexity(
     spec: ArchSpec, *, num_classes: int = 1000, image_size: int | None = None, in_channels: int | None = None
-) -> Complexity:
-    """Parameters and multiply-adds of ``spec`` (at its eval image size unless given), without building weights.
+) -> SpecCount:
+    """Parameters and multiply-adds of ``spec`` (at its eval image size unless given), measured on the network
+    built on the meta device (no weights, no work): the truth that :func:`nas.complexity.count_spec` equals.
 
     ``in_channels`` as for :func:`~nas.builder.build_model` (None: the spec's pinned value, else 3).
     """
-    image_size = spec.eval_image_size if image_size is None else image_size
+    image_size = resolve_image_size(spec, image_size)
     in_channels = resolve_in_channels(spec, in_channels)
     with torch.device("meta"):
         model = build_model(spec, num_classes=num_classes, in_channels=in_channels)
-    return Complexity(
+    return SpecCount(
         parameters=count_parameters(model),
         stage_parameters=tuple(count_parameters(stage) for stage in model.stages),
         macs=count_macs(model, image_size, in_channels),
         image_size=image_size,
+        num_classes=num_classes,
+        in_channels=in_channels,
     )
 
 
@@ -247,8 +248,8 @@ def time_step(
     Each window runs enough steps to last about ``min_window_s`` (estimated from the last warm-up step), so that
     fast steps are not drowned in timer and launch noise; the result is per step.
     """
-    if warmup < 1 or repeats < 1:
-        raise ValueError(f"warmup and repeats must be >= 1, got warmup={warmup}, repeats={repeats}")
+    check_int("warmup", warmup, 1)
+    check_int("repeats", repeats, 1)
     for _ in range(warmup - 1):
         step()
     estimate = time_window(step, device, 1)
@@ -354,17 +355,17 @@ def benchmark_spec(
     pinned value, else 3. An allocation that fails (a batch too large for the device) raises what the allocator
     raised; :func:`is_out_of_memory` recognizes it.
     """
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
-    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be in [1, {MAX_IMAGE_SIZE}], got {image_size}")
+    check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    check_int("image_size", image_size, 1, MAX_IMAGE_SIZE, optional=True)
     recipe = dataclasses.replace(recipe or TrainConfig(), amp=amp, channels_last=channels_last, compile=compile)
     in_channels = resolve_in_channels(spec, in_channels)
     torch_device = resolve_device(device)
     prepare_device(torch_device, threads)
-    settings = dict(batch_size=batch_size, image_size=spec.train_image_size if image_size is None else image_size,
-                    in_channels=in_channels, num_classes=num_classes, recipe=recipe, warmup=warmup, repeats=repeats,
-                    min_window_s=min_window_s, inference=inference)
+    settings = {
+        "batch_size": batch_size, "image_size": spec.train_image_size if image_size is None else image_size,
+        "in_channels": in_channels, "num_classes": num_classes, "recipe": recipe, "warmup": warmup,
+        "repeats": repeats, "min_window_s": min_window_s, "inference": inference,
+    }
     torch.manual_seed(seed)
     reset_peak_memory(torch_device)
     try:
@@ -410,7 +411,7 @@ def _benchmark(
         compile=recipe.compile,
         optimizer=recipe.optimizer,
         parameters=count_parameters(model),
-        macs=spec_complexity(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels).macs,
+        macs=count_spec(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels).macs,
         step=timing,
         images_per_second=batch_size / timing.median_s,
         peak_memory_bytes=peak_memory_bytes(device),

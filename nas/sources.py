@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from search_spaces.checks import is_int
 from search_spaces.spec import MAX_IMAGE_SIZE
 
 # A classifier head is num_classes wide: a stray label of 5,000,000 must not build a 5,000,001-way head.
@@ -334,7 +335,7 @@ def _read_cifar_batch(path: Path, labels_key: bytes) -> tuple[np.ndarray, np.nda
 
 def _integer_labels(labels: Any, field: str) -> np.ndarray:
     """CIFAR labels (a list or 1-D array of integers) as int64, range-checked before the cast."""
-    if isinstance(labels, list) and all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+    if isinstance(labels, list) and all(is_int(label) for label in labels):
         try:
             labels = np.asarray(labels, dtype=np.int64)
         except OverflowError:  # a Python int beyond 64 bits: an object array keeps it exact for the range check

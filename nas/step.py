@@ -11,20 +11,21 @@ the others.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from nas.recipe import AMP_CHOICES, OPTIMIZERS, TrainConfig
+from search_spaces.checks import check_choice, check_int
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp``: ``auto`` is bfloat16 on CUDA and none elsewhere (CPU autocast is slow)."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    check_choice("amp", amp, AMP_CHOICES)
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return _AMP_DTYPES[amp]
@@ -37,8 +38,7 @@ def make_optimizer(
 
     ``rmsprop`` uses EfficientNet's settings (decay 0.9, momentum 0.9, epsilon 1e-3); ``sgd`` is Nesterov SGD.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    check_choice("optimizer", name, OPTIMIZERS)
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
@@ -136,8 +136,7 @@ def build_training_step(
     for ``device``, and ``torch.compile`` when ``config.compile``. The returned step's ``model`` is the compiled
     module when compiling; ``model`` itself stays the plain module whose parameters both share.
     """
-    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+    check_int("steps_per_epoch", steps_per_epoch, 1)
     if config.learning_rate is None or config.warmup_steps is None:
         raise ValueError("the recipe's learning_rate and warmup_steps are automatic (None): resolve it for the data "
                          "first (nas.recipe.resolve_recipe)")

@@ -117,11 +117,9 @@ def check_string(
 
 
 def _within(value: float, low: float | None, high: float | None, *, low_open: bool, high_open: bool) -> bool:
-    if low is not None and (value <= low if low_open else value < low):
-        return False
-    if high is not None and (value >= high if high_open else value > high):
-        return False
-    return True
+    above_low = low is None or (value > low if low_open else value >= low)
+    below_high = high is None or (value < high if high_open else value <= high)
+    return above_low and below_high
 
 
 def _allowed(

@@ -382,12 +382,12 @@ def test_rand_augment_applies_num_ops_layers():
 
 @pytest.mark.parametrize("num_ops", (0, -1, 1.5, True))
 def test_rand_augment_rejects_bad_num_ops(num_ops):
-    with pytest.raises(ValueError, match="num_ops must be a positive integer"):
+    with pytest.raises(ValueError, match=f"num_ops must be an integer >= 1, got {num_ops!r}"):
         rand_augment(random_images(), num_ops=num_ops, magnitude=5)
 
 
 def test_rand_augment_rejects_bad_magnitude_and_images():
-    with pytest.raises(ValueError, match="magnitude must be a number"):
+    with pytest.raises(ValueError, match=r"magnitude must be a number in \[0, 30\], got 31"):
         rand_augment(random_images(), magnitude=31)
     with pytest.raises(ValueError, match="images must be a floating-point"):
         rand_augment((random_images() * 255).to(torch.uint8), magnitude=5)
@@ -468,7 +468,7 @@ def test_mixup_rejects_bad_alpha(alpha):
 
 def test_mixup_rejects_bad_labels_and_num_classes():
     images = random_images()
-    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got 0"):
         mixup(images, torch.zeros(4, dtype=torch.int64), alpha=1.0, num_classes=0)
     with pytest.raises(ValueError, match=r"labels must be int64 class indices \(4,\) or float probabilities \(4, 3\)"):
         mixup(images, torch.zeros(5, dtype=torch.int64), alpha=1.0, num_classes=3)

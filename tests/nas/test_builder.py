@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_shortcut_only_when_shapes_match():
 
 def stage_model(**stage):
     spec = presets.get("tiny")
-    fields = dict(num_layers=1, kernel_size=5, stride=2, out_channels=24, se_ratio=0.0)
+    fields = {"num_layers": 1, "kernel_size": 5, "stride": 2, "out_channels": 24, "se_ratio": 0.0}
     return build_model(dataclasses.replace(spec, stages=(StageSpec(**{**fields, **stage}),)))
 
 
@@ -142,9 +143,15 @@ def test_reference_initialization():
     assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.count_nonzero(norm.bias) == 0
 
 
-@pytest.mark.parametrize("num_classes, in_channels", [(0, 3), (10, 0), (True, 3), (2.5, 3)])
-def test_invalid_build_arguments(num_classes, in_channels):
-    with pytest.raises(ValueError, match="num_classes|in_channels"):
+@pytest.mark.parametrize("num_classes, in_channels, message", [
+    (0, 3, "num_classes must be an integer >= 1, got 0"),
+    (True, 3, "num_classes must be an integer >= 1, got True"),
+    (2.5, 3, "num_classes must be an integer >= 1, got 2.5"),
+    (10, 0, "in_channels must be an integer in [1, 16384], got 0"),
+    (10, 16385, "in_channels must be an integer in [1, 16384], got 16385"),
+])
+def test_invalid_build_arguments(num_classes, in_channels, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build_model(presets.get("tiny"), num_classes=num_classes, in_channels=in_channels)
 
 

@@ -2,18 +2,28 @@
 
 Every preset and candidates sampled from every shipped space, at odd and even image sizes, for other numbers of
 classes and input channels: the count must equal :func:`nas.measure.spec_complexity`'s (trainable parameters of
-the network nas.builder makes; multiply-adds as torch's FlopCounterMode counts them) exactly.
+the network nas.builder makes; multiply-adds as torch's FlopCounterMode counts them) exactly, as one
+:class:`~nas.complexity.SpecCount` value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 
 import pytest
 
 from nas import measure
-from nas.complexity import STAGE_TABLE_HEADERS, count_spec, stage_rows
+from nas.complexity import (
+    STAGE_TABLE_HEADERS,
+    SpecCount,
+    count_spec,
+    resolve_in_channels,
+    stage_rows,
+)
 from search_spaces import presets
+from search_spaces.spec import SpecError
 
 
 def _specs() -> list:
@@ -33,9 +43,10 @@ SPECS = _specs()
 def test_the_count_equals_the_built_network_s(spec, num_classes, image_size, in_channels):
     counted = count_spec(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
     built = measure.spec_complexity(spec, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-    assert (counted.parameters, counted.stage_parameters, counted.macs, counted.image_size) == (
-        built.parameters, built.stage_parameters, built.macs, built.image_size)
-    assert (counted.num_classes, counted.in_channels) == (num_classes, in_channels or 3)
+    assert isinstance(built, SpecCount)
+    assert counted == built
+    assert (counted.num_classes, counted.image_size, counted.in_channels) == (
+        num_classes, image_size or spec.eval_image_size, in_channels or 3)
 
 
 def test_the_reference_counts():
@@ -54,7 +65,22 @@ def test_the_stage_table_has_the_stem_every_stage_and_the_head_with_their_parame
     assert [row[-1] for row in rows[1:-1]] == [f"{count:,}" for count in parameters]
 
 
-@pytest.mark.parametrize("field, value", [("num_classes", 0), ("image_size", -1), ("in_channels", True)])
-def test_bad_values_are_refused_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
-        count_spec(presets.get("tiny"), **{field: value})
+@pytest.mark.parametrize("count", [count_spec, measure.spec_complexity], ids=["counted", "built"])
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 0, "num_classes must be an integer >= 1, got 0"),
+    ("num_classes", None, "num_classes must be an integer >= 1, got None"),
+    ("image_size", -1, "image_size must be an integer >= 1 or None, got -1"),
+    ("in_channels", True, "in_channels must be an integer in [1, 16384], got True"),
+])
+def test_both_ways_refuse_the_same_bad_values_naming_the_field(count, field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        count(presets.get("tiny"), **{field: value})
+
+
+def test_both_ways_follow_the_spec_s_pinned_in_channels_and_refuse_a_contradiction():
+    pinned = dataclasses.replace(presets.get("tiny"), in_channels=1)
+    assert count_spec(pinned).in_channels == measure.spec_complexity(pinned).in_channels == 1
+    assert resolve_in_channels(pinned, None) == 1 and resolve_in_channels(presets.get("tiny"), None) == 3
+    for count in (count_spec, measure.spec_complexity):
+        with pytest.raises(SpecError, match="spec tiny pins in_channels 1, got in_channels 3"):
+            count(pinned, in_channels=3)

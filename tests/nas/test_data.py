@@ -6,6 +6,7 @@ both must agree), and tests/nas/test_sources.py holds those of check_source alon
 import io
 import os
 import pickle
+import re
 import struct
 import time
 import tracemalloc
@@ -22,7 +23,13 @@ import nas.data
 import nas.sources
 from nas.data import CACHE_DIRNAME, DeviceBatches, ImageData, load_data
 from nas.recipe import AUGMENTATIONS
-from nas.sources import MAX_CLASSES, SOURCE_NAMES, DataError, SourceSummary, check_source
+from nas.sources import (
+    MAX_CLASSES,
+    SOURCE_NAMES,
+    DataError,
+    SourceSummary,
+    check_source,
+)
 
 SMALL_SYNTHETIC = "synthetic:num_classes=4,num_images=200,image_size=16"
 
@@ -139,9 +146,14 @@ def test_val_fraction_must_be_in_range(val_fraction):
         load_data(SMALL_SYNTHETIC, val_fraction=val_fraction)
 
 
-@pytest.mark.parametrize(("keyword", "value"), [("image_size", 0), ("image_size", 1.5), ("seed", -1), ("seed", "0")])
-def test_load_keyword_errors(keyword, value):
-    with pytest.raises(DataError, match=keyword):
+@pytest.mark.parametrize(("keyword", "value", "message"), [
+    ("image_size", 0, "image_size must be an integer >= 1 or None, got 0"),
+    ("image_size", 1.5, "image_size must be an integer >= 1 or None, got 1.5"),
+    ("seed", -1, "seed must be an integer >= 0, got -1"),
+    ("seed", "0", "seed must be an integer >= 0, got '0'"),
+])
+def test_load_keyword_errors(keyword, value, message):
+    with pytest.raises(DataError, match=re.escape(message)):
         load_data(SMALL_SYNTHETIC, **{keyword: value})
 
 
@@ -236,6 +248,8 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
         ({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, r"\(N, 3072\) array, got uint8 \(4, 1024\)"),
         ({b"data": cifar_rows(range(4)), b"labels": [0] * 3}, "4 images but 3 labels"),
         ({b"data": cifar_rows(range(4)), b"labels": ["a"] * 4}, "b'labels' must be a list or 1-D array of integers"),
+        ({b"data": cifar_rows(range(4)), b"labels": [0, 1, True, 0]},
+         "b'labels' must be a list or 1-D array of integers, got list"),
         ({b"data": cifar_rows(range(4)), b"labels": [0, 1, 2, 10]}, r"labels must be in \[0, 10\)"),
     ],
 )
@@ -294,8 +308,8 @@ ZEROS = np.zeros(4, int)
         ({"images": np.zeros((4, 8, 8), np.uint8), "labels": np.zeros((4, 2), int)}, r"\(N,\) or \(N, 1\)"),
         ({"images": np.zeros((0, 8, 8), np.uint8), "labels": np.zeros(0, int)}, "holds no images"),
         ({"pictures": np.zeros((4, 8, 8), np.uint8), "labels": ZEROS},
-         r"neither arrays 'images' and 'labels' nor Keras-style 'x_train' and 'y_train'; arrays present: "
-         r"\['labels', 'pictures'\]; name them as in 'npz:.*bad.npz\?images=NAME&labels=NAME'"),
+         (r"neither arrays 'images' and 'labels' nor Keras-style 'x_train' and 'y_train'; arrays present: "
+          r"\['labels', 'pictures'\]; name them as in 'npz:.*bad.npz\?images=NAME&labels=NAME'")),
         ({"images": np.zeros((1, 8, 8), np.uint8), "labels": np.zeros(1, int)}, "leaves none to train on"),
     ],
 )
@@ -497,9 +511,9 @@ def write_labels(path, labels, count=None):
         (np.array([0, 1, 5_000_000]), r"must be below 100,000 \(at most 100,000 classes\), got 5000000; relabel"),
         (np.array([0, 1, 2**63 + 5], np.uint64), r"must be below 100,000 .*got 9223372036854775813"),
         (np.array([0, 1, -3], np.int8), r"labels \(array 'labels'\) must be >= 0, got -3"),
-        (np.array([0, 999, 0, 999]), r"must be exactly the classes 0..999 \(largest label \+ 1 = 1,000 classes\), "
-                                     r"but labels 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... \(998 missing in all\) do not "
-                                     r"occur; relabel the classes as 0..K-1"),
+        (np.array([0, 999, 0, 999]), (r"must be exactly the classes 0..999 \(largest label \+ 1 = 1,000 classes\), "
+                                      r"but labels 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... \(998 missing in all\) do not "
+                                      r"occur; relabel the classes as 0..K-1")),
         (np.array([0, 2, 2, 0]), r"but labels 1 do not occur"),
     ],
 )
@@ -610,12 +624,12 @@ def test_imagefolder_cache_is_created_reused_and_invalidated(tmp_path, monkeypat
         assert load_data(f"imagefolder:{directory}", image_size=8).image_size == 8  # both sizes stay cached
 
     Image.new("RGB", (9, 9), (0, 255, 0)).save(directory / "dog" / "new.png")
-    images, labels = all_images_and_labels(load_data(f"imagefolder:{directory}", image_size=8))
+    images, _ = all_images_and_labels(load_data(f"imagefolder:{directory}", image_size=8))
     assert images.shape[0] == 5 and int((images[:, 1] == 255).all(2).all(1).sum()) == 1
     assert not (cache / "images_6.npy").exists()  # built from the old file list, so dropped
 
     Image.new("RGB", (7, 7), (0, 255, 0)).save(directory / "cat" / "0.png")  # same count, changed file
-    images, labels = all_images_and_labels(load_data(f"imagefolder:{directory}", image_size=8))
+    images, _ = all_images_and_labels(load_data(f"imagefolder:{directory}", image_size=8))
     assert int((images[:, 1] == 255).all(2).all(1).sum()) == 2
 
 
@@ -819,7 +833,7 @@ def test_labels_stay_with_their_images(augment):
     images = constant_images((10 + 2 * labels).tolist(), size=10)
     batches = batches_of(images, labels, batch_size=32, augment=augment, mean=(0.3, 0.4, 0.5), std=(0.2, 0.3, 0.4))
     seen = 0
-    for epoch in range(2):
+    for _ in range(2):  # two epochs
         for batch, batch_labels in batches:
             pixels = denormalize(batch, (0.3, 0.4, 0.5), (0.2, 0.3, 0.4)).round().flatten(1)  # (B, C * S * S)
             expected = (10 + 2 * batch_labels).float().view(-1, 1)
@@ -927,14 +941,17 @@ def test_batches_are_resized_to_image_size(augment):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"augment": "mixup"}, r"augment must be one of \('crop_flip', 'crop', 'resized_crop_flip', 'resized_crop', 'none'\), "
-                                    r"got 'mixup'"),
-        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-        ({"image_size": -1}, "image_size must be a positive integer"),
-        ({"crop_padding": -1}, "crop_padding must be a non-negative integer"),
+        ({"augment": "mixup"}, (r"augment must be one of \('crop_flip', 'crop', 'resized_crop_flip', 'resized_crop', "
+                                r"'none'\), got 'mixup'")),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
+        ({"image_size": -1}, "image_size must be an integer >= 1 or None, got -1"),
+        ({"crop_padding": -1}, "crop_padding must be an integer >= 0, got -1"),
+        ({"randaugment_magnitude": 31}, r"randaugment_magnitude must be a number in \[0, 30\], got 31"),
+        ({"randaugment_magnitude": "5"}, r"randaugment_magnitude must be a number in \[0, 30\], got '5'"),
         ({"mean": (0.5,)}, "mean and std must have 3 values"),
         ({"std": (0.5, 0.0, 0.5)}, "std must be positive"),
-        ({"seed": -3}, "seed must be a non-negative integer"),
+        ({"seed": -3}, "seed must be an integer >= 0, got -3"),
     ],
 )
 def test_batch_option_errors(options, message):

@@ -1,6 +1,7 @@
 """Parameter and multiply-add counts."""
 
 import dataclasses
+import re
 import time
 
 import pytest
@@ -17,7 +18,9 @@ from nas.measure import (
     spec_complexity,
     time_step,
 )
+from nas.recipe import MAX_BATCH_SIZE
 from search_spaces import presets
+from search_spaces.spec import MAX_IMAGE_SIZE
 
 
 def test_macs_match_the_papers():
@@ -93,9 +96,25 @@ def test_time_step_excludes_warmup_and_reports_per_step_median():
     assert timing.iqr_s >= 0 and timing.relative_spread == timing.iqr_s / timing.median_s
 
 
-def test_time_step_validates_its_arguments():
-    with pytest.raises(ValueError, match="warmup"):
-        time_step(lambda: None, torch.device("cpu"), warmup=0)
+@pytest.mark.parametrize("arguments, message", [
+    ({"warmup": 0}, "warmup must be an integer >= 1, got 0"),
+    ({"repeats": 0}, "repeats must be an integer >= 1, got 0"),
+    ({"repeats": 2.0}, "repeats must be an integer >= 1, got 2.0"),
+])
+def test_time_step_validates_its_arguments(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        time_step(lambda: None, torch.device("cpu"), **arguments)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"batch_size": 0}, f"batch_size must be an integer in [1, {MAX_BATCH_SIZE}], got 0"),
+    ({"batch_size": True}, f"batch_size must be an integer in [1, {MAX_BATCH_SIZE}], got True"),
+    ({"image_size": MAX_IMAGE_SIZE + 1},
+     f"image_size must be an integer in [1, {MAX_IMAGE_SIZE}] or None, got {MAX_IMAGE_SIZE + 1}"),
+])
+def test_benchmark_spec_refuses_bad_sizes_before_building(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        benchmark_spec(presets.get("tiny"), device="cpu", **arguments)
 
 
 def test_benchmark_spec_reports_a_consistent_result():

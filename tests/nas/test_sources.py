@@ -45,8 +45,8 @@ def test_check_source_summarizes_each_source_without_decoding(tmp_path, monkeypa
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("pixels=x", r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels, "
-                     r"flip \(as in 'npz:FILE\?images=x_train&labels=y_train&flip=no'\)"),
+        ("pixels=x", (r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels, "
+                      r"flip \(as in 'npz:FILE\?images=x_train&labels=y_train&flip=no'\)")),
         ("flip=maybe", r"npz option flip must be one of yes, no, got 'maybe'"),
         ("flip=", r"npz option flip needs a value, 'flip=yes' or 'flip=no'"),
         ("flip=no&flip=yes", r"npz option flip is given twice"),

@@ -7,7 +7,13 @@ import torch
 
 from nas.builder import build_model
 from nas.recipe import TrainConfig, resolve_recipe
-from nas.step import TrainingStep, build_training_step, make_optimizer, resolve_amp, warmup_cosine
+from nas.step import (
+    TrainingStep,
+    build_training_step,
+    make_optimizer,
+    resolve_amp,
+    warmup_cosine,
+)
 from search_spaces import presets
 
 

@@ -4,7 +4,15 @@ import re
 
 import pytest
 
-from search_spaces.checks import check_bool, check_choice, check_int, check_real, check_string, is_int, is_real
+from search_spaces.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    check_string,
+    is_int,
+    is_real,
+)
 from search_spaces.spec import SpecError
 
 NON_NUMBERS = ["3", None, [1], (1,), {}, object()]
