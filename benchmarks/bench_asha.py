@@ -10,7 +10,7 @@
 Run it from the repository root (the config's data path is relative). Cost at the defaults (mnist5k.yaml, 20
 trials x 10 epochs, 3 seeds, reference 40 epochs): about 3 x (200 + ~70) proxy epochs and ~5 reference trainings
 of 40 epochs, at 5-6 core-seconds per epoch on a CPU: ~1.5 core-hours, ~50 minutes with 2 workers. ``--workers 0``
-runs everything in this process (debugging, tests). A stopped run is not resumed: start again in a new out-dir.
+(or 1) runs everything in this process (debugging, tests). A stopped run is not resumed: start again in a new out-dir.
 ``--full-from DIR`` takes the full arm (its studies, logs and wall times, and the reference results of its seeds)
 from an earlier run in DIR instead of running it again, and runs only the halving arm: the way to try other
 ``--min-epochs`` or ``--reduction-factor`` against one full budget, at a fraction of the cost. The earlier run must
@@ -63,29 +63,37 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    machine,
+    markdown_table,
+    worker_results,
+)
 from nas import records  # noqa: E402
 from nas.campaign import CampaignConfig, CampaignError, load_campaign  # noqa: E402
-from nas.halving import SchedulerConfig  # noqa: E402
+from nas.halving import (  # noqa: E402
+    HalvingSummary,
+    SchedulerConfig,
+    TrialTraining,
+    full_epochs,
+    halving_summary,
+)
 from nas.recipe import TimingConfig  # noqa: E402
-from nas.study import is_interrupted  # noqa: E402
-from rewards import training_aware_reward  # noqa: E402
+from nas.states import is_interrupted  # noqa: E402
+from rewards import PARAMS_EXPONENT, STEP_TIME_EXPONENT, training_aware_reward  # noqa: E402
 from search_spaces.files import write_file  # noqa: E402
 
 FULL = "full"
@@ -146,6 +154,12 @@ class TrialRecord:
         """Counts toward the campaign's budget (as nas.study.finished_trials)."""
         return self.state in ("COMPLETE", "PRUNED", "FAIL") and not self.interrupted
 
+    @property
+    def training(self) -> TrialTraining:
+        """What successive halving left of this trial, as :func:`nas.halving.halving_summary` counts it."""
+        return TrialTraining(complete=self.state == "COMPLETE", stopped=self.stopped,
+                             epochs_completed=self.epochs_completed, stopped_at_epoch=self.stopped_at_epoch)
+
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
         attributes = trial.user_attrs
@@ -174,28 +188,35 @@ class TrialRecord:
 class Exponents:
     """The campaign's reward exponents (w of S/S0, v of P/P0)."""
 
-    step_time: float = -0.07
-    params: float = -0.05
+    step_time: float = STEP_TIME_EXPONENT
+    params: float = PARAMS_EXPONENT
 
     @classmethod
     def from_campaign(cls, campaign: Mapping[str, Any]) -> Exponents:
-        return cls(step_time=campaign.get("step_time_exponent", -0.07), params=campaign.get("params_exponent", -0.05))
+        return cls(step_time=campaign.get("step_time_exponent", STEP_TIME_EXPONENT),
+                   params=campaign.get("params_exponent", PARAMS_EXPONENT))
 
 
 @dataclass(frozen=True)
 class ArmResult:
-    """One arm of one seed: its compute and its winner."""
+    """One arm of one seed: its compute and its winner. ``epochs`` counts every trial's epochs, a failed trial's
+    too (compute spent); ``halving`` is the campaign's own summary, as the report gives it (trained trials only)."""
 
     arm: str
     seed: int
     candidates: int  # finished candidate trials (the baseline not counted)
-    stopped: Mapping[int, int]  # rung epoch -> trials stopped there
+    halving: HalvingSummary
     epochs: int  # epochs trained, summed over all trials, the baseline included
     proxy_wall_s: float  # proxy-training wall time, summed over all trials
     campaign_wall_s: float | None  # the campaign's own wall time (None: not recorded)
     winner: TrialRecord | None  # the best COMPLETE trial by proxy reward (ties: the earlier trial)
     trials: tuple[TrialRecord, ...]
     exponents: Exponents = field(default_factory=Exponents)
+
+    @property
+    def stopped(self) -> Mapping[int | None, int]:
+        """Rung epoch -> trials stopped there."""
+        return self.halving.stopped_at
 
 
 def summarize_arm(
@@ -205,12 +226,12 @@ def summarize_arm(
     trials = tuple(trials)
     complete = [trial for trial in trials if trial.state == "COMPLETE" and trial.reward is not None]
     winner = min(complete, key=lambda trial: (-trial.reward, trial.number)) if complete else None
-    stopped = Counter(trial.stopped_at_epoch for trial in trials if trial.stopped)
+    trainings = [trial.training for trial in trials]
     return ArmResult(
         arm=arm,
         seed=seed,
         candidates=sum(trial.finished and trial.role != records.ROLE_BASELINE for trial in trials),
-        stopped=dict(sorted(stopped.items(), key=lambda item: (item[0] is None, item[0] or 0))),
+        halving=halving_summary(trainings, epochs=full_epochs(None, trainings)),
         epochs=sum(trial.epochs_completed for trial in trials),
         proxy_wall_s=sum(trial.wall_time_s for trial in trials),
         campaign_wall_s=campaign_wall_s,
@@ -352,49 +373,33 @@ def _stopped(stopped: Mapping[int, int]) -> str:
 
 
 def seed_table(seed: SeedResult) -> str:
-    lines = [
-        f"### seed {seed.seed}",
-        "",
-        "| arm | candidates | stopped at rung (epoch: trials) | epochs trained | proxy wall s | campaign wall s "
-        "| winner blocks | winner proxy reward | winner reference A | reference reward | full winner survived |",
-        "|---|--:|---|--:|--:|--:|---|--:|--:|--:|---|",
-    ]
+    header = ("arm", "candidates", "stopped at rung (epoch: trials)", "epochs trained", "proxy wall s",
+              "campaign wall s", "winner blocks", "winner proxy reward", "winner reference A", "reference reward",
+              "full winner survived")
+    rows = []
     for arm in ARMS:
         result = seed.arms[arm]
         winner = result.winner
-        blocks = " ".join(winner.block_strings) if winner is not None else "-"
-        survived = seed.survival.describe() if arm == HALVING else "-"
-        lines.append(
-            f"| {ARM_TITLES[arm]} | {result.candidates} | {_stopped(result.stopped) if arm == HALVING else '-'} "
-            f"| {result.epochs} | {_number(result.proxy_wall_s, 1)} | {_number(result.campaign_wall_s, 1)} "
-            f"| {blocks} | {_number(None if winner is None else winner.reward)} "
-            f"| {_number(seed.reference_accuracy(arm))} | {_number(seed.reference_reward(arm))} | {survived} |"
-        )
-    return "\n".join(lines)
+        rows.append((
+            ARM_TITLES[arm], result.candidates, _stopped(result.stopped) if arm == HALVING else "-", result.epochs,
+            _number(result.proxy_wall_s, 1), _number(result.campaign_wall_s, 1),
+            " ".join(winner.block_strings) if winner is not None else "-",
+            _number(None if winner is None else winner.reward), _number(seed.reference_accuracy(arm)),
+            _number(seed.reference_reward(arm)), seed.survival.describe() if arm == HALVING else "-",
+        ))
+    return f"### seed {seed.seed}\n\n" + markdown_table(header, rows, align="lrlrrrlrrrl")
 
 
 def summary_table(seeds: Sequence[SeedResult], summary: Summary) -> str:
-    lines = [
-        "### summary",
-        "",
-        "| seed | epochs saving | proxy wall saving | campaign wall saving | reference reward, halving - full "
-        "| full winner survived |",
-        "|---|--:|--:|--:|--:|---|",
-    ]
-    for index, seed in enumerate(seeds):
-        lines.append(
-            f"| {seed.seed} | {_times(summary.savings['epochs'][index])} "
-            f"| {_times(summary.savings['proxy_wall_s'][index])} "
-            f"| {_times(summary.savings['campaign_wall_s'][index])} | {_signed(summary.differences[index])} "
-            f"| {seed.survival.describe()} |"
-        )
+    header = ("seed", "epochs saving", "proxy wall saving", "campaign wall saving",
+              "reference reward, halving - full", "full winner survived")
+    rows = [(seed.seed, *(_times(summary.savings[measure][index]) for measure in MEASURES),
+             _signed(summary.differences[index]), seed.survival.describe()) for index, seed in enumerate(seeds)]
     mean_difference = (statistics.fmean(summary.differences)
                        if summary.differences and None not in summary.differences else None)
-    lines.append(
-        f"| mean | {_times(summary.mean_savings['epochs'])} | {_times(summary.mean_savings['proxy_wall_s'])} "
-        f"| {_times(summary.mean_savings['campaign_wall_s'])} | {_signed(mean_difference)} "
-        f"| {sum(seed.survival.survived for seed in seeds)}/{len(seeds)} survived |"
-    )
+    rows.append(("mean", *(_times(summary.mean_savings[measure]) for measure in MEASURES), _signed(mean_difference),
+                 f"{sum(seed.survival.survived for seed in seeds)}/{len(seeds)} survived"))
+    lines = ["### summary", "", markdown_table(header, rows, align="lrrrrl")]
     lines += ["", f"seed spread of the full-budget winners' reference reward (max - min over {len(seeds)} seed(s)): "
               f"{_number(summary.spread)}", target_line(summary)]
     return "\n".join(lines)
@@ -473,7 +478,7 @@ def check_full_arm(source: Path, configs: Mapping[tuple[str, int], CampaignConfi
             problems.append(f"seed {seed}: {error}")
             continue
         recorded = attributes.get(records.CAMPAIGN, {})
-        differences = settings_differences(attributes, presets.get_space(config.space), config) + [
+        differences = settings_differences(attributes, presets.get_space(config.space), config.study_settings()) + [
             f"{key}: study {recorded.get(key)!r}, now {getattr(config, key)!r}"
             for key in ("trials", "controller") if recorded.get(key) != getattr(config, key)]
         problems += [f"seed {seed} {difference}" for difference in differences]
@@ -513,11 +518,11 @@ def halving_scheduler(base: CampaignConfig, min_epochs: int | None, reduction_fa
 
 
 def arm_config(
-    base: CampaignConfig, arm: str, seed: int, out_dir: Path, *, device: str | None, halving: SchedulerConfig
+    base: CampaignConfig, arm: str, seed: int, out_dir: Path, *, device: str, halving: SchedulerConfig
 ) -> CampaignConfig:
     """``base`` as one arm of one seed: its own study and SQLite file, the seed for the controller, split and
     training, and halving on or off."""
-    train = dataclasses.replace(base.train, seed=seed, **({"device": device} if device else {}))
+    train = dataclasses.replace(base.train, seed=seed, device=device)
     return dataclasses.replace(
         base, study=study_name(arm, seed), storage=storage_url(out_dir, arm, seed), seed=seed, train=train,
         scheduler=halving if arm == HALVING else SchedulerConfig(type="none"),
@@ -557,10 +562,8 @@ class _Tee(io.TextIOBase):
         return len(text)
 
 
-def _init_worker(threads: int) -> None:
-    """A worker process: torch's threads as the campaign's cpus_per_trial (set before torch is imported)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
+def _quiet_optuna() -> None:
+    """A worker's Optuna logs warnings only: each campaign's own output goes to its log."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -600,21 +603,6 @@ def run_reference_task(task: ReferenceTask) -> dict[str, Any]:
             "failure_reason": result.failure_reason, "accuracy": result.accuracy,
             "epochs": result.epochs_completed, "wall_time_s": result.wall_time_s,
             "image_size": data.image_size}
-
-
-def run_tasks(function: Callable[[Any], dict[str, Any]], tasks: Sequence[Any], workers: int,
-              threads: int) -> Iterator[dict[str, Any]]:
-    """Each task's result as it finishes: in ``workers`` spawned processes, or in this one when ``workers`` is 0
-    (debugging, tests)."""
-    if workers == 0:
-        for task in tasks:
-            yield function(task)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)) or 1, mp_context=context,
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        for future in as_completed([pool.submit(function, task) for task in tasks]):
-            yield future.result()
 
 
 # --- the state of a run: bench.json and the studies ------------------------------------------------------------
@@ -663,15 +651,6 @@ def collect(out_dir: Path, state: Mapping[str, Any]) -> list[SeedResult]:
 # --- the command -----------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """The machine the campaigns ran on: its CPU (nas.measure's one description), cores and Python."""
-    import torch
-
-    from nas.measure import describe_device
-
-    return f"{describe_device(torch.device('cpu'))}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-
-
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -691,7 +670,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="proxy epochs, the full arm's budget (default: config)")
     parser.add_argument("--controller", default="random",
                         help="default random: both arms then propose the same candidates")
-    parser.add_argument("--device", help="training device (default: the config's, auto)")
+    add_device_argument(parser, "training device (replaces the config's)")
     parser.add_argument("--min-epochs", type=int, help="halving's first rung (default: the config's, else 1)")
     parser.add_argument("--reduction-factor", type=int, help="halving's reduction factor (default: config, else 3)")
     parser.add_argument("--reference-epochs", type=int,
@@ -699,7 +678,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=int, help="threads of each campaign (default: the config's)")
     parser.add_argument("--workers", type=int,
                         help="parallel processes, each running one campaign or reference training (default: CPUs "
-                             "// cpus_per_trial; 0 runs everything in this process)")
+                             "// cpus_per_trial; 0 or 1 runs everything in this process)")
     parser.add_argument("--out-dir", help="a new or empty directory (default: runs/bench_asha/<time>)")
     parser.add_argument("--full-from", metavar="DIR",
                         help="take the full arm from the earlier run in DIR and run only the halving arm")
@@ -761,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(), "config": str(args.config), "space": base.space, "data": base.data,
         "seeds": args.seeds, "trials": base.trials, "epochs": base.train.epochs, "controller": base.controller,
         "min_epochs": halving.min_epochs, "reduction_factor": halving.reduction_factor,
-        "reference_epochs": reference_epochs, "device": args.device or base.train.device,
+        "reference_epochs": reference_epochs, "device": args.device,
         "cpus_per_trial": threads, "workers": workers, "full_from": args.full_from,
     }
     source_state = check_full_arm(Path(args.full_from), configs, settings) if args.full_from else None
@@ -775,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"out-dir {out_dir}" + (f", the full arm from {args.full_from}" if args.full_from else ""), flush=True)
 
     tasks = [CampaignTask(arm, seed, config) for (arm, seed), config in configs.items() if arm in arms]
-    for done in run_tasks(run_campaign_task, tasks, workers, threads):
+    for done in worker_results(run_campaign_task, tasks, workers=workers, threads=threads,
+                               initializer=_quiet_optuna):
         log = f"seed{done['seed']}-{done['arm']}.log"
         write_file(out_dir / log, done["log"])
         state["campaigns"][campaign_id(done["arm"], done["seed"])] = {
@@ -794,7 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 references.setdefault(key, ReferenceTask(seed.seed, winner.architecture, winner.spec,
                                                          configs[(arm, seed.seed)], reference_epochs))
-    for done in run_tasks(run_reference_task, list(references.values()), workers, threads):
+    for done in worker_results(run_reference_task, list(references.values()), workers=workers, threads=threads,
+                               initializer=_quiet_optuna):
         state["references"][reference_id(done["seed"], done["architecture"])] = done
         save_state(out_dir, state)
 

@@ -1,4 +1,5 @@
-"""Cold start of `nas --help` and the read-only commands (trials, best, export, show), each in fresh processes.
+"""Cold start of `nas --help`, the commands that read a study (trials, best, export, report) and `nas show`, each
+in fresh processes.
 
     python benchmarks/bench_cli.py [--before REF] [--runs 5] [--trials 200]
 
@@ -36,6 +37,7 @@ COMMANDS = {
     "nas best": ["best", "--study", "bench", "--storage", "sqlite:///bench.db", "-k", "5"],
     "nas export": ["export", "--study", "bench", "--storage", "sqlite:///bench.db"],
     "nas show": ["show", "efficientnetv2-s"],
+    "nas report": ["report", "--study", "bench", "--storage", "sqlite:///bench.db", "-o", "report", "--force"],
 }
 
 
@@ -53,7 +55,9 @@ def make_study(directory: Path, trials: int) -> None:
                                     step_time_s=0.01 + number % 11 / 1000, step_time_iqr_s=1e-4,
                                     parameters=100_000 + number * 997, macs=10**7, device="cpu", wall_time_s=1.0,
                                     epochs_completed=1)
-        attributes = records.started_attributes(role, spec, "random") | records.result_attributes(result)
+        attributes = records.started_attributes(role, spec, "random") | records.result_attributes(result) | {
+            records.NORMALIZED_STEP_TIME: result.step_time_s / 0.01, records.NORMALIZED_PARAMETERS:
+            result.parameters / 100_000, records.REWARD: result.accuracy}
         for key, value in attributes.items():
             trial.set_user_attr(key, value)
         study.tell(trial, result.accuracy)

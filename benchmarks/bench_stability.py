@@ -36,6 +36,9 @@ windows each):
     python benchmarks/bench_stability.py --pairs 3 --specs 4   # a quick look
     python benchmarks/bench_stability.py --fresh-processes     # CPU, tiny space, 32px, batch 128
     python benchmarks/bench_stability.py --fresh-processes --device cuda --space efficientnetv2-s --image-size 128
+
+``--device`` defaults to ``auto`` (the GPU when there is one). ``--json`` prints the result as one JSON object on
+stdout, the tables going to stderr (``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -51,16 +54,27 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from nas.measure import benchmark_spec, describe_device, resolve_device
-from nas.recipe import TimingConfig
-from nas.timing import time_relative
-from search_spaces import presets
-from search_spaces.io import dump_spec
-from search_spaces.spec import ArchSpec
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    add_json_argument,
+    human_output,
+    print_json,
+    spearman,
+)
+from nas.measure import benchmark_spec, describe_device, resolve_device  # noqa: E402
+from nas.recipe import TimingConfig  # noqa: E402
+from nas.timing import time_relative  # noqa: E402
+from search_spaces import presets  # noqa: E402
+from search_spaces.io import dump_spec  # noqa: E402
+from search_spaces.spec import ArchSpec  # noqa: E402
 
 # Targets of issue 16 for the paired ratio between the quiet and the loaded pass.
 MAX_MEDIAN_CHANGE = 0.03
@@ -81,8 +95,8 @@ def bench_in_fresh_process(spec_path: Path, args: argparse.Namespace) -> dict:
     return json.loads(result.stdout)
 
 
-def fresh_processes(args: argparse.Namespace) -> None:
-    """The measurements before issue 16: one spec in fresh processes, and the ranks of specs twice."""
+def fresh_processes(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurements before issue 16: one spec in fresh processes, and the ranks of specs twice; returns them."""
     space = presets.get_space(args.space)
     rng = random.Random(args.seed)
     specs = [space.baseline] + [space.sample(rng) for _ in range(args.specs - 1)]
@@ -118,8 +132,16 @@ def fresh_processes(args: argparse.Namespace) -> None:
         rows["difference"] = (rows["S second (ms)"] / rows["S first (ms)"] - 1).map(lambda v: f"{v:+.1%}")
         print(f"2) {args.specs} specs, each measured twice in fresh processes")
         print(rows.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        correlation = pd.Series(first).corr(pd.Series(second), method="spearman")
+        correlation = spearman(first, second)
         print(f"Spearman rank correlation of the two orderings: {correlation:.3f}")
+    return {"mode": "fresh-processes", "device": device, "space": args.space, "image_size": args.image_size,
+            "batch_size": args.batch_size, "repeats": args.repeats,
+            "runs": [{"median_s": run["step"]["median_s"], "relative_spread": run["step"]["relative_spread"]}
+                     for run in same],
+            "median_of_medians_s": statistics.median(medians), "coefficient_of_variation": cv,
+            "specs": [{"spec": " ".join(spec.block_strings), "first_s": a, "second_s": b}
+                      for spec, a, b in zip(specs, first, second)],
+            "spearman": correlation}
 
 
 class CpuHogs:
@@ -213,23 +235,27 @@ def run_pass(specs: list[ArchSpec], baseline: ArchSpec, args: argparse.Namespace
     return Pass(paired, unpaired, paired_s, unpaired_s, pair_spread, reference_s, time.perf_counter() - start)
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    """Pearson correlation of the average ranks."""
-    return pd.Series(a).rank().corr(pd.Series(b).rank())
-
-
-def summarize(name: str, quiet: list[float], loaded: list[float], *, targets: bool) -> str:
+def change_summary(quiet: list[float], loaded: list[float]) -> dict[str, float | bool]:
+    """How much the load moved one method's S/S0: the median and largest absolute change, the Spearman correlation
+    of the two orderings, and whether the paired ratio's targets hold for these figures."""
     changes = [abs(b / a - 1) for a, b in zip(quiet, loaded)]
     median, largest, rho = statistics.median(changes), max(changes), spearman(quiet, loaded)
-    line = f"{name}: median |change| {median:.1%}, max |change| {largest:.1%}, Spearman {rho:.3f}"
+    return {"median_change": median, "max_change": largest, "spearman": rho,
+            "targets_met": median <= MAX_MEDIAN_CHANGE and rho >= MIN_SPEARMAN}
+
+
+def summarize(name: str, summary: dict[str, float | bool], *, targets: bool) -> str:
+    line = (f"{name}: median |change| {summary['median_change']:.1%}, max |change| {summary['max_change']:.1%}, "
+            f"Spearman {summary['spearman']:.3f}")
     if targets:
-        verdict = "met" if median <= MAX_MEDIAN_CHANGE and rho >= MIN_SPEARMAN else "NOT met"
+        verdict = "met" if summary["targets_met"] else "NOT met"
         line += (f"  (targets: median |change| <= {MAX_MEDIAN_CHANGE:.0%}, Spearman >= {MIN_SPEARMAN}: {verdict})")
     return line
 
 
-def quiet_vs_loaded(args: argparse.Namespace) -> None:
-    """Paired and unpaired S/S0 of ``--specs`` specs, in a quiet pass and in a pass loaded halfway through."""
+def quiet_vs_loaded(args: argparse.Namespace) -> dict[str, Any]:
+    """Paired and unpaired S/S0 of ``--specs`` specs, in a quiet pass and in a pass loaded halfway through; returns
+    them and their summaries."""
     wall_start = time.perf_counter()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -265,10 +291,21 @@ def quiet_vs_loaded(args: argparse.Namespace) -> None:
           f"loaded pass {loaded.reference_s * 1e3:.2f} ms")
     print("per-pair ratios' IQR / ratio, median over the specs: quiet pass "
           f"{statistics.median(quiet.pair_spread):.1%}, loaded half {statistics.median(loaded.pair_spread[half:]):.1%}")
-    print(summarize("paired", quiet.paired, loaded.paired, targets=True))
-    print(summarize("unpaired", quiet.unpaired, loaded.unpaired, targets=False))
-    print(f"wall time: {time.perf_counter() - wall_start:.0f} s (quiet pass {quiet.seconds:.0f} s, loaded pass "
+    paired, unpaired = change_summary(quiet.paired, loaded.paired), change_summary(quiet.unpaired, loaded.unpaired)
+    print(summarize("paired", paired, targets=True))
+    print(summarize("unpaired", unpaired, targets=False))
+    wall_s = time.perf_counter() - wall_start
+    print(f"wall time: {wall_s:.0f} s (quiet pass {quiet.seconds:.0f} s, loaded pass "
           f"{loaded.seconds:.0f} s); load average {os.getloadavg()[0]:.2f} (1 min) at the end")
+    return {"mode": "quiet-vs-loaded", "device": describe_device(device), "space": args.space,
+            "image_size": args.image_size, "batch_size": args.batch_size, "pairs": args.pairs,
+            "window_s": args.window_s, "threads": args.threads, "hogs": args.hogs,
+            "specs": [{"spec": " ".join(spec.block_strings), "loaded": index >= half,
+                       "paired_quiet": quiet.paired[index], "paired_loaded": loaded.paired[index],
+                       "unpaired_quiet": quiet.unpaired[index], "unpaired_loaded": loaded.unpaired[index],
+                       "step_time_quiet_s": quiet.paired_s[index], "step_time_loaded_s": loaded.paired_s[index]}
+                      for index, spec in enumerate(specs)],
+            "paired": paired, "unpaired": unpaired, "wall_s": wall_s}
 
 
 def main() -> None:
@@ -276,7 +313,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fresh-processes", action="store_true",
                         help="run the earlier measurements (one spec in fresh processes; ranks twice) instead")
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
+    add_json_argument(parser)
     parser.add_argument("--space", default="tiny")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, help="default 32 (128 with --fresh-processes)")
@@ -292,13 +330,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="--fresh-processes: timed windows per measurement")
     parser.add_argument("--runs", type=int, default=5, help="--fresh-processes: fresh-process runs of one spec")
     args = parser.parse_args()
-    if args.fresh_processes:
-        args.batch_size = 128 if args.batch_size is None else args.batch_size
-        fresh_processes(args)
-    else:
-        args.batch_size = 32 if args.batch_size is None else args.batch_size
-        args.threads = 1 if args.threads is None else args.threads
-        quiet_vs_loaded(args)
+    with human_output(args.json):
+        if args.fresh_processes:
+            args.batch_size = 128 if args.batch_size is None else args.batch_size
+            result = fresh_processes(args)
+        else:
+            args.batch_size = 32 if args.batch_size is None else args.batch_size
+            args.threads = 1 if args.threads is None else args.threads
+            result = quiet_vs_loaded(args)
+    if args.json:
+        print_json(result)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ what a multi-threaded training would pay.
     python benchmarks/bench_timing_settings.py --groups b4 --rounds 1 --repeats 3
     python benchmarks/bench_timing_settings.py --threads 2              # all cores of a quiet 2-core CPU
     python benchmarks/bench_timing_settings.py --device cuda --tiny-batch-size 256 --b4-batch-size 64
+
+``--device`` defaults to ``auto`` (the GPU when there is one). ``--json`` prints the result as one JSON object on
+stdout, the tables going to stderr (``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -34,15 +37,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device
-from search_spaces import presets
-from search_spaces.spec import ArchSpec
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    add_json_argument,
+    human_output,
+    kendall_tau_b,
+    print_json,
+    spearman,
+)
+from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device  # noqa: E402
+from search_spaces import presets  # noqa: E402
+from search_spaces.spec import ArchSpec  # noqa: E402
+
 TINY_SPECS = 8
 TINY_SIZES = (32, 128)  # (proxy, target)
 B4_SIZES = (64, 128)
@@ -94,31 +108,8 @@ class Group:
     batch_size: int
 
 
-def spearman(a: pd.Series, b: pd.Series) -> float:
-    """Pearson correlation of the average ranks."""
-    return a.rank().corr(b.rank())
-
-
-def kendall_tau_b(a: list[float], b: list[float]) -> float:
-    concordant = discordant = ties_a = ties_b = 0
-    for i, j in itertools.combinations(range(len(a)), 2):
-        da, db = a[i] - a[j], b[i] - b[j]
-        if da == 0 and db == 0:
-            continue
-        if da == 0:
-            ties_a += 1
-        elif db == 0:
-            ties_b += 1
-        elif (da > 0) == (db > 0):
-            concordant += 1
-        else:
-            discordant += 1
-    denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else float("nan")
-
-
-def run_group(group: Group, args: argparse.Namespace) -> None:
-    """Times every spec at both settings in interleaved rounds and prints the table.
+def run_group(group: Group, args: argparse.Namespace) -> dict[str, Any]:
+    """Times every spec at both settings in interleaved rounds, prints the table and returns it.
 
     Each round times every (spec, setting) once with the protocol, the order reversed every other round; S is the
     median of all of a (spec, setting)'s windows. Load that comes and goes (co-tenants, thermal drift) then falls on
@@ -162,7 +153,8 @@ def run_group(group: Group, args: argparse.Namespace) -> None:
           f"IQR/med = spread of all its windows")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     a, b = table[f"S {proxy}px (ms)"], table[f"S {target}px (ms)"]
-    print(f"Spearman rank correlation {spearman(a, b):.3f}, Kendall tau-b {kendall_tau_b(list(a), list(b)):.3f}")
+    rho, tau = spearman(list(a), list(b)), kendall_tau_b(list(a), list(b))
+    print(f"Spearman rank correlation {rho:.3f}, Kendall tau-b {tau:.3f}")
 
     flips = []
     for i, j in itertools.combinations(range(len(labels)), 2):
@@ -178,11 +170,17 @@ def run_group(group: Group, args: argparse.Namespace) -> None:
     print(f"order flips between {proxy}px and {target}px: {len(flips)} of {pairs} pairs")
     print("\n".join(flips) if flips else "  none")
     print()
+    return {"name": group.name, "batch_size": group.batch_size, "proxy_image_size": proxy,
+            "target_image_size": target, "rounds": args.rounds, "repeats": args.repeats,
+            "specs": [{"spec": label, "proxy_step_time_s": a[index] / 1e3, "target_step_time_s": b[index] / 1e3}
+                      for index, label in enumerate(labels)],
+            "spearman": rho, "kendall_tau_b": tau, "order_flips": len(flips), "pairs": pairs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
+    add_json_argument(parser)
     parser.add_argument("--groups", choices=("tiny", "b4", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=2, help="timed windows per spec, setting and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all specs and settings")
@@ -190,9 +188,6 @@ def main() -> None:
     parser.add_argument("--tiny-batch-size", type=int, default=32)
     parser.add_argument("--b4-batch-size", type=int, default=8)
     args = parser.parse_args()
-    if args.threads is None and args.device == "cpu":
-        args.threads = 1
-
     groups = []
     if args.groups in ("tiny", "both"):
         groups.append(Group("tiny space", tiny_specs(), TINY_SIZES, args.tiny_batch_size))
@@ -201,15 +196,22 @@ def main() -> None:
 
     start = time.perf_counter()
     torch_device = resolve_device(args.device)
+    if args.threads is None and torch_device.type == "cpu":
+        args.threads = 1
     prepare_device(torch_device, args.threads)
     device = describe_device(torch_device)  # the description every benchmark result carries
     software = "" if f"torch {torch.__version__}" in device else f", torch {torch.__version__}"
-    print(f"device: {device}{software}\n")
-    sys.stdout.flush()
-    for group in groups:
-        run_group(group, args)
+    with human_output(args.json):
+        print(f"device: {device}{software}\n")
         sys.stdout.flush()
-    print(f"wall time {time.perf_counter() - start:.0f} s")
+        results = []
+        for group in groups:
+            results.append(run_group(group, args))
+            sys.stdout.flush()
+        print(f"wall time {time.perf_counter() - start:.0f} s")
+    if args.json:
+        print_json({"device": device, "threads": args.threads, "groups": results,
+                    "wall_s": time.perf_counter() - start})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ each and the ratio to the plain loop.
 
     python benchmarks/bench_trainer.py                    # CPU, tiny baseline, synthetic 32px, batch 128
     python benchmarks/bench_trainer.py --device cuda --spec efficientnetv2-b0 --batch-size 256
+
+``--json`` prints the result as one JSON object on stdout, the table going to stderr (``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -16,20 +18,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from nas.builder import build_model
-from nas.data import DeviceBatches, ImageData, load_data
-from nas.measure import describe_device, prepare_device, resolve_device, synchronize
-from nas.recipe import TrainConfig, resolve_recipe
-from nas.step import build_training_step, make_optimizer
-from nas.train import train_epoch
-from search_spaces import presets
-from search_spaces.spec import ArchSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    add_json_argument,
+    human_output,
+    print_json,
+)
+from nas.builder import build_model  # noqa: E402
+from nas.data import DeviceBatches, ImageData, load_data  # noqa: E402
+from nas.measure import describe_device, prepare_device, resolve_device, synchronize  # noqa: E402
+from nas.recipe import TrainConfig, resolve_recipe  # noqa: E402
+from nas.step import build_training_step, make_optimizer  # noqa: E402
+from nas.train import train_epoch  # noqa: E402
+from search_spaces import presets  # noqa: E402
+from search_spaces.spec import ArchSpec  # noqa: E402
 
 
 class PerSampleAugmentation(Dataset):
@@ -139,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="tiny", help="preset name or spec file (default: tiny)")
     parser.add_argument("--data", default="synthetic:num_images=10000,image_size=32")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--warmup-images", type=int, default=1024)
@@ -147,6 +159,7 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", help="precision of our loop (the plain loop is float32)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    add_json_argument(parser)
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -163,12 +176,19 @@ def main() -> None:
             for label, runner, channels_last in runs]
     table = pd.DataFrame(rows)
     table["vs plain"] = table["images/s"] / table["images/s"].iloc[0]
-    print(f"device: {describe_device(device)}")
-    print(f"{spec.name or args.spec} on {data.name}, {data.image_size}px, batch {args.batch_size}, "
-          f"{args.epochs} epochs of {len(data.train_labels):,} images, amp of ours: {args.amp}")
-    width = table["loop"].str.len().max()
-    formatters = {"loop": lambda text: text.ljust(width), "images/s": "{:,.0f}".format, "vs plain": "{:.2f}x".format}
-    print(table.to_string(index=False, formatters=formatters, justify="left"))
+    with human_output(args.json):
+        print(f"device: {describe_device(device)}")
+        print(f"{spec.name or args.spec} on {data.name}, {data.image_size}px, batch {args.batch_size}, "
+              f"{args.epochs} epochs of {len(data.train_labels):,} images, amp of ours: {args.amp}")
+        width = table["loop"].str.len().max()
+        formatters = {"loop": lambda text: text.ljust(width), "images/s": "{:,.0f}".format,
+                      "vs plain": "{:.2f}x".format}
+        print(table.to_string(index=False, formatters=formatters, justify="left"))
+    if args.json:
+        print_json({"device": describe_device(device), "spec": spec.name or args.spec, "data": data.name,
+                    "image_size": data.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+                    "amp": args.amp, "loops": [{"loop": row["loop"], "images_per_second": row["images/s"],
+                                                "vs_plain": row["vs plain"]} for row in table.to_dict("records")]})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ that no longer fits is SKIP. The table (step, what it checks, result, seconds) i
 ``--out FILE``, written there as markdown after every step, so a run cut short still leaves what it measured.
 Each step's full output goes to ``--log-dir`` (default: a new temporary directory, printed).
 
+A step that runs a benchmark script passes ``--json`` (``benchmarks/common.py``'s convention: the result as one
+JSON object on stdout, the tables for people on stderr) and reads that object; the log keeps both streams.
+
 ``--dry-run`` runs every step on this CPU at tiny sizes (the ``tiny`` space, 32px, batch 4-8, one epoch, one or two
 timed windows), and where the CPU cannot run a step in seconds (CUDA events, the minutes-long benchmark scripts)
 checks that what it would call exists and accepts the arguments; every result then says "dry-run". It exits 0
@@ -26,7 +29,6 @@ import inspect
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +40,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project from this tree, installed or not
+
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    append_json_line,
+    markdown_table,
+    read_json_lines,
+)
+
 DEFAULT_BUDGET_S = 450.0  # the whole run; with interpreter start-up and the table it stays under 8 minutes
 MIN_STEP_S = 5.0  # a step with less time than this left in the budget is skipped, not started
 OK, FAIL, SKIP = "ok", "FAIL", "SKIP"
@@ -82,22 +93,20 @@ class Context:
         self._last = now
         self.rows.append(row)
         if self.rows_file is not None:
-            with open(self.rows_file, "a", encoding="utf-8") as file:
-                file.write(json.dumps(dataclasses.asdict(row)) + "\n")
+            append_json_line(self.rows_file, dataclasses.asdict(row))
         print(f"[{row.status}] {row.step}: {row.result}", flush=True)
         return row
 
-    def attempt(self, label: str, check: str, function: Callable[[], str]) -> bool:
+    def attempt(self, label: str, check: str, function: Callable[[], str]) -> None:
         """Runs ``function`` (returning the result text) as its own row: a failure is that row's FAIL, and the step
-        goes on with its next row. Returns whether it passed."""
+        goes on with its next row."""
         start = time.perf_counter()
         try:
             result = function()
         except Exception as error:  # one sub-check failing must not hide the others
             self.row(reason(error), label=label, check=check, status=FAIL, seconds=time.perf_counter() - start)
-            return False
+            return
         self.row(result, label=label, check=check, seconds=time.perf_counter() - start)
-        return True
 
 
 @dataclass(frozen=True)
@@ -444,10 +453,8 @@ def _campaign(context: Context, work: Path) -> None:
         """train_and_evaluate, noting where and when each proxy training ran (a closure: Ray pickles it by value)."""
         start = time.time()
         result = train_and_evaluate(spec, data, config, rungs=rungs)
-        entry = {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": config.device,
-                 "start": start, "end": time.time()}
-        with open(log, "a", encoding="utf-8") as file:
-            file.write(json.dumps(entry) + "\n")
+        append_json_line(log, {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                "device": config.device, "start": start, "end": time.time()})
         return result
 
     source, sizes = _train_sizes(context, 32)
@@ -482,7 +489,7 @@ def _campaign(context: Context, work: Path) -> None:
     require(locks, f"no timing lock file in {lock_directory}")
     require(sum(watch.held.values()) > 0, f"no timing held a lock while polled ({', '.join(locks)})")
     ratios = "/".join(f"{trial.user_attrs.get('step_time_ratio', float('nan')):.3f}" for trial in trials)
-    trainings = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    trainings = read_json_lines(log)
     candidates = sorted(trainings, key=lambda entry: entry["start"])[1:]
     overlap = (min(c["end"] for c in candidates) - max(c["start"] for c in candidates)) if len(candidates) == 2 else 0
     shared = sorted({str(entry["visible"]) for entry in candidates})
@@ -508,21 +515,22 @@ def _run_script(arguments: Sequence[str]) -> str:
     return completed.stdout
 
 
-def _check_flags(script: str, flags: Sequence[str]) -> str:
+def _run_json(arguments: Sequence[str]) -> dict[str, Any]:
+    """Runs ``python ARGUMENTS --json``; returns the JSON object it printed."""
+    output = _run_script([*arguments, "--json"])
+    try:
+        return json.loads(output)
+    except json.JSONDecodeError:
+        raise CheckFailed(f"`{' '.join(arguments)} --json` printed no JSON object: {output[-120:]!r}") from None
+
+
+def _check_flags(arguments: Sequence[str]) -> str:
     """A dry run's check of a script too slow for this CPU: its ``--help`` lists every flag the GPU run passes."""
+    script, flags = arguments[0], [argument for argument in arguments if argument.startswith("--")] + ["--json"]
     text = _run_script([script, "--help"])
     missing = [flag for flag in flags if flag not in text]
     require(not missing, f"{script} does not accept {', '.join(missing)}")
     return f"{script} accepts {' '.join(flags)} (--help); run on a GPU only"
-
-
-def _flags(arguments: Sequence[str]) -> list[str]:
-    return [argument for argument in arguments if argument.startswith("--")]
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
 
 
 def step_nas_bench(context: Context) -> None:
@@ -531,26 +539,23 @@ def step_nas_bench(context: Context) -> None:
                      "--warmup", "1", "--repeats", "2", "--threads", "1"]
     else:
         arguments = ["efficientnetv2-s", "--device", context.device, "--batch-size", "128"]
-    result = json.loads(_run_script(["-m", "nas", "bench", *arguments, "--inference", "--json"]))
-    inference = result.get("inference_images_per_second")
+    result = _run_json(["-m", "nas", "bench", *arguments, "--inference"])
+    inference, step = result.get("inference_images_per_second"), result["step"]
     require(inference is not None and math.isfinite(inference), f"no inference images/s in {sorted(result)}")
-    context.row(f"train {result['images_per_second']:,.1f} img/s (step {result['step']['median_s'] * 1e3:.1f} ms, "
-                f"IQR {result['step']['relative_spread']:.1%}), inference {inference:,.1f} img/s, amp {result['amp']}, "
+    context.row(f"train {result['images_per_second']:,.1f} img/s (step {step['median_s'] * 1e3:.1f} ms, IQR "
+                f"{step['relative_spread']:.1%}), inference {inference:,.1f} img/s, amp {result['amp']}, "
                 f"{result['image_size']}px batch {result['batch_size']}, peak {result['peak_memory_bytes'] / 2**30:.2f} GiB")
 
 
 def step_fused_placement(context: Context) -> None:
-    script = "experiments/fused_placement.py"
-    arguments = ["--device", context.device, "--image-size", "380", "--batch-size", "32", "--repeats", "3"]
+    arguments = ["experiments/fused_placement.py", "--device", context.device, "--image-size", "380",
+                 "--batch-size", "32", "--repeats", "3"]
     if context.dry_run:
-        context.row(_check_flags(script, _flags(arguments)))
+        context.row(_check_flags(arguments))
         return
-    output = _run_script([script, *arguments])
-    rows = re.findall(r"^\s*(no fused|fused stages 1-\d)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", output, re.MULTILINE)
-    if len(rows) != 4:  # the script ran (exit 0) but prints another table now: its last line, the log has it all
-        context.row(f"output not parsed; last line: {_last_line(output)}")
-        return
-    context.row("train img/s at 380px batch 32: " + ", ".join(f"{label} {value}" for label, value in rows))
+    result = _run_json(arguments)
+    context.row(f"train img/s at {result['image_size']}px batch {result['batch_size']}: "
+                + ", ".join(f"{row['placement']} {row['images_per_second']:.2f}" for row in result["rows"]))
 
 
 def step_bench_trainer(context: Context) -> None:
@@ -559,39 +564,37 @@ def step_bench_trainer(context: Context) -> None:
                      "--data", "synthetic:num_images=96,image_size=32"]
     else:
         arguments = ["--device", context.device, "--batch-size", "512"]
-    output = _run_script(["benchmarks/bench_trainer.py", *arguments])
-    rows = re.findall(r"^\s*(.+?)\s+([\d,]+)\s+([\d.]+)x\s*$", output, re.MULTILINE)
-    if len(rows) != 4:  # the script ran (exit 0) but prints another table now: its last line, the log has it all
-        context.row(f"output not parsed; last line: {_last_line(output)}")
-        return
-    context.row("img/s " + ", ".join(f"{label.split(':')[0].strip()} {ips} ({ratio}x)" for label, ips, ratio in rows))
+    loops = _run_json(["benchmarks/bench_trainer.py", *arguments])["loops"]
+    context.row("img/s " + ", ".join(f"{loop['loop'].split(':')[0]} {loop['images_per_second']:,.0f} "
+                                     f"({loop['vs_plain']:.2f}x)" for loop in loops))
 
 
 def step_bench_stability(context: Context) -> None:
     """The short form of the stability benchmark: paired against unpaired S/S0, quiet and beside a CPU-bound
     co-tenant, on the efficientnetv2-s space."""
-    script = "benchmarks/bench_stability.py"
-    arguments = ["--device", context.device, "--space", "efficientnetv2-s", "--image-size", "128", "--batch-size",
-                 "64", "--specs", "4", "--pairs", "5"]
+    arguments = ["benchmarks/bench_stability.py", "--device", context.device, "--space", "efficientnetv2-s",
+                 "--image-size", "128", "--batch-size", "64", "--specs", "4", "--pairs", "5"]
     if context.dry_run:
-        context.row(_check_flags(script, _flags(arguments)))
+        context.row(_check_flags(arguments))
         return
-    output = _run_script([script, *arguments])
-    summaries = [line.strip() for line in output.splitlines() if re.match(r"\s*(paired|unpaired): ", line)]
-    context.row("; ".join(summaries) + " (4 specs, efficientnetv2-s space, 128px, batch 64, 5 pairs)" if summaries
-                else f"output not parsed; last line: {_last_line(output)}")
+    result = _run_json(arguments)
+    paired, unpaired = (f"{name}: median |change| {result[name]['median_change']:.1%}, max |change| "
+                        f"{result[name]['max_change']:.1%}, Spearman {result[name]['spearman']:.3f}"
+                        for name in ("paired", "unpaired"))
+    verdict = "met" if result["paired"]["targets_met"] else "NOT met"
+    context.row(f"{paired}, targets {verdict}; {unpaired} ({len(result['specs'])} specs, {result['space']} space, "
+                f"{result['image_size']}px, batch {result['batch_size']}, {result['pairs']} pairs)")
 
 
 def step_timing_settings(context: Context) -> None:
-    script = "benchmarks/bench_timing_settings.py"
-    arguments = ["--device", context.device, "--tiny-batch-size", "256", "--b4-batch-size", "64", "--rounds", "1",
-                 "--repeats", "2"]
+    arguments = ["benchmarks/bench_timing_settings.py", "--device", context.device, "--tiny-batch-size", "256",
+                 "--b4-batch-size", "64", "--rounds", "1", "--repeats", "2"]
     if context.dry_run:
-        context.row(_check_flags(script, _flags(arguments)))
+        context.row(_check_flags(arguments))
         return
-    output = _run_script([script, *arguments])
-    correlations = re.findall(r"Spearman[^\n]*", output)
-    context.row("; ".join(one_line(line) for line in correlations[:2]) or _last_line(output))
+    context.row("; ".join(f"{group['name']}: Spearman {group['spearman']:.3f}, Kendall tau-b "
+                          f"{group['kendall_tau_b']:.3f}, {group['order_flips']} of {group['pairs']} pairs flip"
+                          for group in _run_json(arguments)["groups"]))
 
 
 STEPS = (
@@ -642,14 +645,13 @@ def run_worker(name: str, *, dry_run: bool, device: str, rows_file: Path | None,
 
 
 def _read_rows(path: Path) -> list[Row]:
-    if not path.exists():
-        return []
+    """The rows a step's worker recorded (a line its kill cut short is skipped)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for record in read_json_lines(path):
         try:
-            rows.append(Row(**json.loads(line)))
-        except (ValueError, TypeError):
-            pass  # a line cut short by the kill
+            rows.append(Row(**record))
+        except TypeError:
+            print(f"{path}: skipping a record that is not a row: {record}", file=sys.stderr)
     return rows
 
 
@@ -738,18 +740,11 @@ def markdown(rows: Sequence[Row], *, dry_run: bool, wall_s: float, complete: boo
     skipped = sum(row.status == SKIP for row in rows)
     mode = "dry run on CPU" if dry_run else "GPU run"
     state = f"{len(rows)} rows, {failed} FAIL, {skipped} SKIP" + ("" if complete else " (in progress)")
-    lines = [
-        f"GPU check ({mode}), {datetime.date.today().isoformat()}, code {_commit()}, {wall_s:.0f} s; {state}",
-        f"Device: {device.removeprefix('dry-run: ')}",
-        "",
-        "| step | checks | result | s |",
-        "| --- | --- | --- | ---: |",
-    ]
-    for row in rows:
-        result = row.result if row.status == OK else f"**{row.status}** {row.result}"
-        cells = [row.step, row.check, result, f"{row.seconds:.1f}"]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [(row.step, row.check, row.result if row.status == OK else f"**{row.status}** {row.result}",
+              f"{row.seconds:.1f}") for row in rows]
+    table = markdown_table(("step", "checks", "result", "s"), cells, align="lllr")
+    return (f"GPU check ({mode}), {datetime.date.today().isoformat()}, code {_commit()}, {wall_s:.0f} s; {state}\n"
+            f"Device: {device.removeprefix('dry-run: ')}\n\n{table}\n")
 
 
 def _commit() -> str:
@@ -777,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the table there as markdown")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--log-dir", type=Path, metavar="DIR", help="each step's output (default: a new temp dir)")
-    parser.add_argument("--device", default="cuda", help="the CUDA device of a GPU run (default: cuda)")
+    add_device_argument(parser, "the device of a GPU run (a dry run is on the CPU)")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help=f"wall time for all steps; a step that no longer fits is skipped (default: "
                              f"{DEFAULT_BUDGET_S:.0f})")
@@ -787,9 +782,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", choices=STEP_NAMES, help=argparse.SUPPRESS)  # the driver's per-step process
     parser.add_argument("--rows-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # the project from this tree, installed or not
-
     if args.worker is not None:
         run_worker(args.worker, dry_run=args.dry_run, device=args.device, rows_file=args.rows_file,
                    fail=args.fail_step == args.worker, hang=args.hang_step == args.worker)

@@ -7,12 +7,16 @@ FLOP-efficiency; this prints parameters, FLOPs and measured training throughput 
 
     python experiments/fused_placement.py --device cuda                      # the paper's 380px
     python experiments/fused_placement.py --device cpu --image-size 128 --batch-size 8
+
+``--json`` prints the result as one JSON object on stdout instead of the table (the convention of
+``benchmarks/common.py``, which ``benchmarks/gpu_check.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 import pandas as pd
 
@@ -45,6 +49,7 @@ def main() -> None:
     parser.add_argument("--amp", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     args = parser.parse_args()
 
     b4 = efficientnet_b4()
@@ -65,6 +70,13 @@ def main() -> None:
             "train images/s": result.images_per_second,
             "step IQR / median": result.step.relative_spread,
         })
+    if args.json:
+        print(json.dumps({"device": device, "image_size": args.image_size, "batch_size": args.batch_size,
+                          "amp": args.amp, "rows": [{
+                              "placement": row["EfficientNet-B4"], "parameters_m": row["params (M)"],
+                              "flops_b": row["FLOPs (B)"], "images_per_second": row["train images/s"],
+                              "step_relative_spread": row["step IQR / median"]} for row in rows]}))
+        return
     print(f"device: {device}; {args.image_size}px, batch {args.batch_size}, amp {args.amp}")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 

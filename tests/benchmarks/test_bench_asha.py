@@ -8,9 +8,10 @@ import re
 
 import optuna
 import pytest
-from bench_support import script_module
 
 from nas import records
+
+from bench_support import script_module
 
 BASELINE_SPEC = {"name": "tiny", "stem_channels": 8, "stages": [{"op": "mbconv", "num_layers": 1}]}
 

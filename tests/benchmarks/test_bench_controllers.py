@@ -3,10 +3,10 @@
 import sys
 
 import pytest
-from bench_support import script_module
 
 from nas.controllers import CONTROLLERS
 
+from bench_support import script_module
 
 
 @pytest.fixture(scope="module")

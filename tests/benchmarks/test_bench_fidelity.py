@@ -1,15 +1,14 @@
-"""benchmarks/bench_fidelity.py: its rank statistics, its job list and resume, and one tiny real run."""
+"""benchmarks/bench_fidelity.py: its top-k overlap, its job list, and tiny real runs that resume."""
 
 import contextlib
 import io
 import json
-import math
 
 import pytest
-from bench_support import script_module
 
 from search_spaces import presets
 
+from bench_support import script_module
 
 
 @pytest.fixture(scope="module")
@@ -17,36 +16,7 @@ def bench():
     yield from script_module("bench_fidelity")
 
 
-# --- rank statistics ------------------------------------------------------------------------------------------------
-
-def test_perfect_and_reversed_orders(bench):
-    a = [0.1, 0.5, 0.3, 0.9, 0.7]
-    same_order = [1.0, 5.0, 3.0, 90.0, 7.0]  # monotone, not linear: ranks only
-    assert bench.spearman(a, same_order) == pytest.approx(1.0)
-    assert bench.kendall_tau_b(a, same_order) == pytest.approx(1.0)
-    reversed_order = [-x for x in same_order]
-    assert bench.spearman(a, reversed_order) == pytest.approx(-1.0)
-    assert bench.kendall_tau_b(a, reversed_order) == pytest.approx(-1.0)
-
-
-def test_spearman_gives_ties_their_average_rank(bench):
-    # ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): covariance 4.5, variances 4.5 and 5
-    assert bench.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(math.sqrt(4.5 / 5))
-
-
-def test_kendall_tau_b_with_ties_by_hand(bench):
-    # Pairs of (1, 2, 2, 3) and (1, 3, 2, 2): (0,1) (0,2) (0,3) concordant, (1,3) discordant, (1,2) tied in a,
-    # (2,3) tied in b. tau-b = (3 - 1) / sqrt((6 - 1) * (6 - 1)) = 0.4 (scipy.stats.kendalltau says the same).
-    assert bench.kendall_tau_b([1, 2, 2, 3], [1, 3, 2, 2]) == pytest.approx(0.4)
-    # tau-a would be 2 / 6; the tie correction is what makes it tau-b
-    assert bench.kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(2 * 3))
-
-
-def test_constant_sides_have_no_correlation(bench):
-    assert math.isnan(bench.spearman([1, 1, 1], [1, 2, 3]))
-    assert math.isnan(bench.kendall_tau_b([1, 1, 1], [1, 2, 3]))
-    assert math.isnan(bench.spearman([1], [1]))
-
+# --- top-k overlap (the rank statistics are benchmarks.common's: tests/benchmarks/test_common.py) ----------
 
 def test_top_k_overlap(bench):
     reference = [0.9, 0.8, 0.7, 0.1, 0.2]
@@ -80,19 +50,6 @@ def test_jobs_cover_every_candidate_seed_and_length_longest_first(bench):
     assert [job.epochs for job in jobs[6:]] == sorted((job.epochs for job in jobs[6:]), reverse=True)
     assert all(job.image_size == 24 for job in jobs[6:])
     assert jobs[0].block_strings == specs[0].block_strings and jobs[0].seed == 0
-
-
-def test_resume_skips_the_jobs_in_the_results_file(bench, tmp_path):
-    path = tmp_path / "results.jsonl"
-    results = bench.ResultsFile(path)
-    results.append({"key": "a", "status": "ok", "accuracy": 0.5})
-    results.append({"key": "b", "status": "failed", "failure_reason": "out of memory"})
-    results.append({"key": "a", "status": "ok", "accuracy": 0.6})  # the last record of a key wins
-    results.close()
-    with path.open("a") as file:
-        file.write('{"key": "c", "stat')  # a line cut short by a kill
-    records = bench.read_records(path)
-    assert set(records) == {"a", "b"} and records["a"]["accuracy"] == 0.6
 
 
 def run_tiny(bench, results, *extra):
