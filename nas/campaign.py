@@ -406,6 +406,7 @@ class Campaign:
                                              batch_size=config.train.batch_size or MAX_AUTO_BATCH_SIZE)
         self.cache = studies.step_time_cache(study)
         self._timed_early: set[int] = set()  # trials whose S/S0 went into the cache before their result came
+        self._network_io: dict[str, int] | None = None  # the data's classes and channels, once start() has them
         # Successive halving, from the study's rung records: every reward counted at each rung, by rung epoch and
         # the trial it belongs to (a re-run's is its original's number, so it replaces rather than adds), and the
         # rungs each trial was promoted at (a re-run inherits them). An interrupted trial's rewards do not count:
@@ -421,10 +422,13 @@ class Campaign:
                     self._rung_rewards.setdefault(rung["epoch"], {})[_lineage(trial.user_attrs, trial.number)] = (
                         rung["reward"])
 
-    def start(self, data_name: str, *, train_images: int, flips: bool) -> None:
+    def start(self, data_name: str, *, train_images: int, flips: bool, num_classes: int, in_channels: int) -> None:
         """Says what the campaign runs, once the executor has loaded the data (``train_images`` training images,
-        whose mirror images keep their labels when ``flips``), and records the proxy recipe as it resolves for that
-        data (README, "Proxy training") in the study's ``recipe`` attribute; every trial records its own too."""
+        whose mirror images keep their labels when ``flips``, in ``num_classes`` classes with ``in_channels``
+        channels: the networks' head and stem, which the step-time cache's keys hold), and records the proxy recipe
+        as it resolves for that data (README, "Proxy training") in the study's ``recipe`` attribute; every trial
+        records its own too."""
+        self._network_io = {"num_classes": num_classes, "in_channels": in_channels}
         halving = f", successive halving at epochs {list(self._rungs)}" if self._rungs else ""
         print(f"campaign {self.config.study!r}: space {self.space.name} ({self.space.size:,} architectures), "
               f"{data_name}, {self.config.controller} controller{halving}, {self.finished}/{self.config.trials} "
@@ -589,7 +593,7 @@ class Campaign:
         reference = studies.baseline(self.study)
         cached = None
         if reference is not None and reference.device is not None:
-            cached = self.cache.get(cache_key(spec, self.space.baseline, reference.device, self.timing.to_dict()))
+            cached = self.cache.get(self._cache_key(spec, reference.device, self.timing.to_dict()))
         return TrialPlan(
             self.timing,
             reference=self.space.baseline,
@@ -673,8 +677,14 @@ class Campaign:
         """Keeps a candidate's new S/S0 measurement for any later trial of this architecture."""
         if baseline or result.timing_cached or result.step_time_ratio is None or result.device is None:
             return
-        key = cache_key(spec, self.space.baseline, result.device, result.timing or {})
-        self.cache.put(key, result.to_dict())
+        self.cache.put(self._cache_key(spec, result.device, result.timing or {}), result.to_dict())
+
+    def _cache_key(self, spec: ArchSpec, device: str, timing: Mapping[str, Any]) -> str:
+        """The step-time cache's key of ``spec`` against the baseline, for this campaign's data and recipe."""
+        if self._network_io is None:
+            raise RuntimeError("Campaign.start() tells the data's classes and channels before any trial is planned")
+        return cache_key(spec, self.space.baseline, **self._network_io, device=device, timing=timing,
+                         recipe=self.config.train.to_dict())
 
     def _report(self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None) -> None:
         best_text = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best is not None else "best -"

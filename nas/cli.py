@@ -108,7 +108,7 @@ def _print_spec(spec: ArchSpec, num_classes: int, sizes_note: str | None = None)
 def cmd_show(args: argparse.Namespace) -> int:
     spec = presets.resolve_spec(args.spec)
     if args.json:
-        print(json.dumps(_spec_report(spec, args.num_classes), indent=2))
+        print(json.dumps(_spec_report(spec, args.num_classes), indent=2, allow_nan=False))
     else:
         _print_spec(spec, args.num_classes)
     return 0
@@ -276,7 +276,7 @@ def cmd_space(args: argparse.Namespace) -> int:
             "decisions": {decision.name: list(decision.choices) for decision in space.decisions},
             "baseline": list(space.baseline.block_strings),
             "samples": [list(sample.block_strings) for sample in samples],
-        }, indent=2))
+        }, indent=2, allow_nan=False))
         return 0
     baseline = space.baseline
     print(f"space {space.name}: backbone {space.backbone.name or '(inline)'}, "
@@ -342,7 +342,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ) from None
     relative = None if args.relative_to is None else _bench_relative(spec, result, args)
     if args.json:
-        print(json.dumps(result.to_dict() | ({} if relative is None else {"relative": relative}), indent=2))
+        print(json.dumps(result.to_dict() | ({} if relative is None else {"relative": relative}), indent=2,
+                         allow_nan=False))
         return 0
     step = result.step
     rows = [
@@ -445,7 +446,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
         _print_result(result)
     return 0 if result.ok else EXIT_FAILED

@@ -53,5 +53,6 @@ def load_campaign_data(campaign: Campaign) -> ImageData:
     config = campaign.config
     data = load_data(config.data, image_size=config.train.image_size, val_fraction=config.val_fraction,
                      seed=config.seed)
-    campaign.start(data.name, train_images=len(data.train_labels), flips=data.flips)
+    campaign.start(data.name, train_images=len(data.train_labels), flips=data.flips, num_classes=data.num_classes,
+                   in_channels=data.in_channels)
     return data

@@ -1,10 +1,17 @@
 """The step-time cache: S/S0 of an architecture, kept in the storage so that it is timed once.
 
-S depends on the architecture, the device and the timing settings, not on the data (issue 16): a re-run of an
-interrupted trial, a resumed campaign, another campaign on the same storage and ``nas bench --relative-to`` all
-reuse a measurement instead of timing again. An entry is keyed by the fingerprints of the candidate and of its
-reference (a ratio needs both), the device's description (hardware, threads and torch version, as
-:func:`nas.measure.describe_device` writes it) and the resolved timing settings.
+S depends on the network that is timed, the device, the timing settings and the optimizer's work, not on the data's
+images (issue 16): a re-run of an interrupted trial, a resumed campaign, another campaign on the same storage and
+``nas bench --relative-to`` all reuse a measurement instead of timing again. An entry is keyed by everything that
+changes the timed work (:func:`cache_key`): the fingerprints of the candidate and of its reference (a ratio needs
+both), the number of classes and of input channels (they size the head and the stem), the device's description
+(hardware, threads and torch version, as :func:`nas.measure.describe_device` writes it), the resolved timing
+settings, and the recipe's fields that change a step's work (:data:`STEP_WORK_FIELDS`: the optimizer and what
+it does per step).
+
+An entry is checked when it is read (:func:`entry_problem`): one with missing fields, a non-number, a value that
+is not finite and positive, or a ratio outside :data:`PLAUSIBLE_RATIO` is ignored, with one warning line, and the
+architecture is timed again; its new measurement replaces it.
 
 Entries live as user attributes of one study per storage, :data:`CACHE_STUDY`, beside the campaigns' studies: any
 Optuna storage holds it, every campaign on the storage shares it, and deleting that study empties the cache. The
@@ -15,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+import math
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from nas.storage import AttributeStudy
 from search_spaces.spec import ArchSpec
@@ -27,6 +36,11 @@ if TYPE_CHECKING:
 CACHE_STUDY = "nas:step-times"
 #: The measurement fields an entry keeps (EvalResult's names).
 ENTRY_FIELDS = ("step_time_ratio", "step_time_ratio_iqr", "step_time_s", "reference_step_time_s")
+#: The recipe fields that change a timed step's work: the optimizer's kind and the per-step updates it makes.
+STEP_WORK_FIELDS = ("optimizer", "momentum", "weight_decay", "label_smoothing")
+#: The S/S0 a cache entry may hold: a network 1,000 times faster or slower than the baseline is not one the same
+#: space builds; a value outside is a damaged or foreign entry, never a reward's input.
+PLAUSIBLE_RATIO = (1e-3, 1e3)
 
 
 def architecture_fingerprint(spec: ArchSpec) -> str:
@@ -35,27 +49,79 @@ def architecture_fingerprint(spec: ArchSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_key(spec: ArchSpec, reference: ArchSpec, device: str, timing: Mapping[str, Any]) -> str:
-    """The key of ``spec``'s ratio to ``reference`` on ``device`` at the resolved ``timing`` settings."""
+def step_work(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a training recipe (a TrainConfig's dict) that change what one timed step computes."""
+    return {field: recipe.get(field) for field in STEP_WORK_FIELDS}
+
+
+def cache_key(
+    spec: ArchSpec,
+    reference: ArchSpec,
+    *,
+    num_classes: int,
+    in_channels: int,
+    device: str,
+    timing: Mapping[str, Any],
+    recipe: Mapping[str, Any],
+) -> str:
+    """The key of ``spec``'s ratio to ``reference``, both built for ``num_classes`` outputs and ``in_channels``
+    input channels, on ``device`` at the resolved ``timing`` settings with ``recipe``'s optimizer
+    (:func:`step_work`; the other recipe fields never change a step's work)."""
     parts = {
         "spec": architecture_fingerprint(spec),
         "reference": architecture_fingerprint(reference),
+        "num_classes": num_classes,
+        "in_channels": in_channels,
         "device": device,
         "timing": dict(timing),
+        "step": step_work(recipe),
     }
     return "s:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-class StepTimeCache:
-    """The cache of one storage. Reads never create the cache's study; the first :meth:`put` does."""
+def entry_problem(entry: Any) -> str | None:
+    """Why a cache entry read back cannot be used (None when it can): it must be a mapping holding every one of
+    :data:`ENTRY_FIELDS` as a finite real number, the step times > 0, the IQR >= 0 and the ratio within
+    :data:`PLAUSIBLE_RATIO` (another client may have written the storage; a bad ratio would become a reward)."""
+    if not isinstance(entry, Mapping):
+        return f"it is a {type(entry).__name__}, not a mapping of {', '.join(ENTRY_FIELDS)}"
+    for field in ENTRY_FIELDS:
+        value = entry.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{field} is {value!r}, not a finite number"
+        spread = field == "step_time_ratio_iqr"  # a spread may be 0; a time or a ratio may not
+        if value < 0 or (value == 0 and not spread):
+            return f"{field} is {value!r}, not {'>= 0' if spread else '> 0'}"
+    low, high = PLAUSIBLE_RATIO
+    if not low <= entry["step_time_ratio"] <= high:
+        return f"step_time_ratio {entry['step_time_ratio']!r} is outside the plausible [{low:g}, {high:g}]"
+    return None
 
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class StepTimeCache:
+    """The cache of one storage. Reads never create the cache's study; the first :meth:`put` does. ``warn``
+    receives the one line that says an entry was ignored (default: stderr)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, *, warn: Callable[[str], None] = _warn) -> None:
         self._entries = AttributeStudy(storage, CACHE_STUDY)
+        self._warn = warn
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The entry stored under ``key``, or None."""
+        """The measurement stored under ``key`` (its :data:`ENTRY_FIELDS` as floats), or None when there is none
+        or it fails :func:`entry_problem`; an ignored entry is said in one line and is replaced by the next
+        :meth:`put` of the same key."""
         entry = self._entries.get(key)
-        return dict(entry) if isinstance(entry, Mapping) else None
+        if entry is None:
+            return None
+        problem = entry_problem(entry)
+        if problem is not None:
+            self._warn(f"step-time cache {CACHE_STUDY!r}: entry {key} ignored ({problem}); timing again")
+            return None
+        return {field: float(entry[field]) for field in ENTRY_FIELDS}
 
     def put(self, key: str, measurement: Mapping[str, Any]) -> None:
         """Stores the :data:`ENTRY_FIELDS` of ``measurement`` (an EvalResult's dict) under ``key``."""

@@ -245,14 +245,17 @@ def relative_step_time(
     of ``nas bench --relative-to``, a campaign's trial and the benchmarks.
 
     With ``storage_url``, the step-time cache of that Optuna storage (:class:`~nas.step_cache.StepTimeCache`, keyed
-    by both architectures, the device as :func:`~nas.measure.describe_device` names it now and the settings) is
-    asked first, and a new measurement is added to it. Otherwise, or on a miss, both networks are timed in
+    by both architectures with their classes and input channels, the device as :func:`~nas.measure.describe_device`
+    names it now, the settings and the recipe's optimizer) is asked first, and a new measurement is added to it; an
+    entry that fails the cache's checks is said on stderr and timed again. Otherwise, or on a miss, both networks are timed in
     interleaved windows (:func:`time_relative`) inside the device's :class:`DeviceLock`. A storage that cannot be
     read or written is a :class:`~nas.storage.StudyError` naming it.
     """
     cache, key = None, None
     if storage_url is not None:
-        key = cache_key(spec, reference, describe_device(device), settings.to_dict())
+        key = cache_key(spec, reference, num_classes=num_classes, in_channels=in_channels,
+                        device=describe_device(device), timing=settings.to_dict(),
+                        recipe=(recipe or TrainConfig()).to_dict())
         with storage_errors(storage_url, "open"):
             cache = StepTimeCache(make_storage(storage_url))
             entry = cache.get(key)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from nas.cli import EXIT_USAGE, main
 from nas.measure import spec_complexity
+from nas.step_cache import CACHE_STUDY
 from search_spaces import presets
 from search_spaces.io import dump_spec, load_spec, spec_from_yaml
 from search_spaces.spec import ArchSpec, StageSpec
@@ -600,6 +603,29 @@ def test_bench_relative_to_a_baseline_prints_the_paired_ratio_and_fills_the_cach
     status, out, err = run(capsys, *argv)  # no storage: timed again, nothing read or written
     assert status == 0, err
     assert "interleaved pairs of windows" in out
+
+
+def test_bench_relative_to_keys_the_cache_on_classes_and_ignores_a_bad_entry(capsys, tmp_path):
+    """Issue 25: a ratio measured for 10 classes is not served for 50,000 (another head); an entry another client
+    damaged (-1, NaN) is said on stderr and timed again, and --json never holds a non-finite number."""
+    storage = f"sqlite:///{tmp_path / 'cache.db'}"
+    candidate = tmp_path / "candidate.yaml"
+    dump_spec(presets.get_space("tiny").sample(3), candidate)
+    argv = ("bench", candidate, "--relative-to", "tiny", "--device", "cpu", "--batch-size", 4, "--image-size", 16,
+            "--warmup", 1, "--repeats", 2, "--threads", 1, "--json", "--storage", storage)
+    status, out, err = run(capsys, *argv, "--num-classes", 10)
+    assert status == 0 and json.loads(out)["relative"]["cached"] is False, err
+    status, out, err = run(capsys, *argv, "--num-classes", 50_000)
+    assert status == 0 and json.loads(out)["relative"]["cached"] is False, err
+    cache = optuna.load_study(study_name=CACHE_STUDY, storage=storage)
+    assert len(cache.user_attrs) == 2
+    for key, bad in zip(cache.user_attrs, (-1.0, float("nan"))):
+        cache.set_user_attr(key, {**cache.user_attrs[key], "step_time_ratio": bad})
+    for classes in (10, 50_000):
+        status, out, err = run(capsys, *argv, "--num-classes", classes)
+        relative = json.loads(out, parse_constant=pytest.fail)["relative"]  # strict JSON: no NaN or Infinity
+        assert status == 0 and relative["cached"] is False and math.isfinite(relative["step_time_ratio"]), err
+        assert relative["step_time_ratio"] > 0 and "ignored" in err and CACHE_STUDY in err
 
 
 @pytest.mark.parametrize("device, words", [("cuda", ["'cuda' is not available"]), ("tpu", ["device must be one of"]),

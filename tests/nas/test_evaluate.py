@@ -146,14 +146,69 @@ def test_a_second_campaign_on_the_storage_times_nothing_it_has_timed_before(tmp_
     assert CACHE_STUDY in optuna.get_all_study_names(storage)  # beside the campaigns, shared by them
 
 
-def test_the_cache_keys_on_architecture_reference_device_and_settings():
-    base = cache_key(WIDER, SPACE.baseline, "cpu X", TIMING.to_dict())
-    assert base == cache_key(dataclasses.replace(WIDER, name="renamed"), SPACE.baseline, "cpu X", TIMING.to_dict())
-    others = [cache_key(SPACE.sample(4), SPACE.baseline, "cpu X", TIMING.to_dict()),
-              cache_key(WIDER, SPACE.sample(5), "cpu X", TIMING.to_dict()),
-              cache_key(WIDER, SPACE.baseline, "cpu Y", TIMING.to_dict()),
-              cache_key(WIDER, SPACE.baseline, "cpu X", dataclasses.replace(TIMING, image_size=64).to_dict())]
-    assert base not in others and len(set(others)) == 4
+def key(spec=None, reference=None, **changes):
+    """The step-time cache's key of the default timing, with ``changes`` to its keyword arguments."""
+    arguments = {"num_classes": 10, "in_channels": 3, "device": "cpu X", "timing": TIMING.to_dict(),
+                 "recipe": TRAIN.to_dict(), **changes}
+    return cache_key(spec or WIDER, reference or SPACE.baseline, **arguments)
+
+
+def test_the_cache_keys_on_everything_that_changes_the_timed_work():
+    base = key()
+    assert base == key(dataclasses.replace(WIDER, name="renamed"))
+    assert base == key(recipe=dataclasses.replace(TRAIN, learning_rate=0.5, epochs=9, seed=3).to_dict())
+    others = [key(SPACE.sample(4)), key(reference=SPACE.sample(5)), key(device="cpu Y"),
+              key(timing=dataclasses.replace(TIMING, image_size=64).to_dict()),
+              key(num_classes=50_000), key(in_channels=1),  # the head and the stem (issue 25)
+              key(recipe=dataclasses.replace(TRAIN, optimizer="adamw").to_dict()),
+              key(recipe=dataclasses.replace(TRAIN, momentum=0.0).to_dict())]
+    assert base not in others and len(set(others)) == len(others)
+
+
+GOOD_ENTRY = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s": 0.008,
+              "reference_step_time_s": 0.01}
+
+
+@pytest.mark.parametrize("entry", [
+    {**GOOD_ENTRY, "step_time_ratio": "fast"}, {**GOOD_ENTRY, "step_time_ratio": -1.0},
+    {**GOOD_ENTRY, "step_time_ratio": 0}, {**GOOD_ENTRY, "step_time_ratio": float("nan")},
+    {**GOOD_ENTRY, "step_time_ratio": float("inf")}, {**GOOD_ENTRY, "step_time_ratio": 1e-300},
+    {**GOOD_ENTRY, "step_time_ratio": True}, {**GOOD_ENTRY, "step_time_s": None},
+    {**GOOD_ENTRY, "step_time_ratio_iqr": -0.1}, {}, [0.8], "0.8",
+], ids=repr)
+def test_a_bad_cache_entry_is_ignored_with_one_warning(tmp_path, entry):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cache.db'}")
+    optuna.create_study(study_name=CACHE_STUDY, storage=storage).set_user_attr("s:bad", entry)
+    warnings = []
+    cache = StepTimeCache(storage, warn=warnings.append)
+    assert cache.get("s:bad") is None
+    assert len(warnings) == 1 and CACHE_STUDY in warnings[0] and "s:bad" in warnings[0], warnings
+    cache.put("s:bad", GOOD_ENTRY)  # the next measurement replaces it
+    assert cache.get("s:bad") == GOOD_ENTRY and len(warnings) == 1
+
+
+def test_a_null_cache_entry_reads_as_none_and_is_replaced(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cache.db'}")
+    optuna.create_study(study_name=CACHE_STUDY, storage=storage).set_user_attr("s:null", None)
+    cache = StepTimeCache(storage, warn=pytest.fail)
+    assert cache.get("s:null") is None
+    cache.put("s:null", GOOD_ENTRY)
+    assert cache.get("s:null") == GOOD_ENTRY
+
+
+def test_a_campaign_times_again_what_the_cache_holds_badly(tmp_path, capfd):
+    """A foreign or damaged entry (another client wrote the storage) is never a reward's input (issue 25)."""
+    storage = f"sqlite:///{tmp_path / 'bad.db'}"
+    campaigns.run_campaign(config("first", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    cache_study = optuna.load_study(study_name=CACHE_STUDY, storage=storage)
+    for name in cache_study.user_attrs:
+        cache_study.set_user_attr(name, {**GOOD_ENTRY, "step_time_ratio": 1e-300})
+    capfd.readouterr()
+    campaigns.run_campaign(config("second", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    second = optuna.load_study(study_name="second", storage=storage)
+    assert [trial.user_attrs["timing_cached"] for trial in second.trials[1:]] == [False] * 3
+    assert all(1e-3 < trial.user_attrs["step_time_ratio"] < 1e3 for trial in second.trials[1:])
+    assert capfd.readouterr().err.count("ignored (step_time_ratio 1e-300 is outside the plausible") == 3
 
 
 def test_reading_the_cache_creates_nothing(tmp_path):

@@ -28,7 +28,13 @@ def policy_searcher(tmp_path, trials: int) -> runner.PolicySearcher:
                             storage=f"sqlite:///{tmp_path / 'adapter.db'}")
     space = presets.get_space(config.space)
     study = studies.open_study(config.study_settings(), space, make_sampler(config.controller, space))
-    return runner.PolicySearcher(Campaign(study, space, config, out=io.StringIO()))
+    return runner.PolicySearcher(started(Campaign(study, space, config, out=io.StringIO())))
+
+
+def started(campaign: Campaign) -> Campaign:
+    """``campaign`` told what its executor loaded, as every executor does before it asks for trials."""
+    campaign.start("synthetic", train_images=1000, flips=False, num_classes=10, in_channels=3)
+    return campaign
 
 
 def test_the_searcher_starts_what_the_policy_proposes_and_finishes_when_it_is_over(tmp_path):
@@ -161,7 +167,7 @@ def test_the_scheduler_hands_rungs_to_the_policy_and_stops_a_trial_recorded_once
                                        "scheduler": {"type": "asha"}})
     space = presets.get_space(config.space)
     study = studies.open_study(config.study_settings(), space, make_sampler(config.controller, space))
-    campaign = Campaign(study, space, config, out=io.StringIO())
+    campaign = started(Campaign(study, space, config, out=io.StringIO()))
     searcher, scheduler = runner.PolicySearcher(campaign), runner.PolicyScheduler(campaign)
     assert searcher.suggest("a")["plan"]["rungs"] == [1]
     assert scheduler.on_trial_result(None, FakeTrial("a", 0), {runner.RUNG_KEY: rung(0.1).to_json()}) == "CONTINUE"
