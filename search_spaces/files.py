@@ -4,8 +4,9 @@ DESIGN.md ("Writing files and paths"): a path the user types is theirs, so nothi
 comes from how a file is written. :func:`write_file` opens a unique temporary file beside the target with
 ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a link planted at any name is never followed, two writers never share a
 temporary file), writes, fsyncs and renames it over the target with ``os.replace``: a reader, or a process killed
-mid-write, sees the old file or the new one, never half of one. :class:`FileLock` guards a file that one process
-owns while it runs (a checkpoint) and names its holder to anyone refused.
+mid-write, sees the old file or the new one, never half of one. The temporary file's name holds its writer's host
+and pid, so that the next write to the same target removes what a killed writer left behind. :class:`FileLock`
+guards a file that one process owns while it runs (a checkpoint) and names its holder to anyone refused.
 
 It lives at the bottom of the layers (plain Python, no framework) so that spec files can use it as well as the
 trainer, the report and the CLI.
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -32,10 +36,11 @@ _TEMPORARY_ATTEMPTS = 100
 def write_file(path: str | os.PathLike[str], content: Content, *, overwrite: bool = True) -> Path:
     """Writes ``content`` to ``path`` atomically and durably, through a unique temporary file in its directory.
 
-    Missing parent directories are made, as for every output of the CLI. ``overwrite=False`` refuses an existing target with FileExistsError (a
-    command checks ``--force`` before any work; this is the last guard). A symlink *at* ``path`` is replaced by
-    the new file, never written through. On any error (a full disk, say) the temporary file is removed and the
-    previous target is left as it was.
+    Missing parent directories are made, as for every output of the CLI. ``overwrite=False`` refuses an existing
+    target with FileExistsError (a command checks ``--force`` before any work; this is the last guard). A symlink
+    *at* ``path`` is replaced by the new file, never written through. On any error (a full disk, say) the temporary
+    file is removed and the previous target is left as it was; temporary files of ``path`` that killed writers
+    left behind are removed before writing.
     """
     path = Path(path)
     if path.is_dir():
@@ -43,6 +48,7 @@ def write_file(path: str | os.PathLike[str], content: Content, *, overwrite: boo
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     descriptor, temporary = _create_temporary(path)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -60,15 +66,61 @@ def write_file(path: str | os.PathLike[str], content: Content, *, overwrite: boo
     return path
 
 
+def _writer_prefix(path: Path) -> str:
+    """``.NAME.HOST.`` for the temporary files of ``path`` written on this host; HOST is 8 hex digits of a hash of
+    the host name (a name of fixed length and alphabet, short enough beside a long target name)."""
+    host = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f".{path.name}.{host}."
+
+
 def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new, empty file named ``.NAME.RANDOM.tmp`` beside ``path``, created by this call and by no one else."""
+    """A new, empty file named ``.NAME.HOST.PID.RANDOM.tmp`` beside ``path``, created by this call and by no one
+    else (RANDOM is 12 hex digits)."""
+    prefix = f"{_writer_prefix(path)}{os.getpid()}."
     for _ in range(_TEMPORARY_ATTEMPTS):
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        temporary = path.with_name(f"{prefix}{secrets.token_hex(6)}.tmp")
         try:
             return os.open(temporary, _OPEN_FLAGS, 0o666), temporary
         except FileExistsError:
             continue  # a name someone else holds (or planted): draw another
     raise FileExistsError(f"cannot create a temporary file beside {path}: {_TEMPORARY_ATTEMPTS} names were taken")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Removes the temporary files of ``path`` that writers killed mid-write on this host left behind.
+
+    A file is removed only when all of these hold: its name is exactly ``.NAME.HOST.PID.RANDOM.tmp`` for this
+    target and this host (a writer on another host sharing the directory has PIDs this host cannot check), it is a
+    regular file (a link or a directory at such a name is left alone, and ``unlink`` never follows a link), and
+    no process with that PID is alive. The names are listed before the PIDs are checked, so a listed file's writer
+    existed before the check: a live writer always passes it, and a dead writer's PID reused by another process
+    only keeps its leftover until a later write. Anything this cleanup cannot do is no reason to fail the write.
+    """
+    pattern = re.compile(rf"{re.escape(_writer_prefix(path))}([1-9][0-9]{{0,9}})\.[0-9a-f]{{12}}\.tmp")
+    try:
+        with os.scandir(path.parent) as entries:
+            leftovers = [(entry.path, int(match[1])) for entry in entries if (match := pattern.fullmatch(entry.name))]
+    except OSError:
+        return
+    for leftover, pid in leftovers:
+        try:
+            is_file = stat.S_ISREG(os.lstat(leftover).st_mode)
+        except OSError:
+            continue
+        if is_file and not _process_alive(pid):
+            _unlink_quietly(Path(leftover))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (signal 0 checks without sending anything); in doubt,
+    alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -1,14 +1,16 @@
 """YAML files for specs: the only place that knows the spec file format.
 
-Only the loader of ``yaml.safe_load`` is used (``yaml.SafeLoader``, extended to refuse duplicate keys), so a file
-can never construct Python objects. Files are read with a size cap and parsed documents with a cap on their values
-once aliases are expanded, so that neither a huge file nor a small "billion laughs" one (nested ``&anchor``/``*alias``
-lists) can exhaust memory when the data is validated or printed. A key given twice in one mapping is refused, as
-an unknown key is: ``safe_load`` would silently keep the last one.
+Only the loader of ``yaml.safe_load`` is used (``yaml.SafeLoader``, extended to refuse duplicate keys and to read
+``1e-9`` as a float, as YAML 1.2 does), so a file can never construct Python objects. Files are read with a size cap
+and parsed documents with a cap on their values once aliases are expanded, so that neither a huge file nor a small
+"billion laughs" one (nested ``&anchor``/``*alias`` lists) can exhaust memory when the data is validated or
+printed. A key given twice in one mapping is refused, as an unknown key is: ``safe_load`` would silently keep the
+last one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,16 @@ from search_spaces.spec import ArchSpec, SpecError
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000
 
+# YAML 1.1, which PyYAML implements, reads a float only with a dot and a signed exponent (``1.0e-9``), so ``1e-9``,
+# ``5E+3`` or ``1.0e9`` would be the string '1e-9'. YAML 1.2's core schema reads them as floats; so do we, for the
+# forms with an exponent (those without one are floats in both). Underscores are allowed as in YAML 1.1's floats.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader``, the loader of ``yaml.safe_load`` (plain data only), refusing a mapping whose key
-    appears twice: ``duplicate key 'trials' at line 7, first given at line 3``.
+    appears twice: ``duplicate key 'trials' at line 7, first given at line 3``, and reading an unquoted number with
+    an exponent (``1e-9``, ``5E+3``, ``-2e4``) as a float, as YAML 1.2 does (see :data:`_EXPONENT_FLOAT`).
 
     The check sits in ``flatten_mapping``, which sees every mapping (also one merged into another with ``<<``)
     before ``<<`` merges keys into it: a key a mapping writes itself is checked, a merged key it overrides is not.
@@ -60,9 +68,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             lines[key] = line
 
 
+# Registered on this subclass only: ``add_implicit_resolver`` copies the inherited table before adding to it, so
+# ``yaml.SafeLoader`` (and ``yaml.safe_load`` everywhere else) is unchanged. Appended after YAML 1.1's resolvers,
+# which are tried first: a text one of them matches (an int, a date, ``1.0e-9``) resolves as before.
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
 def parse_yaml(text: str, *, source: str) -> Any:
-    """``yaml.safe_load`` with duplicate keys refused and one-line errors that name the source; never constructs
-    Python objects."""
+    """``yaml.safe_load`` with duplicate keys refused, ``1e-9`` read as a float (YAML 1.2) and one-line errors that
+    name the source; never constructs Python objects."""
     try:
         loader = _UniqueKeyLoader(text)
         try:

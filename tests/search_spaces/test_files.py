@@ -1,5 +1,6 @@
 """The one safe-write helper and the file lock: no planted link is followed, no temporary file is shared, a failed
-write leaves the old file, and a lock names its holder and dies with it."""
+write leaves the old file, a killed writer's temporary file is removed by the next write and a live one's never,
+and a lock names its holder and dies with it."""
 
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ def test_links_planted_at_temporary_names_are_never_written_through(tmp_path, mo
     victim = tmp_path / "victim"
     victim.write_text("keep")
     (tmp_path / f".{name}.tmp").symlink_to(victim)  # the fixed temporary name of earlier versions
-    planted = tmp_path / f".{name}.planted.tmp"
+    prefix = f"{files._writer_prefix(tmp_path / name)}{os.getpid()}"
+    planted = tmp_path / f"{prefix}.planted.tmp"
     planted.symlink_to(victim)
     draws = iter(["planted", "fresh"])  # the first random name drawn is one an attacker planted a link at
     monkeypatch.setattr(files.secrets, "token_hex", lambda size: next(draws))
     write_file(tmp_path / name, b"data")
     assert victim.read_text() == "keep" and (tmp_path / name).read_bytes() == b"data"
-    assert planted.is_symlink() and not (tmp_path / f".{name}.fresh.tmp").exists()
+    assert planted.is_symlink() and not (tmp_path / f"{prefix}.fresh.tmp").exists()
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -84,6 +86,70 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
         thread.join()
     assert errors == [] and target.read_bytes() in payloads  # one whole payload, never a mix
     assert [path.name for path in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped): what a killed writer's leftover names."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "tradeoffs.png"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom search_spaces.files import write_file\n"
+         "def stall(file):\n    file.write(b'half')\n    file.flush()\n    print('writing', flush=True)\n"
+         "    time.sleep(600)\n"
+         f"write_file({str(target)!r}, stall)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.kill()
+        writer.wait()
+    leftovers = [path.name for path in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".tradeoffs.png.")  # what `nas report` killed left
+    write_file(target, b"png")
+    assert [path.name for path in tmp_path.iterdir()] == ["tradeoffs.png"]
+
+
+def test_only_regular_temporary_files_of_the_target_left_by_dead_writers_on_this_host_are_removed(tmp_path):
+    """Kept: a live writer's file (this process, a running child), a link or a directory at a dead writer's name
+    (never followed), another target's or another host's leftover, a name off the exact pattern."""
+    target = tmp_path / "ck.pt"
+    prefix = files._writer_prefix(target)
+    dead = _dead_pid()
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    live_child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        removed = [f"{prefix}{dead}.0123456789ab.tmp", f"{prefix}{dead}.ba9876543210.tmp"]
+        kept_files = [
+            f"{prefix}{os.getpid()}.0123456789ab.tmp",  # this process: another thread may be writing it
+            f"{prefix}{live_child.pid}.0123456789ab.tmp",
+            f"{files._writer_prefix(tmp_path / 'other.pt')}{dead}.0123456789ab.tmp",  # another target
+            f".ck.pt.00000000.{dead}.0123456789ab.tmp",  # another host: its PIDs cannot be checked here
+            f"{prefix}{dead}.0123456789AB.tmp", f"{prefix}{dead}.0123456789ab.tmp.x", f"{prefix}0.0123456789ab.tmp",
+            ".ck.pt.0123456789ab.tmp",  # earlier versions' name, without a writer
+        ]
+        for name in removed + kept_files:
+            (tmp_path / name).write_bytes(b"half")
+        link = tmp_path / f"{prefix}{dead}.111111111111.tmp"
+        link.symlink_to(victim)
+        directory = tmp_path / f"{prefix}{dead}.222222222222.tmp"
+        directory.mkdir()
+        (directory / "inside").write_text("keep")
+
+        write_file(target, b"new")
+    finally:
+        live_child.kill()
+        live_child.wait()
+    names = {path.name for path in tmp_path.iterdir()}
+    assert names == {"ck.pt", "victim", link.name, directory.name, *kept_files}
+    assert link.is_symlink() and victim.read_text() == "keep" and (directory / "inside").read_text() == "keep"
+    assert target.read_bytes() == b"new"
 
 
 def test_overwrite_false_refuses_an_existing_file_or_link(tmp_path):

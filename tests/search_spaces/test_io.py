@@ -1,13 +1,16 @@
 """Reading YAML files: a key given twice in one mapping is refused, naming the key and both lines, at any depth and
-for spec, space and campaign files alike; ``safe_load``'s data, ``<<`` merges and refusals are otherwise unchanged."""
+for spec, space and campaign files alike; a number with an exponent (``1e-9``) is a float, as in YAML 1.2;
+``safe_load``'s data, ``<<`` merges and refusals are otherwise unchanged."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
 import yaml
 
+from nas.campaign import load_campaign
 from search_spaces import presets
 from search_spaces.io import load_spec, parse_yaml, read_yaml_mapping
 from search_spaces.spec import SpecError
@@ -73,3 +76,43 @@ def test_spec_and_space_files_with_a_duplicate_key_are_refused(tmp_path, preset,
         with pytest.raises(SpecError) as error:
             read()
         assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-9", 1e-9), ("5E+3", 5000.0), ("-2e4", -20000.0), ("+3e0", 3.0), ("1.0e9", 1e9), (".5e3", 500.0),
+    ("1_000e-3", 1.0),
+], ids=["1e-9", "5E+3", "-2e4", "+3e0", "dot unsigned exponent", "no leading digit", "underscore"])
+def test_a_number_with_an_exponent_is_a_float_as_in_yaml_1_2(tmp_path, text, value):
+    path = tmp_path / "f.yaml"
+    path.write_text(f"value: {text}\n{text}: key\nlist: [{text}]\n", encoding="utf-8")
+    data = read_yaml_mapping(path, "campaign")
+    assert data == {"value": value, value: "key", "list": [value]}
+    assert all(type(number) is float for number in (data["value"], data["list"][0]))
+
+
+@pytest.mark.parametrize("text, value", [
+    ("'1e-9'", "1e-9"), ('"5E+3"', "5E+3"), ("!!str 1e-9", "1e-9"), ("1e", "1e"), ("e5", "e5"), ("1e-9x", "1e-9x"),
+    ("1e2.5", "1e2.5"), ("0x1e5", 0x1E5), ("12", 12), ("-7", -7), ("1_000", 1000), ("1.0e-9", 1e-9), ("1.5", 1.5),
+    (".inf", float("inf")), ("2001-12-14", date(2001, 12, 14)),
+])
+def test_other_scalars_beside_such_a_float_are_unchanged(text, value):
+    """Quoted numbers stay strings, ints stay ints, YAML 1.1's floats and dates are as before, in a document whose
+    ``1e-9`` is a float."""
+    data = parse_yaml(f"value: {text}\nexponent: 1e-9\n", source="f.yaml")
+    assert data == {"value": value, "exponent": 1e-9} and type(data["value"]) is type(value)
+
+
+def test_the_global_safe_loader_is_unchanged():
+    assert parse_yaml("value: 1e-9\n", source="f.yaml") == {"value": 1e-9}
+    assert yaml.safe_load("value: 1e-9\n") == {"value": "1e-9"}
+
+
+def test_spec_and_campaign_files_take_floats_written_with_an_exponent(tmp_path):
+    text = (PRESETS / "tiny.yaml").read_text(encoding="utf-8")
+    assert "bn_eps: 0.001\n" in text
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(text.replace("bn_eps: 0.001\n", "bn_eps: 1e-3\n"), encoding="utf-8")
+    assert load_spec(spec_path) == load_spec(PRESETS / "tiny.yaml")
+    campaign_path = tmp_path / "campaign.yaml"
+    campaign_path.write_text("train:\n  learning_rate: 1e-9\n", encoding="utf-8")  # refused as '1e-9' before
+    assert load_campaign(campaign_path).train.learning_rate == 1e-9
