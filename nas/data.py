@@ -38,6 +38,7 @@ from nas.recipe import AUGMENTATIONS
 from nas.sources import (
     DEFAULT_IMAGEFOLDER_SIZE,
     DataError,
+    check_classes,
     check_dataset_bytes,
     check_source,
     existing_directory,
@@ -162,7 +163,8 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     ``image_size`` different from the source's native size resizes every image once here (bilinear with
     antialiasing), never per batch. The hold-out split is the last ``round(val_fraction * N)`` images (at least
     one) of a permutation seeded with ``seed``. A channel that is constant over the training split is refused:
-    nothing can be learned from it, and normalization would divide by its zero standard deviation.
+    nothing can be learned from it, and normalization would divide by its zero standard deviation. So is a source
+    whose labels hold fewer than two classes: with one, every candidate's accuracy would be 1.0.
     """
     if not isinstance(source, str):
         raise DataError(f"source must be a string 'NAME[:ARG]', got {source!r}")
@@ -181,10 +183,13 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
             f"data source {source!r}: labels must be in [0, {loaded.num_classes}), "
             f"got values from {int(labels.min())} to {int(labels.max())}"
         )
+    # The readers refuse one-class npz files and image folders by their files; this catches every other source
+    # (a CIFAR batch holding a single label) on the labels themselves.
+    check_classes(f"data source {source!r}", [f"label {label}" for label in torch.unique(labels).tolist()])
     if image_size is not None and image_size != images.shape[-1]:
         check_dataset_bytes(source, images.shape[0], images.shape[1], image_size)
         images = _resize_images(images, image_size)
-    train_index, val_index = _holdout_split(images.shape[0], val_fraction, seed, source)
+    train_index, val_index = _holdout_split(images.shape[0], val_fraction, seed)
     train_images = images.index_select(0, train_index)
     mean, std = _channel_statistics(train_images)
     _check_not_constant(source, mean, std)
@@ -207,13 +212,13 @@ def _derived_seed(*keys: int) -> int:
     return (int(high) << 31) ^ int(low)
 
 
-def _holdout_split(count: int, val_fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and hold-out indices: the last :func:`holdout_count` of a seeded permutation."""
+def _holdout_split(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and hold-out indices: the last :func:`holdout_count` of a seeded permutation.
+
+    At least one image is left to train on: :func:`load_data` refuses fewer than two classes, so ``count >= 2``,
+    and ``val_fraction <= 0.5`` holds out at most ``max(1, round(count / 2)) < count`` images.
+    """
     val_count = holdout_count(count, val_fraction)
-    if val_count >= count:
-        raise DataError(
-            f"data source {source!r} has {count} image(s); val_fraction={val_fraction} leaves none to train on"
-        )
     generator = torch.Generator().manual_seed(_derived_seed(seed, 1))
     order = torch.randperm(count, generator=generator)
     return order[: count - val_count], order[count - val_count :]

@@ -22,7 +22,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,10 @@ from search_spaces.spec import MAX_IMAGE_SIZE
 
 # A classifier head is num_classes wide: a stray label of 5,000,000 must not build a 5,000,001-way head.
 MAX_CLASSES = 100_000
+# With one class every candidate's accuracy A is 1.0: the search would rank candidates by step time and size alone.
+MIN_CLASSES = 2
 SYNTHETIC_OPTIONS = ("num_classes", "num_images", "image_size")
+SYNTHETIC_MINIMUM = {"num_classes": MIN_CLASSES, "num_images": 1, "image_size": 1}
 SYNTHETIC_MAXIMUM = {"num_classes": MAX_CLASSES, "num_images": 100_000_000, "image_size": MAX_IMAGE_SIZE}
 # A dataset is held whole as uint8 (twice while it is resized): CIFAR-10 is 150 MiB, ImageNet at 128 px 59 GiB.
 # The same budget caps every npz array, checked from its header before anything is allocated or decompressed.
@@ -76,11 +79,12 @@ class SourceSummary:
 def check_source(source: str, *, image_size: int | None = None, files: bool = True) -> SourceSummary:
     """Refuses a source that :func:`nas.data.load_data` would refuse, as far as that shows without decoding images.
 
-    Always checks the source name and its options (synthetic options up to :data:`SYNTHETIC_MAXIMUM`, the
-    dataset at ``image_size`` up to :data:`MAX_DATASET_BYTES`, npz array names). With ``files`` it also looks at
-    the files: that they exist, the CIFAR batch files, the npz arrays' ``.npy`` headers (and the labels' values
-    when that array is at most 64 MiB), the imagefolder's class folders and image count. A campaign runs this
-    before it creates its study or starts Ray, so a bad source leaves nothing behind. Returns what it learned
+    Always checks the source name and its options (synthetic options from :data:`SYNTHETIC_MINIMUM` up to
+    :data:`SYNTHETIC_MAXIMUM`, the dataset at ``image_size`` up to :data:`MAX_DATASET_BYTES`, npz array names).
+    With ``files`` it also looks at the files: that they exist, the CIFAR batch files, the npz arrays' ``.npy``
+    headers (and the labels' values when that array is at most 64 MiB), the imagefolder's class folders and image
+    count; at least :data:`MIN_CLASSES` classes wherever the count is known. A campaign runs this before it
+    creates its study or starts Ray, so a bad source leaves nothing behind. Returns what it learned
     (:class:`SourceSummary`), for checks such as a batch larger than the dataset.
     """
     if not isinstance(source, str):
@@ -164,6 +168,18 @@ def _file_kind(mode: int) -> str:
 # ----------------------------------------------------------------------------------------------- labels
 
 
+def check_classes(subject: str, classes: Sequence[str]) -> None:
+    """Refuses a source with fewer than :data:`MIN_CLASSES` classes, in one line naming ``subject`` (the source)
+    and ``classes`` (what was found: class folder names, label values): with a single class every candidate
+    scores accuracy 1.0, so the search would silently rank by step time and size alone."""
+    if len(classes) < MIN_CLASSES:
+        found = f"{len(classes)} class{'' if len(classes) == 1 else 'es'}"
+        raise DataError(
+            f"{subject}: found {found} ({', '.join(classes) or 'none'}); at least {MIN_CLASSES} are needed, "
+            "since with one every candidate's accuracy is 1.0"
+        )
+
+
 def _check_label_range(labels: np.ndarray, field: str) -> None:
     """Labels in [0, MAX_CLASSES), compared in their own dtype: a uint64 label 2**63 + 5 is reported as itself."""
     if labels.size == 0:
@@ -208,7 +224,8 @@ def _check_synthetic(argument: str, image_size: int | None, files: bool) -> Sour
 
 
 def synthetic_options(argument: str) -> dict[str, int]:
-    """``num_classes=10,num_images=500`` as a dict; refuses unknown, repeated, malformed and too-large options."""
+    """``num_classes=10,num_images=500`` as a dict; refuses unknown, repeated, malformed, too-small (fewer than
+    :data:`MIN_CLASSES` classes) and too-large options."""
     options: dict[str, int] = {}
     for item in filter(None, argument.split(",")):
         key, separator, value = item.partition("=")
@@ -220,6 +237,8 @@ def synthetic_options(argument: str) -> dict[str, int]:
         if key in options:
             raise DataError(f"synthetic option {key} is given twice in {argument!r}")
         options[key] = int(value)
+        if options[key] < SYNTHETIC_MINIMUM[key]:
+            raise DataError(f"synthetic option {key} must be an integer >= {SYNTHETIC_MINIMUM[key]}, got {options[key]}")
         if options[key] > SYNTHETIC_MAXIMUM[key]:
             raise DataError(f"synthetic option {key} must be at most {SYNTHETIC_MAXIMUM[key]:,}, got {options[key]:,}")
     return options
@@ -553,9 +572,11 @@ def _read_npy(path: Path, archive: zipfile.ZipFile, header: _NpyHeader) -> np.nd
 
 
 def _npz_classes(labels: np.ndarray, field: str) -> int:
-    """The number of classes of an npz labels array: its values must be exactly 0..K-1, K <= MAX_CLASSES."""
+    """The number of classes of an npz labels array: its values must be exactly 0..K-1, 2 <= K <= MAX_CLASSES."""
     _check_label_range(labels, field)
-    return _count_classes(labels.astype(np.int64), field)
+    num_classes = _count_classes(labels.astype(np.int64), field)
+    check_classes(field, [f"label {label}" for label in range(num_classes)])
+    return num_classes
 
 
 # ----------------------------------------------------------------------------------------------- imagefolder
@@ -571,10 +592,12 @@ def _check_imagefolder(argument: str, image_size: int | None, files: bool) -> So
 
 
 def list_image_folder(directory: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted subfolders) and (image path, class index) pairs, files sorted within each class."""
+    """Class names (sorted subfolders, at least :data:`MIN_CLASSES`) and (image path, class index) pairs, files
+    sorted within each class."""
     classes = sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DataError(f"imagefolder: {directory} has no class subfolders (expected DIR/<class_name>/<images>)")
+    check_classes(f"imagefolder: {directory}", [f"class folder {name!r}" for name in classes])
     if len(classes) > MAX_CLASSES:
         raise DataError(f"imagefolder: {directory} has {len(classes):,} class folders; at most {MAX_CLASSES:,}")
     files = []

@@ -111,7 +111,24 @@ def open_study(
 
 def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, settings: StudySettings) -> list[str]:
     """How a study's recorded space and proxy settings (its user attributes) differ from ``settings``, one line
-    per field naming both values; empty when the study's trials are comparable with the settings'."""
+    per field naming both values; empty when the study's trials are comparable with the settings'.
+
+    A setting that holds a mapping in both (the ``train``, ``timing`` and ``scheduler`` blocks, and any later
+    one) is compared key by key, so a line names the field that differs, ``timing.pairs: study 7, now 5``,
+    rather than printing both whole blocks.
+    """
+
+    def mapping_differences(prefix: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+        """The lines for one level of settings, its keys written after ``prefix`` (``"timing."``)."""
+        lines = []
+        for key in sorted(set(stored) | set(current)):
+            old, new = stored.get(key), current.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                lines.extend(mapping_differences(f"{prefix}{key}.", old, new))
+            elif old != new:
+                lines.append(f"{prefix}{key}: study {old!r}, now {new!r}")
+        return lines
+
     differences = []
     if attributes.get(records.SPACE_FINGERPRINT) != space.fingerprint():
         differences.append(
@@ -119,16 +136,7 @@ def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, sett
             f"({attributes.get(records.SPACE_FINGERPRINT)}), "
             f"this campaign {space.name!r} ({space.fingerprint()})"
         )
-    stored, current = attributes.get(records.PROXY, {}), settings.proxy
-    for key in sorted(set(stored) | set(current)):
-        if key == "train":
-            for train_key in sorted(set(stored.get("train", {})) | set(current["train"])):
-                old, new = stored.get("train", {}).get(train_key), current["train"].get(train_key)
-                if old != new:
-                    differences.append(f"train.{train_key}: study {old!r}, now {new!r}")
-        elif stored.get(key) != current.get(key):
-            differences.append(f"{key}: study {stored.get(key)!r}, now {current.get(key)!r}")
-    return differences
+    return differences + mapping_differences("", attributes.get(records.PROXY, {}), settings.proxy)
 
 
 def load_study(storage_url: str, study_name: str) -> optuna.Study:

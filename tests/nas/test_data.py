@@ -310,7 +310,8 @@ ZEROS = np.zeros(4, int)
         ({"pictures": np.zeros((4, 8, 8), np.uint8), "labels": ZEROS},
          (r"neither arrays 'images' and 'labels' nor Keras-style 'x_train' and 'y_train'; arrays present: "
           r"\['labels', 'pictures'\]; name them as in 'npz:.*bad.npz\?images=NAME&labels=NAME'")),
-        ({"images": np.zeros((1, 8, 8), np.uint8), "labels": np.zeros(1, int)}, "leaves none to train on"),
+        ({"images": np.zeros((1, 8, 8), np.uint8), "labels": np.zeros(1, int)},  # one image is one class
+         r"bad.npz: labels \(array 'labels'\): found 1 class \(label 0\); at least 2 are needed"),
     ],
 )
 def test_malformed_npz_is_refused(tmp_path, arrays, message):
@@ -545,6 +546,31 @@ def test_check_source_skips_the_values_of_large_label_arrays(tmp_path, monkeypat
         load_data(source)
 
 
+def test_an_npz_of_one_class_is_refused_by_check_and_load(tmp_path):
+    """With one class every candidate would score accuracy 1.0 and the search would rank by S and P alone."""
+    source = write_labels(tmp_path / "one.npz", np.zeros(6, np.uint8))
+    message = r"one.npz: labels \(array 'labels'\): found 1 class \(label 0\); at least 2 are needed"
+    for check in (check_source, load_data):
+        with pytest.raises(DataError, match=message):
+            check(source)
+
+
+def test_one_label_is_refused_by_load_when_check_source_skips_the_labels(tmp_path, monkeypatch):
+    source = write_labels(tmp_path / "one.npz", np.zeros(6, np.int64))
+    monkeypatch.setattr(nas.sources, "_PREFLIGHT_LABEL_BYTES", 16)
+    assert check_source(source).num_classes is None
+    with pytest.raises(DataError, match=r"found 1 class \(label 0\); at least 2 are needed"):
+        load_data(source)
+
+
+def test_a_cifar_batch_of_one_label_is_refused_by_load(tmp_path):
+    """CIFAR's class count is fixed (10), so only the labels themselves show that a single class is present."""
+    write_pickle(tmp_path / "data_batch_1", {b"data": cifar_rows(range(6)), b"labels": [3] * 6})
+    with pytest.raises(DataError, match=(f"data source 'cifar10:{tmp_path}': found 1 class \\(label 3\\); "
+                                         "at least 2 are needed, since with one every candidate's accuracy is 1.0")):
+        load_data(f"cifar10:{tmp_path}", val_fraction=0.5)
+
+
 # ----------------------------------------------------------------------------------------------- constant images
 
 
@@ -585,11 +611,11 @@ def test_imagefolder_labels_follow_sorted_class_names(tmp_path):
 
 
 def test_imagefolder_resizes_the_shorter_side_and_crops_the_center(tmp_path):
-    (tmp_path / "only").mkdir()
     stripes = np.zeros((10, 30, 3), np.uint8)
     stripes[:, :10, 0] = stripes[:, 10:20, 1] = stripes[:, 20:, 2] = 255  # red | green | blue, left to right
-    Image.fromarray(stripes).save(tmp_path / "only" / "wide.png")
-    Image.fromarray(stripes).save(tmp_path / "only" / "wide_copy.png")
+    for name in ("left", "right"):  # two classes of the same picture
+        (tmp_path / name).mkdir()
+        Image.fromarray(stripes).save(tmp_path / name / "wide.png")
     images, _ = all_images_and_labels(load_data(f"imagefolder:{tmp_path}", image_size=5))
     assert images.shape == (2, 3, 5, 5)
     centre = images[:, :, :, 1:4]  # the filter of the outer columns reaches just past the crop box
@@ -650,6 +676,15 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "empty" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         load_data(f"imagefolder:{tmp_path}", image_size=8)
+
+
+def test_an_imagefolder_of_one_class_is_refused_by_check_and_load(tmp_path):
+    directory = write_image_folder(tmp_path / "folder", colours=(("cat", (255, 0, 0)),))
+    message = f"imagefolder: {directory}: found 1 class \\(class folder 'cat'\\); at least 2 are needed"
+    for check in (check_source, load_data):
+        with pytest.raises(DataError, match=message):
+            check(f"imagefolder:{directory}")
+    assert not (directory / CACHE_DIRNAME).exists()  # refused from the listing, before any image is decoded
 
 
 def png_claiming(path, width, height):

@@ -43,6 +43,27 @@ def test_check_source_summarizes_each_source_without_decoding(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("num_classes=1", "synthetic option num_classes must be an integer >= 2, got 1"),
+        ("num_classes=0", "synthetic option num_classes must be an integer >= 2, got 0"),
+        ("num_images=0", "synthetic option num_images must be an integer >= 1, got 0"),
+        ("image_size=0", "synthetic option image_size must be an integer >= 1, got 0"),
+    ],
+)
+def test_check_source_refuses_synthetic_options_below_their_minimum(options, message):
+    """One class would give every candidate accuracy 1.0: refused before a campaign makes its study."""
+    with pytest.raises(DataError, match=message):
+        check_source(f"synthetic:{options}", files=False)
+
+
+def test_check_source_refuses_a_one_class_imagefolder_from_its_listing(tmp_path):
+    folder = empty_files(tmp_path / "folder", "cat/0.png", "cat/1.png", ".hidden/0.png")
+    with pytest.raises(DataError, match=r"found 1 class \(class folder 'cat'\); at least 2 are needed"):
+        check_source(f"imagefolder:{folder}")
+
+
+@pytest.mark.parametrize(
     ("query", "message"),
     [
         ("pixels=x", (r"unknown npz option 'pixels' in 'npz:data.npz\?pixels=x'; allowed options: images, labels, "

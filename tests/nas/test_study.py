@@ -81,6 +81,31 @@ def test_reopening_with_other_settings_says_what_differs(storage_url, space):
         open_(storage_url, presets.get_space("efficientnet-b0"))
 
 
+def test_a_different_settings_block_names_the_keys_that_differ(storage_url, space):
+    """The ``timing`` and ``scheduler`` blocks are compared key by key, as ``train`` is: the message names
+    ``timing.pairs``, not both whole blocks."""
+    open_(storage_url, space)
+    changes = dict(timing=dataclasses.replace(CampaignConfig().timing, pairs=5),
+                   scheduler=dataclasses.replace(CampaignConfig().scheduler, reduction_factor=4))
+    with pytest.raises(studies.StudyError) as refusal:
+        open_(storage_url, space, **changes)
+    message = str(refusal.value)
+    assert message.endswith(": scheduler.reduction_factor: study 3, now 4; timing.pairs: study 7, now 5")
+    assert "warmup" not in message and "min_epochs" not in message
+
+
+def test_settings_are_compared_key_by_key_at_any_depth(space):
+    attributes = {"space_fingerprint": space.fingerprint(),
+                  "proxy": {"block": {"inner": {"size": 1, "same": 2}}, "mode": {"kind": "a"}, "seed": 0}}
+    proxy = {"block": {"inner": {"size": 3, "same": 2}, "added": True}, "mode": None, "seed": 0}
+    settings = studies.StudySettings(study="s", storage_url="sqlite://", proxy=proxy, campaign={}, exponents=EXPONENTS)
+    assert studies.settings_differences(attributes, space, settings) == [
+        "block.added: study None, now True",
+        "block.inner.size: study 1, now 3",
+        "mode: study {'kind': 'a'}, now None",  # a block against a plain value: both shown whole
+    ]
+
+
 def test_rewards_are_normalized_by_the_baseline(storage_url, space):
     config, study = open_(storage_url, space)
     baseline_trial, baseline_spec = ask(study, space, role="baseline")
