@@ -64,6 +64,18 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
+def check_file_location(url: str) -> None:
+    """Refuses a SQLite or journal storage whose directory does not exist, for a command that may add to a
+    storage but should not make one where the user mistyped a path (``nas bench --storage``): opening it would
+    create the directories and an empty database there."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            directory = Path(url.removeprefix(prefix)).parent
+            if not directory.is_dir():
+                raise StudyError(f"no directory {directory} for storage {mask_url(url)}: create it first, or give "
+                                 "the storage of an existing campaign")
+
+
 def _open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))

@@ -21,8 +21,10 @@ import errno
 import fcntl
 import math
 import os
+import socket
 import stat
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from nas.measure import (
 from nas.recipe import TimingConfig, TrainConfig
 from nas.step import build_training_step
 from nas.step_cache import StepTimeCache, cache_key
-from nas.storage import make_storage, storage_errors
+from nas.storage import check_file_location, make_storage, storage_errors
 from search_spaces.checks import check_int, check_real
 from search_spaces.spec import ArchSpec
 
@@ -256,6 +258,7 @@ def relative_step_time(
         key = cache_key(spec, reference, num_classes=num_classes, in_channels=in_channels,
                         device=describe_device(device), timing=settings.to_dict(),
                         recipe=(recipe or TrainConfig()).to_dict())
+        check_file_location(storage_url)
         with storage_errors(storage_url, "open"):
             cache = StepTimeCache(make_storage(storage_url))
             entry = cache.get(key)
@@ -287,6 +290,13 @@ def lock_key(device: torch.device | str) -> str:
     raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {str(device)!r}")
 
 
+_LOCK_POLL_S = 0.1  # how often a process waiting for a timing lock tries again
+
+
+def _notify_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def default_lock_directory() -> Path:
     """The per-user directory of the timing locks, under the system's temporary directory (processes that time
     on one device must agree on it, so on one ``TMPDIR``)."""
@@ -303,18 +313,33 @@ class DeviceLock:
     this serializes their timings; trainings, which do not take it, go on beside a timing.
 
     The directory is created private (0o700) and must be this user's own directory, not a link; the lock file is
-    opened without following a link, so a link planted at its path is refused, never followed. ``wait_s`` is how
-    long acquiring took (None before). The lock is released on leaving the ``with`` block, also by an exception,
-    and by the operating system if the process dies. Not re-entrant: a process that holds it and asks again
-    (another ``DeviceLock`` on the same device) waits for itself.
+    opened without following a link, so a link planted at its path is refused, never followed; what cannot be
+    used is a PermissionError in the project's words, naming the path. ``wait_s`` is how long acquiring took
+    (None before). The lock is released on leaving the ``with`` block, also by an exception, and by the operating
+    system if the process dies. Not re-entrant: a process that holds it and asks again (another ``DeviceLock`` on
+    the same device) waits for itself.
+
+    The holder writes its PID and host into the file, so that a process that has to wait says so: after
+    ``notice_after_s`` one line to ``notify`` (default: stderr) names the lock and its holder, repeated every
+    ``notice_every_s`` while the wait lasts (a silent wait reads as a hang).
     """
 
-    def __init__(self, device: torch.device | str, *, directory: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device | str,
+        *,
+        directory: Path | str | None = None,
+        notify: Callable[[str], None] | None = None,
+        notice_after_s: float = 3.0,
+        notice_every_s: float = 60.0,
+    ) -> None:
         self.key = lock_key(device)
         self.directory = default_lock_directory() if directory is None else Path(directory)
         self.path = self.directory / f"nas-timing-{self.key}.lock"
         self.wait_s: float | None = None
         self._descriptor: int | None = None
+        self._notify = notify or _notify_stderr
+        self._notice_after_s, self._notice_every_s = notice_after_s, notice_every_s
 
     def __enter__(self) -> DeviceLock:
         if self._descriptor is not None:
@@ -322,13 +347,40 @@ class DeviceLock:
         descriptor = self._open()
         start = time.monotonic()
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            self._acquire(descriptor, start)
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except BaseException:
             os.close(descriptor)
             raise
         self.wait_s = time.monotonic() - start
         self._descriptor = descriptor
         return self
+
+    def _acquire(self, descriptor: int, start: float) -> None:
+        """Takes the lock, polling while another process holds it and saying so when the wait is long."""
+        next_notice = start + self._notice_after_s
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if now >= next_notice:
+                self._notify(f"waiting for the timing lock {self.path} ({self._holder(descriptor)}) for "
+                             f"{now - start:.0f} s: another process is timing on this device")
+                next_notice = now + self._notice_every_s
+            time.sleep(_LOCK_POLL_S)
+
+    @staticmethod
+    def _holder(descriptor: int) -> str:
+        """Who holds the lock, as the holder wrote it (``pid N on HOST``), or that it cannot be known."""
+        try:
+            written = os.pread(descriptor, 200, 0).decode(errors="replace").strip()
+        except OSError:
+            written = ""
+        return f"held by {written}" if written.startswith("pid ") else "its holder is not known"
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -341,7 +393,14 @@ class DeviceLock:
 
     def _open(self) -> int:
         """The lock file's descriptor, after checking the directory; refuses a link or a non-file at its path."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise PermissionError(f"timing lock directory {self.directory} exists and is not a directory; remove "
+                                  "it or choose another directory") from None
+        except OSError as error:
+            raise PermissionError(f"cannot create the timing lock directory {self.directory}: "
+                                  f"{os.strerror(error.errno) if error.errno else error}") from None
         status = os.lstat(self.directory)
         if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
             raise PermissionError(
@@ -354,7 +413,10 @@ class DeviceLock:
             if error.errno == errno.ELOOP:
                 raise PermissionError(f"timing lock {self.path} is a symbolic link; refusing to follow it "
                                       "(remove it)") from None
-            raise
+            if error.errno == errno.EISDIR:
+                raise PermissionError(f"timing lock {self.path} is a directory, not a lock file; remove it") from None
+            raise PermissionError(f"cannot open the timing lock {self.path}: "
+                                  f"{os.strerror(error.errno) if error.errno else error}") from None
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
             raise PermissionError(f"timing lock {self.path} is not a regular file; remove it")

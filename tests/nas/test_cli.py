@@ -628,6 +628,15 @@ def test_bench_relative_to_keys_the_cache_on_classes_and_ignores_a_bad_entry(cap
         assert relative["step_time_ratio"] > 0 and "ignored" in err and CACHE_STUDY in err
 
 
+def test_bench_storage_in_a_missing_directory_is_refused_and_creates_nothing(capsys, tmp_path):
+    """Issue 25: a mistyped --storage path made the folders and an empty database."""
+    status, out, err = run(capsys, "bench", "tiny", "--relative-to", "tiny", "--device", "cpu", "--batch-size", 2,
+                           "--image-size", 16, "--warmup", 1, "--repeats", 1, "--threads", 1,
+                           "--storage", f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}")
+    assert_refused(status, out, err, "bench", f"no directory {tmp_path / 'missing' / 'dir'}")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("device, words", [("cuda", ["'cuda' is not available"]), ("tpu", ["device must be one of"]),
                                            ("cuda:7", ["'cuda:7' is not available"])])
 def test_bench_refuses_a_device_that_is_not_there(capsys, monkeypatch, device, words):

@@ -8,6 +8,8 @@ import math
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -301,6 +303,35 @@ def test_a_planted_link_is_refused_not_followed(tmp_path):
     (tmp_path / "linked").symlink_to(victim.parent)
     with pytest.raises(PermissionError, match="must be a directory of this user"):
         with DeviceLock(CPU, directory=tmp_path / "linked"):
+            pass
+
+
+def test_a_wait_for_the_lock_names_the_lock_and_its_holder(tmp_path):
+    """Issue 25: a campaign or nas bench that waits for another process's timing says so, after a few seconds and
+    then at a slow interval, naming the lock and the holder's PID."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom nas.timing import DeviceLock\n"
+         f"with DeviceLock('cpu', directory={str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(1.5)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert holder.stdout.readline() == "held\n"
+    notices = []
+    with DeviceLock(CPU, directory=tmp_path, notify=notices.append, notice_after_s=0.2, notice_every_s=0.5) as lock:
+        assert lock.wait_s > 0.5
+    holder.wait()
+    assert 2 <= len(notices) <= 5, notices
+    assert all(f"waiting for the timing lock {lock.path} (held by pid {holder.pid} on " in notice for notice in notices)
+
+
+@pytest.mark.parametrize("plant, words", [("directory at the lock", "is a directory, not a lock file; remove it"),
+                                          ("file at the directory", "exists and is not a directory; remove it")])
+def test_an_unusable_lock_path_is_said_in_the_project_s_words(tmp_path, plant, words):
+    directory = tmp_path / "locks"
+    if plant == "file at the directory":
+        directory.write_text("not a directory")
+    else:
+        (directory / "nas-timing-cpu.lock").mkdir(parents=True)
+    with pytest.raises(PermissionError, match=f"^timing lock (directory )?{tmp_path}.*{words}"):
+        with DeviceLock(CPU, directory=directory):
             pass
 
 
