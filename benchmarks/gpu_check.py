@@ -440,9 +440,9 @@ def _campaign(context: Context, work: Path) -> None:
 
     import optuna
 
-    from nas.campaign import CampaignConfig, run_campaign
+    from nas.campaign import CampaignConfig, check_placeable, run_campaign
     from nas.recipe import TimingConfig, TrainConfig
-    from nas.runner import RayExecutor, check_placeable
+    from nas.runner import RayExecutor
     from nas.timing import default_lock_directory
     from nas.train import train_and_evaluate
 

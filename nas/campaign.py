@@ -271,6 +271,29 @@ def load_campaign(path: str | Path) -> CampaignConfig:
 # --- the campaign policy ---------------------------------------------------------------------------------------
 
 
+class ResourceError(ValueError):
+    """The executor cannot run the campaign's trials: the Ray cluster is unreachable, or a trial asks for more than
+    any node has (Tune would wait for it forever, silently; the local executor would run it slowly or on another
+    device without a word)."""
+
+
+def check_placeable(nodes: list[dict[str, Any]], *, cpus: int, gpus: float, where: str = "the Ray cluster") -> None:
+    """Refuses a trial that no alive node can hold (``cpus`` CPUs and ``gpus`` GPUs on one node), naming what the
+    nodes have. ``nodes`` is in :func:`ray.nodes`'s form (the local executor describes this machine so). Ray itself
+    would queue such a trial and wait for a node that never comes. Every executor checks it before the study is
+    touched."""
+    alive = [node for node in nodes if node.get("Alive")]
+    if any(node["Resources"].get("CPU", 0) >= cpus and node["Resources"].get("GPU", 0) >= gpus for node in alive):
+        return
+    have = "; ".join(f"{node.get('NodeManagerAddress', '?')}: {node['Resources'].get('CPU', 0):g} CPU(s), "
+                     f"{node['Resources'].get('GPU', 0):g} GPU(s)" for node in alive)
+    raise ResourceError(
+        f"each trial asks for {cpus} CPU(s) and {gpus:g} GPU(s) (cpus_per_trial, gpus_per_trial), but no node of "
+        f"{where} has that ({have or 'no node is alive'}): lower them (--cpus-per-trial, "
+        "--gpus-per-trial 0 on a machine without a GPU), or add a node that has them"
+    )
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM to the driver, handled as Ctrl-C is: trials in flight end as interrupted (each runs once more on
     resume), nothing is left RUNNING or WAITING, and the driver lock is released."""

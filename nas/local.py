@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 
-from nas.campaign import Campaign, CampaignConfig, StopSignal
+from nas.campaign import Campaign, CampaignConfig, StopSignal, check_placeable
 from nas.data import ImageData, load_data
 from nas.evaluate import Trainer, evaluate_candidate
 from nas.measure import resolve_device
@@ -28,7 +29,12 @@ class LocalExecutor:
         self.trainer = trainer
 
     def prepare(self, config: CampaignConfig) -> None:
-        """Refuses a device this machine does not have, before the study is opened."""
+        """Refuses, before the study is opened, a trial this machine cannot hold (Ray's check, on this machine: a
+        trial's CPUs and GPUs) and a device it does not have."""
+        this_machine = {"Alive": True, "NodeManagerAddress": "this machine",
+                        "Resources": {"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}}
+        gpus = config.gpus_per_trial if config.gpus_per_trial is not None else min(1, torch.cuda.device_count())
+        check_placeable([this_machine], cpus=config.cpus_per_trial, gpus=gpus, where="this machine (--executor local)")
         _device(config)
 
     def run(self, campaign: Campaign, stop: StopSignal) -> None:

@@ -31,7 +31,15 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-from nas.campaign import Campaign, CampaignConfig, StopSignal, Terminated, TrialPlan  # noqa: E402
+from nas.campaign import (  # noqa: E402
+    Campaign,
+    CampaignConfig,
+    ResourceError,
+    StopSignal,
+    Terminated,
+    TrialPlan,
+    check_placeable,
+)
 from nas.data import ImageData  # noqa: E402
 from nas.evaluate import Trainer, evaluate_candidate  # noqa: E402
 from nas.local import load_campaign_data  # noqa: E402
@@ -190,27 +198,6 @@ class PendingWatch(Callback):
                       f"the cluster has {free.get('CPU', 0):g} CPU(s) and {free.get('GPU', 0):g} GPU(s) free: "
                       "other work holds them, or a node left. It starts when they free up; Ctrl-C stops the "
                       "campaign (resume later), or lower --workers", file=self._out, flush=True)
-
-
-class ResourceError(ValueError):
-    """The Ray cluster cannot run the campaign's trials: it is unreachable, or a trial asks for more than any node
-    has (Tune would wait for it forever, silently)."""
-
-
-def check_placeable(nodes: list[dict[str, Any]], *, cpus: int, gpus: float) -> None:
-    """Refuses a trial that no alive node can hold (``cpus`` CPUs and ``gpus`` GPUs on one node), naming what the
-    nodes have. ``nodes`` is :func:`ray.nodes`'s answer. Ray itself would queue such a trial and wait for a node
-    that never comes."""
-    alive = [node for node in nodes if node.get("Alive")]
-    if any(node["Resources"].get("CPU", 0) >= cpus and node["Resources"].get("GPU", 0) >= gpus for node in alive):
-        return
-    have = "; ".join(f"{node.get('NodeManagerAddress', '?')}: {node['Resources'].get('CPU', 0):g} CPU(s), "
-                     f"{node['Resources'].get('GPU', 0):g} GPU(s)" for node in alive)
-    raise ResourceError(
-        f"each trial asks for {cpus} CPU(s) and {gpus:g} GPU(s) (cpus_per_trial, gpus_per_trial), but no node of "
-        f"the Ray cluster has that ({have or 'no node is alive'}): lower them (--cpus-per-trial, "
-        "--gpus-per-trial 0 on a machine without a GPU), or add a node that has them"
-    )
 
 
 _WORKER_DATA: dict[str, ImageData] = {}

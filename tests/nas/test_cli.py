@@ -775,6 +775,18 @@ def _search(capsys, storage: str, trials: int) -> tuple[int, str, str]:
     return run(capsys, "search", "--study", "s", "--storage", storage, "--trials", trials, "--executor", "local")
 
 
+@pytest.mark.parametrize("flags, words", [(("--cpus-per-trial", 64), ("64 CPU(s)", "--cpus-per-trial")),
+                                          (("--gpus-per-trial", 1), ("1 GPU(s)", "--gpus-per-trial 0"))])
+def test_the_local_executor_refuses_a_trial_this_machine_cannot_hold(capsys, tmp_path, monkeypatch, flags, words):
+    """Issue 25: Ray refuses such a trial before the study is touched; the local executor ran 64 threads on 2 cores,
+    or the CPU for a GPU trial, without a word."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "search", "--study", "s", "--trials", 2, "--executor", "local", *flags)
+    assert_refused(status, out, err, "search", "this machine (--executor local)", *words)
+    assert list(tmp_path.iterdir()) == []  # no study, no runs/ directory
+
+
 def test_a_search_whose_study_has_more_than_the_budget_says_so_truthfully(capsys, tmp_path, finished_study):
     """Four finished trials, --trials 2: nothing runs, and the count is not written as "4/2" (issue 15)."""
     from nas import records

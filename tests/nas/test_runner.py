@@ -12,7 +12,7 @@ from ray.tune.search import Searcher
 
 from nas import runner
 from nas import study as studies
-from nas.campaign import Campaign, CampaignConfig, run_campaign
+from nas.campaign import Campaign, CampaignConfig, ResourceError, check_placeable, run_campaign
 from nas.controllers import make_sampler
 from nas.records import EvalResult
 from search_spaces import presets
@@ -95,8 +95,8 @@ def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
 
 
 def test_a_trial_some_node_can_hold_is_placeable():
-    runner.check_placeable([node(2), node(16, gpus=1)], cpus=4, gpus=0.5)  # the second node holds it
-    runner.check_placeable([node(2)], cpus=2, gpus=0)
+    check_placeable([node(2), node(16, gpus=1)], cpus=4, gpus=0.5)  # the second node holds it
+    check_placeable([node(2)], cpus=2, gpus=0)
 
 
 @pytest.mark.parametrize("nodes, cpus, gpus, words", [
@@ -106,8 +106,8 @@ def test_a_trial_some_node_can_hold_is_placeable():
     ([node(32, gpus=8, alive=False)], 1, 1, ("no node is alive",)),
 ])
 def test_a_trial_no_node_can_hold_is_refused_naming_what_the_nodes_have(nodes, cpus, gpus, words):
-    with pytest.raises(runner.ResourceError) as refused:
-        runner.check_placeable(nodes, cpus=cpus, gpus=gpus)
+    with pytest.raises(ResourceError) as refused:
+        check_placeable(nodes, cpus=cpus, gpus=gpus)
     assert all(word in str(refused.value) for word in words), str(refused.value)
 
 
@@ -149,7 +149,7 @@ def test_an_unreachable_cluster_is_refused_before_the_study_is_created(tmp_path,
 
     monkeypatch.setattr(runner.ray, "init", no_cluster)
     config = CampaignConfig(trials=2, study="nowhere", address="auto", storage=f"sqlite:///{tmp_path / 'x.db'}")
-    with pytest.raises(runner.ResourceError, match=r"no Ray cluster to join at address 'auto' .*ray start --head"):
+    with pytest.raises(ResourceError, match=r"no Ray cluster to join at address 'auto' .*ray start --head"):
         run_campaign(config, runner.RayExecutor(), out=io.StringIO())
     assert list(tmp_path.iterdir()) == []
 
