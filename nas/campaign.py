@@ -299,6 +299,11 @@ class Terminated(KeyboardInterrupt):
     resume), nothing is left RUNNING or WAITING, and the driver lock is released."""
 
 
+class MachineryError(RuntimeError):
+    """The campaign stopped because the machinery failed a trial (the timing lock, the storage, the disk, a device:
+    :func:`nas.train.machinery_fault`), not its candidate; the trial is interrupted and runs again on resume."""
+
+
 class LockLostError(StudyError):
     """The driver lost its study's lock mid-campaign; it stopped starting trials and let those in flight record."""
 
@@ -415,6 +420,7 @@ class Campaign:
         self.completed = 0  # trials this run recorded
         self.baseline_failure: str | None = None
         self.storage_failure: Exception | None = None
+        self.machinery_failure: str | None = None  # a trial's fault that is not the candidate's: the campaign stops
         self.exhausted = False
         self._distributions = distributions(space)
         trials = study.get_trials(deepcopy=False)
@@ -473,6 +479,7 @@ class Campaign:
 
     def _stopping(self) -> bool:
         return (self.storage_failure is not None or self.baseline_failure is not None or self.exhausted
+                or self.machinery_failure is not None
                 or (self.lock is not None and self.lock.lost) or self.finished >= self.config.trials)
 
     def next_trial(self) -> Proposal | None:
@@ -667,13 +674,10 @@ class Campaign:
                   "the study's lock", file=self.out, flush=True)
             return
         if result is None:
-            studies.mark_interrupted(self.study, frozen, reason="the trial's worker failed")
-            self._forget_rung_rewards(_lineage(frozen.user_attrs, number))
-            frozen = studies.current_trial(self.study, trial)
-            if studies.may_rerun(frozen):
-                self._reruns.append(frozen)
-            print(f"trial {number}: worker failed" + ("; it runs once more" if studies.may_rerun(frozen) else ""),
-                  file=self.out, flush=True)
+            self._interrupt(trial, frozen, "the trial's worker failed")
+            return
+        if result.status == records.STATUS_FAULT:
+            self._interrupt(trial, frozen, result.failure_reason or "the machinery failed", machinery=True)
             return
         if node is not None:
             studies.record_node(trial, node)
@@ -689,6 +693,25 @@ class Campaign:
         if baseline and not result.ok:
             self.baseline_failure = result.failure_reason
         self._report(number, spec, result, reward)
+
+    def _interrupt(self, trial: optuna.trial.Trial, frozen: optuna.trial.FrozenTrial, reason: str, *,
+                   machinery: bool = False) -> None:
+        """Ends a trial that its worker or the ``machinery`` failed (not the candidate: no FAIL, nothing learned)
+        as interrupted, owed one re-run; a machinery fault (a result of status ``fault``) also stops the
+        campaign."""
+        number = trial.number
+        studies.mark_interrupted(self.study, frozen, reason=reason)
+        self._forget_rung_rewards(_lineage(frozen.user_attrs, number))
+        frozen = studies.current_trial(self.study, trial)
+        if studies.may_rerun(frozen):
+            self._reruns.append(frozen)
+        again = "; it runs once more" if studies.may_rerun(frozen) else ""
+        if not machinery:
+            print(f"trial {number}: worker failed{again}", file=self.out, flush=True)
+            return
+        print(f"trial {number}: interrupted, not the candidate's fault: {reason}{again}", file=self.out, flush=True)
+        if self.machinery_failure is None:
+            self.machinery_failure = f"trial {number}: {reason}"
 
     def _forget_rung_rewards(self, lineage: int) -> None:
         """An interrupted trial's rung rewards stop counting (as when a campaign resumes); its re-run reports them
@@ -829,6 +852,9 @@ def _run_locked(
         raise campaign.storage_failure
     if stop.received is not None:
         raise Terminated()
+    if campaign.machinery_failure is not None:
+        raise MachineryError(f"{campaign.machinery_failure}. Not the candidate's fault: the trial is marked interrupted "
+                             "and runs again on resume; fix the cause, then run the same command")
     if campaign.baseline_failure is not None:
         raise StudyError(f"the baseline failed, so no reward can be computed: {campaign.baseline_failure}")
     return _outcome(config, study, ran=campaign.completed, recovered=recovered, exhausted=campaign.exhausted)

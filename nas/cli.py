@@ -540,7 +540,14 @@ def _print_result(result: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas.campaign import CampaignConfig, LockLostError, Terminated, load_campaign, run_campaign
+    from nas.campaign import (
+        CampaignConfig,
+        LockLostError,
+        MachineryError,
+        Terminated,
+        load_campaign,
+        run_campaign,
+    )
 
     config = load_campaign(args.config) if args.config else CampaignConfig()
     config = config.with_overrides({name: getattr(args, name) for name in SEARCH_OVERRIDES})
@@ -558,7 +565,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"\nstopped ({signal_name}): trials in flight were marked interrupted and run once more on resume; "
               "finished trials are kept in the study; run the same command to resume", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
-    except LockLostError as error:
+    except (LockLostError, MachineryError) as error:
         print(f"nas search: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(_finished_line(outcome.finished, outcome.budget, outcome.ran))

@@ -23,9 +23,9 @@ from nas.data import ImageData
 from nas.halving import Rungs
 from nas.measure import benchmark_spec, describe_device, prepare_device, resolve_device
 from nas.recipe import TrainConfig
-from nas.records import STATUS_FAILED, STATUS_PRUNED, EvalResult
+from nas.records import STATUS_PRUNED, EvalResult
 from nas.timing import DeviceLock, relative_step_time
-from nas.train import failure_reason
+from nas.train import failed_status, failure_reason
 from search_spaces.spec import ArchSpec
 
 Trainer = Callable[..., EvalResult]
@@ -66,8 +66,9 @@ def evaluate_candidate(
             if on_timed is not None and not measured["timing_cached"]:
                 on_timed(dict(measured))
             reason = _over_step_time(measured["step_time_ratio"], plan)
-    except Exception as error:  # a failing candidate must never end the campaign
-        return EvalResult(status=STATUS_FAILED, failure_reason=f"while timing: {failure_reason(error)}", **measured)
+    except Exception as error:  # a failing candidate must never end the campaign; the machinery's fault may
+        return EvalResult(status=failed_status(error), failure_reason=f"while timing: {failure_reason(error)}",
+                          **measured)
     if reason is not None:
         return EvalResult(status=STATUS_PRUNED, failure_reason=reason, **measured)
     timing = {key: value for key, value in measured.items() if key != "parameters"}

@@ -25,6 +25,10 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_PRUNED = "pruned"  # over a campaign constraint (max_step_time_ratio, max_params_ratio): stopped before training
 STATUS_STOPPED = "stopped"  # stopped at a rung by successive halving (nas.halving): behind the others there
+#: Not the candidate's: the machinery failed while it was timed or trained (the timing lock, the storage, the disk, a
+#: device that is gone; nas.train.machinery_fault is the rule). The trial is interrupted, never FAIL, and the
+#: campaign stops so the fault can be fixed; it runs again on resume.
+STATUS_FAULT = "fault"
 
 # --- trial attributes -------------------------------------------------------------------------------------------
 ROLE = "role"  # ROLE_BASELINE or ROLE_CANDIDATE
@@ -36,7 +40,7 @@ CONTROLLER = "controller"
 RAY_NODE = "ray_node"  # the id of the Ray node the trial ran on
 INTERRUPTED = "interrupted"  # True on a FAIL the candidate did not cause (a stopped driver, a dead worker)
 REQUEUED_FROM = "requeued_from"  # on a re-run: the number of the interrupted trial it repeats
-STATUS = "status"  # STATUS_OK, STATUS_FAILED, STATUS_PRUNED or STATUS_STOPPED (EvalResult.status)
+STATUS = "status"  # STATUS_OK, STATUS_FAILED, STATUS_PRUNED, STATUS_STOPPED or STATUS_FAULT (EvalResult.status)
 RUNGS = "rungs"  # successive halving: [{epoch, accuracy, reward, promoted}, ...] in the order the rungs were reached
 EPOCHS_COMPLETED = "epochs_completed"  # EvalResult.epochs_completed as result_attributes records it: epochs trained
 STOPPED_AT_EPOCH = "stopped_at_epoch"  # on a trial successive halving stopped: the rung (epochs trained) it stopped at

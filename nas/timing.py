@@ -293,6 +293,11 @@ def lock_key(device: torch.device | str) -> str:
 _LOCK_POLL_S = 0.1  # how often a process waiting for a timing lock tries again
 
 
+class TimingLockError(PermissionError):
+    """The timing lock cannot be used (a link, a directory or another user's file at its path): a fault of the
+    machine, never of the candidate being timed (:func:`nas.train.machinery_fault`)."""
+
+
 def _notify_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -314,8 +319,8 @@ class DeviceLock:
 
     The directory is created private (0o700) and must be this user's own directory, not a link; the lock file is
     opened without following a link, so a link planted at its path is refused, never followed; what cannot be
-    used is a PermissionError in the project's words, naming the path. ``wait_s`` is how long acquiring took
-    (None before). The lock is released on leaving the ``with`` block, also by an exception, and by the operating
+    used is a :class:`TimingLockError` in the project's words, naming the path. ``wait_s`` is how long acquiring
+    took (None before). The lock is released on leaving the ``with`` block, also by an exception, and by the operating
     system if the process dies. Not re-entrant: a process that holds it and asks again (another ``DeviceLock`` on
     the same device) waits for itself.
 
@@ -396,14 +401,14 @@ class DeviceLock:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except FileExistsError:
-            raise PermissionError(f"timing lock directory {self.directory} exists and is not a directory; remove "
+            raise TimingLockError(f"timing lock directory {self.directory} exists and is not a directory; remove "
                                   "it or choose another directory") from None
         except OSError as error:
-            raise PermissionError(f"cannot create the timing lock directory {self.directory}: "
+            raise TimingLockError(f"cannot create the timing lock directory {self.directory}: "
                                   f"{os.strerror(error.errno) if error.errno else error}") from None
         status = os.lstat(self.directory)
         if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
-            raise PermissionError(
+            raise TimingLockError(
                 f"timing lock directory {self.directory} must be a directory of this user (uid {os.getuid()}), "
                 "not a link or another user's; remove it or choose another directory"
             )
@@ -411,13 +416,13 @@ class DeviceLock:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise PermissionError(f"timing lock {self.path} is a symbolic link; refusing to follow it "
+                raise TimingLockError(f"timing lock {self.path} is a symbolic link; refusing to follow it "
                                       "(remove it)") from None
             if error.errno == errno.EISDIR:
-                raise PermissionError(f"timing lock {self.path} is a directory, not a lock file; remove it") from None
-            raise PermissionError(f"cannot open the timing lock {self.path}: "
+                raise TimingLockError(f"timing lock {self.path} is a directory, not a lock file; remove it") from None
+            raise TimingLockError(f"cannot open the timing lock {self.path}: "
                                   f"{os.strerror(error.errno) if error.errno else error}") from None
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
-            raise PermissionError(f"timing lock {self.path} is not a regular file; remove it")
+            raise TimingLockError(f"timing lock {self.path} is not a regular file; remove it")
         return descriptor

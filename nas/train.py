@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import json
 import math
 import time
@@ -32,6 +33,7 @@ from nas.builder import build_model
 from nas.data import DeviceBatches, ImageData
 from nas.halving import Rungs
 from nas.measure import (
+    DeviceUnavailableError,
     StepTiming,
     count_parameters,
     describe_device,
@@ -52,8 +54,10 @@ from nas.progressive import (
     stage_for_epoch,
 )
 from nas.recipe import AUTOMATIC_FIELDS, TrainConfig, resolve_recipe
-from nas.records import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
+from nas.records import STATUS_FAILED, STATUS_FAULT, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
 from nas.step import TrainingStep, build_training_step
+from nas.storage import StudyError
+from nas.timing import TimingLockError
 from search_spaces.files import FileLock, check_output, write_file
 from search_spaces.io import dump_spec
 from search_spaces.spec import ArchSpec, SpecError, StageSpec
@@ -107,10 +111,32 @@ def train_and_evaluate(
             status, reason = STATUS_STOPPED, f"stopped at epoch {stopped_at} of {config.epochs} by its rung's judge"
     except NonFiniteLossError as error:
         status, reason = STATUS_FAILED, f"non-finite loss: {error}"
-    except Exception as error:  # a failing candidate must never end the campaign
-        status, reason = STATUS_FAILED, failure_reason(error)
+    except Exception as error:  # a failing candidate must never end the campaign; the machinery's fault may
+        status, reason = failed_status(error), failure_reason(error)
     release_memory(device)
     return EvalResult(status=status, failure_reason=reason, wall_time_s=time.perf_counter() - start, **measured)
+
+
+#: What a failing disk or file system raises: no space, over quota, read-only, an I/O error.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def machinery_fault(error: BaseException) -> bool:
+    """Whether ``error``, raised while a candidate was timed or trained, is the machinery's fault rather than the
+    candidate's: the one rule (DESIGN.md, "Failures are data, when they are the candidate's"). The timing lock
+    (:class:`~nas.timing.TimingLockError`), the storage (:class:`~nas.storage.StudyError`), a failing disk (no
+    space, quota, read-only, I/O error) and a device that is gone
+    (:class:`~nas.measure.DeviceUnavailableError`) are the machinery's: such a result is :data:`STATUS_FAULT`,
+    the trial is interrupted and the campaign stops. Anything else (out of memory, a NaN loss, an error in the
+    candidate's own network) is the candidate's, a FAIL with its reason."""
+    if isinstance(error, (TimingLockError, StudyError, DeviceUnavailableError)):
+        return True
+    return isinstance(error, OSError) and error.errno in _DISK_ERRNOS
+
+
+def failed_status(error: BaseException) -> str:
+    """The status of a result that ``error`` ended: :data:`STATUS_FAULT` or :data:`STATUS_FAILED`."""
+    return STATUS_FAULT if machinery_fault(error) else STATUS_FAILED
 
 
 def failure_reason(error: Exception) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import tempfile
 
 import optuna
 import pytest
@@ -209,6 +210,33 @@ def test_a_campaign_times_again_what_the_cache_holds_badly(tmp_path, capfd):
     assert [trial.user_attrs["timing_cached"] for trial in second.trials[1:]] == [False] * 3
     assert all(1e-3 < trial.user_attrs["step_time_ratio"] < 1e3 for trial in second.trials[1:])
     assert capfd.readouterr().err.count("ignored (step_time_ratio 1e-300 is outside the plausible") == 3
+
+
+def test_a_machinery_fault_interrupts_its_trial_and_stops_the_campaign(tmp_path, monkeypatch):
+    """Issue 25: the timing lock replaced by a symlink after the baseline was measured failed trials 1-3 as the
+    candidates' ("4/4 trials finished", exit 0), and the controllers learned reward 0 for them. The fault is the
+    machine's: the trial is interrupted (no FAIL, not counted), the campaign stops, and a resume runs it again."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lock = timings.DeviceLock(torch.device("cpu")).path
+
+    def planting_a_link(spec, data, config, rungs=None):  # the baseline trains after its timing: plant it then
+        lock.unlink()
+        lock.symlink_to(tmp_path / "elsewhere")
+        return trained(spec, data, config)
+
+    storage = f"sqlite:///{tmp_path / 'fault.db'}"
+    out = io.StringIO()
+    with pytest.raises(campaigns.MachineryError, match=r"trial 1: while timing: TimingLockError: timing lock .* is a "
+                                                       r"symbolic link.*runs again on resume"):
+        campaigns.run_campaign(config("fault", storage), LocalExecutor(trainer=planting_a_link), out=out)
+    study = optuna.load_study(study_name="fault", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["interrupted"] is True and "not the candidate's fault" in out.getvalue()
+    lock.unlink()  # fixed: the resume re-runs trial 1 and finishes the budget
+    outcome = campaigns.run_campaign(config("fault", storage), LocalExecutor(trainer=trained), out=io.StringIO())
+    study = optuna.load_study(study_name="fault", storage=storage)
+    assert outcome.finished == 4 and study.trials[2].user_attrs["requeued_from"] == 1
+    assert [trial.state.name for trial in study.trials].count("COMPLETE") == 4
 
 
 def test_reading_the_cache_creates_nothing(tmp_path):

@@ -1,6 +1,7 @@
 """Proxy training: learns, is deterministic on CPU, measures what the reward needs, and fails softly."""
 
 import dataclasses
+import errno
 import math
 import random
 import re
@@ -11,8 +12,11 @@ import torch
 
 import nas.train
 from nas.data import ImageData, load_data
-from nas.measure import spec_complexity
+from nas.measure import DeviceUnavailableError, spec_complexity
 from nas.recipe import resolve_recipe
+from nas.records import STATUS_FAULT
+from nas.storage import StudyError
+from nas.timing import TimingLockError
 from nas.train import (
     STATUS_FAILED,
     STATUS_OK,
@@ -23,6 +27,8 @@ from nas.train import (
     TrainPreflight,
     check_checkpoint_data,
     check_data,
+    failed_status,
+    machinery_fault,
     read_checkpoint,
     train_and_evaluate,
 )
@@ -584,3 +590,20 @@ def test_a_judge_that_says_stop_ends_the_run_at_its_rung(small_data, tmp_path):
     assert result.status == STATUS_STOPPED and result.epochs_completed == 1 and len(result.history) == 1
     assert result.failure_reason == "stopped at epoch 1 of 3 by its rung's judge"
     assert result.accuracy == judged[0].accuracy and not (tmp_path / "w.pt").exists()
+
+
+@pytest.mark.parametrize("error, machinery", [
+    (TimingLockError("timing lock /t/nas-timing-cpu.lock is a symbolic link"), True),
+    (StudyError("cannot write to storage sqlite:///x.db"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EIO, "Input/output error"), True),
+    (DeviceUnavailableError("device 'cuda:1' is not available"), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+    (ValueError("a candidate's own bad value"), False),
+    (OSError(errno.ENOENT, "No such file or directory"), False),
+], ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value))
+def test_the_one_rule_of_whose_fault_a_failure_is(error, machinery):
+    """Issue 25: the machinery's faults (lock, storage, disk, device) are never recorded as the candidate's."""
+    assert machinery_fault(error) is machinery
+    assert failed_status(error) == (STATUS_FAULT if machinery else STATUS_FAILED)
