@@ -681,7 +681,12 @@ class Campaign:
             return
         if node is not None:
             studies.record_node(trial, node)
-        reward = studies.record_result(self.study, trial, spec, result, self.exponents)
+        try:
+            reward = studies.record_result(self.study, trial, spec, result, self.exponents)
+        except ValueError as error:
+            # A result the reward refuses (a non-finite S, say) is the machinery's; its trial never stays RUNNING.
+            self._interrupt(trial, frozen, f"its result could not be recorded: {error}", machinery=True)
+            return
         baseline = is_baseline(trial.user_attrs)
         if number not in self._timed_early:
             self._cache(spec, result, baseline=baseline)

@@ -239,6 +239,20 @@ def test_a_machinery_fault_interrupts_its_trial_and_stops_the_campaign(tmp_path,
     assert [trial.state.name for trial in study.trials].count("COMPLETE") == 4
 
 
+def test_a_result_the_reward_refuses_never_leaves_its_trial_running(tmp_path):
+    """Issue 25: a result that failed the reward's checks at the end of a trial left it RUNNING, on every resume."""
+    def impossible(spec, data, config, rungs=None):
+        result = trained(spec, data, config)
+        return result if spec.name == SPACE.baseline.name else dataclasses.replace(result, accuracy=1.5)
+
+    storage = f"sqlite:///{tmp_path / 'refused.db'}"
+    with pytest.raises(campaigns.MachineryError, match="trial 1: its result could not be recorded: accuracy"):
+        campaigns.run_campaign(config("refused", storage), LocalExecutor(trainer=impossible), out=io.StringIO())
+    study = optuna.load_study(study_name="refused", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["interrupted"] is True
+
+
 def test_reading_the_cache_creates_nothing(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'empty.db'}")
     assert StepTimeCache(storage).get("s:anything") is None
