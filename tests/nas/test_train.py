@@ -117,10 +117,10 @@ def test_any_exception_becomes_a_failed_result(data):
     assert result.failure_reason.startswith("ValueError: batch_size 5000 is larger than the training set")
 
 
-def test_a_missing_device_is_a_failed_result(data, monkeypatch):
+def test_a_missing_device_is_the_machinery_s_fault_not_the_candidate_s(data, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=1, **{**FAST, "device": "cuda"}))
-    assert result.status == STATUS_FAILED and "DeviceUnavailableError" in result.failure_reason
+    assert result.status == STATUS_FAULT and "DeviceUnavailableError" in result.failure_reason
 
 
 def test_interrupts_are_not_swallowed(data, monkeypatch):
