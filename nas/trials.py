@@ -247,7 +247,7 @@ class StudySnapshot:
     @classmethod
     def read(cls, study: optuna.Study) -> StudySnapshot:
         trials = tuple(study.get_trials(deepcopy=False))
-        return cls(study, study.user_attrs, trials, tuple(best_trials(study, len(trials))),
+        return cls(study, study.user_attrs, trials, tuple(best_trials(study, None)),
                    frozenset(trial.number for trial in pareto_front(study)))
 
     @property
