@@ -382,6 +382,9 @@ class Executor(Protocol):
 
     def run(self, campaign: Campaign, stop: StopSignal) -> None: ...
 
+    def close(self) -> None:
+        """Releases what :meth:`prepare` took (a local Ray it started), however the campaign ended."""
+
 
 class Campaign:
     """The campaign policy: which trial runs next and what becomes of each result. It imports no Ray: an executor
@@ -810,17 +813,20 @@ def run_campaign(config: CampaignConfig, executor: Executor, *, out: TextIO = sy
     """
     space = presets.get_space(config.space)
     executor.prepare(config)
-    storage = make_storage(config.storage_url)
-    lock = DriverLock(storage, config.study)
-    with _sigterm_as_interrupt() as stop, storage_errors(config.storage_url, "write to"):
-        lock.acquire()
-        try:
-            outcome = _run_locked(config, space, storage, lock, out, executor, stop)
-        except BaseException:
-            with contextlib.suppress(StudyError):  # the error under way says more (a full disk, say)
-                lock.release()
-            raise
-        lock.release()
+    try:
+        storage = make_storage(config.storage_url)
+        lock = DriverLock(storage, config.study)
+        with _sigterm_as_interrupt() as stop, storage_errors(config.storage_url, "write to"):
+            lock.acquire()
+            try:
+                outcome = _run_locked(config, space, storage, lock, out, executor, stop)
+            except BaseException:
+                with contextlib.suppress(StudyError):  # the error under way says more (a full disk, say)
+                    lock.release()
+                raise
+            lock.release()
+    finally:
+        executor.close()
     if lock.lost:
         raise LockLostError(f"{lock.lost_reason}. This driver started no trial after that and recorded those in "
                             "flight; run the same command to resume once the storage is reachable")

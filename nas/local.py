@@ -49,6 +49,9 @@ class LocalExecutor:
                                         on_rung=functools.partial(campaign.judge, proposal.number))
             campaign.record(proposal.number, result)
 
+    def close(self) -> None:
+        """Nothing to release: the trials ran in this process."""
+
 
 def _device(config: CampaignConfig) -> torch.device:
     return resolve_device("cpu" if config.gpus_per_trial == 0 else config.train.device)

@@ -44,6 +44,7 @@ from nas.data import ImageData  # noqa: E402
 from nas.evaluate import Trainer, evaluate_candidate  # noqa: E402
 from nas.local import load_campaign_data  # noqa: E402
 from nas.outputs import ray_storage_path  # noqa: E402
+from nas.ray_head import HeadStartError, LocalHead  # noqa: E402
 from nas.recipe import TrainConfig  # noqa: E402
 from nas.records import EvalResult  # noqa: E402
 from nas.train import train_and_evaluate  # noqa: E402
@@ -63,30 +64,53 @@ class RayExecutor:
     def __init__(self, *, trainer: Trainer = train_and_evaluate) -> None:
         self.trainer = trainer
         self._gpus_per_trial: float | None = None
+        self._head: LocalHead | None = None
 
     def prepare(self, config: CampaignConfig) -> None:
-        """Joins the cluster (or starts a local Ray) and checks that a node can hold a trial, before the study is
-        touched: an unreachable cluster or an impossible trial is one line, not a study created for nothing or a
-        silent wait."""
-        if not ray.is_initialized():
-            try:
-                ray.init(
-                    address=config.address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=True,
-                    logging_level=logging.ERROR,
-                )
-            except ConnectionError as error:
-                raise ResourceError(
-                    f"no Ray cluster to join at address {config.address!r} ({error}): start one with `ray start "
-                    "--head` (or on the cluster's head node), or leave --address unset to run on a local Ray"
-                ) from None
-        gpus = config.gpus_per_trial
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
+        """Joins the cluster (or starts a local Ray head of its own, :mod:`nas.ray_head`) and checks that a node can
+        hold a trial, before the study is touched: an unreachable cluster or an impossible trial is one line, not a
+        study created for nothing or a silent wait."""
+        try:
+            if not ray.is_initialized():
+                self._join(config.address or os.environ.get("RAY_ADDRESS"))
+            gpus = config.gpus_per_trial
+            if gpus is None:
+                gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
+        except BaseException:
+            self.close()
+            raise
         self._gpus_per_trial = gpus
+
+    def close(self) -> None:
+        """Leaves Ray, and stops the local head :meth:`prepare` started (a joined cluster is left running)."""
+        if self._head is not None:
+            ray.shutdown()
+            self._head.stop()
+            self._head = None
+
+    def _join(self, address: str | None) -> None:
+        if address is None:
+            try:
+                self._head = LocalHead.start()
+            except HeadStartError as error:
+                raise ResourceError(f"{error}\nRay could not start on this machine (its output above says why); "
+                                    "--executor local runs the campaign without Ray") from None
+        try:
+            ray.init(
+                address=address,  # None: this head, found in its temp directory
+                _temp_dir=str(self._head.temp_dir) if self._head is not None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=True,
+                logging_level=logging.ERROR,
+            )
+        except ConnectionError as error:
+            joined = address if self._head is None else f"the local head in {self._head.temp_dir}"
+            raise ResourceError(
+                f"no Ray cluster to join at address {joined!r} ({error}): start one with `ray start "
+                "--head` (or on the cluster's head node), or leave --address unset to run on a local Ray"
+            ) from None
 
     def run(self, campaign: Campaign, stop: StopSignal) -> None:
         if self._gpus_per_trial is None:

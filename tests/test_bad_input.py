@@ -33,6 +33,7 @@ from PIL import Image
 import nas.data
 import nas.local
 import nas.measure
+import nas.ray_head
 import nas.train
 from nas.campaign import CampaignConfig
 from nas.cli import EXIT_USAGE, main
@@ -244,6 +245,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return reached
 
     monkeypatch.setattr(ray, "init", tripwire("ray.init"))
+    monkeypatch.setattr(nas.ray_head.LocalHead, "start", tripwire("a local Ray head"))
     monkeypatch.setattr(nas.local, "load_data", tripwire("the campaign's data loading"))
     monkeypatch.setattr(nas.data, "load_data", tripwire("data loading"))
     monkeypatch.setattr(nas.train, "train_and_evaluate", tripwire("training"))

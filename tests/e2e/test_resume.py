@@ -1,7 +1,7 @@
 """Stop, kill and resume a campaign as a user or a cluster scheduler does, for every controller and storage.
 
 One campaign per controller, each on another storage of the matrix (SQLite, the journal file, PostgreSQL), goes
-through a graceful stop (SIGTERM, or Ctrl-C), a resume that is killed (SIGKILL, the driver alone), and a resume to
+through a graceful stop (SIGTERM, or Ctrl-C, to the driver's whole process group), a resume that is killed (SIGKILL, the driver alone), and a resume to
 the end. Afterwards the study must hold exactly the budget, nothing RUNNING or WAITING, no trial finished before a
 stop evaluated again, every interrupted candidate re-run exactly once with its own params, and no architecture
 evaluated twice otherwise: a resumed controller neither replays its old random stream nor proposes what the study
@@ -59,7 +59,7 @@ def test_stop_kill_and_resume_evaluate_each_architecture_once(tmp_path, request,
     driver = start_driver(tmp_path, campaign)
     try:
         wait_for_running_trial(url, controller, complete=2)
-        driver.send_signal(stop)
+        os.killpg(driver.pid, stop)  # to its whole process group, as a scheduler's SIGTERM or a terminal's Ctrl-C
         _, stderr = driver.communicate(timeout=120)
     finally:
         driver.kill()
