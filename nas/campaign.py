@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, TextIO
@@ -30,6 +31,7 @@ from nas import study as studies
 from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exhausted
 from nas.halving import SchedulerConfig, promotes, promotion_cutoff, rung_epochs
 from nas.outputs import default_storage_url, trial_spec_name
+from nas.progress import CampaignProgress, format_duration
 from nas.recipe import MAX_AUTO_BATCH_SIZE, TimingConfig, TrainConfig, resolve_recipe
 from nas.records import EvalResult
 from nas.sources import DataError, check_source, holdout_count
@@ -50,7 +52,7 @@ _RUNNER_OWNED_TRAIN_FIELDS = ("device", "threads", "measure_step_time")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Ranges of the integer fields. The caps refuse absurd values before any study, directory or Ray node exists; the
 # seed is capped at 2^32 - 1 because Optuna's samplers seed NumPy with it.
-_INTEGER_RANGES = {"trials": (1, 100_000), "workers": (1, 1024), "cpus_per_trial": (1, 1024), "seed": (0, 2**32 - 1)}
+_INTEGER_RANGES = {"trials": (1, 100_000), "cpus_per_trial": (1, 1024), "seed": (0, 2**32 - 1)}
 #: ``with_overrides`` keys (the ``nas search`` flags) that set a field of the ``scheduler`` section: key -> field.
 SCHEDULER_OVERRIDES = {"scheduler": "type", "min_epochs": "min_epochs", "reduction_factor": "reduction_factor"}
 
@@ -64,7 +66,9 @@ class CampaignConfig:
     """One search campaign. ``trials`` counts finished trials wanted in the study, the baseline included.
 
     ``storage`` None means ``sqlite:///runs/<study>.db``. ``address`` None starts a local Ray; ``auto`` or
-    ``HOST:PORT`` joins a cluster. ``gpus_per_trial`` None is 1 when the cluster has GPUs, else 0.
+    ``HOST:PORT`` joins a cluster. ``workers`` None runs as many trials at once as the cluster holds
+    (:func:`trials_at_once`), as Ray Tune's own default does. ``gpus_per_trial`` None is 1 when the cluster has GPUs,
+    else 0.
     The reward is ``A * (S / S_baseline)^step_time_exponent * (P / P_baseline)^params_exponent``, with S/S_baseline
     timed at ``timing``'s settings (by default the space's backbone's training image size and the proxy's batch)
     against the baseline in interleaved windows. ``max_step_time_ratio`` and ``max_params_ratio`` are hard limits
@@ -83,7 +87,7 @@ class CampaignConfig:
     study: str = "nas"
     storage: str | None = None
     address: str | None = None
-    workers: int = 1
+    workers: int | None = None
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None
     seed: int = 0
@@ -98,6 +102,8 @@ class CampaignConfig:
     def __post_init__(self) -> None:
         for name, (low, high) in _INTEGER_RANGES.items():
             check_int(name, getattr(self, name), low, high, error=CampaignError)
+        check_int("workers", self.workers, 1, 1024, optional=True, none_name="null (as many as fit)",
+                  error=CampaignError)
         check_choice("controller", self.controller, CONTROLLERS, error=CampaignError)
         if not isinstance(self.study, str) or not _STUDY_NAME.fullmatch(self.study):
             raise CampaignError(
@@ -121,11 +127,14 @@ class CampaignConfig:
                        error=CampaignError)
         if not isinstance(self.scheduler, SchedulerConfig):
             raise CampaignError(f"scheduler must be a SchedulerConfig, got {type(self.scheduler).__name__}")
-        if self.scheduler.enabled and self.scheduler.min_epochs >= self.train.epochs:
+        scheduler, epochs = self.scheduler, self.train.epochs
+        if scheduler.enabled and not rung_epochs(scheduler.min_epochs, scheduler.reduction_factor, epochs):
+            factor = scheduler.reduction_factor
             raise CampaignError(
-                f"scheduler.min_epochs {self.scheduler.min_epochs} must be below train.epochs {self.train.epochs} "
-                f"with scheduler {self.scheduler.type!r} (a trial is judged after min_epochs, before its end): lower "
-                "min_epochs, raise epochs, or use scheduler type 'none'"
+                f"scheduler.min_epochs {scheduler.min_epochs} leaves no rung in train.epochs {epochs} with scheduler "
+                f"{scheduler.type!r}: a rung must leave 1/{factor} (reduction_factor) of the training to save, so "
+                f"it is at most epoch {epochs * (factor - 1) // factor}: lower min_epochs, raise epochs, or use "
+                "scheduler type 'none'"
             )
         try:  # the name and options only: the files it names are checked when the campaign starts
             check_source(self.data, image_size=self.train.image_size, files=False)
@@ -294,6 +303,39 @@ def check_placeable(nodes: list[dict[str, Any]], *, cpus: int, gpus: float, wher
     )
 
 
+def trials_at_once(nodes: list[dict[str, Any]], *, cpus: int, gpus: float) -> int:
+    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the alive ``nodes`` (:func:`ray.nodes`'s form) hold at
+    once, at least 1: what ``workers`` None means.
+
+    Example: two nodes of 16 CPUs and 2 GPUs, trials of 4 CPUs and 1 GPU: each node holds min(16 // 4, 2 // 1) = 2,
+    so 4 trials at once; with ``gpus`` 0, 4 + 4 = 8.
+    """
+    held = 0
+    for node in nodes:
+        if node.get("Alive"):
+            resources = node["Resources"]
+            fits = int(resources.get("CPU", 0) // cpus)
+            if gpus > 0:
+                fits = min(fits, int(resources.get("GPU", 0) // gpus))
+            held += fits
+    return max(1, held)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How an executor runs a campaign's trials: ``workers`` at once, ``threads`` CPU threads each, on ``device``
+    (the campaign's header says so)."""
+
+    workers: int
+    threads: int
+    device: str
+
+    def describe(self) -> str:
+        trials = "1 trial at a time" if self.workers == 1 else f"{self.workers} trials at once"
+        threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
+        return f"{trials}, {threads} each, on {self.device}"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM to the driver, handled as Ctrl-C is: trials in flight end as interrupted (each runs once more on
     resume), nothing is left RUNNING or WAITING, and the driver lock is released."""
@@ -411,6 +453,7 @@ class Campaign:
         *,
         out: TextIO,
         lock: DriverLock | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.study = study
         self.space = space
@@ -421,6 +464,7 @@ class Campaign:
         self.pending: dict[int, tuple[optuna.trial.Trial, ArchSpec]] = {}
         self.finished = len(studies.finished_trials(study))
         self.completed = 0  # trials this run recorded
+        self.progress = CampaignProgress(clock)
         self.baseline_failure: str | None = None
         self.storage_failure: Exception | None = None
         self.machinery_failure: str | None = None  # a trial's fault that is not the candidate's: the campaign stops
@@ -454,26 +498,36 @@ class Campaign:
                     self._rung_rewards.setdefault(rung["epoch"], {})[_lineage(trial.user_attrs, trial.number)] = (
                         rung["reward"])
 
-    def start(self, data_name: str, *, train_images: int, flips: bool, num_classes: int, in_channels: int) -> None:
+    def start(
+        self, data_name: str, *, train_images: int, holdout_images: int, flips: bool, num_classes: int,
+        in_channels: int, placement: Placement,
+    ) -> None:
         """Says what the campaign runs, once the executor has loaded the data (``train_images`` training images,
-        whose mirror images keep their labels when ``flips``, in ``num_classes`` classes with ``in_channels``
-        channels: the networks' head and stem, which the step-time cache's keys hold), and records the proxy recipe
-        as it resolves for that data (README, "Proxy training") in the study's ``recipe`` attribute; every trial
-        records its own too."""
+        whose mirror images keep their labels when ``flips``, and ``holdout_images`` that every accuracy is counted
+        on, in ``num_classes`` classes with ``in_channels`` channels: the networks' head and stem, which the
+        step-time cache's keys hold and exported specs carry) and knows its ``placement``, and records the proxy
+        recipe as it resolves for that data (README, "Proxy training") in the study's ``recipe`` attribute; every
+        trial records its own too."""
         self._network_io = {"num_classes": num_classes, "in_channels": in_channels}
+        self.progress.start(workers=placement.workers)
         halving = f", successive halving at epochs {list(self._rungs)}" if self._rungs else ""
         print(f"campaign {self.config.study!r}: space {self.space.name} ({self.space.size:,} architectures), "
               f"{data_name}, {self.config.controller} controller{halving}, {self.finished}/{self.config.trials} "
               f"trials finished, storage {mask_url(self.config.storage_url)}", file=self.out, flush=True)
+        print(f"running {placement.describe()} (workers, cpus_per_trial)", file=self.out, flush=True)
         recipe = resolve_recipe(self.config.train, train_images=train_images, flips=flips)
         try:
             studies.record_recipe(self.study, {k: v for k, v in recipe.to_dict().items()
                                                 if k not in _RUNNER_OWNED_TRAIN_FIELDS})
+            studies.record_network_io(self.study, **self._network_io)
+            studies.record_holdout(self.study, holdout_images)
         except STORAGE_ERRORS as error:
             self._stop_on(error)
-        print(f"proxy recipe: {recipe.epochs} epochs at batch {recipe.batch_size} ({train_images // recipe.batch_size} "
-              f"steps per epoch), {recipe.optimizer} lr {recipe.learning_rate:g}, warm-up {recipe.warmup_steps} steps, "
-              f"augment {recipe.augment}", file=self.out, flush=True)
+        epochs = f"{recipe.epochs} epoch{'' if recipe.epochs == 1 else 's'}"
+        print(f"proxy recipe: {epochs} at batch {recipe.batch_size} ({train_images // recipe.batch_size} steps per "
+              f"epoch), {recipe.optimizer} lr {recipe.learning_rate:g}, warm-up {recipe.warmup_steps} steps, augment "
+              f"{recipe.augment}", file=self.out, flush=True)
+        self.progress.printed()
 
     @property
     def over(self) -> bool:
@@ -593,7 +647,7 @@ class Campaign:
         self._timed_early.discard(number)
         self.finished += 1
         self.completed += 1
-        self._report(number, spec, stopped, reward)
+        self._report(number, spec, stopped, reward, baseline=False)
         return False
 
     def _next_trial(self) -> Proposal | None:
@@ -617,6 +671,7 @@ class Campaign:
             role = trial.user_attrs.get(records.ROLE, records.ROLE_CANDIDATE)
         studies.record_start(trial, role, spec, self.config.controller)
         self.pending[trial.number] = (trial, spec)
+        self.progress.trial_started(trial.number)
         return Proposal(trial.number, spec, self._plan(spec, measuring_baseline))
 
     def _plan(self, spec: ArchSpec, measuring_baseline: bool) -> TrialPlan:
@@ -700,7 +755,7 @@ class Campaign:
             self.best = (reward, number)
         if baseline and not result.ok:
             self.baseline_failure = result.failure_reason
-        self._report(number, spec, result, reward)
+        self._report(number, spec, result, reward, baseline=baseline)
 
     def _interrupt(self, trial: optuna.trial.Trial, frozen: optuna.trial.FrozenTrial, reason: str, *,
                    machinery: bool = False) -> None:
@@ -709,6 +764,7 @@ class Campaign:
         campaign."""
         number = trial.number
         studies.mark_interrupted(self.study, frozen, reason=reason)
+        self.progress.trial_ended(number)
         self._forget_rung_rewards(_lineage(frozen.user_attrs, number))
         frozen = studies.current_trial(self.study, trial)
         if studies.may_rerun(frozen):
@@ -740,7 +796,12 @@ class Campaign:
         return cache_key(spec, self.space.baseline, **self._network_io, device=device, timing=timing,
                          recipe=self.config.train.to_dict())
 
-    def _report(self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None) -> None:
+    def _report(
+        self, number: int, spec: ArchSpec, result: EvalResult, reward: float | None, *, baseline: bool
+    ) -> None:
+        """One line per finished trial: what it measured (S/S0 first: a candidate's own step time in ms is taken
+        beside its re-timed baseline, so only the ratio compares across trials), how long it took, the best so far,
+        and the campaign's elapsed time and estimate."""
         best_text = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best is not None else "best -"
         width = len(str(self.config.trials))
         head = f"[{self.finished:>{width}}/{self.config.trials}] trial {number:>3}"
@@ -751,10 +812,24 @@ class Campaign:
         elif reward is None:
             body = f"FAILED {result.failure_reason}"
         else:
-            ratio = "" if result.step_time_ratio is None else f" ({result.step_time_ratio:.3f}x)"
-            body = (f"A {result.accuracy:.4f}  S {result.step_time_s * 1e3:7.2f} ms{ratio}  "
-                    f"P {result.parameters:>10,}  reward {reward:.4f}")
-        print(f"{head}  {body}  {best_text}  {' '.join(spec.block_strings)}", file=self.out, flush=True)
+            if baseline:
+                step = f"S0 {result.step_time_s * 1e3:.2f} ms"
+            else:
+                step = "S/S0 -" if result.step_time_ratio is None else f"S/S0 {result.step_time_ratio:.3f}"
+            body = f"A {result.accuracy:.4f}  {step}  P {result.parameters:>10,}  reward {reward:.4f}"
+        took = self.progress.trial_finished(number)
+        timing = "" if took is None else f"  took {format_duration(took)}"
+        summary = self.progress.summary(self.config.trials - self.finished)
+        print(f"{head}  {body}  {best_text}{timing}  ({summary})  {' '.join(spec.block_strings)}", file=self.out,
+              flush=True)
+        self.progress.printed()
+
+    def heartbeat(self) -> None:
+        """Says which trials run when the campaign printed nothing for a while (:meth:`CampaignProgress.heartbeat`);
+        executors call it often, from any thread."""
+        line = self.progress.heartbeat()
+        if line is not None:
+            print(line, file=self.out, flush=True)
 
 
 def _lineage(attributes: Mapping[str, Any], number: int) -> int:
@@ -812,6 +887,9 @@ def run_campaign(config: CampaignConfig, executor: Executor, *, out: TextIO = sy
     damaged database, a full disk), always with the lock released where possible.
     """
     space = presets.get_space(config.space)
+    done = _budget_met(config, space)
+    if done is not None:  # before a Ray node starts or the lock is taken: a finished campaign's resume answers at once
+        return _outcome(config, done, ran=0, recovered=())
     executor.prepare(config)
     try:
         storage = make_storage(config.storage_url)
@@ -848,11 +926,8 @@ def _run_locked(
     if recovered:
         print(f"recovered interrupted trial(s) {list(recovered)}: marked FAIL (interrupted); each runs once more",
               file=out)
-    finished = len(studies.finished_trials(study))
-    if finished >= config.trials:
-        print(f"study {config.study!r} already has {finished} finished trials (budget {config.trials}); "
-              "nothing to do", file=out)
-        return _outcome(config, study, ran=0, recovered=recovered)
+    if len(studies.finished_trials(study)) >= config.trials:
+        return _outcome(config, study, ran=0, recovered=recovered)  # (the caller says so: nothing ran)
     campaign = Campaign(study, space, config, out=out, lock=lock)
     try:
         executor.run(campaign, stop)
@@ -871,6 +946,20 @@ def _run_locked(
     return _outcome(config, study, ran=campaign.completed, recovered=recovered, exhausted=campaign.exhausted)
 
 
+def _budget_met(config: CampaignConfig, space: SearchSpace) -> optuna.Study | None:
+    """The campaign's study, read-only, when it already holds the budget with nothing left in flight and was made
+    with these settings (else None: the campaign opens it as usual and refuses or recovers what it must)."""
+    try:
+        study = studies.load_study(config.storage_url, config.study)
+    except StudyError:  # no study yet (or unreadable: the campaign's own opening says why)
+        return None
+    if (len(studies.finished_trials(study)) < config.trials
+            or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            or studies.settings_differences(study.user_attrs, space, config.study_settings())):
+        return None
+    return study
+
+
 def _outcome(
     config: CampaignConfig, study: optuna.Study, *, ran: int, recovered: tuple[int, ...], exhausted: bool = False
 ) -> CampaignOutcome:
@@ -883,8 +972,8 @@ def _outcome(
         ran=ran,
         best_trial=best[0].number if best else None,
         best_reward=best[0].value if best else None,
-        best_spec=(dataclasses.replace(studies.trial_spec(best[0]),
-                                       name=trial_spec_name(config.study, best[0].number)) if best else None),
+        best_spec=(studies.exported_spec(study, best[0], name=trial_spec_name(config.study, best[0].number))
+                   if best else None),
         recovered=recovered,
         exhausted=exhausted,
     )

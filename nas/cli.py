@@ -10,7 +10,6 @@ no Optuna, and no torch until a command needs it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -59,9 +58,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
 
 
-def _spec_report(spec: ArchSpec, num_classes: int) -> dict[str, Any]:
+def _spec_report(spec: ArchSpec, num_classes: int | None) -> dict[str, Any]:
+    """What ``nas show`` says of a spec, counted for ``num_classes`` outputs; None counts for the classes the spec
+    says it was searched or trained on (its ``num_classes``), else for ImageNet's 1000, as the papers count."""
     from nas.complexity import count_spec  # counted from the spec: nas show and nas scale import no torch
 
+    if num_classes is None:
+        num_classes = spec.num_classes or IMAGENET_CLASSES
     complexity = count_spec(spec, num_classes=num_classes)
     return {
         "name": spec.name,
@@ -82,17 +85,26 @@ def _stage_table(spec: ArchSpec, stage_parameters: Sequence[int]) -> str:
     return format_table(STAGE_TABLE_HEADERS, stage_rows(spec, stage_parameters))
 
 
-def _classes_note(num_classes: int) -> str:
+def _classes_note(num_classes: int, spec: ArchSpec | None = None) -> str:
     """Which classifier a parameter count is for: a search prints its candidates' counts for the data's classes,
-    ``nas show`` for ``--num-classes`` (ImageNet's 1000 by default, as the papers' counts are)."""
+    ``nas show`` for ``--num-classes``, else for the classes ``spec`` was searched or trained on (its
+    ``num_classes``), else for ImageNet's 1000, as the papers' counts are."""
+    recorded = None if spec is None else spec.num_classes
+    if recorded == num_classes:
+        return (f"for {num_classes} classes (the spec's: those it was searched or trained on; --num-classes N counts "
+                "for N)")
+    if recorded is not None:
+        return (f"for {num_classes} classes (not the {recorded} the spec was searched or trained on: --num-classes "
+                f"{recorded} counts for those)")
     if num_classes == IMAGENET_CLASSES:
         return f"for {num_classes} classes (ImageNet's, the default; --num-classes N counts for your data's N)"
     return f"for {num_classes} classes (--num-classes {num_classes})"
 
 
-def _print_spec(spec: ArchSpec, num_classes: int, sizes_note: str | None = None) -> None:
-    """A spec as ``nas show`` prints it; ``sizes_note`` (from :func:`_image_sizes_note`) says why it trains at
-    another image size than it evaluates at, under the line that gives both."""
+def _print_spec(spec: ArchSpec, num_classes: int | None, sizes_note: str | None = None) -> None:
+    """A spec as ``nas show`` prints it, counted for ``num_classes`` as :func:`_spec_report` resolves it;
+    ``sizes_note`` (from :func:`_image_sizes_note`) says why it trains at another image size than it evaluates at,
+    under the line that gives both."""
     report = _spec_report(spec, num_classes)
     print(
         f"{spec.name or '(unnamed spec)'}: train {spec.train_image_size}px, eval {spec.eval_image_size}px, "
@@ -101,8 +113,9 @@ def _print_spec(spec: ArchSpec, num_classes: int, sizes_note: str | None = None)
     if sizes_note is not None:
         print(f"  {sizes_note}")
     print(_stage_table(spec, report["stage_parameters"]))
-    print(f"parameters: {report['parameters']:,} {_classes_note(num_classes)}")
-    print(f"FLOPs: {_format_macs(report['macs'])} multiply-adds at {report['image_size']}x{report['image_size']}")
+    print(f"parameters: {report['parameters']:,} {_classes_note(report['num_classes'], spec)}")
+    print(f"FLOPs: {_format_macs(report['macs'])} multiply-adds at {report['image_size']}x{report['image_size']}, "
+          f"{report['in_channels']} input channel(s)")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -206,22 +219,38 @@ def _scale_family(spec: ArchSpec, args: argparse.Namespace, directory: Path | No
 
 
 def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Path) -> tuple[float, float, float]:
-    """Runs :func:`nas.coefficient_search.search_and_save_coefficients`, printing its progress on stderr and every
-    grid point's result as a table; returns the winning (alpha, beta, gamma)."""
-    from nas.coefficient_search import search_and_save_coefficients
+    """Runs :func:`nas.coefficient_search.search_and_save_coefficients`, printing its progress on stderr (each
+    point, how long it took and about how long is left) and every grid point's result as a table, with whether the
+    winner's lead is larger than the hold-out's noise; returns the winning (alpha, beta, gamma)."""
+    from nas.coefficient_search import distinct_networks, search_and_save_coefficients
+    from nas.progress import estimate_left, format_duration
     from nas.recipe import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    plan: dict[str, Any] = {}
+    durations: list[float] = []
 
-    def started(points: int, data: Any) -> None:
-        print(f"coefficient search at phi = 1: {points} grid points, {args.epochs} epoch(s) each on {data.name}",
-              file=sys.stderr)
+    def started(points: list[Any], data: Any) -> None:
+        plan.update(distinct=distinct_networks(points), holdout=len(data.val_labels))
+        repeats = len(points) - plan["distinct"]
+        same = f" ({repeats} round to a network another point trains: each trains once)" if repeats else ""
+        print(f"coefficient search at phi = 1: {len(points)} grid points, {plan['distinct']} networks to train"
+              f"{same}, {args.epochs} epoch(s) each on {data.name}; an estimate follows the first",
+              file=sys.stderr, flush=True)
 
     def show(trial: Any) -> None:
         c, result = trial.coefficients, trial.result
         outcome = f"accuracy {result.accuracy:.4f}" if result.ok else f"failed: {result.failure_reason}"
-        print(f"  alpha {c.depth:.2f} beta {c.width:.2f} gamma {c.resolution:.2f}  {trial.image_size}px  {outcome}",
-              file=sys.stderr, flush=True)
+        if trial.same_as is not None:
+            s = trial.same_as
+            timing = f"  (the network of alpha {s.depth:.2f} beta {s.width:.2f} gamma {s.resolution:.2f})"
+        else:
+            durations.append(result.wall_time_s or 0.0)
+            left = estimate_left(durations, plan["distinct"] - len(durations))
+            timing = f"  took {format_duration(durations[-1])}" + (
+                f", about {format_duration(left)} left" if left else "")
+        print(f"  alpha {c.depth:.2f} beta {c.width:.2f} gamma {c.resolution:.2f}  {trial.image_size}px  {outcome}"
+              f"{timing}", file=sys.stderr, flush=True)
 
     best, trials = search_and_save_coefficients(spec, args.data, config, directory, grid_step=args.grid_step,
                                                 on_start=started, on_trial=show)
@@ -231,11 +260,27 @@ def _search_coefficients(spec: ArchSpec, args: argparse.Namespace, directory: Pa
          f"{t.result.parameters or 0:,}", t.image_size,
          "-" if t.result.accuracy is None else f"{t.result.accuracy:.4f}",
          "-" if t.result.step_time_s is None else f"{t.result.step_time_s * 1e3:.2f}",
-         "best" if t is best else ""]
+         "best" if t is best else ("same network" if t.same_as is not None else "")]
         for t in trials
     ]
     print(format_table(["alpha", "beta", "gamma", "a*b^2*g^2", "params", "px", "accuracy", "S (ms)", ""], rows))
+    print(_lead_line(best, trials, plan["holdout"]))
     return best.coefficients.depth, best.coefficients.width, best.coefficients.resolution
+
+
+def _lead_line(best: Any, trials: Sequence[Any], holdout: int) -> str:
+    """Whether the best point's accuracy lead over the best other network is larger than the hold-out's noise."""
+    from nas.coefficient_search import lead_over_noise
+
+    others = [t.result.accuracy for t in trials if t.result.ok and t.same_as is None and t.result is not best.result]
+    if not others:
+        return "only one network trained: nothing to compare the winning point with"
+    runner_up = max(others)
+    lead = lead_over_noise(best.result.accuracy, runner_up, holdout)
+    verdict = ("larger than the hold-out's noise" if lead >= 2 else
+               "inside the hold-out's noise: another seed or a larger hold-out could pick another point")
+    return (f"the winning point leads the next network by {best.result.accuracy - runner_up:.4f} in accuracy, "
+            f"{lead:.1f} standard errors on {holdout:,} hold-out images: {verdict}")
 
 
 def _write_spec(spec: ArchSpec, output: Path | None, *, force: bool) -> bool:
@@ -402,7 +447,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nas.data import load_data
     from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
-    from nas.train import TrainPreflight, evaluation_image_size, save_run, train_and_evaluate
+    from nas.train import TrainPreflight, save_run, train_and_evaluate
 
     spec = presets.resolve_spec(args.spec)
     progressive = None
@@ -418,10 +463,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     preflight = TrainPreflight(spec, config, checkpoint=args.checkpoint or None, resume=args.resume,
                                force=args.force, save=args.save or None, export_onnx=args.export_onnx or None)
     saved_epochs: list[int] = []  # the epochs this run wrote to the checkpoint, for the line after Ctrl-C
+    progress: list[Any] = []  # the run's TrainingProgress, once the data (and so the batch size) is known
 
     def on_epoch(stats: Any) -> None:
         saved_epochs.append(stats.epoch)
         if not args.json:
+            progress[0].clear()
             _print_epoch(stats)
 
     def load() -> Any:
@@ -432,15 +479,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not args.json:
                 print(_training_line(spec.name or args.spec, data, config), file=sys.stderr)
                 print(_recipe_line(config, data), file=sys.stderr)
+                _note_unused_arrays(args.data)
+            progress.append(_training_progress(config, data))
             result = train_and_evaluate(spec, data, config, on_epoch=on_epoch, checkpoint=preflight.checkpoint,
-                                        weights=preflight.weights)
+                                        weights=preflight.weights,
+                                        on_step=None if args.json else progress[0].step)
             if preflight.save is not None and result.ok:
-                trained = save_run(preflight.save, spec, data, result)  # spec.yaml and result.json beside the weights
+                saved = save_run(preflight.save, spec, data, config, result)  # spec.yaml, result.json with the input
                 if not args.json:
                     print(f"saved the trained weights, the spec and the result to {preflight.save}", file=sys.stderr)
                 if preflight.onnx is not None:
-                    _export_onnx(trained, data.num_classes, data.in_channels, preflight.weights, preflight.onnx,
-                                 evaluation_image_size(config, data.image_size))
+                    _export_onnx(saved, preflight.onnx)
     except KeyboardInterrupt:
         checkpoint = None if preflight.checkpoint is None else preflight.checkpoint.path
         print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
@@ -450,6 +499,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _print_result(result)
     return 0 if result.ok else EXIT_FAILED
+
+
+def _training_progress(config: Any, data: Any) -> Any:
+    """Progress within epochs on stderr: redrawn in place on a terminal, a line every 30 s otherwise."""
+    from nas.progress import TrainingProgress
+    from nas.recipe import resolve_recipe
+
+    recipe = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips)
+    return TrainingProgress(sys.stderr, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                            terminal=sys.stderr.isatty())
+
+
+def _note_unused_arrays(source: str) -> None:
+    """Names the arrays of an npz source that the run leaves aside (a test split), rather than ignoring them."""
+    from nas.sources import npz_unused_arrays
+
+    unused = npz_unused_arrays(source)
+    if unused:
+        print(f"note: the file also holds {', '.join(unused)}, which this run does not read: the hold-out is drawn "
+              "from the training arrays (a test split never steers a search)", file=sys.stderr)
 
 
 def _training_line(name: str, data: Any, config: Any) -> str:
@@ -464,13 +533,13 @@ def _training_line(name: str, data: Any, config: Any) -> str:
 def _recipe_line(config: Any, data: Any) -> str:
     """The automatic settings as this run resolves them for its data (README, Proxy training)."""
     from nas.recipe import resolve_recipe
+    from nas.sources import flip_rule
 
     recipe = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips)
     steps = len(data.train_labels) // recipe.batch_size
     chosen = [name for name, given in (("batch", config.batch_size), ("lr", config.learning_rate),
                                        ("warm-up", config.warmup_steps)) if given is None]
-    augment = recipe.augment + (f" (auto: mirror images {'keep' if data.flips else 'change'} this data's labels)"
-                                if config.augment == "auto" else "")
+    augment = recipe.augment + (f" (auto: {flip_rule(data.name)})" if config.augment == "auto" else "")
     return (f"recipe: batch {recipe.batch_size} ({steps} steps per epoch), {recipe.optimizer} lr "
             f"{recipe.learning_rate:g}, warm-up {recipe.warmup_steps} steps, augment {augment}"
             + (f"; automatic: {', '.join(chosen)}" if chosen else ""))
@@ -493,16 +562,16 @@ def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_sa
     return f"nas train: interrupted; {saved}; resume with: nas {shlex.join(command)}"
 
 
-def _export_onnx(
-    spec: ArchSpec, num_classes: int, in_channels: int, weights: Path, output: Path, image_size: int
-) -> None:
-    """Exports the saved ``weights`` as ONNX for ``in_channels``-channel images (the data's) and says how close
-    ONNX Runtime's logits came to PyTorch's."""
+def _export_onnx(saved: Any, output: Path) -> None:
+    """Exports the weights of a saved run (:class:`nas.train.SavedRun`) as ONNX, the run's normalization folded in
+    and what to feed it in the file's metadata (:mod:`nas.onnx_export`); says how close ONNX Runtime's logits came
+    to PyTorch's and what the graph takes."""
     from nas.onnx_export import export_weights_onnx
 
-    difference = export_weights_onnx(spec, weights, output, num_classes=num_classes, in_channels=in_channels,
-                                     image_size=image_size)
-    print(f"wrote {output}: ONNX logits match PyTorch's within {difference:.2g}", file=sys.stderr)
+    difference = export_weights_onnx(saved.spec, saved.weights, output, saved.input)
+    size, channels = saved.input.image_size, saved.input.in_channels
+    print(f"wrote {output}: ONNX logits match PyTorch's within {difference:.2g}; it takes float32 (batch, {channels}, "
+          f"{size}, {size}) pixels in [0, 1] and normalizes them itself (its metadata says so)", file=sys.stderr)
 
 
 def _print_epoch(stats: Any) -> None:
@@ -511,7 +580,7 @@ def _print_epoch(stats: Any) -> None:
     print(
         f"epoch {stats.epoch:>{len(str(stats.epochs))}}/{stats.epochs} [{'#' * done}{'.' * (width - done)}] "
         f"{stats.image_size}px  loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  "
-        f"{stats.images_per_second:,.0f} img/s",
+        f"{stats.images_per_second:,.0f} img/s over the epoch",
         file=sys.stderr,
         flush=True,
     )
@@ -527,7 +596,7 @@ def _print_result(result: Any) -> None:
         ["final train loss", number(result.final_loss, f"{(result.final_loss or 0):.4f}")],
         ["step time (median)", number(result.step_time_s, f"{(result.step_time_s or 0) * 1e3:.2f} ms")],
         ["step time (IQR)", number(result.step_time_iqr_s, f"{(result.step_time_iqr_s or 0) * 1e3:.2f} ms")],
-        ["images/s", number(result.images_per_second, f"{(result.images_per_second or 0):,.1f}")],
+        ["images/s (timed step alone)", number(result.images_per_second, f"{(result.images_per_second or 0):,.1f}")],
         ["parameters", number(result.parameters, f"{(result.parameters or 0):,}")],
         ["FLOPs", number(result.macs, f"{_format_macs(result.macs or 0)} multiply-adds per image")],
         ["peak memory", number(result.peak_memory_bytes,
@@ -554,6 +623,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Everything that can be refused is refused here, before a study, a directory or a Ray node exists.
     output = _output_path("--export", args.export) if args.export else best_spec_path(config.study)
     config.check_inputs()
+    _note_unused_arrays(config.data)
     if args.executor == "local":
         from nas.local import LocalExecutor as Executor
     else:
@@ -592,8 +662,8 @@ def _finished_line(finished: int, budget: int, ran: int) -> str:
     """How many trials the study holds against the budget, true also when it held more than the budget before this
     run (a lower --trials than last time: nothing ran, and ``12/5`` would read as a broken count)."""
     if ran == 0 and finished >= budget:
-        return (f"{finished} trials finished (budget {budget}, already met; none ran now): raise --trials above "
-                f"{finished} to search more")
+        return (f"{finished} trials finished (budget {budget}, already met; none ran now): nothing to do; raise "
+                f"--trials above {finished} to search more")
     if finished > budget:
         return f"{finished} trials finished (budget {budget}; {ran} in this run)"
     return f"{finished}/{budget} trials finished ({ran} in this run)"
@@ -637,15 +707,16 @@ def _reads_study(handler: Any) -> Any:
 
 
 def _print_frame(frame: Any, output_format: str) -> None:
+    """Prints a trials table (:func:`nas.trials.trials_frame`): CSV and JSON with every column, for scripts; text
+    with the columns that rank a trial, narrow enough for a terminal (:func:`nas.trials.text_table`)."""
     if output_format == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif output_format == "json":
         print(frame.to_json(orient="records", indent=2))
     elif len(frame):
-        # pandas prints a missing integer as <NA> whatever na_rep says: such cells become "-" here.
-        integers = [column for column in frame.columns if str(frame[column].dtype) == "Int64"]
-        table = frame.astype({column: object for column in integers}).fillna({column: "-" for column in integers})
-        print(table.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4g}"))
+        from nas.trials import text_table
+
+        print(text_table(frame))
     else:
         print("no trials")
 
@@ -684,12 +755,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nas.study import trial_spec
+    """Writes a trial's spec (the best by default) as YAML, saying the classes and input channels it was searched
+    for (:func:`nas.study.exported_spec`), or prints it as timm block strings."""
+    from nas.study import exported_spec
     from nas.trials import trial_to_export
 
     output = _output_path("-o", args.output) if args.output is not None else None
-    trial = trial_to_export(_open_study(args), args.trial)
-    spec = dataclasses.replace(trial_spec(trial), name=args.name or trial_spec_name(args.study, trial.number))
+    study = _open_study(args)
+    trial = trial_to_export(study, args.trial)
+    spec = exported_spec(study, trial, name=args.name or trial_spec_name(args.study, trial.number))
     if args.format == "timm":
         blocks = "\n".join(f"    [{block!r}]," for block in timm_arch_def(spec))
         print(f"# {spec.name}: timm EfficientNet arch_def; stem_size={spec.stem_channels}, "

@@ -2,7 +2,8 @@
 
 This is asynchronous successive halving (ASHA; Li et al., "A System for Massively Parallel Hyperparameter Tuning",
 MLSys 2020) in its early-stopping form: every trial is started for the full ``train.epochs`` and judged when it
-reports a rung (:func:`rung_epochs`: ``min_epochs * reduction_factor**k`` epochs). It goes on if its reward is
+reports a rung (:func:`rung_epochs`: ``min_epochs * reduction_factor**k`` epochs, none in the last
+``1 / reduction_factor`` of the training). It goes on if its reward is
 among the top ``1 / reduction_factor`` of every reward recorded at that rung so far (:func:`promotes`), else it
 stops there. Nothing waits for a rung to fill and no trial is paused or checkpointed between rungs, so no worker
 idles and no trial state moves between nodes; the price is that a decision depends on the order in which trials
@@ -67,11 +68,12 @@ class SchedulerConfig:
 
 def rung_epochs(min_epochs: int, reduction_factor: int, epochs: int) -> tuple[int, ...]:
     """The epochs a full-length trial of ``epochs`` is judged at: ``min_epochs * reduction_factor**k`` for
-    ``k >= 0``, strictly below ``epochs`` (the end of training is no rung: the trial is complete there).
-    ``(1, 3, 9)`` for 1, 3 and 10."""
+    ``k >= 0`` that leave room, at most ``epochs * (1 - 1 / reduction_factor)``: a trial stopped at a rung saves at
+    least ``1 / reduction_factor`` of its training (a rung at epoch 9 of 10 would stop a candidate, perhaps the
+    best, to save one epoch). ``(1, 3)`` for 1, 3 and 10: 9 is past 10 * 2/3."""
     rungs = []
     epoch = min_epochs
-    while epoch < epochs:
+    while epoch * reduction_factor <= epochs * (reduction_factor - 1):
         rungs.append(epoch)
         epoch *= reduction_factor
     return tuple(rungs)

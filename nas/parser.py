@@ -145,9 +145,10 @@ def _add_show_parser(commands: argparse._SubParsersAction) -> None:
                     "its eval image size, counted from the spec without building the network.",
     )
     show.add_argument("spec", metavar="SPEC_OR_PRESET", help=_spec_help())
-    show.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, metavar="N",
-                      help=f"classifier outputs the parameter count is for (default: {IMAGENET_CLASSES}, ImageNet's, "
-                           "as in the papers; a search counts for its data's classes, e.g. 10 for CIFAR-10)")
+    show.add_argument("--num-classes", type=int, metavar="N",
+                      help="classifier outputs the parameter count is for (default: the classes the spec was searched "
+                           f"or trained on, else {IMAGENET_CLASSES}, ImageNet's, as in the papers; a search counts "
+                           "for its data's classes, e.g. 10 for CIFAR-10)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -316,13 +317,16 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--epochs", type=int, help="proxy-training epochs per candidate")
     search.add_argument("--image-size", type=int,
                         help="proxy image size (default: the --config file's, else the data's)")
-    search.add_argument("--batch-size", type=int, help="images per proxy-training step")
+    search.add_argument("--batch-size", type=int, help="images per proxy-training step (default: the --config file's, "
+                                                       "else chosen from the data's size: README, \"Proxy training\")")
     search.add_argument("--controller", choices=CONTROLLERS, help="what proposes the candidates")
     search.add_argument("--storage", help=f"Optuna storage URL (default: the --config file's, else {_STORAGE})")
     search.add_argument("--study", help="study name")
     search.add_argument("--address", help="Ray cluster address, 'auto' or HOST:PORT (default: the --config file's, "
                                           "else start a local Ray)")
-    search.add_argument("--workers", type=int, help="trials at once")
+    search.add_argument("--workers", type=int, help="trials at once (default: the --config file's, else as many as the "
+                                                    "cluster's CPUs and GPUs hold at --cpus-per-trial and "
+                                                    "--gpus-per-trial; --executor local runs one at a time)")
     search.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, a fraction shares one (default: the "
                                                              "--config file's, else 1 when there are GPUs, else 0)")
     search.add_argument("--cpus-per-trial", type=int, help="CPUs per trial")
@@ -343,8 +347,10 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
 def _add_trials_parser(commands: argparse._SubParsersAction) -> None:
     trials = commands.add_parser(
         "trials", help="list a study's trials",
-        description="List a study's trials: state, role, reward, accuracy A, step time S, parameters P, their "
-                    "normalized values and the architecture. Reads the study only: it creates and changes nothing.",
+        description="List a study's trials. The table shows state, role, controller, reward, accuracy A, step time "
+                    "as S/S0 (step_time_ratio) and parameters; --format csv or json gives every column (ms at the "
+                    "timing settings beside the re-timed baseline's, MACs, architecture, ...). Reads the study only: "
+                    "it creates and changes nothing.",
     )
     _add_study_arguments(trials)
     trials.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")

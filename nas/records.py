@@ -55,6 +55,7 @@ STEP_TIME_S = "step_time_s"
 STEP_TIME_IQR_S = "step_time_iqr_s"  # the interquartile range of the timed windows whose median is STEP_TIME_S
 STEP_TIME_RATIO = "step_time_ratio"  # S/S0 from interleaved windows of the trial and the baseline (nas.timing)
 STEP_TIME_RATIO_IQR = "step_time_ratio_iqr"  # the interquartile range of the per-pair ratios
+REFERENCE_STEP_TIME_S = "reference_step_time_s"  # the baseline's step time re-timed beside the trial's (its S/S0's S0)
 TIMING = "timing"  # the settings S was timed at (TimingConfig.to_dict(), resolved)
 TIMING_CACHED = "timing_cached"  # S/S0 came from the step-time cache, not from timing in this trial
 PARAMETERS = "parameters"
@@ -72,6 +73,8 @@ RECIPE = "recipe"  # the proxy recipe as resolved for the campaign's data (study
 CAMPAIGN = "campaign"  # the last run's CampaignConfig as a dict
 BASELINE = "baseline"  # a Baseline as a dict, once the baseline trial completed
 EXPORTED_SPEC = "exported_spec"  # the absolute path nas search last wrote the best trial's spec to
+NETWORK_IO = "network_io"  # {"num_classes": K, "in_channels": C}: the searched data's, which exported specs carry
+HOLDOUT_IMAGES = "holdout_images"  # the hold-out images every trial's accuracy is counted on (the report's noise)
 FORMAT_VERSION = 1
 
 # Keys of studies written before the units were in the names; read as their new names.

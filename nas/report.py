@@ -4,13 +4,14 @@ Everything comes from the study, the campaign's single source of truth, read onc
 :class:`~nas.trials.StudySnapshot`; the numbers are computed there and in :mod:`rewards` and :mod:`nas.halving`,
 and this module only draws them. :func:`write_report` writes ``report.html`` with PNG figures beside it, referenced
 by relative paths and styled inline, so the directory can be copied, archived or opened from disk with no network.
-From the top: the verdict (the winner against the baseline, each top trial's reward as the product of its factors,
-whether the lead is inside the step-time noise, where the winner's spec is, and what successive halving stopped
-and saved), the optimization history by controller, the learning curves (each trial's reward at the rungs, where
-the campaign reported them), accuracy against normalized step time and against parameters with the Pareto front,
-the decisions of the top 10% of candidates against those of all candidates (and what the RL or evolution
-controller prefers now), every trial in a table that sorts by any column, the baseline and the winner as stage
-tables, failures by reason with the trials over time, and the campaign's settings, storage, wall time and device.
+From the top: the verdict (the winner against the baseline, each top trial's reward as the product of its factors
+with its noise, whether the lead is inside the noise of accuracy and step time, where the winner's spec is, and
+what successive halving stopped and saved), the optimization history by controller, the learning curves (each
+trial's reward at the rungs, where the campaign reported them), accuracy against normalized step time and against
+parameters with the Pareto front, the decisions of the top 10% of candidates against those of all candidates (and
+what the RL or evolution controller prefers now), every trial in a table that sorts by any column, the baseline and
+the winner as stage tables, failures by reason with the trials over time, and the campaign's settings, storage,
+wall time and device.
 A figure the study cannot support yet (nothing completed, only the baseline) is replaced by a sentence saying why;
 the report itself is always written.
 
@@ -18,6 +19,10 @@ The figures are drawn by :mod:`nas.figures`; this module writes them and the pag
 ``nas/templates`` with autoescaping, so every string from the study is escaped; numbers are formatted here, by the
 filters :func:`_environment` registers. The page's one script, inline, sorts the trials table; it fetches nothing.
 Nothing here imports torch: the stage tables' parameter counts come from :mod:`nas.complexity`.
+
+Step time is told one way throughout (:mod:`nas.trials`): S/S₀ leads; an absolute step time in ms appears only
+labelled as measured at the timing settings, beside the trial's own re-timed baseline, and with that baseline's
+ms next to it, never next to the baseline trial's as if the two were comparable.
 """
 
 from __future__ import annotations
@@ -54,11 +59,15 @@ from nas.states import is_baseline, is_stopped
 from nas.storage import mask_url
 from nas.study import trial_spec
 from nas.trials import (
+    Holdout,
     StudySnapshot,
     TrialFactors,
+    reference_step_time_s,
+    step_time_ratio,
     trials_frame,
 )
-from search_spaces.checks import is_real
+from rewards import IQR_PER_STANDARD_DEVIATION, NOISE_Z
+from search_spaces.checks import is_int, is_real
 from search_spaces.files import Content, write_file
 
 if TYPE_CHECKING:
@@ -67,8 +76,8 @@ if TYPE_CHECKING:
 #: The verdict breaks the reward of this many of the best trials into its factors.
 FACTOR_ROWS = 5
 TOP_TABLE_COLUMNS = (
-    "number", "controller", "reward", "accuracy", "step_time_ms", "parameters", "normalized_step_time",
-    "normalized_parameters", "architecture",
+    "number", "controller", "reward", "accuracy", "step_time_ratio", "normalized_parameters", "parameters",
+    "architecture",
 )
 
 
@@ -177,8 +186,8 @@ _SECTIONS = (
     ("architectures", "Baseline and winner"), ("failures", "Failures"), ("settings", "Campaign settings and device"),
 )
 TRIALS_TABLE_HEADERS = (
-    "trial", "state", "epochs", "role", "controller", "reward", "A", "S/S₀", "step time (ms)", "step time IQR (ms)",
-    "parameters", "P/P₀", "duration (s)", "architecture", "failure reason",
+    "trial", "state", "epochs", "role", "controller", "reward", "A", "S/S₀", "S/S₀ IQR", "parameters", "P/P₀",
+    "S at timing settings (ms)", "its re-timed baseline (ms)", "duration (s)", "architecture", "failure reason",
 )
 _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?")
 
@@ -190,7 +199,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("nas", "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    environment.filters.update(fixed=_fixed, general=lambda value: f"{value:g}",
+    environment.filters.update(fixed=_fixed, general=lambda value: f"{value:g}", thousands=lambda value: f"{value:,}",
                                percent=lambda value: f"{value:.0%}", cell=_format, sort_key=_sort_key)
     environment.tests["numeric"] = lambda text: _NUMBER.fullmatch(text) is not None
     return environment
@@ -247,14 +256,16 @@ class _Named:
 
 def _verdict(snapshot: StudySnapshot) -> dict[str, Any]:
     """Who won and by how much (``verdict.html``): the winner against the baseline, the top trials' rewards as
-    products of their factors, whether the lead is inside the step-time noise, and where the winner's spec is."""
+    products of their factors with their noise, whether the lead is inside the noise, and where the winner's spec
+    is."""
     winner, baseline, candidates = snapshot.winner, snapshot.baseline_trial, snapshot.candidates
     verdict: dict[str, Any] = {"winner": None if winner is None else _Named.of(winner), "halving": snapshot.halving,
                                "baseline": None if baseline is None else _Named.of(baseline)}
     if winner is None:
         return verdict
     verdict.update(candidates=len(candidates), best=_Named.of(candidates[0]) if candidates else None,
-                   versus=[], factors=_factor_table(snapshot), lead=None, export=_export(snapshot))
+                   versus=[], factors=_factor_table(snapshot), lead=None, export=_export(snapshot),
+                   noise=_noise(snapshot))
     if baseline is not None and baseline.value is not None:
         versus = candidates[0] if winner.number == baseline.number and candidates else winner
         shown = [("baseline", baseline)] + ([("winner" if versus is winner else "best candidate", versus)]
@@ -263,14 +274,14 @@ def _verdict(snapshot: StudySnapshot) -> dict[str, Any]:
                               *map(_fixed, (named.accuracy, named.step_time_ratio, named.params_ratio, named.reward))]
                              for label, trial in shown for named in [_Named.of(trial)]]
     if len(snapshot.factors) >= 2:
-        verdict["lead"] = _lead(*snapshot.factors[:2])
+        verdict["lead"] = _lead(*snapshot.factors[:2], snapshot.holdout)
     return verdict
 
 
 def _factor_table(snapshot: StudySnapshot) -> dict[str, Any] | None:
     """The top :data:`FACTOR_ROWS` trials' rewards as products of their factors (the baseline's row added when it
-    is not among them), with each step time's median, spread and the reward noise it implies; None when the study
-    records no exponents."""
+    is not among them), with the inputs of each reward's noise (A's standard error, the IQR of S/S₀'s timed pairs)
+    and the noise δ they imply; None when the study records no exponents."""
     if snapshot.exponents is None:
         return None
     factors = snapshot.factors
@@ -279,38 +290,49 @@ def _factor_table(snapshot: StudySnapshot) -> dict[str, Any] | None:
                                      if baseline is not None and factor.trial is baseline]
     w, v = snapshot.exponents
     rank = {trial.number: index + 1 for index, trial in enumerate(snapshot.ranked)}
-    headers = ("rank", "trial", "role", "controller", "A", "S/S₀", "step time (ms)", "step time IQR (ms)",
-               f"(S/S₀)^{w:g}", "P/P₀", f"(P/P₀)^{v:g}", "reward = product", "noise ±δ")
+    headers = ("rank", "trial", "role", "controller", "A", "±σ(A)", "S/S₀", "S/S₀ IQR", f"(S/S₀)^{w:g}", "P/P₀",
+               f"(P/P₀)^{v:g}", "reward = product", "noise ±δ")
     rows = [
         [rank[factor.trial.number], factor.trial.number,
          factor.trial.user_attrs.get(records.ROLE, records.ROLE_CANDIDATE), _controller(factor.trial),
-         *(_fixed(value) for value in (factor.factors.accuracy, factor.factors.step_time_ratio)),
-         *(_fixed(None if seconds is None else seconds * 1e3, 2)
-           for seconds in (factor.step_time_s, factor.step_time_iqr_s)),
-         *(_fixed(value) for value in (factor.factors.step_time_factor, factor.factors.params_ratio,
-                                       factor.factors.params_factor, factor.factors.product)),
-         None if factor.noise is None else _fixed(factor.noise)]
+         *map(_fixed, (factor.factors.accuracy, factor.accuracy_error, factor.factors.step_time_ratio,
+                       factor.step_time_ratio_iqr, factor.factors.step_time_factor, factor.factors.params_ratio,
+                       factor.factors.params_factor, factor.factors.product, factor.noise))]
         for factor in shown
     ]
     return {"headers": headers, "rows": rows, "best": len(factors[:FACTOR_ROWS]), "w": w, "v": v}
 
 
-def _lead(first: TrialFactors, second: TrialFactors) -> dict[str, Any]:
+def _noise(snapshot: StudySnapshot) -> dict[str, Any]:
+    """What the noise rule is computed from (``verdict.html`` states it): the hold-out split the accuracies were
+    counted on (None when it cannot be counted, with the data source the study records), the rule's z and how an
+    IQR becomes a standard deviation."""
+    settings = snapshot.data_settings
+    return {"holdout": snapshot.holdout, "data": None if settings is None else settings[0], "z": NOISE_Z,
+            "iqr_per_sd": IQR_PER_STANDARD_DEVIATION}
+
+
+def _lead(first: TrialFactors, second: TrialFactors, holdout: Holdout | None) -> dict[str, Any]:
     """What separates the best two trials (which factor gives the leader its lead, when every factor is
-    positive) and whether the lead is larger than their step-time noise."""
+    positive) and whether the lead is outside their noise (:meth:`~nas.trials.TrialFactors.within_noise`); when
+    that cannot be judged, why (``missing``: what is not recorded)."""
     ours, theirs = first.factors, second.factors
     pairs = {"accuracy A": (ours.accuracy, theirs.accuracy),
              "the step-time factor (S/S₀)^w": (ours.step_time_factor, theirs.step_time_factor),
              "the parameter factor (P/P₀)^v": (ours.params_factor, theirs.params_factor)}
     ratios = ({name: a / b for name, (a, b) in pairs.items()}
               if all(a > 0 and b > 0 for a, b in pairs.values()) else None)
+    untimed = [f"trial {factor.trial.number}" for factor in (first, second) if factor.step_time_ratio_iqr is None]
+    missing = [] if holdout is not None else ["the number of hold-out images is unknown (see below)"]
+    if untimed:
+        missing.append(f"{' and '.join(untimed)} record{'s' if len(untimed) == 1 else ''} no spread of the timed "
+                       "pairs of S/S₀ (step_time_ratio_iqr: timed before S/S₀ was timed in pairs)")
     return {
         "first": first, "second": second, "gap": first.reward - second.reward,
         "ratios": None if ratios is None else ", ".join(f"{name} ×{ratio:.4f}" for name, ratio in ratios.items()),
         "decisive": None if ratios is None else max(ratios, key=lambda name: ratios[name]),
         "reward_ratio": first.reward / second.reward, "within": first.within_noise(second),
-        "unknown": " and ".join(f"trial {factor.trial.number}" for factor in (first, second) if factor.noise is None),
-        "noise": None if first.noise is None or second.noise is None else first.noise + second.noise,
+        "margin": first.noise_margin(second), "missing": "; ".join(missing),
     }
 
 
@@ -374,15 +396,13 @@ def _trials_table(snapshot: StudySnapshot) -> dict[str, Any]:
     for trial, row in zip(snapshot.trials, frame.to_dict("records")):
         row = {key: None if not isinstance(value, (list, tuple)) and isna(value) else value
                for key, value in row.items()}
-        iqr = trial.user_attrs.get(records.STEP_TIME_IQR_S)
         duration = trial.duration.total_seconds() if trial.duration is not None else None
         epochs = trial.user_attrs.get(records.EPOCHS_COMPLETED)
         rows.append([
             row["number"], row["state"], epochs if is_real(epochs) else None, row["role"], row["controller"],
-            row["reward"], row["accuracy"],
-            row["normalized_step_time"], row["step_time_ms"], iqr * 1e3 if is_real(iqr) else None,
-            row["parameters"], row["normalized_parameters"], duration, row["architecture"] or None,
-            row["failure_reason"],
+            row["reward"], row["accuracy"], row["step_time_ratio"], row["step_time_ratio_iqr"], row["parameters"],
+            row["normalized_parameters"], row["step_time_ms"], row["reference_step_time_ms"], duration,
+            row["architecture"] or None, row["failure_reason"],
         ])
     return {"headers": TRIALS_TABLE_HEADERS, "rows": rows,
             "classes": ["stopped" if is_stopped(trial) else None for trial in snapshot.trials]}
@@ -414,18 +434,45 @@ def _stage_rows(trial: optuna.trial.FrozenTrial | None) -> list[list[Any]] | Non
 
 
 def _measurements(trial: optuna.trial.FrozenTrial) -> str:
+    """A stage table's line of measurements: A, S/S₀ (with the ms it came from, labelled), P, P/P₀, the reward."""
     attributes = trial.user_attrs
     if trial.state.name != "COMPLETE":
         return f"{trial.state.name}: {attributes.get(records.FAILURE_REASON, 'no result')}"
-    measured = (records.ACCURACY, records.STEP_TIME_S, records.NORMALIZED_STEP_TIME, records.PARAMETERS,
-                records.NORMALIZED_PARAMETERS)
+    measured = (records.ACCURACY, records.NORMALIZED_STEP_TIME, records.PARAMETERS, records.NORMALIZED_PARAMETERS)
     if not all(is_real(attributes.get(key)) for key in measured):  # a study written by another client
         return f"reward {trial.value:.4f}; its measurements are not recorded"
-    return (f"accuracy {attributes[records.ACCURACY]:.4f}, step time {attributes[records.STEP_TIME_S] * 1e3:.2f} ms "
-            f"({attributes[records.NORMALIZED_STEP_TIME]:.2f}x the baseline's), "
+    return (f"accuracy {attributes[records.ACCURACY]:.4f}, step time S/S₀ "
+            f"{attributes[records.NORMALIZED_STEP_TIME]:.3f}{_step_time_source(trial)}, "
             f"{attributes[records.PARAMETERS]:,} parameters "
-            f"({attributes[records.NORMALIZED_PARAMETERS]:.2f}x), reward {trial.value:.4f}, "
+            f"(P/P₀ {attributes[records.NORMALIZED_PARAMETERS]:.3f}), reward {trial.value:.4f}, "
             f"on {attributes.get(records.DEVICE, '?')}")
+
+
+def _step_time_source(trial: optuna.trial.FrozenTrial) -> str:
+    """Where a trial's S/S₀ comes from, its step times in ms labelled as what they are: the baseline's own, timed
+    alone, or a candidate's beside its re-timed baseline, at the timing settings; empty when not recorded."""
+    attributes = trial.user_attrs
+    step_time, reference = attributes.get(records.STEP_TIME_S), reference_step_time_s(attributes)
+    if not is_real(step_time):
+        return ""
+    settings = _timing_settings(attributes.get(records.TIMING))
+    if is_baseline(trial):
+        return f" (by definition: S₀ is {step_time * 1e3:.2f} ms a step at the timing settings{settings}, timed alone)"
+    if not is_real(reference) or not is_real(step_time_ratio(attributes)):
+        return ""
+    cached = ", from the step-time cache" if attributes.get(records.TIMING_CACHED) is True else ""
+    return (f" ({step_time * 1e3:.2f} ms a step at the timing settings{settings}, against {reference * 1e3:.2f} ms "
+            f"for the baseline re-timed beside it{cached})")
+
+
+def _timing_settings(timing: Any) -> str:
+    """``, 32 px and batch 32`` from a trial's recorded timing settings; empty where they are not recorded."""
+    if not isinstance(timing, Mapping):
+        return ""
+    image_size, batch_size = timing.get("image_size"), timing.get("batch_size")
+    parts = ([f"{image_size} px"] if is_int(image_size, 1) else []) + (
+        [f"batch {batch_size}"] if is_int(batch_size, 1) else [])
+    return f", {' and '.join(parts)}" if parts else ""
 
 
 def _failures(snapshot: StudySnapshot) -> list[list[Any]]:

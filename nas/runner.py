@@ -34,11 +34,13 @@ from ray.tune.search import Searcher  # noqa: E402
 from nas.campaign import (  # noqa: E402
     Campaign,
     CampaignConfig,
+    Placement,
     ResourceError,
     StopSignal,
     Terminated,
     TrialPlan,
     check_placeable,
+    trials_at_once,
 )
 from nas.data import ImageData  # noqa: E402
 from nas.evaluate import Trainer, evaluate_candidate  # noqa: E402
@@ -59,11 +61,13 @@ PENDING_REPORT_S = 60.0
 
 class RayExecutor:
     """Runs a campaign's trials as Ray Tune trials: ``config.workers`` at a time, each with ``cpus_per_trial``
-    CPUs and ``gpus_per_trial`` GPUs (None: one when the cluster has GPUs)."""
+    CPUs and ``gpus_per_trial`` GPUs (None: one when the cluster has GPUs); ``workers`` None: as many as the cluster
+    holds (:func:`nas.campaign.trials_at_once`)."""
 
     def __init__(self, *, trainer: Trainer = train_and_evaluate) -> None:
         self.trainer = trainer
         self._gpus_per_trial: float | None = None
+        self._workers = 1
         self._head: LocalHead | None = None
 
     def prepare(self, config: CampaignConfig) -> None:
@@ -76,7 +80,9 @@ class RayExecutor:
             gpus = config.gpus_per_trial
             if gpus is None:
                 gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-            check_placeable(ray.nodes(), cpus=config.cpus_per_trial, gpus=gpus)
+            nodes = ray.nodes()
+            check_placeable(nodes, cpus=config.cpus_per_trial, gpus=gpus)
+            self._workers = config.workers or trials_at_once(nodes, cpus=config.cpus_per_trial, gpus=gpus)
         except BaseException:
             self.close()
             raise
@@ -116,9 +122,11 @@ class RayExecutor:
         if self._gpus_per_trial is None:
             self.prepare(campaign.config)
             stop.install()  # ray.init replaced the SIGTERM handler
-        data = load_campaign_data(campaign)
+        placement = Placement(workers=self._workers, threads=campaign.config.cpus_per_trial,
+                              device="cuda" if self._gpus_per_trial else "cpu")
+        data = load_campaign_data(campaign, placement)
         _run_tune(campaign.config, data, PolicySearcher(campaign), PolicyScheduler(campaign), self.trainer, stop,
-                  gpus=self._gpus_per_trial)
+                  gpus=self._gpus_per_trial, workers=self._workers)
 
 
 class PolicySearcher(Searcher):
@@ -187,10 +195,11 @@ class PolicyScheduler(FIFOScheduler):
 class PendingWatch(Callback):
     """Says, once per trial, when a trial has waited ``patience_s`` for its resources, and what the cluster has
     free: a trial that fits a node but never gets one (other jobs hold it, a node died) is reported, never waited
-    on silently."""
+    on silently. Between results it lets the campaign say which trials run (:meth:`Campaign.heartbeat`)."""
 
     def __init__(
         self,
+        campaign: Campaign,
         out: TextIO,
         *,
         cpus: int,
@@ -199,6 +208,7 @@ class PendingWatch(Callback):
         clock: Callable[[], float] = time.monotonic,
         available: Callable[[], dict[str, float]] = ray.available_resources,
     ) -> None:
+        self._campaign = campaign
         self._out = out
         self._cpus, self._gpus = cpus, gpus
         self._patience_s = patience_s
@@ -207,7 +217,12 @@ class PendingWatch(Callback):
         self._since: dict[str, float] = {}  # Tune trial id -> when it was first seen waiting
         self._reported: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """As :meth:`PolicySearcher.__getstate__`: Tune's pickled copy leaves the campaign out."""
+        return {key: value for key, value in self.__dict__.items() if key != "_campaign"} | {"_campaign": None}
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._campaign.heartbeat()
         now = self._clock()
         for trial in trials:
             if trial.status != trial.PENDING:
@@ -277,7 +292,7 @@ class _RungReporter:
 
 def _run_tune(
     config: CampaignConfig, data: ImageData, searcher: PolicySearcher, scheduler: PolicyScheduler, trainer: Trainer,
-    stop: StopSignal, *, gpus: float
+    stop: StopSignal, *, gpus: float, workers: int
 ) -> None:
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -288,7 +303,7 @@ def _run_tune(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=-1, max_concurrent_trials=config.workers,
+            search_alg=searcher, scheduler=scheduler, num_samples=-1, max_concurrent_trials=workers,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -296,7 +311,7 @@ def _run_tune(
             storage_path=str(ray_storage_path()),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[PendingWatch(searcher.campaign.out, cpus=config.cpus_per_trial, gpus=gpus)],
+            callbacks=[PendingWatch(searcher.campaign, searcher.campaign.out, cpus=config.cpus_per_trial, gpus=gpus)],
         ),
     )
     stop.graceful = _tune_stop

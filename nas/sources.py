@@ -105,6 +105,33 @@ def source_flips(source: str) -> bool:
     return _SOURCE_FLIPS[name]
 
 
+def flip_rule(source: str) -> str:
+    """Why augment ``auto`` mirrors ``source``'s training images or not (:func:`source_flips`), in words."""
+    name, _, argument = source.partition(":")
+    if name == "npz":
+        if _npz_flip(argument):
+            return "its source says flip=yes: mirror images keep its labels"
+        return "npz files are mirrored only with ?flip=yes: say it for photographs, not for digits or letters"
+    if name == "synthetic":
+        return "the synthetic patterns' orientations are their classes: not mirrored"
+    return "photographs keep their labels when mirrored"
+
+
+def npz_unused_arrays(source: str) -> tuple[str, ...]:
+    """The arrays of an npz source's file that a run does not read (a Keras file's ``x_test``/``y_test``), so that
+    they can be named rather than ignored in silence; () for other sources."""
+    name, _, argument = source.partition(":")
+    if name != "npz":
+        return ()
+    file, given = _npz_argument(argument)
+    path = _existing_file("npz", file)
+    with _open_npz(path) as archive:
+        present = [info.filename.removesuffix(".npy") for info in archive.infolist()
+                   if not info.filename.endswith("/")]
+    used = set(_npz_array_names(path, present, given).values())
+    return tuple(array for array in present if array not in used)
+
+
 def holdout_count(count: int, val_fraction: float) -> int:
     """Images held out for accuracy from a source of ``count``: ``round(val_fraction * count)``, at least 1."""
     return max(1, round(val_fraction * count))

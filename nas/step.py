@@ -11,6 +11,7 @@ the others.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,10 @@ from torch import nn
 
 from nas.recipe import AMP_CHOICES, OPTIMIZERS, TrainConfig
 from search_spaces.checks import check_choice, check_int
+
+# With fp16, GradScaler skips optimizer.step() on a step whose gradients overflowed (the first steps, while it finds
+# its scale) and the schedule advances all the same, as intended: torch's warning about that order is noise here.
+_SKIPPED_STEP_WARNING = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
@@ -101,7 +106,11 @@ class TrainingStep:
         else:
             loss.backward()
             self.optimizer.step()
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.scaler is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING, category=UserWarning)
+                self.scheduler.step()
+        elif self.scheduler is not None:
             self.scheduler.step()
         classes = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup gives soft targets
         correct = (logits.detach().argmax(dim=1) == classes).sum()

@@ -2,8 +2,9 @@
 
 Trial params are the space's flat decisions (``stage3.op``, ...); trial user attributes hold the spec, the
 measurements (A, S, P, FLOPs), the normalized S and P, the reward, the device and any failure reason; the study's
-user attributes hold the space (and its fingerprint), the campaign settings, the proxy settings and the baseline's
-measurements (:mod:`nas.records` names them all). Everything is JSON, so Optuna's own CLI and optuna-dashboard read
+user attributes hold the space (and its fingerprint), the campaign settings, the proxy settings, the data's classes
+and input channels (which the exported specs carry: :func:`exported_spec`) and the baseline's measurements
+(:mod:`nas.records` names them all). Everything is JSON, so Optuna's own CLI and optuna-dashboard read
 a study unchanged.
 
 With successive halving, a trial stopped at a rung is recorded PRUNED (:func:`record_stopped`) with that rung's
@@ -21,6 +22,7 @@ campaign asks the small ``record_*``/``enqueue_*`` functions here); it takes pla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -366,3 +368,28 @@ def record_export(storage_url: str, study_name: str, path: Path, best_trial: int
 def trial_spec(trial: optuna.trial.FrozenTrial) -> ArchSpec:
     """The architecture a trial evaluated."""
     return ArchSpec.from_dict(trial.user_attrs[records.SPEC])
+
+
+def record_network_io(study: optuna.Study, *, num_classes: int, in_channels: int) -> None:
+    """Records the classes and input channels of the campaign's data (its networks' head and stem) as the study's
+    :data:`~nas.records.NETWORK_IO`, so that the specs it exports say what they were searched for
+    (:func:`exported_spec`)."""
+    study.set_user_attr(records.NETWORK_IO, {"num_classes": num_classes, "in_channels": in_channels})
+
+
+def exported_spec(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, name: str) -> ArchSpec:
+    """``trial``'s architecture as ``nas search`` and ``nas export`` write it: named ``name``, with the classes
+    (and the input channels, unless RGB's 3) of the data the study searched on
+    (:meth:`~search_spaces.spec.ArchSpec.for_data`), so that ``nas show`` counts the network that was searched.
+    A study made before that was recorded (:func:`record_network_io`) exports the trial's spec as it was."""
+    spec = dataclasses.replace(trial_spec(trial), name=name)
+    searched = study.user_attrs.get(records.NETWORK_IO)
+    if searched is None:
+        return spec
+    return spec.for_data(num_classes=searched["num_classes"], in_channels=searched["in_channels"])
+
+
+def record_holdout(study: optuna.Study, holdout_images: int) -> None:
+    """Records how many hold-out images every trial's accuracy is counted on (:data:`~nas.records.HOLDOUT_IMAGES`):
+    the accuracy noise the report weighs leads against."""
+    study.set_user_attr(records.HOLDOUT_IMAGES, holdout_images)

@@ -10,7 +10,9 @@ Problems a caller can see before any work (:func:`check_data`, :func:`read_check
 that ``nas train`` refuses them with a one-line usage error before data reaches the device (:class:`TrainPreflight`
 runs them all, in the order that costs least), while a campaign gets them as failed results. A checkpoint to resume
 is read once per run (:class:`Checkpoint`). Every file a run writes (checkpoints, weights, and :func:`save_run`'s
-spec and result) goes through :func:`~search_spaces.files.write_file`.
+spec and result) goes through :func:`~search_spaces.files.write_file`. A saved run says what inference needs: its
+spec the classes it was trained for, its ``result.json`` what the network takes (:class:`ModelInput`: image size,
+channels, the normalization's mean and std, classes), which an ONNX export carries too (:mod:`nas.onnx_export`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from nas.records import STATUS_FAILED, STATUS_FAULT, STATUS_OK, STATUS_STOPPED, 
 from nas.step import TrainingStep, build_training_step
 from nas.storage import StudyError
 from nas.timing import TimingLockError
+from search_spaces.checks import check_int
 from search_spaces.files import FileLock, check_output, write_file
 from search_spaces.io import dump_spec
 from search_spaces.spec import ArchSpec, SpecError, StageSpec
@@ -73,6 +76,7 @@ def train_and_evaluate(
     config: TrainConfig,
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
     checkpoint: Checkpoint | None = None,
     weights: Path | None = None,
     rungs: Rungs | None = None,
@@ -97,6 +101,9 @@ def train_and_evaluate(
     as it was) and ``rungs.judge`` gets that result (status ok, ``epochs_completed`` the rung, the wall time so
     far). When it says False, training stops there: the result is that rung's, with status ``stopped`` and the
     reason, and nothing is written to ``weights``.
+
+    ``on_epoch`` gets each epoch's :class:`EpochStats`; ``on_step(epoch, step, steps)`` is told after each training
+    step (both 1-based, of ``steps`` in the epoch), for progress within long epochs: it reads no device value.
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -105,7 +112,7 @@ def train_and_evaluate(
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
         stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, weights, rungs=rungs,
-                          start=start)
+                          start=start, on_step=on_step)
         status, reason = STATUS_OK, None
         if stopped_at is not None:
             status, reason = STATUS_STOPPED, f"stopped at epoch {stopped_at} of {config.epochs} by its rung's judge"
@@ -164,6 +171,7 @@ def _run(
     *,
     rungs: Rungs | None,
     start: float,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> int | None:
     """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured.
     Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
@@ -217,7 +225,7 @@ def _run(
         stage = stage_for_epoch(schedule, epoch - 1)
         apply_stage(model, train_batches, stage)
         stats = train_epoch(step, train_batches, epoch, config.epochs, mixup_alpha=stage.regularization.mixup_alpha,
-                            num_classes=data.num_classes, generator=mixing, ema=ema)
+                            num_classes=data.num_classes, generator=mixing, ema=ema, on_step=on_step)
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
         if checkpoint is not None:
@@ -470,8 +478,9 @@ class TrainPreflight:
 
     @property
     def weights(self) -> Path | None:
-        """Where the trained weights go: ``weights.pt`` in the ``save`` directory, beside :func:`save_run`'s files."""
-        return None if self.save is None else self.save / "weights.pt"
+        """Where the trained weights go: :data:`WEIGHTS_FILE` in the ``save`` directory, beside :func:`save_run`'s
+        files."""
+        return None if self.save is None else self.save / WEIGHTS_FILE
 
     @contextlib.contextmanager
     def start(self, load: Callable[[], ImageData]) -> Iterator[ImageData]:
@@ -636,21 +645,96 @@ def evaluation_image_size(config: TrainConfig, data_image_size: int) -> int:
     return config.image_size or data_image_size
 
 
+WEIGHTS_FILE = "weights.pt"  # nas train --save's state dict of the trained network, beside spec.yaml and result.json
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelInput:
+    """What a trained network takes and gives, recorded wherever its weights go (``result.json``, the ONNX file's
+    metadata) so that inference can feed it as the run fed its hold-out images (:func:`model_input`).
+
+    The network (``weights.pt`` built from ``spec.yaml``) takes float32 ``(N, in_channels, image_size,
+    image_size)`` images normalized per channel: ``(pixel / 255 - mean) / std`` of uint8 pixels, ``mean`` and
+    ``std`` the training split's statistics in [0, 1] units, channels in the data's order; images of another size
+    are resized to ``image_size`` (the size the run evaluated at) bilinearly with antialiasing, as the data was. It
+    gives ``num_classes`` logits, named by ``class_names`` in label order where the data names its classes.
+    """
+
+    image_size: int
+    in_channels: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_int("image_size", self.image_size, 1)
+        check_int("in_channels", self.in_channels, 1)
+        check_int("num_classes", self.num_classes, 2)
+        for field in ("mean", "std"):
+            values = getattr(self, field)
+            if len(values) != self.in_channels:
+                raise ValueError(f"{field} must have one value per channel ({self.in_channels}), got {values}")
+        if not all(value > 0 for value in self.std):
+            raise ValueError(f"std must be positive in every channel, got {self.std}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names must name each of the {self.num_classes} classes, got "
+                             f"{len(self.class_names)} names")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: lists for the per-channel values; ``class_names`` only when the data names them."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        if self.class_names is None:
+            del data["class_names"]
+        else:
+            data["class_names"] = list(self.class_names)
+        return data
+
+
+def model_input(data: ImageData, config: TrainConfig) -> ModelInput:
+    """What the network a run of ``config`` on ``data`` trains takes and gives: the data's channels, classes and
+    normalization, at the image size the run evaluates at (:func:`evaluation_image_size`)."""
+    return ModelInput(image_size=evaluation_image_size(config, data.image_size), in_channels=data.in_channels,
+                      num_classes=data.num_classes, mean=data.mean, std=data.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What :func:`save_run` wrote into ``directory``: the spec the weights fit and what the network takes."""
+
+    directory: Path
+    spec: ArchSpec
+    input: ModelInput
+
+    @property
+    def weights(self) -> Path:
+        """The trained network's state dict (:data:`WEIGHTS_FILE`), which :func:`train_and_evaluate` wrote."""
+        return self.directory / WEIGHTS_FILE
+
+
 def trained_spec(spec: ArchSpec, data: ImageData) -> ArchSpec:
-    """The spec that builds the network a run on ``data`` trained: data of other than 3 channels pins its channel
-    count (``in_channels``), so that the spec saved next to the weights builds a network they fit."""
-    return spec if data.in_channels == 3 else dataclasses.replace(spec, in_channels=data.in_channels)
+    """The spec that builds the network a run on ``data`` trained, saying what it was trained for
+    (:meth:`~search_spaces.spec.ArchSpec.for_data`): the data's classes, and its channel count when not RGB's 3,
+    so that the spec saved next to the weights builds a network they fit."""
+    return spec.for_data(num_classes=data.num_classes, in_channels=data.in_channels)
 
 
-def save_run(directory: Path, spec: ArchSpec, data: ImageData, result: EvalResult) -> ArchSpec:
-    """Writes a finished run's artifacts next to its weights (``weights.pt``, which :func:`train_and_evaluate`
-    writes): ``spec.yaml`` (:func:`trained_spec`) and ``result.json`` (the result as ``nas train --json`` prints
-    it), through :func:`~search_spaces.files.write_file`. Returns the spec written."""
-    trained = trained_spec(spec, data)
+def save_run(directory: Path, spec: ArchSpec, data: ImageData, config: TrainConfig, result: EvalResult) -> SavedRun:
+    """Writes a finished run's artifacts next to its weights (:data:`WEIGHTS_FILE`, which :func:`train_and_evaluate`
+    writes) through :func:`~search_spaces.files.write_file`: ``spec.yaml`` (:func:`trained_spec`) and
+    ``result.json``, the result as ``nas train --json`` prints it plus an ``input`` entry, :func:`model_input`'s
+    record of what the network takes (image size, channels, normalization mean and std, classes).
+
+    ``weights.pt`` stays a plain state dict, loadable with ``load_state_dict``; what inference needs beside it is
+    in those two files.
+    """
+    saved = SavedRun(directory, trained_spec(spec, data), model_input(data, config))
     directory.mkdir(parents=True, exist_ok=True)
-    dump_spec(trained, directory / "spec.yaml")
-    write_file(directory / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    return trained
+    dump_spec(saved.spec, directory / "spec.yaml")
+    record = {**result.to_dict(), "input": saved.input.to_dict()}
+    write_file(directory / "result.json", json.dumps(record, indent=2) + "\n")
+    return saved
 
 
 def train_epoch(
@@ -663,13 +747,16 @@ def train_epoch(
     num_classes: int | None = None,
     generator: torch.Generator | None = None,
     ema: AveragedModel | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> EpochStats:
-    """One pass over the training batches (mixed up when ``mixup_alpha`` > 0); reads the device once, at the end."""
+    """One pass over the training batches (mixed up when ``mixup_alpha`` > 0); reads the device once, at the end.
+    ``on_step(epoch, step, steps)`` is told after each step."""
     start = time.perf_counter()
     total_loss = torch.zeros((), device=step.optimizer.param_groups[0]["params"][0].device)
     total_correct = torch.zeros((), dtype=torch.int64, device=total_loss.device)
     seen = 0
-    for images, labels in batches:
+    steps = len(batches)
+    for number, (images, labels) in enumerate(batches, start=1):
         if mixup_alpha > 0:
             mixed = mixup(images, labels, alpha=mixup_alpha, num_classes=num_classes, generator=generator)
             images, labels = mixed.images, mixed.targets
@@ -679,6 +766,8 @@ def train_epoch(
         total_loss += loss
         total_correct += correct
         seen += labels.shape[0]
+        if on_step is not None:
+            on_step(epoch, number, steps)
     mean_loss = total_loss.item() / len(batches)
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"mean training loss of epoch {epoch} is {mean_loss}")

@@ -7,6 +7,12 @@ not by this module: the ``nas`` command's parser offers :data:`TABLE_COLUMNS` an
 help, and ``nas --help`` or ``nas show`` should not pay the half second those two take to import. The numbers
 are computed elsewhere, from plain values: a reward's factors and noise by :mod:`rewards`, what successive halving
 saved by :mod:`nas.halving`; here a trial's attributes are read into those values.
+
+One step-time story: a trial's step time is S/S₀, its ratio to the baseline's, estimated from timed windows
+interleaved with a baseline re-timed beside it (:mod:`nas.timing`). The absolute step time in ms is that of those
+windows, at the campaign's timing settings: it moves with the machine's load from one trial to the next, so one
+trial's ms compares with its own re-timed baseline's (``reference_step_time_ms``), never with another trial's.
+S/S₀ is what ranks trials, here (the Pareto front), in the report and in ``nas trials``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from nas import records
 from nas.controller_names import CONTROLLERS
 from nas.halving import HalvingSummary, TrialTraining, full_epochs, halving_summary
 from nas.states import is_baseline, is_interrupted, is_stopped, stopped_at_epoch
-from rewards import RewardFactors, reward_factors, step_time_noise, within_noise
+from rewards import (
+    RewardFactors,
+    accuracy_standard_error,
+    noise_margin,
+    reward_factors,
+    reward_noise,
+    within_noise,
+)
 from search_spaces.checks import is_int, is_real
 from search_spaces.space import SearchSpace
 
@@ -30,10 +43,20 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
+#: Every column of the trials table, as CSV and JSON give it (new columns go last: scripts read CSV by position).
+#: ``step_time_ratio`` is S/S₀ (:func:`step_time_ratio`), ``step_time_ratio_iqr`` the spread of the timed pairs it
+#: was estimated from. ``normalized_step_time`` is the S/S₀ the reward used: the same number wherever there is a
+#: reward. ``step_time_ms`` is the trial's step time at the timing settings, measured beside its own re-timed
+#: baseline's ``reference_step_time_ms``: compare the two, not one trial's ms with another's.
 TABLE_COLUMNS = (
     "number", "state", "role", "reward", "accuracy", "step_time_ms", "parameters", "macs", "normalized_step_time",
-    "normalized_parameters", "architecture", "failure_reason", "controller",
+    "normalized_parameters", "architecture", "failure_reason", "controller", "step_time_ratio",
+    "step_time_ratio_iqr", "reference_step_time_ms",
 )
+#: The columns of the text table (:func:`text_table`): what ranks a trial, S/S₀ for its step time, so that it fits
+#: a terminal (under 90 characters); the failure reason follows where some trial has one. The absolute ms, the
+#: architecture and the rest are in CSV and JSON.
+TEXT_COLUMNS = ("number", "state", "role", "controller", "reward", "accuracy", "step_time_ratio", "parameters")
 INTEGER_COLUMNS = ("number", "parameters", "macs")
 # PRUNED: over a campaign constraint, or stopped at a rung by successive halving (the state column says which)
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -59,6 +82,24 @@ def _optuna_state(state: str) -> str:
     return "PRUNED" if state.startswith(STOPPED_STATE) else state
 
 
+def step_time_ratio(attributes: Mapping[str, Any]) -> Any:
+    """A trial's S/S₀: its paired ratio to the baseline (``step_time_ratio``, also on a trial pruned over
+    max_step_time_ratio), else the normalized step time its reward used (a study written before S/S₀ was timed in
+    pairs, where it is the ratio of the two medians); None where neither is recorded."""
+    ratio = attributes.get(records.STEP_TIME_RATIO)
+    return ratio if ratio is not None else attributes.get(records.NORMALIZED_STEP_TIME)
+
+
+def reference_step_time_s(attributes: Mapping[str, Any]) -> Any:
+    """The baseline's step time in the windows a trial was timed beside (its re-timed baseline), as the trial
+    recorded it (:attr:`nas.records.EvalResult.reference_step_time_s`); None where it records none."""
+    return attributes.get(records.REFERENCE_STEP_TIME_S)
+
+
+def _milliseconds(seconds: Any) -> float | None:
+    return seconds * 1e3 if is_real(seconds) else None
+
+
 def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial under :data:`TABLE_COLUMNS`, in trial order (all the study's trials by default).
 
@@ -70,14 +111,13 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
     rows = []
     for trial in trials if trials is not None else study.get_trials(deepcopy=False):
         attributes = trial.user_attrs
-        step_time = attributes.get(records.STEP_TIME_S)
         rows.append({
             "number": trial.number,
             "state": trial_state(trial),
             "role": attributes.get(records.ROLE, records.ROLE_CANDIDATE),
             "reward": trial.value,
             "accuracy": attributes.get(records.ACCURACY),
-            "step_time_ms": None if step_time is None else step_time * 1e3,
+            "step_time_ms": _milliseconds(attributes.get(records.STEP_TIME_S)),
             "parameters": attributes.get(records.PARAMETERS),
             "macs": attributes.get(records.MACS),
             "normalized_step_time": attributes.get(records.NORMALIZED_STEP_TIME),
@@ -85,10 +125,29 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
             "architecture": " ".join(attributes.get(records.BLOCK_STRINGS, [])),
             "failure_reason": attributes.get(records.FAILURE_REASON),
             "controller": attributes.get(records.CONTROLLER),
+            "step_time_ratio": step_time_ratio(attributes),
+            "step_time_ratio_iqr": attributes.get(records.STEP_TIME_RATIO_IQR),
+            "reference_step_time_ms": _milliseconds(reference_step_time_s(attributes)),
         })
     # Counts stay integers where a value is missing (pandas would make the whole column float): "-" in a table,
     # empty in CSV, null in JSON.
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({column: "Int64" for column in INTEGER_COLUMNS})
+
+
+def text_table(frame: pd.DataFrame) -> str:
+    """The rows of ``frame`` (:func:`trials_frame`) as the text table of ``nas trials`` and ``nas best``: the
+    :data:`TEXT_COLUMNS`, numbers to 4 significant digits, missing values as ``-``; where some trial has a failure
+    reason, each row's follows it, left-aligned (a column of None on every row says nothing, and a long reason
+    right-aligned would push every row as wide as the longest)."""
+    shown = frame[list(TEXT_COLUMNS)]
+    # pandas prints a missing integer as <NA> whatever na_rep says: such cells become "-" here.
+    integers = [column for column in shown.columns if str(shown[column].dtype) == "Int64"]
+    shown = shown.astype({column: object for column in integers}).fillna({column: "-" for column in integers})
+    lines = shown.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4g}").splitlines()
+    reasons = frame["failure_reason"]
+    if reasons.notna().any():
+        lines = [f"{line}  {reason}" for line, reason in zip(lines, ["failure_reason", *reasons.fillna("-")])]
+    return "\n".join(lines)
 
 
 def best_trials(study: optuna.Study, k: int | None = 1) -> list[optuna.trial.FrozenTrial]:
@@ -120,17 +179,21 @@ def trial_to_export(study: optuna.Study, number: int | None = None) -> optuna.tr
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials that no other beats on accuracy (higher), step time and parameters (lower) at once."""
+    """Complete trials that no other beats on accuracy (higher), step time S/S₀ and parameters (lower) at once.
+
+    The step time is the normalized one the reward used: each trial's absolute step time was measured under the
+    load of its own moment, so only its ratio to the baseline timed beside it compares across trials."""
     import optuna
 
+    measured = (records.ACCURACY, records.NORMALIZED_STEP_TIME, records.PARAMETERS)
     complete = [
         trial for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if {records.ACCURACY, records.STEP_TIME_S, records.PARAMETERS} <= set(trial.user_attrs)
+        if all(is_real(trial.user_attrs.get(key)) for key in measured)
     ]
 
     def objectives(trial: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
-        attributes = trial.user_attrs
-        return (-attributes[records.ACCURACY], attributes[records.STEP_TIME_S], attributes[records.PARAMETERS])
+        accuracy, ratio, parameters = (trial.user_attrs[key] for key in measured)
+        return -accuracy, ratio, parameters
 
     def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
         return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
@@ -153,46 +216,68 @@ def trial_training(trial: optuna.trial.FrozenTrial) -> TrialTraining:
 
 @dataclass(frozen=True)
 class TrialFactors:
-    """A complete trial's reward as the product of its factors (:func:`rewards.reward_factors`), with the median
-    and interquartile range of the step time it was measured with and the reward noise that spread implies
-    (:func:`rewards.step_time_noise`); None where the trial does not record them."""
+    """A complete trial's reward as the product of its factors (:func:`rewards.reward_factors`), with what its
+    noise is made of: the interquartile range of the timed pairs its S/S₀ was estimated from, the binomial
+    standard error of its accuracy A on the campaign's hold-out images, and the reward's standard error δ the two
+    imply (:func:`rewards.reward_noise`); None where the trial or the study does not record them."""
 
     trial: optuna.trial.FrozenTrial
     factors: RewardFactors
-    step_time_s: float | None
-    step_time_iqr_s: float | None
+    step_time_ratio_iqr: float | None
+    accuracy_error: float | None
     noise: float | None
 
     @classmethod
-    def of(cls, trial: optuna.trial.FrozenTrial, exponents: tuple[float, float]) -> TrialFactors | None:
-        """The factors of a complete ``trial`` under the reward's exponents ``(w, v)``; None if it has no reward
-        or lacks a valid A, S/S₀ or P/P₀."""
+    def of(cls, trial: optuna.trial.FrozenTrial, exponents: tuple[float, float],
+           holdout_images: int | None = None) -> TrialFactors | None:
+        """The factors of a complete ``trial`` under the reward's exponents ``(w, v)``, its accuracy counted on
+        ``holdout_images`` (None: unknown); None if it has no reward or lacks a valid A, S/S₀ or P/P₀."""
         attributes = trial.user_attrs
-        accuracy, step_time_ratio, params_ratio = (attributes.get(key) for key in (
+        accuracy, ratio, params_ratio = (attributes.get(key) for key in (
             records.ACCURACY, records.NORMALIZED_STEP_TIME, records.NORMALIZED_PARAMETERS))
-        if trial.value is None or not all(map(is_real, (accuracy, step_time_ratio, params_ratio))):
+        if trial.value is None or not all(map(is_real, (accuracy, ratio, params_ratio))):
             return None
         w, v = exponents
         try:
-            factors = reward_factors(accuracy, step_time_ratio, params_ratio, w=w, v=v)
+            factors = reward_factors(accuracy, ratio, params_ratio, w=w, v=v)
         except ValueError:  # numbers no reward comes from (a hand-edited study): shown without factors
             return None
-        median, iqr = attributes.get(records.STEP_TIME_S), attributes.get(records.STEP_TIME_IQR_S)
-        median, iqr = (median if is_real(median) else None), (iqr if is_real(iqr) else None)
-        noise = (step_time_noise(trial.value, median, iqr, w=w)
-                 if median is not None and median > 0 and iqr is not None and iqr >= 0 else None)
-        return cls(trial, factors, median, iqr, noise)
+        iqr = attributes.get(records.STEP_TIME_RATIO_IQR)
+        iqr = float(iqr) if is_real(iqr, 0) else None
+        accuracy_error = None if holdout_images is None else accuracy_standard_error(accuracy, holdout_images)
+        noise = None if iqr is None or holdout_images is None else reward_noise(
+            accuracy, ratio, params_ratio, holdout_images=holdout_images, step_time_ratio_iqr=iqr, w=w, v=v)
+        return cls(trial, factors, iqr, accuracy_error, noise)
 
     @property
     def reward(self) -> float:
         return self.trial.value
 
+    def noise_margin(self, other: TrialFactors) -> float | None:
+        """The least reward difference from ``other`` outside their noise (:func:`rewards.noise_margin`); None when
+        either noise is unknown."""
+        if self.noise is None or other.noise is None:
+            return None
+        return noise_margin(self.noise, other.noise)
+
     def within_noise(self, other: TrialFactors) -> bool | None:
-        """Whether the two rewards differ by less than their summed step-time noise (:func:`rewards.within_noise`);
-        None when either trial's step-time spread is not recorded."""
+        """Whether the two rewards differ by less than their noise margin (:func:`rewards.within_noise`); None
+        when either noise is unknown."""
         if self.noise is None or other.noise is None:
             return None
         return within_noise(self.reward, self.noise, other.reward, other.noise)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The hold-out split a campaign counted every accuracy on: ``images`` of its data source ``data``, as the study
+    records it (``source_images`` None), else counted now: ``val_fraction`` of the ``source_images`` of the source
+    (:func:`nas.sources.holdout_count`)."""
+
+    images: int
+    source_images: int | None
+    val_fraction: float
+    data: str
 
 
 @dataclass(frozen=True)
@@ -300,13 +385,55 @@ class StudySnapshot:
                 return float(w), float(v)
         return None
 
+    @property
+    def data_settings(self) -> tuple[str, float, int | None] | None:
+        """The campaign's data source, val_fraction and training image size (None: the data's own): the proxy
+        settings' (fixed for the study's life), else the campaign's; None when the study records neither."""
+        for settings in (self.attributes.get(records.PROXY) or {}, self.campaign):
+            data, val_fraction = settings.get("data"), settings.get("val_fraction")
+            if isinstance(data, str) and is_real(val_fraction, 0, 1, low_open=True):
+                train = settings.get("train")
+                image_size = train.get("image_size") if isinstance(train, Mapping) else None
+                return data, float(val_fraction), image_size if is_int(image_size, 1) else None
+        return None
+
+    @functools.cached_property
+    def holdout(self) -> Holdout | None:
+        """The hold-out split every trial's accuracy was counted on: as the study records it
+        (:data:`~nas.records.HOLDOUT_IMAGES`, from the campaign's data as it loaded), else, for a study made before
+        that was recorded, counted from the data source by its name where that says it (``synthetic:num_images=
+        5000``), else from its files' headers as they are now, without decoding an image
+        (:func:`nas.sources.check_source`; a relative path from the directory this runs in). None when neither is
+        known (no data source recorded, or its files moved)."""
+        from nas.sources import DataError, check_source, holdout_count
+
+        settings = self.data_settings
+        if settings is None:
+            return None
+        data, val_fraction, image_size = settings
+        recorded = self.attributes.get(records.HOLDOUT_IMAGES)
+        if is_int(recorded, 1):
+            return Holdout(recorded, None, val_fraction, data)
+        try:
+            count = check_source(data, image_size=image_size, files=False).num_images
+            if count is None:
+                count = check_source(data, image_size=image_size).num_images
+        except (DataError, OSError):  # a source that is gone or no longer valid: its size is unknown
+            return None
+        if count is None:
+            return None
+        return Holdout(holdout_count(count, val_fraction), count, val_fraction, data)
+
     @functools.cached_property
     def factors(self) -> list[TrialFactors]:
-        """The factors of every complete trial that has them, best reward first (none without exponents)."""
+        """The factors of every complete trial that has them, best reward first (none without exponents), their
+        noise counted on the campaign's hold-out split (:attr:`holdout`)."""
         exponents = self.exponents
         if exponents is None:
             return []
-        found = (TrialFactors.of(trial, exponents) for trial in self.ranked)
+        holdout = self.holdout
+        images = None if holdout is None else holdout.images
+        found = (TrialFactors.of(trial, exponents, images) for trial in self.ranked)
         return [factors for factors in found if factors is not None]
 
     @property

@@ -7,8 +7,9 @@ Two rewards, each taken from the paper that defines it:
   step time and ``P`` the parameter size, with ``w = -0.07`` and ``v = -0.05`` "empirically
   determined to balance the trade-offs". ``S`` and ``P`` are normalized by the baseline
   architecture's step time and parameter count, so the baseline scores exactly its accuracy.
-  ``reward_factors`` breaks such a reward into its factors, and ``step_time_noise`` says how far the
-  spread of a step-time measurement moves it (what a report needs to tell a lead from timing noise).
+  ``reward_factors`` breaks such a reward into its factors; ``reward_noise`` is the standard error the
+  reward carries from its two measured inputs (accuracy on a finite hold-out set, a timed S/S_ref), and
+  ``within_noise`` the one rule that says whether two rewards differ by more than that noise.
 * ``latency_target_reward`` -- MnasNet (Tan et al., 2019, Eq. 2):
   ``ACC(m) * (LAT(m) / T)**w`` with ``w = alpha`` if ``LAT(m) <= T`` else ``beta``.
   The paper's soft constraint uses ``alpha = beta = -0.07``; its hard constraint uses
@@ -29,13 +30,17 @@ from types import MappingProxyType
 from typing import Mapping
 
 __all__ = [
+    "IQR_PER_STANDARD_DEVIATION",
     "LATENCY_CONSTRAINTS",
+    "NOISE_Z",
     "PARAMS_EXPONENT",
     "STEP_TIME_EXPONENT",
     "RewardFactors",
+    "accuracy_standard_error",
     "latency_target_reward",
+    "noise_margin",
     "reward_factors",
-    "step_time_noise",
+    "reward_noise",
     "training_aware_reward",
     "within_noise",
 ]
@@ -45,6 +50,13 @@ __all__ = [
 #: defaults: a campaign, the report and the benchmarks read them from here.
 STEP_TIME_EXPONENT = -0.07
 PARAMS_EXPONENT = -0.05
+
+#: How many standard errors of their difference two rewards must differ by to be told apart (:func:`within_noise`):
+#: 2, about a 95% two-sided bound for normal errors; a smaller lead could swap when both are measured again.
+NOISE_Z = 2.0
+#: The interquartile range of a normal distribution in units of its standard deviation (2 x 0.6745): how the spread
+#: of S/S_ref's timed pairs, recorded as an IQR, becomes a standard deviation (:func:`reward_noise`).
+IQR_PER_STANDARD_DEVIATION = 1.349
 
 #: MnasNet (Tan et al., 2019, Section 3) exponents ``(alpha, beta)`` of Eq. 2 by constraint kind.
 #: "soft": alpha = beta = -0.07 (a model 2x slower than the target needs ~5% more accuracy to
@@ -256,27 +268,84 @@ def reward_factors(
     return RewardFactors(a, s, p, _power("step_time_ratio", s, w), _power("params_ratio", p, v))
 
 
-def step_time_noise(
-    reward: float, step_time: float, step_time_iqr: float, *, w: float = STEP_TIME_EXPONENT
-) -> float:
-    """How far a step time's spread moves a reward: the change in ``reward`` that moving the step time (a median
-    of timed windows) by half the windows' interquartile range implies through ``(S/S_ref)**w``, to first order,
-    ``|w| * reward * iqr / (2 * median)``. The step time and its IQR in any one unit.
-
-    The reference's own spread moves every normalized step time alike, so it does not reorder candidates and is
-    not counted; neither is accuracy noise (the proxy training's seed), which comes on top.
+def accuracy_standard_error(accuracy: float, holdout_images: int) -> float:
+    """The binomial standard error ``sqrt(A * (1 - A) / n)`` of an accuracy ``A`` counted on ``n`` hold-out images:
+    how far another draw of ``n`` images would move it, typically. ``0.746`` on 500 images: ``0.0195``.
 
     Raises:
-        ValueError: If ``reward`` or ``step_time_iqr`` is not a finite number >= 0, ``step_time`` not > 0, or ``w``
-            not finite; the message names the argument.
+        ValueError: If ``accuracy`` is not in [0, 1] or ``holdout_images`` not an integer >= 1 (bools are
+            rejected); the message names the argument.
     """
-    r = _check_non_negative("reward", reward)
-    median = _check_positive("step_time", step_time)
-    iqr = _check_non_negative("step_time_iqr", step_time_iqr)
-    return abs(_check_exponent("w", w)) * r * iqr / (2 * median)
+    a = _check_accuracy("accuracy", accuracy)
+    if isinstance(holdout_images, bool) or not isinstance(holdout_images, numbers.Integral) or holdout_images < 1:
+        raise ValueError(f"holdout_images must be an integer >= 1, got {holdout_images!r}")
+    return math.sqrt(a * (1.0 - a) / int(holdout_images))
 
 
-def within_noise(reward: float, noise: float, other_reward: float, other_noise: float) -> bool:
-    """Whether two rewards differ by less than their summed noise (:func:`step_time_noise`): their ranges
-    ``reward +- noise`` overlap, so timing the two again could swap them."""
-    return abs(reward - other_reward) < noise + other_noise
+def reward_noise(
+    accuracy: float,
+    step_time_ratio: float,
+    params_ratio: float,
+    *,
+    holdout_images: int,
+    step_time_ratio_iqr: float,
+    w: float = STEP_TIME_EXPONENT,
+    v: float = PARAMS_EXPONENT,
+) -> float:
+    """The standard error δ of the reward ``R = A * (S/S_ref)**w * (P/P_ref)**v`` that its two measured inputs imply,
+    to first order: ``δ = sqrt((dR/dA * σ_A)**2 + (dR/d(S/S_ref) * σ_S)**2)``, where
+
+    * ``σ_A`` is :func:`accuracy_standard_error` on the ``holdout_images`` A was counted on, and
+      ``dR/dA = (S/S_ref)**w * (P/P_ref)**v``;
+    * ``σ_S = step_time_ratio_iqr / IQR_PER_STANDARD_DEVIATION``, the standard deviation that the interquartile
+      range of the per-pair ratios S/S_ref was estimated from implies, and ``dR/d(S/S_ref) = w * R / (S/S_ref)``.
+
+    ``P/P_ref`` is counted, not measured: it carries no noise. The two errors are taken as independent. ``σ_S`` is
+    the spread of one pair's ratio, larger than the error of their median: an upper bound until S/S_ref records
+    its own interval. The proxy training's seed-to-seed spread is not counted (one training per trial says
+    nothing of it), so δ is the least noise a reward carries.
+
+    Worked example (the demo's leader, w = -0.07, v = -0.05): A 0.746 on 500 images, S/S_ref 0.42 with pair IQR
+    0.05, P/P_ref 0.5 gives R = 0.8207, σ_A = 0.0195, dR/dA = 1.100, σ_S = 0.0371, dR/d(S/S_ref) = -0.137,
+    so δ = sqrt(0.0214**2 + 0.0051**2) = 0.0220: the hold-out's 500 images, not the timing, set the noise.
+
+    Raises:
+        ValueError: If an argument is not a finite real number in its allowed range (accuracy in [0, 1], ratios
+            > 0, the IQR >= 0, ``holdout_images`` an integer >= 1); the message names the argument.
+    """
+    factors = reward_factors(accuracy, step_time_ratio, params_ratio, w=w, v=v)
+    iqr = _check_non_negative("step_time_ratio_iqr", step_time_ratio_iqr)
+    accuracy_part = factors.step_time_factor * factors.params_factor * accuracy_standard_error(
+        factors.accuracy, holdout_images)
+    step_time_part = abs(w) * factors.product / factors.step_time_ratio * iqr / IQR_PER_STANDARD_DEVIATION
+    return math.hypot(accuracy_part, step_time_part)
+
+
+def noise_margin(noise: float, other_noise: float, *, z: float = NOISE_Z) -> float:
+    """``z * sqrt(noise**2 + other_noise**2)``: the least difference of two rewards with standard errors ``noise``
+    and ``other_noise`` (:func:`reward_noise`) that lies outside their noise, ``z`` standard errors of the
+    difference of two independent measurements. Two trials of a campaign are counted on the same hold-out images,
+    so their accuracy errors are partly shared and the margin overstates that part; the seed-to-seed spread that
+    :func:`reward_noise` leaves out works the other way.
+
+    Raises:
+        ValueError: If an argument is not a finite number >= 0; the message names the argument.
+    """
+    first = _check_non_negative("noise", noise)
+    second = _check_non_negative("other_noise", other_noise)
+    return _check_non_negative("z", z) * math.hypot(first, second)
+
+
+def within_noise(reward: float, noise: float, other_reward: float, other_noise: float, *, z: float = NOISE_Z) -> bool:
+    """Whether two rewards differ by less than :func:`noise_margin` of their standard errors: measuring both again
+    (another hold-out draw, another timing) could swap them, so their order says little.
+
+    The demo's two best (:func:`reward_noise`'s example against A 0.714, S/S_ref 0.472 with IQR 0.04, P/P_ref
+    0.55: R 0.7754, δ 0.0222) differ by 0.0453, less than 2 * sqrt(0.0220**2 + 0.0222**2) = 0.0625: inside the
+    noise.
+
+    Raises:
+        ValueError: If a reward or noise is not a finite number >= 0; the message names the argument.
+    """
+    difference = _check_non_negative("reward", reward) - _check_non_negative("other_reward", other_reward)
+    return abs(difference) < noise_margin(noise, other_noise, z=z)

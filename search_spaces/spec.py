@@ -26,6 +26,8 @@ MAX_NUM_LAYERS = 100
 MAX_CHANNELS = 16384
 MAX_EXPAND_RATIO = 16
 MAX_IMAGE_SIZE = 4096
+MAX_NUM_CLASSES = 100_000  # nas.sources.MAX_CLASSES: the most classes a data source may hold
+RGB_CHANNELS = 3  # what a spec that pins no in_channels builds for
 
 
 class SpecError(ValueError):
@@ -117,6 +119,12 @@ class ArchSpec:
     - ``in_channels`` pins the input image channels (1 grayscale, 3 RGB). None, the default, follows the data the
       network is trained on; a pinned value that differs from the data's is refused before training. A spec that
       does not pin it writes no ``in_channels`` key, so that reference files and their hashes stay as they were.
+    - ``num_classes`` records the classes of the data the spec was searched or trained on (``nas search``,
+      ``nas export`` and ``nas train --save`` write it: :meth:`for_data`), so that a spec file says what its
+      classifier was for and ``nas show`` counts the network that was searched rather than ImageNet's 1000-class
+      one. It is a record, not a constraint: training builds the classifier for its data's classes, so a spec
+      searched on a proxy dataset trains on the target one unchanged. None, the default, writes no key, as for
+      ``in_channels``; files written before the field existed read as None.
     """
 
     name: str = ""
@@ -134,6 +142,7 @@ class ArchSpec:
     channel_divisor: int = 8
     round_limit: float = 0.0
     in_channels: int | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -147,6 +156,8 @@ class ArchSpec:
         check_int("channel_divisor", self.channel_divisor, 1, 256, error=SpecError)
         if self.in_channels is not None:
             check_int("in_channels", self.in_channels, 1, MAX_CHANNELS, error=SpecError)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 2, MAX_NUM_CLASSES, error=SpecError)
         for field, low, high in (
             ("dropout", 0.0, 1.0),
             ("drop_path_rate", 0.0, 1.0),
@@ -195,16 +206,24 @@ class ArchSpec:
     def block_strings(self) -> tuple[str, ...]:
         return tuple(stage.block_string for stage in self.stages)
 
+    def for_data(self, *, num_classes: int, in_channels: int) -> ArchSpec:
+        """This spec as searched or trained on data of ``num_classes`` classes and ``in_channels`` channels: it
+        records the classes, and pins the channels unless they are RGB's 3 (what an unpinned spec builds for), so
+        that a network searched or trained on RGB data still follows the channels of the next data it meets."""
+        pinned = self.in_channels if in_channels == RGB_CHANNELS else in_channels
+        return dataclasses.replace(self, num_classes=num_classes, in_channels=pinned)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data in field order (stages as a list of mappings), the form written to YAML.
 
-        ``in_channels`` appears only when pinned: an unpinned spec has the same data (and hash) as before the
-        field existed.
+        ``in_channels`` and ``num_classes`` appear only when set: a spec without them has the same data (and hash)
+        as before the fields existed.
         """
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["stages"] = [stage.to_dict() for stage in self.stages]
-        if self.in_channels is None:
-            del data["in_channels"]
+        for optional in ("in_channels", "num_classes"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod

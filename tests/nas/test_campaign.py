@@ -220,6 +220,9 @@ def test_a_campaign_searches_on_real_grayscale_digits(tmp_path, monkeypatch):
     assert (recipe["batch_size"], recipe["learning_rate"], recipe["augment"]) == (64, 0.05, "crop")
     assert recipe["warmup_steps"] == 7  # 5% of 2 epochs x 70 steps
     assert {key: baseline["recipe"][key] for key in recipe} == recipe  # each trial records the recipe it ran
+    assert study.user_attrs["network_io"] == {"num_classes": 10, "in_channels": 1}
+    assert (outcome.best_spec.num_classes, outcome.best_spec.in_channels) == (10, 1)  # what nas show counts for
+    assert study.user_attrs["holdout_images"] == 500  # 10% of 5,000: what the report's accuracy noise is counted on
     best = study.trials[outcome.best_trial]
     assert outcome.best_spec.name == f"mnist-trial{outcome.best_trial}"
     assert list(outcome.best_spec.block_strings) == best.user_attrs["block_strings"]
@@ -236,3 +239,24 @@ def test_nas_search_reports_a_lost_lock_in_one_line_and_exits_1(tmp_path, monkey
     assert main(["search", "--executor", "local", "--trials", "2"]) == EXIT_FAILED
     assert capsys.readouterr().err == ("nas search: error: the driver lock of study 'nas' could not be refreshed "
                                        "for 31.0 s\n")
+
+
+class NoExecutor(LocalExecutor):
+    """An executor that must not be started."""
+
+    def prepare(self, config):
+        raise AssertionError("the executor was prepared (a Ray node would have started)")
+
+
+def test_a_finished_campaign_s_resume_answers_without_starting_the_executor(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = CampaignConfig(data=DATA, trials=2, controller="random", study="done", timing=TimingConfig(**TIMING))
+    first = campaigns.run_campaign(config, LocalExecutor(trainer=measured), out=io.StringIO())
+    out = io.StringIO()
+    again = campaigns.run_campaign(config, NoExecutor(), out=out)
+    assert (again.finished, again.ran, again.best_trial) == (2, 0, first.best_trial) and out.getvalue() == ""
+    # Another setting, or more trials wanted: the campaign opens the study as usual (and refuses, or runs).
+    with pytest.raises(AssertionError, match="was prepared"):
+        campaigns.run_campaign(config.with_overrides({"trials": 3}), NoExecutor(), out=io.StringIO())
+    with pytest.raises(AssertionError, match="was prepared"):
+        campaigns.run_campaign(config.with_overrides({"seed": 1}), NoExecutor(), out=io.StringIO())

@@ -147,7 +147,8 @@ def test_show_says_which_number_of_classes_the_parameters_are_for(capsys):
     assert ten.endswith("for 10 classes (--num-classes 10)")
     assert parameters[1000] - parameters[10] == (1000 - 10) * (head_channels + 1)
     show_help = " ".join(_command_parsers()["show"].format_help().split())
-    assert "--num-classes N classifier outputs the parameter count is for (default: 1000, ImageNet's" in show_help
+    assert ("--num-classes N classifier outputs the parameter count is for (default: the classes the spec was "
+            "searched or trained on, else 1000, ImageNet's" in show_help)
 
 
 def test_show_counts_without_importing_torch():
@@ -175,6 +176,34 @@ def test_show_spec_file_works_like_the_preset(capsys, tmp_path):
     status, out, err = run(capsys, "show", path, "--json")
     assert status == 0, err
     assert json.loads(out)["parameters"] == EFFICIENTNET_B0_PARAMETERS
+
+
+def test_show_counts_for_the_classes_and_channels_a_spec_was_searched_on_unless_told_otherwise(capsys, tmp_path):
+    """Issue 28: a winner searched on 10 classes was shown with ImageNet's 1000-class classifier; a spec that records
+    its classes is counted for them, and an explicit --num-classes still wins."""
+    from nas.complexity import count_spec
+
+    searched = dataclasses.replace(presets.get("tiny"), num_classes=10, in_channels=1)
+    dump_spec(searched, tmp_path / "winner.yaml")
+    status, out, err = run(capsys, "show", tmp_path / "winner.yaml", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert (report["num_classes"], report["in_channels"]) == (10, 1)
+    assert report["parameters"] == count_spec(presets.get("tiny"), num_classes=10, in_channels=1).parameters
+    assert ArchSpec.from_dict(report["spec"]) == searched
+    status, out, err = run(capsys, "show", tmp_path / "winner.yaml")
+    assert status == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("parameters: "))
+    assert line == (f"parameters: {report['parameters']:,} for 10 classes (the spec's: those it was searched or "
+                    "trained on; --num-classes N counts for N)")
+    assert "1 input channel(s)" in out
+    status, out, err = run(capsys, "show", tmp_path / "winner.yaml", "--json", "--num-classes", 1000)
+    assert status == 0, err
+    explicit = json.loads(out)
+    assert explicit["num_classes"] == 1000
+    assert explicit["parameters"] == count_spec(presets.get("tiny"), num_classes=1000, in_channels=1).parameters
+    status, out, err = run(capsys, "show", tmp_path / "winner.yaml", "--num-classes", 1000)
+    assert "for 1000 classes (not the 10 the spec was searched or trained on: --num-classes 10 counts" in out
 
 
 def test_no_command_prints_usage_and_fails(capsys):
@@ -767,6 +796,27 @@ def test_export_the_best_or_a_chosen_trial(capsys, tmp_path, finished_study):
     assert status == 0 and "arch_def = [" in out and out.count("['") == 4
 
 
+def test_an_exported_spec_says_the_classes_it_was_searched_on_and_show_counts_for_them(capsys, tmp_path,
+                                                                                        finished_study):
+    """Issue 28: nas show winner.yaml reported 1000 classes for a network searched on 10."""
+    from nas.complexity import count_spec
+    from nas.study import record_network_io
+
+    storage, study = finished_study
+    record_network_io(study, num_classes=10, in_channels=1)  # as the campaign records its data's
+    status, out, err = run(capsys, "export", "--study", "s", "--storage", storage, "-o", tmp_path / "winner.yaml")
+    assert status == 0, err
+    winner = load_spec(tmp_path / "winner.yaml")
+    assert (winner.num_classes, winner.in_channels, winner.name) == (10, 1, "s-trial1")
+    assert winner.block_strings == tuple(study.trials[1].user_attrs["block_strings"])
+    status, out, err = run(capsys, "show", tmp_path / "winner.yaml", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert (report["num_classes"], report["in_channels"]) == (10, 1)
+    assert report["parameters"] == count_spec(winner, num_classes=10, in_channels=1).parameters
+    assert report["parameters"] < count_spec(winner, num_classes=1000, in_channels=1).parameters
+
+
 # --- search: what it says at the end ------------------------------------------------------------------------------
 
 
@@ -795,8 +845,8 @@ def test_a_search_whose_study_has_more_than_the_budget_says_so_truthfully(capsys
     storage, _ = finished_study
     status, out, err = _search(capsys, storage, 2)
     assert status == 0, err
-    assert ("4 trials finished (budget 2, already met; none ran now): raise --trials above 4 to search more"
-            in out.splitlines())
+    assert ("4 trials finished (budget 2, already met; none ran now): nothing to do; raise --trials above 4 to "
+            "search more" in out.splitlines())
     assert "4/2" not in out
     # The best trial (1) is a candidate: exported without the baseline's note, and its absolute path recorded.
     assert "best: trial 1, reward" in out and "no candidate beat" not in out
@@ -825,8 +875,10 @@ def test_a_search_where_no_candidate_beat_the_baseline_says_so(capsys, tmp_path)
 @pytest.mark.parametrize("finished, budget, ran, line", [
     (3, 5, 1, "3/5 trials finished (1 in this run)"),
     (5, 5, 2, "5/5 trials finished (2 in this run)"),
-    (5, 5, 0, "5 trials finished (budget 5, already met; none ran now): raise --trials above 5 to search more"),
-    (12, 5, 0, "12 trials finished (budget 5, already met; none ran now): raise --trials above 12 to search more"),
+    (5, 5, 0, "5 trials finished (budget 5, already met; none ran now): nothing to do; raise --trials above 5 to "
+              "search more"),
+    (12, 5, 0, "12 trials finished (budget 5, already met; none ran now): nothing to do; raise --trials above 12 to "
+               "search more"),
     (6, 5, 2, "6 trials finished (budget 5; 2 in this run)"),
 ])
 def test_the_finished_line_is_true_for_every_count(finished, budget, ran, line):
@@ -946,7 +998,7 @@ def test_train_checkpoints_resumes_and_saves(capsys, tmp_path):
     assert status == 0, err
     first = json.loads(out)
     saved = tmp_path / "saved"
-    assert load_spec(saved / "spec.yaml") == presets.get("tiny")
+    assert load_spec(saved / "spec.yaml") == dataclasses.replace(presets.get("tiny"), num_classes=10)
     assert json.loads((saved / "result.json").read_text())["accuracy"] == first["accuracy"]
     assert "classifier.weight" in torch.load(saved / "weights.pt", weights_only=True)
     status, out, err = run(capsys, *argv, "--resume")  # the checkpoint is complete: nothing left to train
@@ -963,6 +1015,27 @@ def test_train_exports_onnx_of_the_saved_weights(capsys, tmp_path):
     status, out, err = run(capsys, *argv, "--save", tmp_path / "saved")
     assert status == 0, err
     assert (tmp_path / "tiny.onnx").exists() and "ONNX logits match PyTorch's" in err
+    assert "it takes float32 (batch, 3, 32, 32) pixels in [0, 1] and normalizes them itself" in err
+
+
+def test_train_records_what_inference_needs_in_result_json_and_the_onnx_metadata(capsys, tmp_path):
+    """Issue 28: the normalization the run trained with was in none of weights.pt, result.json, spec.yaml, and
+    the ONNX file had no metadata. Read back through ONNX Runtime, the metadata holds the training data's values."""
+    import onnxruntime
+
+    from nas.data import load_data
+
+    status, out, err = run(capsys, "train", "tiny", "--data", "synthetic:num_images=700", "--epochs", 1,
+                           "--batch-size", 64, "--device", "cpu", "--seed", 3, "--image-size", 24,
+                           "--save", tmp_path / "saved", "--export-onnx", tmp_path / "tiny.onnx")
+    assert status == 0, err
+    data = load_data("synthetic:num_images=700", image_size=24, val_fraction=0.1, seed=3)
+    expected = {"image_size": 24, "in_channels": 3, "num_classes": 10, "mean": list(data.mean), "std": list(data.std)}
+    assert json.loads((tmp_path / "saved" / "result.json").read_text())["input"] == expected
+    session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert {key: json.loads(metadata[key]) for key in expected} == expected
+    assert "class_names" not in metadata  # synthetic data names no classes
 
 
 # --- input channels, checkpoints and clean refusals of training runs (issue 11) ------------------------------------
@@ -1046,7 +1119,7 @@ def test_train_on_grayscale_npz_saves_a_one_channel_spec_and_exports_onnx(capsys
     assert status == 0, err
     assert "1 channel(s)" in err and "ONNX logits match PyTorch's" in err
     saved = tmp_path / "saved"
-    assert load_spec(saved / "spec.yaml") == dataclasses.replace(presets.get("tiny"), in_channels=1)
+    assert load_spec(saved / "spec.yaml") == dataclasses.replace(presets.get("tiny"), in_channels=1, num_classes=3)
     assert torch.load(saved / "weights.pt", weights_only=True)["stem.0.weight"].shape[1] == 1
     dimensions = onnx.load(str(tmp_path / "gray.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [dimension.dim_value for dimension in dimensions][1:] == [1, 16, 16]

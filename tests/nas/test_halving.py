@@ -38,11 +38,12 @@ pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
 
 @pytest.mark.parametrize("min_epochs, reduction_factor, epochs, expected", [
-    (1, 3, 10, (1, 3, 9)), (1, 3, 9, (1, 3)), (1, 2, 8, (1, 2, 4)), (2, 3, 20, (2, 6, 18)), (1, 3, 2, (1,)),
-    (3, 3, 3, ()), (4, 2, 5, (4,)),
+    (1, 3, 10, (1, 3)), (1, 3, 27, (1, 3, 9)), (1, 3, 9, (1, 3)), (1, 2, 8, (1, 2, 4)), (2, 3, 20, (2, 6)),
+    (1, 3, 2, (1,)), (3, 3, 3, ()), (4, 2, 5, ()), (4, 2, 8, (4,)), (1, 4, 4, (1,)),
 ])
-def test_rung_epochs_are_min_epochs_times_powers_of_the_factor_below_the_end(min_epochs, reduction_factor, epochs,
-                                                                             expected):
+def test_rungs_are_min_epochs_times_powers_of_the_factor_that_leave_room(min_epochs, reduction_factor, epochs,
+                                                                        expected):
+    """No rung in the last 1/reduction_factor of the training: stopping there would save too little."""
     assert rung_epochs(min_epochs, reduction_factor, epochs) == expected
 
 
@@ -87,7 +88,9 @@ def test_the_scheduler_section_round_trips_and_binds_a_resumed_study():
     ({"type": "hyperband"}, 10, ["scheduler.type must be one of ('none', 'asha'), got 'hyperband'"]),
     ({"type": "asha", "min_epochs": 0}, 10, ["scheduler.min_epochs must be an integer in [1, 1000], got 0"]),
     ({"type": "asha", "reduction_factor": 1}, 10, ["scheduler.reduction_factor must be an integer in [2, 100]"]),
-    ({"type": "asha", "min_epochs": 3}, 3, ["scheduler.min_epochs 3 must be below train.epochs 3"]),
+    ({"type": "asha", "min_epochs": 3}, 3, ["scheduler.min_epochs 3 leaves no rung in train.epochs 3",
+                                            "at most epoch 2"]),
+    ({"type": "asha", "min_epochs": 4, "reduction_factor": 2}, 7, ["min_epochs 4 leaves no rung", "at most epoch 3"]),
     ([1], 10, ["scheduler must be a mapping"]),
 ])
 def test_bad_scheduler_settings_are_refused_naming_the_field(scheduler, epochs, words):

@@ -6,10 +6,12 @@ attributes the Searcher sets, ``record_result`` with ``EvalResult``s, ``mark_int
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import html
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -21,6 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.colors
+import numpy
 import optuna
 import pytest
 from matplotlib import pyplot
@@ -66,10 +69,35 @@ TABLES = ("verdict-table", "factors", "top-trials", "all-trials", "stages-baseli
           "device", "settings")
 
 
-def measured(accuracy: float, step_time: float, parameters: int, epochs: int = 1) -> EvalResult:
-    return EvalResult(status="ok", accuracy=accuracy, step_time_s=step_time, step_time_iqr_s=step_time / 20,
+BASELINE_STEP_TIME = 0.020
+#: The timing settings every trial records (TimingConfig.to_dict(), resolved).
+TIMING = {"image_size": 32, "batch_size": 32, "amp": "none", "channels_last": True, "compile": False, "warmup": 5,
+          "pairs": 5, "window_s": 0.1}
+#: How much slower the machine ran while a candidate was timed than while the baseline was: a candidate's ms and
+#: its re-timed baseline's both carry it, their ratio does not.
+LOAD = 1.5
+
+
+def measured(accuracy: float, step_time: float, parameters: int, epochs: int = 1, *,
+             ratio_iqr: float | None = None, load: float = LOAD) -> EvalResult:
+    """A candidate's result as a campaign records it: S/S0 (``step_time`` over the baseline's 0.02 s) from pairs
+    timed beside a re-timed baseline, under a ``load`` that slows both, the pairs' IQR a twentieth of the ratio
+    unless ``ratio_iqr`` is given. :func:`as_baseline` makes it the baseline's."""
+    ratio = step_time / BASELINE_STEP_TIME
+    return EvalResult(status="ok", accuracy=accuracy, step_time_s=step_time * load, step_time_ratio=ratio,
+                      step_time_ratio_iqr=ratio / 20 if ratio_iqr is None else ratio_iqr,
+                      reference_step_time_s=BASELINE_STEP_TIME * load, timing=TIMING, timing_cached=False,
                       parameters=parameters, macs=parameters * 100, device=DEVICE, wall_time_s=1.0,
                       epochs_completed=epochs)
+
+
+def as_baseline(result: EvalResult) -> EvalResult:
+    """The baseline's result as nas.evaluate records it: timed alone, S/S0 1 by definition with no spread."""
+    if not result.ok:
+        return result
+    return dataclasses.replace(result, step_time_s=result.step_time_s / LOAD, step_time_iqr_s=result.step_time_s / 20,
+                               step_time_ratio=1.0, step_time_ratio_iqr=0.0,
+                               reference_step_time_s=result.step_time_s / LOAD)
 
 
 class Recorder:
@@ -93,7 +121,8 @@ class Recorder:
 
     def record(self, result: EvalResult, controller: str = "random", *, baseline: bool = False) -> int:
         trial, spec = self.ask(controller, baseline=baseline)
-        studies.record_result(self.study, trial, spec, result, self.config.reward_exponents)
+        studies.record_result(self.study, trial, spec, as_baseline(result) if baseline else result,
+                              self.config.reward_exponents)
         return trial.number
 
     def interrupt(self) -> int:
@@ -321,7 +350,8 @@ def test_each_row_of_the_factor_table_multiplies_to_its_reward(campaign, campaig
     _, page = campaign_page
     headers = page.headers["factors"]
     step_factor, params_factor = "(S/S₀)^-0.07", "(P/P₀)^-0.05"  # the campaign's exponents, in the headers
-    assert {step_factor, params_factor, "A", "S/S₀", "P/P₀", "step time IQR (ms)", "noise ±δ"} <= set(headers)
+    assert {step_factor, params_factor, "A", "±σ(A)", "S/S₀", "S/S₀ IQR", "P/P₀", "noise ±δ"} <= set(headers)
+    assert not any("ms" in header for header in headers)  # S/S₀ leads: no absolute step time beside the ratios
     ranked = trial_tables.best_trials(campaign.study, len(campaign.study.trials))
     top = [trial.number for trial in ranked[:reports.FACTOR_ROWS]]
     rows = [dict(zip(headers, row)) for row in page.tables["factors"]]
@@ -334,23 +364,85 @@ def test_each_row_of_the_factor_table_multiplies_to_its_reward(campaign, campaig
         assert accuracy * step * params == pytest.approx(reward, abs=3e-4)  # four decimals each
         assert step == pytest.approx(float(row["S/S₀"]) ** -0.07, abs=1e-4)
         assert params == pytest.approx(float(row["P/P₀"]) ** -0.05, abs=1e-4)
+        # The default synthetic source: 10,000 images, 1,000 held out (val_fraction 0.1).
+        assert row["±σ(A)"] == f"{math.sqrt(accuracy * (1 - accuracy) / 1000):.4f}"
+    baseline = next(row for row in rows if row["role"] == "baseline")
+    assert baseline["S/S₀ IQR"] == "0.0000"  # 1 by definition: its δ is its accuracy's noise alone
+    assert baseline["noise ±δ"] == baseline["±σ(A)"]
     factors = StudySnapshot.read(campaign.study).factors
     assert len(factors) == len(ranked)
     for factor in factors:
         assert factor.factors.product == pytest.approx(factor.reward, rel=1e-12)
 
 
-@pytest.mark.parametrize("runner_up, within", [(0.699, True), (0.65, False)], ids=["within", "clear"])
-def test_a_lead_inside_the_step_time_noise_is_flagged_and_a_clear_one_is_not(tmp_path, runner_up, within):
-    recorder = Recorder(tmp_path)
-    record_all(recorder, [(0.70, 0.020, 2000), (runner_up, 0.020, 2000)])
+def expected_noise(accuracy: float, ratio: float, params_ratio: float, iqr: float, images: int) -> tuple[float, float]:
+    """(reward, δ) by the rule the page states, computed here independently of rewards.reward_noise."""
+    reward = accuracy * ratio ** -0.07 * params_ratio ** -0.05
+    accuracy_part = ratio ** -0.07 * params_ratio ** -0.05 * math.sqrt(accuracy * (1 - accuracy) / images)
+    step_time_part = 0.07 * reward / ratio * iqr / 1.349
+    return reward, math.sqrt(accuracy_part ** 2 + step_time_part ** 2)
+
+
+@pytest.mark.parametrize("num_images, runner_up_iqr, within", [
+    (5_000, 0.04, True),  # the demo: 500 hold-out images, the lead is about one standard error
+    (500_000, 0.04, False),  # 50,000 hold-out images: the same lead is far outside the noise
+    (500_000, 0.5, True),  # ... unless the runner-up's timed pairs disagree this much
+], ids=["demo-holdout", "large-holdout", "noisy-timing"])
+def test_the_verdict_judges_the_lead_against_accuracy_and_step_time_noise(tmp_path, num_images, runner_up_iqr,
+                                                                          within):
+    """The demo's two best (A 0.746 against 0.714 on 500 hold-out images, S/S₀ 0.42 and 0.472, P/P₀ 0.5 and 0.55),
+    recorded through the campaign's calls with the IQR of their timed pairs: inside or outside the noise as the
+    numbers require."""
+    recorder = Recorder(tmp_path, data=f"synthetic:num_images={num_images}")
+    recorder.record(measured(0.6, BASELINE_STEP_TIME, 2000), baseline=True)
+    leader = recorder.record(measured(0.746, 0.42 * BASELINE_STEP_TIME, 1000, ratio_iqr=0.05), "rl")
+    runner_up = recorder.record(measured(0.714, 0.472 * BASELINE_STEP_TIME, 1100, ratio_iqr=runner_up_iqr), "rl")
     page = Page(write_report(recorder.study, tmp_path / "report").path.read_text())
-    noise = [0.07 * reward * 0.05 / 2 for reward in (0.70, runner_up)]  # |w|·R·IQR/(2·median), IQR = median/20
-    assert (0.70 - runner_up < sum(noise)) is within  # the two studies lie on either side of the definition
+    images = num_images // 10
+    first = expected_noise(0.746, 0.42, 0.5, 0.05, images)
+    second = expected_noise(0.714, 0.472, 0.55, runner_up_iqr, images)
+    margin = 2 * math.hypot(first[1], second[1])
+    assert (first[0] - second[0] < margin) is within  # the cases lie on either side of the rule
     assert ("noise-note" in page.ids) is within and ("noise-clear" in page.ids) is not within
-    assert f"{sum(noise):.4f}" in page.paragraphs["noise-note" if within else "noise-clear"]
-    assert "δ = |w|·R·IQR/(2·median)" in page.paragraphs["noise-definition"]
-    assert [row[-1] for row in page.tables["factors"][:2]] == [f"{value:.4f}" for value in noise]
+    judged = page.paragraphs["noise-note" if within else "noise-clear"]
+    assert f"rial {leader} leads trial {runner_up} by {first[0] - second[0]:.4f} in reward" in judged
+    assert f"2 × √({first[1]:.4f}² + {second[1]:.4f}²) = {margin:.4f}" in judged
+    rows = {row[1]: row for row in page.tables["factors"]}
+    assert [rows[str(number)][-1] for number in (leader, runner_up)] == [f"{first[1]:.4f}", f"{second[1]:.4f}"]
+    definition = page.paragraphs["noise-definition"]
+    assert f"n = {images:,} here, val_fraction 0.1 of the {num_images:,} images" in definition
+    assert "σ(A) = √(A(1−A)/n)" in definition and "σ(S/S₀) = IQR/1.349" in definition
+    assert "less than z·√(δ₁² + δ₂²) with z = 2" in definition
+
+
+def test_the_hold_out_of_a_file_source_is_counted_from_its_headers_and_unknown_when_it_is_gone(tmp_path):
+    data = tmp_path / "digits.npz"
+    numpy.savez(data, images=numpy.zeros((120, 8, 8, 1), numpy.uint8), labels=numpy.arange(120) % 3)
+    recorder = Recorder(tmp_path, data=f"npz:{data}")
+    record_all(recorder, [(0.70, 0.010, 2000), (0.65, 0.012, 2000)])
+    page = Page(write_report(recorder.study, tmp_path / "report").path.read_text())
+    assert f"n = 12 here, val_fraction 0.1 of the 120 images of npz:{data}" in page.paragraphs["noise-definition"]
+    assert "noise-unknown" not in page.ids
+    data.unlink()  # moved since the search: the count of hold-out images is unknown, and so is the noise
+    page = Page(write_report(recorder.study, tmp_path / "again").path.read_text())
+    assert page.paragraphs["noise-unknown"] == ("Whether the lead is inside the noise cannot be judged: the number "
+                                                "of hold-out images is unknown (see below).")
+    assert f"the study records the data source npz:{data} but not the count" in page.paragraphs["noise-definition"]
+    assert {row[-1] for row in page.tables["factors"]} == {"-"} and {row[5] for row in page.tables["factors"]} == {"-"}
+
+
+def test_a_trial_timed_before_paired_timing_has_no_step_time_noise_and_the_verdict_says_so(tmp_path):
+    recorder = Recorder(tmp_path)
+    recorder.record(measured(0.6, 0.020, 2000), baseline=True)
+    leader = recorder.record(measured(0.70, 0.010, 2000))
+    older = recorder.record(dataclasses.replace(measured(0.65, 0.012, 2000), step_time_ratio=None,
+                                                step_time_ratio_iqr=None, reference_step_time_s=None))
+    page = Page(write_report(recorder.study, tmp_path / "report").path.read_text())
+    assert page.paragraphs["noise-unknown"] == (
+        f"Whether the lead is inside the noise cannot be judged: trial {older} records no spread of the timed pairs "
+        "of S/S₀ (step_time_ratio_iqr: timed before S/S₀ was timed in pairs).")
+    rows = {row[1]: row for row in page.tables["factors"]}
+    assert rows[str(older)][-1] == "-" and rows[str(leader)][-1] != "-"
 
 
 def test_when_the_baseline_wins_the_verdict_says_no_candidate_beat_it(tmp_path):
@@ -399,6 +491,31 @@ def test_the_trials_table_has_a_row_per_trial_and_raw_sort_keys(campaign, campai
                                                     + [trial.number for trial in trials if trial.value is None])
     parameters = headers.index("parameters")
     assert {(row[parameters], key[parameters]) for row, key in zip(rows, keys)} >= {("1,000", "1000"), ("-", "")}
+
+
+def test_step_times_in_ms_are_labelled_and_only_beside_the_baseline_they_were_timed_with(campaign, campaign_page):
+    """S/S₀ leads; a candidate's ms stand beside its own re-timed baseline's, never beside the baseline trial's."""
+    text, page = campaign_page
+    headers = page.headers["all-trials"]
+    assert headers.index("S/S₀") < headers.index("S at timing settings (ms)")
+    assert headers.index("its re-timed baseline (ms)") == headers.index("S at timing settings (ms)") + 1
+    for trial, row in zip(campaign.study.get_trials(deepcopy=False), page.tables["all-trials"]):
+        cells = dict(zip(headers, row))
+        if trial.state.name != "COMPLETE":
+            continue
+        ratio = float(cells["S at timing settings (ms)"]) / float(cells["its re-timed baseline (ms)"])
+        assert ratio == pytest.approx(float(cells["S/S₀"]), rel=1e-3)  # a row's two ms give its S/S₀
+    assert "never one row's ms with another's" in page.paragraphs["trials-note"]
+    winner = trial_tables.best_trials(campaign.study, 1)[0]
+    ratio = winner.user_attrs["step_time_ratio"]
+    lines = re.findall(r'<h3>(Baseline|Winner by reward)[^<]*</h3><p class="note">(.*?)</p>', text)
+    measurements = {title: html.unescape(line) for title, line in lines}
+    assert ("step time S/S₀ 1.000 (by definition: S₀ is 20.00 ms a step at the timing settings, 32 px and batch 32, "
+            "timed alone)") in measurements["Baseline"]
+    assert (f"step time S/S₀ {ratio:.3f} ({ratio * BASELINE_STEP_TIME * LOAD * 1e3:.2f} ms a step at the timing "
+            f"settings, 32 px and batch 32, against {BASELINE_STEP_TIME * LOAD * 1e3:.2f} ms for the baseline "
+            "re-timed beside it)") in measurements["Winner by reward"]
+    assert "the baseline's)" not in measurements["Winner by reward"]
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js runs the page's comparator outside a browser")
@@ -778,7 +895,7 @@ def test_no_storage_password_appears_in_the_report(tmp_path, password):
 # --- successive halving: learning curves and stopped trials --------------------------------------------------------
 
 EPOCHS = 10  # the campaign's train.epochs (CampaignConfig's default)
-RUNGS = (1, 3, 9)  # 10 epochs, min_epochs 1, reduction factor 3
+RUNGS = (1, 3, 9)  # recorded before rungs had to leave room (now 1, 3): the report shows what the study holds
 SCHEDULER = {"type": "asha", "min_epochs": 1, "reduction_factor": 3}
 
 
@@ -802,7 +919,8 @@ class HalvingRecorder(Recorder):
             rungs.append({"epoch": epoch, "accuracy": reward, "reward": reward, "promoted": True})
         trial.set_user_attr("rungs", rungs)
         result = measured(accuracy, step_time, parameters, EPOCHS)
-        studies.record_result(self.study, trial, spec, result, self.config.reward_exponents)
+        studies.record_result(self.study, trial, spec, as_baseline(result) if baseline else result,
+                              self.config.reward_exponents)
         return trial.number
 
     def stop(self, epoch: int, reward: float, controller: str = "random") -> int:
@@ -991,6 +1109,47 @@ def test_trials_filter_by_state_and_controller_and_sort(capsys, campaign):
     assert [row["state"] for row in rows(capsys, "trials", storage, "--filter", "state=waiting")] == ["WAITING"]
 
 
+def test_the_text_table_fits_a_terminal_and_shows_failure_reasons_only_where_a_trial_has_one(capsys, campaign,
+                                                                                              tmp_path):
+    recorder = Recorder(tmp_path)
+    record_all(recorder, [candidate[1:] for candidate in CANDIDATES])  # every trial complete: no reason to show
+    status, out, err = run(capsys, "trials", "--study", "demo", "--storage", recorder.config.storage_url)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == list(trial_tables.TEXT_COLUMNS) and len(lines) == 1 + len(CANDIDATES) + 1
+    assert max(map(len, lines)) <= 90 and "None" not in out and "ms" not in lines[0]
+    status, out, err = run(capsys, "trials", "--study", "demo", "--storage", campaign.config.storage_url)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [*trial_tables.TEXT_COLUMNS, "failure_reason"]
+    assert any(line.endswith("  non-finite loss: nan at step 3") for line in lines) and "None" not in out
+    # Every column is still in CSV and JSON, for scripts: the ms beside the re-timed baseline's, the architecture.
+    csv_header = run(capsys, "trials", "--study", "demo", "--storage", recorder.config.storage_url,
+                     "--format", "csv")[1].splitlines()[0]
+    assert csv_header.split(",") == list(trial_tables.TABLE_COLUMNS)
+
+
+def test_sorting_by_the_step_time_ratio_ranks_by_s_over_s0_where_ms_would_not(capsys, tmp_path):
+    """Issue 28's demo: a trial at 1.167x timed on a busy machine shows more ms than one at 2.442x timed on a quiet
+    one. Sorting by step_time_ms puts them the wrong way round; by step_time_ratio, the right way."""
+    recorder = Recorder(tmp_path)
+    recorder.record(measured(0.6, BASELINE_STEP_TIME, 2000), baseline=True)
+    slow = recorder.record(measured(0.5, 2.442 * BASELINE_STEP_TIME, 2000, load=0.5))
+    fast = recorder.record(measured(0.5, 1.167 * BASELINE_STEP_TIME, 2000, load=1.2))
+    storage = recorder.config.storage_url
+    by_ms = rows(capsys, "trials", storage, "--sort", "step_time_ms", "--descending")
+    assert [row["number"] for row in by_ms] == [fast, slow, 0]  # what ms say: no ranking at all
+    by_ratio = rows(capsys, "trials", storage, "--sort", "step_time_ratio", "--descending")
+    assert [row["number"] for row in by_ratio] == [slow, fast, 0]
+    assert [row["step_time_ratio"] for row in by_ratio] == pytest.approx([2.442, 1.167, 1.0])
+    for row in by_ratio:  # each trial's ms against its own re-timed baseline's give its ratio
+        assert row["step_time_ms"] / row["reference_step_time_ms"] == pytest.approx(row["step_time_ratio"])
+    assert [row["step_time_ratio_iqr"] for row in by_ratio] == pytest.approx([2.442 / 20, 1.167 / 20, 0.0])
+    status, out, _ = run(capsys, "trials", "--study", "demo", "--storage", storage, "--sort", "step_time_ratio",
+                         "--descending")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(slow), str(fast), "0"]
+
+
 def test_best_ranks_among_the_filtered_trials(capsys, campaign):
     storage, study = campaign.config.storage_url, campaign.study
     by_reward = trial_tables.best_trials(study, len(study.trials))
@@ -1023,7 +1182,9 @@ def test_trials_show_stopped_trials_with_their_rung(capsys, halving):
     header = lines[0]
     end = header.index("state") + len("state")  # pandas right-aligns: every state ends under its header's end
     assert [line[:end].split()[-1] for line in lines[1:]] == [row["state"] for row in result]
-    assert len({len(line) for line in lines}) == 1
+    reasons = header.index("failure_reason")  # each row's reason follows the aligned columns, left-aligned
+    assert [line[reasons:] for line in lines[1:]] == [row["failure_reason"] or "-" for row in result]
+    assert {line[reasons - 2:reasons] for line in lines} == {"  "}
     for line in lines[1:]:
         assert line[end] == " " and line[:end].split()[0].isdigit()
     csv_lines = run(capsys, "trials", "--study", "demo", "--storage", storage, "--format", "csv")[1].splitlines()

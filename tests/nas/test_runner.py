@@ -12,7 +12,7 @@ from ray.tune.search import Searcher
 
 from nas import runner
 from nas import study as studies
-from nas.campaign import Campaign, CampaignConfig, ResourceError, check_placeable, run_campaign
+from nas.campaign import Campaign, CampaignConfig, Placement, ResourceError, check_placeable, run_campaign
 from nas.controllers import make_sampler
 from nas.records import EvalResult
 from search_spaces import presets
@@ -33,7 +33,8 @@ def policy_searcher(tmp_path, trials: int) -> runner.PolicySearcher:
 
 def started(campaign: Campaign) -> Campaign:
     """``campaign`` told what its executor loaded, as every executor does before it asks for trials."""
-    campaign.start("synthetic", train_images=1000, flips=False, num_classes=10, in_channels=3)
+    campaign.start("synthetic", train_images=1000, holdout_images=100, flips=False, num_classes=10, in_channels=3,
+                   placement=Placement(workers=1, threads=1, device="cpu"))
     return campaign
 
 
@@ -118,14 +119,23 @@ class FakeTrial:
         self.trial_id, self.config, self.status = trial_id, {"trial_number": number}, status
 
 
+class HeartbeatCount:
+    """A campaign as the watch sees it: asked for a heartbeat at every step of Tune's loop."""
+
+    beats = 0
+
+    def heartbeat(self) -> None:
+        self.beats += 1
+
+
 def test_a_trial_that_waits_too_long_for_its_resources_is_reported_once_with_what_is_free():
-    out, now = io.StringIO(), [0.0]
-    watch = runner.PendingWatch(out, cpus=2, gpus=1, patience_s=60, clock=lambda: now[0],
+    out, now, campaign = io.StringIO(), [0.0], HeartbeatCount()
+    watch = runner.PendingWatch(campaign, out, cpus=2, gpus=1, patience_s=60, clock=lambda: now[0],
                                 available=lambda: {"CPU": 1.0})
     waiting, started = FakeTrial("a", 3), FakeTrial("b", 4)
     for now[0] in (0.0, 30.0, 59.0):
         watch.on_step_end(0, [waiting, started])
-    assert out.getvalue() == ""
+    assert out.getvalue() == "" and campaign.beats == 3
     started.status = FakeTrial.RUNNING
     for now[0] in (60.0, 61.0, 200.0):
         watch.on_step_end(0, [waiting, started])

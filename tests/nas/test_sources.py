@@ -99,3 +99,25 @@ def test_check_source_refuses_imagefolders_from_their_listing(tmp_path, monkeypa
 def test_check_source_refuses_a_cifar10_directory_without_batches(tmp_path):
     with pytest.raises(DataError, match=f"no data_batch_\\* files in {tmp_path}"):
         check_source(f"cifar10:{tmp_path}")
+
+
+def test_the_arrays_a_run_leaves_aside_are_named(tmp_path):
+    """A Keras-style file's test split is found and named (issue 28), never read; other sources have none."""
+    images, labels = np.zeros((12, 4, 4), np.uint8), np.arange(12) % 4
+    np.savez(tmp_path / "keras.npz", x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
+    np.savez(tmp_path / "plain.npz", images=images, labels=labels)
+    assert nas.sources.npz_unused_arrays(f"npz:{tmp_path / 'keras.npz'}") == ("x_test", "y_test")
+    assert nas.sources.npz_unused_arrays(f"npz:{tmp_path / 'keras.npz'}?images=x_test&labels=y_test") == (
+        "x_train", "y_train")
+    assert nas.sources.npz_unused_arrays(f"npz:{tmp_path / 'plain.npz'}") == ()
+    assert nas.sources.npz_unused_arrays("synthetic") == ()
+
+
+@pytest.mark.parametrize("source, words", [
+    ("npz:f.npz", "mirrored only with ?flip=yes"),  # not "mirror images change this data's labels": a shirt is a shirt
+    ("npz:f.npz?flip=yes", "flip=yes: mirror images keep its labels"),
+    ("synthetic", "orientations are their classes"),
+    ("cifar10:d", "photographs keep their labels"),
+])
+def test_the_flip_rule_is_said_as_it_is_applied(source, words):
+    assert words in nas.sources.flip_rule(source)

@@ -545,6 +545,29 @@ def test_an_export_is_recorded_and_says_whether_the_baseline_won(storage_url, sp
     assert studies.load_study(storage_url, "s").user_attrs["exported_spec"] == str(tmp_path / "relative.yaml")
 
 
+@pytest.mark.parametrize("in_channels, pinned", [(1, 1), (3, None)])
+def test_an_exported_spec_says_the_classes_and_channels_the_study_searched_on(storage_url, space, in_channels,
+                                                                                pinned):
+    """Issue 28: nas show of a winner searched on 10 classes counted 1000; the export now says 10 (and pins the
+    channels of non-RGB data), read back from the study as any later nas export reads it."""
+    _, study = open_(storage_url, space)
+    trial, spec = ask(study, space, role="baseline")
+    studies.record_start(trial, "baseline", spec, "random")
+    studies.record_network_io(study, num_classes=10, in_channels=in_channels)
+    stored = studies.load_study(storage_url, "s")
+    exported = studies.exported_spec(stored, stored.trials[0], name="s-trial0")
+    assert (exported.num_classes, exported.in_channels, exported.name) == (10, pinned, "s-trial0")
+    assert dataclasses.replace(exported, num_classes=None, in_channels=None, name=spec.name) == spec
+
+
+def test_a_study_made_before_the_classes_were_recorded_exports_the_trials_spec(storage_url, space):
+    _, study = open_(storage_url, space)
+    trial, spec = ask(study, space, role="baseline")
+    studies.record_start(trial, "baseline", spec, "random")
+    exported = studies.exported_spec(study, study.trials[0], name="s-trial0")
+    assert exported == dataclasses.replace(spec, name="s-trial0") and exported.num_classes is None
+
+
 def test_an_export_before_the_baseline_was_measured_asks_the_trials_role(storage_url, space, tmp_path):
     _, study = open_(storage_url, space)
     ask(study, space, role="baseline")

@@ -81,11 +81,12 @@ def test_another_seed_trains_differently(trained, data):
     assert [e.loss for e in other.history] != [e.loss for e in trained.history]
 
 
-def test_epoch_callback_and_resized_training(data):
-    seen = []
+def test_epoch_and_step_callbacks_and_resized_training(data):
+    seen, steps = [], []
     result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=1, image_size=48, **FAST),
-                                on_epoch=seen.append)
+                                on_epoch=seen.append, on_step=lambda *where: steps.append(where))
     assert result.ok and [stats.epoch for stats in seen] == [1]
+    assert steps == [(1, step, 42) for step in range(1, 43)]  # 2,700 training images, batch 64: every step told
     assert result.macs == spec_complexity(presets.get("tiny"), num_classes=10, image_size=48).macs
 
 
@@ -535,13 +536,44 @@ def test_save_run_writes_the_spec_the_weights_fit_and_the_result(small_data, tmp
     real_write = nas.train.write_file
     monkeypatch.setattr(nas.train, "write_file", lambda path, content, **o: written.append(path) or real_write(
         path, content, **o))
-    trained = save_run(tmp_path / "run", presets.get("tiny"), data, result)
-    expected = presets.get("tiny") if channels == 3 else dataclasses.replace(presets.get("tiny"), in_channels=1)
-    assert trained == expected == load_spec(tmp_path / "run" / "spec.yaml")
-    text = (tmp_path / "run" / "result.json").read_text()
-    assert text == json.dumps(result.to_dict(), indent=2) + "\n" and json.loads(text)["history"][0]["loss"] == 2.0
+    saved = save_run(tmp_path / "run", presets.get("tiny"), data, TrainConfig(image_size=24), result)
+    pinned = {} if channels == 3 else {"in_channels": 1}
+    expected = dataclasses.replace(presets.get("tiny"), num_classes=data.num_classes, **pinned)
+    assert saved.spec == expected == load_spec(tmp_path / "run" / "spec.yaml")
+    assert saved.weights == tmp_path / "run" / "weights.pt"
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record.pop("input") == saved.input.to_dict()
+    assert record == json.loads(json.dumps(result.to_dict())) and record["history"][0]["loss"] == 2.0
     assert sorted(entry.name for entry in (tmp_path / "run").iterdir()) == ["result.json", "spec.yaml"]
     assert tmp_path / "run" / "result.json" in written
+
+
+@pytest.mark.parametrize("options, image_size", [({}, 32), ({"image_size": 24}, 24),
+                                                  ({"image_size": 24, "eval_image_size": 40}, 40)])
+def test_a_saved_run_records_what_the_network_takes_from_the_data_it_trained_on(small_data, options, image_size):
+    """result.json's input: the training split's own mean and std, the data's channels and classes, and the size
+    the run evaluated at (issue 28: they were in none of the saved files)."""
+    from nas.train import model_input
+
+    gray = grayscale(small_data)
+    for data in (small_data, gray):
+        recorded = model_input(data, TrainConfig(**options)).to_dict()
+        assert recorded == {"image_size": image_size, "in_channels": data.in_channels,
+                            "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
+    assert len(model_input(gray, TrainConfig()).mean) == 1 and small_data.num_classes == 10
+
+
+def test_the_input_record_refuses_values_that_cannot_describe_a_network():
+    from nas.train import ModelInput
+
+    good = dict(image_size=32, in_channels=3, num_classes=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert ModelInput(**good, class_names=("cat", "dog", "owl")).to_dict()["class_names"] == ["cat", "dog", "owl"]
+    for change, words in (({"mean": (0.5,)}, "mean must have one value per channel (3)"),
+                          ({"std": (0.25, 0.0, 0.25)}, "std must be positive"),
+                          ({"class_names": ("cat", "dog")}, "class_names must name each of the 3 classes"),
+                          ({"num_classes": 1}, "num_classes must be an integer >= 2")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            ModelInput(**{**good, **change})
 
 
 # --- successive halving's rungs: evaluated mid-run without changing the run ---------------------------------------

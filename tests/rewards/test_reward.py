@@ -9,12 +9,16 @@ import pytest
 
 import rewards
 from rewards import (
+    IQR_PER_STANDARD_DEVIATION,
     LATENCY_CONSTRAINTS,
+    NOISE_Z,
     PARAMS_EXPONENT,
     STEP_TIME_EXPONENT,
+    accuracy_standard_error,
     latency_target_reward,
+    noise_margin,
     reward_factors,
-    step_time_noise,
+    reward_noise,
     training_aware_reward,
     within_noise,
 )
@@ -39,13 +43,17 @@ def test_public_api_is_reexported():
     assert rewards.training_aware_reward is training_aware_reward
     assert rewards.latency_target_reward is latency_target_reward
     assert set(rewards.__all__) == {
+        "IQR_PER_STANDARD_DEVIATION",
         "LATENCY_CONSTRAINTS",
+        "NOISE_Z",
         "PARAMS_EXPONENT",
         "STEP_TIME_EXPONENT",
         "RewardFactors",
+        "accuracy_standard_error",
         "latency_target_reward",
+        "noise_margin",
         "reward_factors",
-        "step_time_noise",
+        "reward_noise",
         "training_aware_reward",
         "within_noise",
     }
@@ -325,7 +333,7 @@ def test_out_of_range_latency_ratio_is_reported_as_value_error():
         latency_target_reward(0.5, 1e300, target=1e-300)
 
 
-# --- the reward's factors and the step-time noise ------------------------------------------------------------
+# --- the reward's factors and its noise ------------------------------------------------------------
 
 
 def test_the_default_exponents_are_the_paper_s():
@@ -363,25 +371,61 @@ def test_reward_factors_refuse_bad_inputs_naming_them(name, kwargs, allowed):
     _expect_value_error(name, allowed, lambda: reward_factors(**arguments))
 
 
-def test_the_step_time_noise_of_issue_15s_two_trials():
-    """Trial 10 (0.7716; 130 ms, IQR 13.5 ms) beat trial 11 (0.7693; 128 ms, IQR 21.6 ms) inside the noise:
-    |w| * R * IQR / (2 * median)."""
-    first, second = step_time_noise(0.7716, 0.130, 0.0135), step_time_noise(0.7693, 0.128, 0.0216)
-    assert first == pytest.approx(0.07 * 0.7716 * 0.0135 / 0.260, rel=1e-12)
-    assert first == pytest.approx(0.00280, abs=1e-5) and second == pytest.approx(0.00454, abs=1e-5)
-    assert within_noise(0.7716, first, 0.7693, second) is True
-    assert within_noise(0.7716, first, 0.7600, second) is False
-    assert step_time_noise(0.7716, 130.0, 13.5) == pytest.approx(first, rel=1e-12)  # any one unit
-    assert step_time_noise(0.7716, 0.130, 0.0135, w=-0.14) == pytest.approx(2 * first, rel=1e-12)
-    assert step_time_noise(0.7716, 0.130, 0.0) == 0.0
+def test_the_accuracy_s_standard_error_is_binomial():
+    assert accuracy_standard_error(0.746, 500) == pytest.approx(math.sqrt(0.746 * 0.254 / 500), rel=1e-15)
+    assert accuracy_standard_error(0.746, 500) == pytest.approx(0.0195, abs=1e-4)  # the docstring's example
+    assert accuracy_standard_error(0.5, 100) == pytest.approx(0.05, rel=1e-15)  # the largest at A = 0.5
+    assert accuracy_standard_error(0.5, 400) == pytest.approx(0.025, rel=1e-15)  # 4x the images: half the error
+    assert accuracy_standard_error(1.0, 500) == accuracy_standard_error(0.0, 500) == 0.0
 
 
-@pytest.mark.parametrize("name, kwargs, allowed", [
-    ("reward", {"reward": -0.1}, ">= 0"),
-    ("step_time", {"step_time": 0.0}, "> 0"),
-    ("step_time_iqr", {"step_time_iqr": -1e-3}, ">= 0"),
-    ("w", {"w": INF}, "finite number"),
+def test_the_reward_noise_of_the_docstring_s_worked_example():
+    """The demo's leader: A 0.746 on 500 images, S/S0 0.42 with pair IQR 0.05, P/P0 0.5."""
+    noise = reward_noise(0.746, 0.42, 0.5, holdout_images=500, step_time_ratio_iqr=0.05)
+    reward = reward_factors(0.746, 0.42, 0.5).product
+    accuracy_part = 0.42**-0.07 * 0.5**-0.05 * math.sqrt(0.746 * 0.254 / 500)
+    step_time_part = 0.07 * reward / 0.42 * 0.05 / 1.349
+    assert noise == pytest.approx(math.hypot(accuracy_part, step_time_part), rel=1e-12)
+    assert (reward, accuracy_part, step_time_part, noise) == pytest.approx((0.8207, 0.0214, 0.0051, 0.0220), abs=1e-4)
+    assert IQR_PER_STANDARD_DEVIATION == pytest.approx(2 * 0.6745, abs=1e-3)  # a normal's IQR in standard deviations
+
+
+def test_each_measurement_adds_its_own_noise_and_the_counted_parameters_none():
+    timing_only = reward_noise(1.0, 0.5, 2.0, holdout_images=100, step_time_ratio_iqr=0.1)  # A = 1: no binomial error
+    assert timing_only == pytest.approx(0.07 * reward_factors(1.0, 0.5, 2.0).product / 0.5 * 0.1 / 1.349, rel=1e-12)
+    accuracy_only = reward_noise(0.7, 0.5, 2.0, holdout_images=100, step_time_ratio_iqr=0.0)
+    assert accuracy_only == pytest.approx(0.5**-0.07 * 2.0**-0.05 * accuracy_standard_error(0.7, 100), rel=1e-12)
+    doubled_w = reward_noise(1.0, 0.5, 2.0, holdout_images=100, step_time_ratio_iqr=0.1, w=-0.14)
+    assert doubled_w == pytest.approx(2 * timing_only * (0.5**-0.07), rel=1e-12)  # |w| and the factor both move
+    assert reward_noise(0.7, 1.0, 1.0, holdout_images=500, step_time_ratio_iqr=0.0) == pytest.approx(
+        accuracy_standard_error(0.7, 500), rel=1e-15)  # the baseline: its accuracy's noise alone
+
+
+def test_two_rewards_are_inside_the_noise_below_z_standard_errors_of_their_difference():
+    """The docstring's example: 0.8207 +- 0.0220 against 0.7754 +- 0.0222 differ by 0.0453 < 2 x 0.0313."""
+    first = reward_noise(0.746, 0.42, 0.5, holdout_images=500, step_time_ratio_iqr=0.05)
+    second = reward_noise(0.714, 0.472, 0.55, holdout_images=500, step_time_ratio_iqr=0.04)
+    rewards_ = reward_factors(0.746, 0.42, 0.5).product, reward_factors(0.714, 0.472, 0.55).product
+    assert NOISE_Z == 2.0
+    assert noise_margin(first, second) == pytest.approx(2 * math.hypot(first, second), rel=1e-15)
+    assert noise_margin(first, second) == pytest.approx(0.0625, abs=1e-4)
+    assert within_noise(rewards_[0], first, rewards_[1], second) is True
+    assert within_noise(rewards_[0], first, rewards_[1], second, z=1.0) is False  # 1.45 standard errors apart
+    assert within_noise(rewards_[1], second, rewards_[0], first) is True  # symmetric
+    assert within_noise(0.7, 0.0, 0.7, 0.0) is False  # no noise: only a strictly smaller difference is inside it
+
+
+@pytest.mark.parametrize("name, call, allowed", [
+    ("accuracy", lambda: accuracy_standard_error(1.5, 100), "[0, 1]"),
+    ("holdout_images", lambda: accuracy_standard_error(0.5, 0), "integer >= 1"),
+    ("holdout_images", lambda: accuracy_standard_error(0.5, True), "integer >= 1"),
+    ("holdout_images", lambda: accuracy_standard_error(0.5, 10.0), "integer >= 1"),
+    ("step_time_ratio_iqr", lambda: reward_noise(0.5, 1.0, 1.0, holdout_images=10, step_time_ratio_iqr=-0.1), ">= 0"),
+    ("step_time_ratio", lambda: reward_noise(0.5, 0.0, 1.0, holdout_images=10, step_time_ratio_iqr=0.1), "> 0"),
+    ("w", lambda: reward_noise(0.5, 1.0, 1.0, holdout_images=10, step_time_ratio_iqr=0.1, w=INF), "finite number"),
+    ("other_noise", lambda: noise_margin(0.1, NAN), ">= 0"),
+    ("z", lambda: noise_margin(0.1, 0.1, z=-1.0), ">= 0"),
+    ("reward", lambda: within_noise(-0.1, 0.1, 0.5, 0.1), ">= 0"),
 ])
-def test_step_time_noise_refuses_bad_inputs_naming_them(name, kwargs, allowed):
-    arguments = {"reward": 0.7, "step_time": 0.1, "step_time_iqr": 0.01} | kwargs
-    _expect_value_error(name, allowed, lambda: step_time_noise(**arguments))
+def test_the_noise_functions_refuse_bad_inputs_naming_them(name, call, allowed):
+    _expect_value_error(name, allowed, call)

@@ -169,6 +169,43 @@ def test_in_channels_must_be_a_positive_integer(value):
         make_spec(in_channels=value)
 
 
+# --- the classes a spec was searched or trained on (issue 28) ---------------------------------------------------------
+
+
+def test_num_classes_is_optional_and_older_files_without_it_read_as_before(tmp_path):
+    spec = make_spec()
+    assert spec.num_classes is None and "num_classes" not in spec.to_dict() and "num_classes" not in spec_to_yaml(spec)
+    for name in presets.names():
+        assert "num_classes" not in presets.get(name).to_dict(), name
+    older = tmp_path / "older.yaml"  # a file written before the field existed
+    older.write_text(spec_to_yaml(make_spec(in_channels=1)))
+    assert load_spec(older) == make_spec(in_channels=1) and load_spec(older).num_classes is None
+
+
+def test_a_recorded_num_classes_round_trips_through_yaml_exactly(tmp_path):
+    spec = make_spec(num_classes=10, in_channels=1)
+    assert "in_channels: 1\nnum_classes: 10\n" in spec_to_yaml(spec)
+    dump_spec(spec, tmp_path / "spec.yaml")
+    assert load_spec(tmp_path / "spec.yaml") == spec and spec != make_spec(in_channels=1)
+    assert spec_to_yaml(load_spec(tmp_path / "spec.yaml")) == spec_to_yaml(spec)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2.0, True, "10", 100_001])
+def test_num_classes_must_be_an_integer_count_of_at_least_two_classes(value):
+    with pytest.raises(SpecError, match=r"num_classes must be an integer in \[2, 100000\], got"):
+        make_spec(num_classes=value)
+
+
+@pytest.mark.parametrize("in_channels, pinned", [(3, None), (1, 1), (4, 4)])
+def test_for_data_records_the_classes_and_pins_channels_other_than_rgb(in_channels, pinned):
+    """A spec searched or trained on RGB data keeps following the data's channels; on other data it builds only
+    the stem its weights fit."""
+    spec = make_spec(name="winner").for_data(num_classes=10, in_channels=in_channels)
+    assert (spec.num_classes, spec.in_channels) == (10, pinned)
+    assert dataclasses.replace(spec, num_classes=None, in_channels=None) == make_spec(name="winner")
+    assert make_spec(in_channels=3).for_data(num_classes=4, in_channels=3).in_channels == 3  # a pin is kept
+
+
 def test_total_stride_beyond_the_largest_image_size_asks_for_fewer_stride_2_stages():
     stages = tuple(StageSpec(**{**STAGE, "num_layers": 1}) for _ in range(12))  # 2 * 2**12 = 8192 > 4096
     with pytest.raises(SpecError) as refused:
