@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -126,6 +127,41 @@ def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # --- markdown tables ------------------------------------------------------------------------------------------------
+
+def bootstrap_interval(
+    statistic: Callable[[list[int]], float], count: int, *, resamples: int = 2000, confidence: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of ``statistic`` over ``count`` items (candidates): ``statistic(indices)``
+    computed on ``resamples`` draws of ``count`` indices with replacement, seeded; the central ``confidence`` share
+    of the values that are not NaN (a draw of one repeated candidate has no order). ``(nan, nan)`` when fewer than
+    two items or no finite value.
+
+    It says how much a rank correlation over a few candidates could move with other candidates of the same kind:
+    16 candidates whose Spearman is 0.89 (a normal sample and the same plus noise of 0.6 sd) get [0.68, 0.96].
+    """
+    if count < 2:
+        return math.nan, math.nan
+    generator = random.Random(seed)
+    values = []
+    for _ in range(resamples):
+        value = statistic([generator.randrange(count) for _ in range(count)])
+        if math.isfinite(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    values.sort()
+    tail = (1 - confidence) / 2
+    return _quantile(values, tail), _quantile(values, 1 - tail)
+
+
+def _quantile(ordered: Sequence[float], share: float) -> float:
+    """The ``share`` quantile of sorted ``ordered``, linear between order statistics (numpy's default)."""
+    position = share * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
     """A GitHub markdown table: ``align`` has one letter a column, ``l`` (the default) or ``r``; each cell is

@@ -444,10 +444,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts
     (:class:`nas.train.TrainPreflight`); exit 1 is for a run that started and failed. Ctrl-C ends with one line:
     what was saved and the command that continues the run (exit 130)."""
-    from nas.data import load_data
+    from nas.data import load_data, load_data_with_evaluation
     from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
-    from nas.train import TrainPreflight, save_run, train_and_evaluate
+    from nas.train import TrainPreflight, run_record, save_run, train_and_evaluate
 
     spec = presets.resolve_spec(args.spec)
     progressive = None
@@ -472,6 +472,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             _print_epoch(stats)
 
     def load() -> Any:
+        if args.eval_data:
+            return load_data_with_evaluation(args.data, args.eval_data, image_size=args.image_size, seed=args.seed)
         return load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
 
     try:
@@ -482,8 +484,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 _note_unused_arrays(args.data)
             progress.append(_training_progress(config, data))
             result = train_and_evaluate(spec, data, config, on_epoch=on_epoch, checkpoint=preflight.checkpoint,
-                                        weights=preflight.weights,
-                                        on_step=None if args.json else progress[0].step)
+                                        weights=preflight.weights, on_step=None if args.json else progress[0].step,
+                                        evaluate_each_epoch=bool(args.eval_data))
+            record = run_record(result, data)
             if preflight.save is not None and result.ok:
                 saved = save_run(preflight.save, spec, data, config, result)  # spec.yaml, result.json with the input
                 if not args.json:
@@ -495,9 +498,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        print(json.dumps(record, indent=2, allow_nan=False))
     else:
-        _print_result(result)
+        _print_result(result, record["evaluated_on"])
     return 0 if result.ok else EXIT_FAILED
 
 
@@ -526,8 +529,10 @@ def _training_line(name: str, data: Any, config: Any) -> str:
     progressive = config.progressive
     size = (f"progressive {progressive.image_size[0]}->{progressive.image_size[1]}px in {progressive.num_stages} "
             "stages" if progressive else f"{config.image_size or data.image_size}px")
-    return (f"training {name} on {data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} hold-out "
-            f"images, {data.in_channels} channel(s), {data.num_classes} classes, {size}")
+    evaluation = ("hold-out" if data.evaluation is None else
+                  f"evaluation (every epoch, from {data.evaluation}: a test set, never a search's)")
+    return (f"training {name} on {data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} "
+            f"{evaluation} images, {data.in_channels} channel(s), {data.num_classes} classes, {size}")
 
 
 def _recipe_line(config: Any, data: Any) -> str:
@@ -580,19 +585,21 @@ def _print_epoch(stats: Any) -> None:
     print(
         f"epoch {stats.epoch:>{len(str(stats.epochs))}}/{stats.epochs} [{'#' * done}{'.' * (width - done)}] "
         f"{stats.image_size}px  loss {stats.loss:.4f}  train acc {stats.train_accuracy:.1%}  "
-        f"{stats.images_per_second:,.0f} img/s over the epoch",
+        + ("" if stats.eval_accuracy is None else f"eval acc {stats.eval_accuracy:.2%}  ")
+        + f"{stats.images_per_second:,.0f} img/s over the epoch",
         file=sys.stderr,
         flush=True,
     )
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Any, evaluated_on: dict[str, Any]) -> None:
     def number(value: float | None, text: str) -> str:
         return "-" if value is None else text
 
     rows = [
         ["status", result.status + (f": {result.failure_reason}" if result.failure_reason else "")],
-        ["hold-out accuracy", number(result.accuracy, f"{(result.accuracy or 0):.2%}")],
+        ["accuracy", number(result.accuracy, f"{(result.accuracy or 0):.2%}")],
+        ["evaluated on", f"{evaluated_on['images']:,} images: {evaluated_on['data']}"],
         ["final train loss", number(result.final_loss, f"{(result.final_loss or 0):.4f}")],
         ["step time (median)", number(result.step_time_s, f"{(result.step_time_s or 0) * 1e3:.2f} ms")],
         ["step time (IQR)", number(result.step_time_iqr_s, f"{(result.step_time_iqr_s or 0) * 1e3:.2f} ms")],

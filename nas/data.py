@@ -65,8 +65,10 @@ class ImageData:
 
     ``mean`` and ``std`` are per-channel statistics of ``train_images`` in [0, 1] units, the normalization
     that :class:`DeviceBatches` applies. The hold-out split (``val_*``) is what a candidate's accuracy is
-    measured on; it comes from the source's training data. ``flips`` says whether a horizontally mirrored image
-    keeps its label (photographs: yes; digits, letters, oriented patterns: no): augment ``auto`` flips only then.
+    measured on; it comes from the source's training data, unless ``evaluation`` names another source that it is
+    the whole of (a test set: :func:`load_data_with_evaluation`). ``flips`` says whether a horizontally mirrored
+    image keeps its label (photographs: yes; digits, letters, oriented patterns: no): augment ``auto`` flips only
+    then.
     """
 
     name: str
@@ -78,6 +80,12 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     flips: bool = True
+    evaluation: str | None = None
+
+    @property
+    def evaluated_on(self) -> str:
+        """What the ``val_*`` images are, in words: ``the hold-out of SOURCE`` or the evaluation source."""
+        return self.evaluation if self.evaluation is not None else f"the hold-out of {self.name}"
 
     def __post_init__(self) -> None:
         # Metadata checks only (no reductions), so constructing one on an accelerator never synchronizes.
@@ -166,10 +174,58 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     nothing can be learned from it, and normalization would divide by its zero standard deviation. So is a source
     whose labels hold fewer than two classes: with one, every candidate's accuracy would be 1.0.
     """
+    check_real("val_fraction", val_fraction, 0, 0.5, low_open=True, error=DataError)
+    images, labels, num_classes = _read_source(source, image_size, seed)
+    train_index, val_index = _holdout_split(images.shape[0], val_fraction, seed)
+    train_images = images.index_select(0, train_index)
+    mean, std = _channel_statistics(train_images)
+    _check_not_constant(source, mean, std)
+    return ImageData(
+        name=source,
+        train_images=train_images,
+        train_labels=labels.index_select(0, train_index),
+        val_images=images.index_select(0, val_index),
+        val_labels=labels.index_select(0, val_index),
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        flips=source_flips(source),
+    )
+
+
+def load_data_with_evaluation(
+    source: str, evaluation: str, *, image_size: int | None = None, seed: int = 0
+) -> ImageData:
+    """All of ``source`` to train on and all of ``evaluation`` to measure accuracy on, instead of a hold-out split
+    of ``source``: a separate test set (``nas train --eval-data``, e.g. ``npz:FILE?images=x_test&labels=y_test``).
+    Sources and ``image_size`` as in :func:`load_data`; the normalization is the training images' own.
+
+    The two must describe one task: the same number of classes, channels and image size (both are resized to
+    ``image_size`` when it is given); a mismatch is refused naming both values. A campaign never calls this: a test
+    set must not steer a search.
+    """
+    train_images, train_labels, num_classes = _read_source(source, image_size, seed)
+    val_images, val_labels, eval_classes = _read_source(evaluation, image_size, seed)
+    for what, ours, theirs in (("classes", num_classes, eval_classes),
+                               ("channels", train_images.shape[1], val_images.shape[1]),
+                               ("image size", train_images.shape[-1], val_images.shape[-1])):
+        if ours != theirs:
+            hint = "; give --image-size to resize both" if what == "image size" else ""
+            raise DataError(f"evaluation data {evaluation!r} has {what} {theirs}, the training data {source!r} "
+                            f"{ours}: they must describe the same task{hint}")
+    mean, std = _channel_statistics(train_images)
+    _check_not_constant(source, mean, std)
+    return ImageData(name=source, train_images=train_images, train_labels=train_labels, val_images=val_images,
+                     val_labels=val_labels, num_classes=num_classes, mean=mean, std=std, flips=source_flips(source),
+                     evaluation=evaluation)
+
+
+def _read_source(source: str, image_size: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every image of ``source`` (uint8 NCHW, resized once to ``image_size``), its labels (int64) and its number
+    of classes, checked as :func:`load_data` says."""
     if not isinstance(source, str):
         raise DataError(f"source must be a string 'NAME[:ARG]', got {source!r}")
     check_int("image_size", image_size, 1, optional=True, error=DataError)
-    check_real("val_fraction", val_fraction, 0, 0.5, low_open=True, error=DataError)
     check_int("seed", seed, 0, error=DataError)
     check_source(source, image_size=image_size, files=False)
     name, _, argument = source.partition(":")
@@ -189,21 +245,7 @@ def load_data(source: str, *, image_size: int | None = None, val_fraction: float
     if image_size is not None and image_size != images.shape[-1]:
         check_dataset_bytes(source, images.shape[0], images.shape[1], image_size)
         images = _resize_images(images, image_size)
-    train_index, val_index = _holdout_split(images.shape[0], val_fraction, seed)
-    train_images = images.index_select(0, train_index)
-    mean, std = _channel_statistics(train_images)
-    _check_not_constant(source, mean, std)
-    return ImageData(
-        name=source,
-        train_images=train_images,
-        train_labels=labels.index_select(0, train_index),
-        val_images=images.index_select(0, val_index),
-        val_labels=labels.index_select(0, val_index),
-        num_classes=loaded.num_classes,
-        mean=mean,
-        std=std,
-        flips=source_flips(source),
-    )
+    return images, labels, loaded.num_classes
 
 
 def _derived_seed(*keys: int) -> int:

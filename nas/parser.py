@@ -238,7 +238,8 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     recipe, table6 = _defaults(TrainConfig), _defaults(ProgressiveConfig)
     train = commands.add_parser(
         "train", help="proxy-train a spec and report accuracy, step time and size",
-        description="Train a spec on a data source and report hold-out accuracy, step time, parameters and FLOPs. "
+        description="Train a spec on a data source and report its accuracy (on a hold-out, or on --eval-data), "
+                    "step time, parameters and FLOPs. "
                     "--checkpoint saves every epoch (an existing one needs --resume to continue it or --force to "
                     "start over), --save keeps the trained weights, --progressive trains in stages of growing "
                     "image size and regularization.",
@@ -296,7 +297,11 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--export-onnx", metavar="PATH", help="also write the trained network as ONNX (needs --save "
                                                               "and the onnx extra); checked against PyTorch")
     train.add_argument("--val-fraction", type=float, default=0.1,
-                       help="share of the training data held out for accuracy")
+                       help="share of the training data held out for accuracy (not with --eval-data)")
+    train.add_argument("--eval-data", metavar="SOURCE",
+                       help="train on all of --data and measure accuracy after every epoch and at the end on SOURCE "
+                            "instead of a hold-out, e.g. a test split: 'npz:FILE?images=x_test&labels=y_test' (same "
+                            "classes, channels and image size as --data)")
     train.add_argument("--seed", type=int, default=recipe["seed"],
                        help="seed of the hold-out split, the initial weights and the augmentation")
     _add_device_arguments(train)

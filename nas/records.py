@@ -83,7 +83,8 @@ _LEGACY_KEYS = {"step_time": "step_time_s", "step_time_iqr": "step_time_iqr_s", 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Training progress after one epoch (accuracy on the augmented training batches, not the hold-out)."""
+    """Training progress after one epoch: accuracy on the augmented training batches, and ``eval_accuracy`` on the
+    evaluation images when the run evaluates after every epoch (``nas train --eval-data``), else None."""
 
     epoch: int
     epochs: int
@@ -91,6 +92,7 @@ class EpochStats:
     train_accuracy: float
     images_per_second: float
     image_size: int | None = None
+    eval_accuracy: float | None = None
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ def train_and_evaluate(
     checkpoint: Checkpoint | None = None,
     weights: Path | None = None,
     rungs: Rungs | None = None,
+    evaluate_each_epoch: bool = False,
 ) -> EvalResult:
     """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
 
@@ -104,6 +105,8 @@ def train_and_evaluate(
 
     ``on_epoch`` gets each epoch's :class:`EpochStats`; ``on_step(epoch, step, steps)`` is told after each training
     step (both 1-based, of ``steps`` in the epoch), for progress within long epochs: it reads no device value.
+    With ``evaluate_each_epoch`` every epoch's stats carry the accuracy on ``data``'s evaluation images, measured as
+    a rung's is (:func:`evaluate_at_rung`, which leaves the run as it was): a learning curve on a test set.
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -112,7 +115,7 @@ def train_and_evaluate(
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
         stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, weights, rungs=rungs,
-                          start=start, on_step=on_step)
+                          start=start, on_step=on_step, evaluate_each_epoch=evaluate_each_epoch)
         status, reason = STATUS_OK, None
         if stopped_at is not None:
             status, reason = STATUS_STOPPED, f"stopped at epoch {stopped_at} of {config.epochs} by its rung's judge"
@@ -172,6 +175,7 @@ def _run(
     rungs: Rungs | None,
     start: float,
     on_step: Callable[[int, int, int], None] | None = None,
+    evaluate_each_epoch: bool = False,
 ) -> int | None:
     """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured.
     Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
@@ -226,6 +230,10 @@ def _run(
         apply_stage(model, train_batches, stage)
         stats = train_epoch(step, train_batches, epoch, config.epochs, mixup_alpha=stage.regularization.mixup_alpha,
                             num_classes=data.num_classes, generator=mixing, ema=ema, on_step=on_step)
+        if evaluate_each_epoch:
+            final = model if ema is None else ema.module
+            stats = dataclasses.replace(
+                stats, eval_accuracy=evaluate_at_rung(final, data, train_batches, config, amp_dtype))
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
         if checkpoint is not None:
@@ -720,11 +728,19 @@ def trained_spec(spec: ArchSpec, data: ImageData) -> ArchSpec:
     return spec.for_data(num_classes=data.num_classes, in_channels=data.in_channels)
 
 
+def run_record(result: EvalResult, data: ImageData) -> dict[str, Any]:
+    """A run's result as ``nas train --json`` prints it: the result's fields and ``evaluated_on``, what its
+    accuracy was measured on (``data``: the evaluation source, or the hold-out of the training source) and on how
+    many images."""
+    return {**result.to_dict(), "evaluated_on": {"data": data.evaluated_on, "images": len(data.val_labels)}}
+
+
 def save_run(directory: Path, spec: ArchSpec, data: ImageData, config: TrainConfig, result: EvalResult) -> SavedRun:
     """Writes a finished run's artifacts next to its weights (:data:`WEIGHTS_FILE`, which :func:`train_and_evaluate`
     writes) through :func:`~search_spaces.files.write_file`: ``spec.yaml`` (:func:`trained_spec`) and
-    ``result.json``, the result as ``nas train --json`` prints it plus an ``input`` entry, :func:`model_input`'s
-    record of what the network takes (image size, channels, normalization mean and std, classes).
+    ``result.json``, the result as ``nas train --json`` prints it (:func:`run_record`) plus an ``input`` entry,
+    :func:`model_input`'s record of what the network takes (image size, channels, normalization mean and std,
+    classes).
 
     ``weights.pt`` stays a plain state dict, loadable with ``load_state_dict``; what inference needs beside it is
     in those two files.
@@ -732,7 +748,7 @@ def save_run(directory: Path, spec: ArchSpec, data: ImageData, config: TrainConf
     saved = SavedRun(directory, trained_spec(spec, data), model_input(data, config))
     directory.mkdir(parents=True, exist_ok=True)
     dump_spec(saved.spec, directory / "spec.yaml")
-    record = {**result.to_dict(), "input": saved.input.to_dict()}
+    record = {**run_record(result, data), "input": saved.input.to_dict()}
     write_file(directory / "result.json", json.dumps(record, indent=2) + "\n")
     return saved
 

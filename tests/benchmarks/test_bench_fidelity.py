@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 
 from search_spaces import presets
@@ -90,7 +91,9 @@ def test_a_tiny_run_records_every_job_and_prints_the_tables(tiny_run):
     assert "| # | block strings | P/P0 | S/S0 | A 1 ep | A ref 1 ep | reward ref |" in out
     assert "| 0 | fused_r1_k3_s1_e1_c16 " in out and " | 1.000 | 1.000 | " in out  # the baseline is its own P0, S0
     assert "jobs: 12 of 12 in the results file, 0 failed" in out
-    assert "target Spearman >= 0.7 for the 1-epoch proxy (A and reward): " in out
+    assert "target: the reference's seed-to-seed Spearman of A (the ceiling) >= 0.8: " in out
+    assert "target: the 1-epoch proxy's Spearman of A against the reference >= 0.8: " in out
+    assert "| comparison | quantity | n | Spearman | Spearman 90% CI | Kendall tau-b |" in out
     assert "device: cpu" in out and "at 8px" in out and "at 16px" in out and '"batch_size"' in out
 
 
@@ -129,3 +132,28 @@ def test_failed_jobs_are_counted_not_fatal(bench, tiny_run, tmp_path):
     assert "failed: reference 1 ep full size, candidate 2, seed 0: out of memory: test" in out
     assert "| ceiling: reference, seed 0 vs 1 | A | 2 |" in out  # the failed candidate leaves that comparison
     assert "| proxy 1 ep vs reference | A | 3 |" in out  # its mean comes from the seed that ran
+
+
+def test_references_can_be_evaluated_on_a_test_set_while_proxies_keep_the_hold_out(bench, tmp_path):
+    """--eval-data (issue 29): each reference trains on all of --data and is evaluated on the test split; a proxy,
+    as a campaign's, on the hold-out of --data; the test set's references are other jobs than hold-out ones."""
+    generator = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    images = (generator.integers(0, 60, (60, 16, 16)) + labels[:, None, None] * 80).astype(np.uint8)
+    np.savez(tmp_path / "k.npz", x_train=images[:48], y_train=labels[:48], x_test=images[48:], y_test=labels[48:])
+    test_set = f"npz:{tmp_path / 'k.npz'}?images=x_test&labels=y_test"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--data", f"npz:{tmp_path / 'k.npz'}", "--eval-data", test_set, "--candidates", "2",
+                    "--proxy-epochs", "1", "--reference-epochs", "1", "--proxy-image-size", "8", "--seeds", "0",
+                    "--timing-pairs", "1", "--timing-window-s", "0.01", "--timing-batch-size", "4", "--device", "cpu",
+                    "--results", str(tmp_path / "r.jsonl"), "--bootstrap", "50"])
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    trained = [record for record in records if record["kind"] == "train"]
+    assert all(record["status"] == "ok" for record in trained), trained
+    references = [record for record in trained if record["column"] == "reference"]
+    proxies = [record for record in trained if record["column"] != "reference"]
+    assert [record["evaluated_on"] for record in references] == [{"data": test_set, "images": 12}] * 2
+    assert all(record["evaluated_on"]["data"].startswith("the hold-out of npz:") for record in proxies)
+    assert all('"eval_data"' in record["key"] for record in references)
+    assert f"references train on all 48 and are evaluated on {test_set}" in out.getvalue()

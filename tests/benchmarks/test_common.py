@@ -63,6 +63,22 @@ def test_unequal_lengths_and_nan_are_refused(statistic):
 
 # --- tables ---------------------------------------------------------------------------------------------------------
 
+def test_the_bootstrap_interval_takes_the_central_share_of_resampled_values():
+    values = [float(i) for i in range(10)]
+    low, high = common.bootstrap_interval(lambda chosen: sum(values[i] for i in chosen) / len(chosen), 10,
+                                          resamples=4000, confidence=0.9, seed=1)
+    # the mean of 10 draws from 0..9: mean 4.5, sd 2.87 / sqrt(10) = 0.91, so about 4.5 -+ 1.645 x 0.91
+    assert 2.8 < low < 3.2 and 5.8 < high < 6.2
+    again = common.bootstrap_interval(lambda chosen: sum(values[i] for i in chosen) / len(chosen), 10,
+                                      resamples=4000, confidence=0.9, seed=1)
+    assert again == (low, high)  # seeded
+    assert all(math.isnan(bound) for bound in common.bootstrap_interval(lambda chosen: 1.0, 1))  # one item
+    nan_low, nan_high = common.bootstrap_interval(lambda chosen: math.nan, 5, resamples=10)
+    assert math.isnan(nan_low) and math.isnan(nan_high)  # no finite value: no interval
+    perfect = common.bootstrap_interval(lambda chosen: common.spearman(chosen, chosen), 8, resamples=200)
+    assert perfect == (1.0, 1.0)  # a draw with one repeated candidate (NaN) is left out
+
+
 def test_markdown_table_aligns_columns_and_escapes_bars():
     text = common.markdown_table(["name", "value"], [["a|b", 1.5], ["c", "-"]], align="lr")
     assert text == "| name | value |\n| --- | ---: |\n| a\\|b | 1.5 |\n| c | - |"

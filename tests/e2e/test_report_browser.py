@@ -223,7 +223,8 @@ def test_the_report_opens_with_its_verdict_and_the_trials_table_sorts_on_a_click
         assert 0 < verdict["top"] < verdict["screen"], verdict  # on the first screen, before any figure
         assert "trial" in verdict["line"] and "baseline" in verdict["line"], verdict
         assert verdict["versus"][0] == "baseline" and len(verdict["versus"]) == 2, verdict
-        assert verdict["factors"] >= 2 and "δ = |w|·R·IQR/(2·median)" in verdict["definition"], verdict
+        assert verdict["factors"] >= 2 and "σ(A) = √(A(1−A)/n)" in verdict["definition"], verdict
+        assert "z·√(δ₁² + δ₂²)" in verdict["definition"], verdict  # the one rule, stated where it is applied
 
         headers = browser.evaluate(session, HEADERS)
         assert browser.evaluate(session, ORDER) == [trial.number for trial in trials]  # one row each, trial order

@@ -679,7 +679,7 @@ def test_train_prints_progress_and_the_result(capsys):
                            "--batch-size", 64, "--device", "cpu")
     assert status == 0, err
     assert "epoch 1/2" in err and "epoch 2/2" in err and "img/s" in err
-    assert "hold-out accuracy" in out and "status              ok" in out
+    assert "70 images: the hold-out of synthetic:num_images=700" in out and " ok" in out
 
 
 def test_train_json_is_the_eval_result(capsys):
