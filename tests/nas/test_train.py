@@ -543,6 +543,7 @@ def test_save_run_writes_the_spec_the_weights_fit_and_the_result(small_data, tmp
     assert saved.weights == tmp_path / "run" / "weights.pt"
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record.pop("input") == saved.input.to_dict()
+    assert record.pop("evaluated_on") == {"data": f"the hold-out of {data.name}", "images": 70}
     assert record == json.loads(json.dumps(result.to_dict())) and record["history"][0]["loss"] == 2.0
     assert sorted(entry.name for entry in (tmp_path / "run").iterdir()) == ["result.json", "spec.yaml"]
     assert tmp_path / "run" / "result.json" in written
