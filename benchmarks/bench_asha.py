@@ -111,7 +111,8 @@ QUICK = {  # CI-size: seconds per campaign on a CPU
     "trials": 4,
     "epochs": 3,
     "reference_epochs": 2,
-    "timing": TimingConfig(image_size=16, batch_size=16, warmup=1, pairs=2, window_s=0.02),
+    "timing": TimingConfig(image_size=16, batch_size=16, warmup=1, pairs=2, window_s=0.02, precision=None,
+                          max_stall=None),
 }
 
 

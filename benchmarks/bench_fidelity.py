@@ -107,9 +107,9 @@ TARGET_CEILING = 0.8  # the reference's own seed-to-seed Spearman of A: the data
 CONFIDENCE = 0.9  # of the bootstrap intervals over candidates
 REFERENCE = "reference"
 FULL = {"data": "synthetic:image_size=32", "candidates": 24, "proxy_epochs": "1,3,10", "reference_epochs": 40,
-        "proxy_image_size": 24, "timing_pairs": 3, "timing_window_s": 0.1}
+        "proxy_image_size": 24, "timing_pairs": 3, "timing_window_s": 0.1, "timing_precision": 0.02}
 QUICK = {"data": "synthetic:num_images=256,image_size=32", "candidates": 4, "proxy_epochs": "1,2", "reference_epochs": 2,
-         "proxy_image_size": 16, "timing_pairs": 1, "timing_window_s": 0.02}
+         "proxy_image_size": 16, "timing_pairs": 1, "timing_window_s": 0.02, "timing_precision": 0.0}
 TIMING_BATCH_SIZE = 32  # the tiny campaign's timing batch
 
 
@@ -551,6 +551,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="resamples of the candidates for each Spearman's interval (default %(default)s)")
     parser.add_argument("--timing-pairs", type=int, help="pairs of windows per S/S0 (default 3; --quick 1)")
     parser.add_argument("--timing-window-s", type=float, help="seconds per timed window (default 0.1; --quick 0.02)")
+    parser.add_argument("--timing-precision", type=float, metavar="SHARE",
+                        help="time pairs until S/S0's 95%% interval is this narrow (half-width, a share of S/S0), "
+                             "as a campaign does; 0: exactly --timing-pairs (default 0.02; --quick 0)")
     parser.add_argument("--timing-batch-size", type=int, default=TIMING_BATCH_SIZE)
     add_device_argument(parser, "training and timing device")
     parser.add_argument("--workers", type=int, default=1, help="training processes (default %(default)s)")
@@ -582,7 +585,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     wall_start = time.perf_counter()
     space = presets.get_space(args.space)
     specs = candidates(space, args.candidates, args.sample_seed)
-    settings = TimingConfig(pairs=args.timing_pairs, window_s=args.timing_window_s).resolved(
+    settings = TimingConfig(pairs=args.timing_pairs, window_s=args.timing_window_s,
+                            precision=args.timing_precision or None,
+                            max_stall=TimingConfig.max_stall if args.timing_precision else None).resolved(
         image_size=space.baseline.train_image_size, batch_size=args.timing_batch_size)
     timing_keys = [timing_key(args.data, spec.block_strings, settings.to_dict()) for spec in specs]
     results = JsonlResults(args.results)

@@ -59,7 +59,8 @@ def run(label: str, storage_url: str, args: argparse.Namespace) -> dict[str, obj
     config = CampaignConfig(space="tiny", data="synthetic:num_images=256,image_size=32", trials=args.trials,
                             controller=args.controller, storage=storage_url, study=study_name,
                             workers=args.workers, cpus_per_trial=1,
-                            timing=TimingConfig(batch_size=1, warmup=1, pairs=1, window_s=0.001))
+                            timing=TimingConfig(batch_size=1, warmup=1, pairs=1, window_s=0.001, precision=None,
+                                                max_stall=None))
     start = time.perf_counter()
     outcome = run_campaign(config, RayExecutor(trainer=instant_trainer), out=io.StringIO())
     wall = time.perf_counter() - start

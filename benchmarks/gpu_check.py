@@ -360,7 +360,7 @@ def step_paired(context: Context) -> None:
 
         torch.set_num_threads(1)  # as the other dry-run steps: two threads on a shared 2-core machine stall
         space, batch, classes = presets.get_space("tiny"), 4, 10
-        settings = TimingConfig(warmup=1, pairs=2, window_s=0.01)
+        settings = TimingConfig(warmup=1, pairs=2, window_s=0.01, precision=None, max_stall=None)
     else:
         space, batch, classes = presets.get_space("efficientnetv2-s"), 64, 1000
         settings = TimingConfig()
@@ -459,7 +459,7 @@ def _campaign(context: Context, work: Path) -> None:
 
     source, sizes = _train_sizes(context, 32)
     if context.dry_run:
-        gpus, cpus, timing = 0, 1, TimingConfig(warmup=1, pairs=1, window_s=0.01)
+        gpus, cpus, timing = 0, 1, TimingConfig(warmup=1, pairs=1, window_s=0.01, precision=None, max_stall=None)
         sizes = {key: value for key, value in sizes.items() if key in ("batch_size", "eval_batch_size",
                                                                       "bn_recalibration_batches")}
         # the fractional-GPU settings a GPU run uses: accepted by the config, placeable on a node with one GPU
@@ -573,7 +573,7 @@ def step_bench_stability(context: Context) -> None:
     """The short form of the stability benchmark: paired against unpaired S/S0, quiet and beside a CPU-bound
     co-tenant, on the efficientnetv2-s space."""
     arguments = ["benchmarks/bench_stability.py", "--device", context.device, "--space", "efficientnetv2-s",
-                 "--image-size", "128", "--batch-size", "64", "--specs", "4", "--pairs", "5"]
+                 "--image-size", "128", "--batch-size", "64", "--specs", "4", "--pairs", "5", "--max-timing-s", "10"]
     if context.dry_run:
         context.row(_check_flags(arguments))
         return

@@ -32,7 +32,7 @@ from nas.controllers import CONTROLLERS, distributions, make_sampler, space_exha
 from nas.halving import SchedulerConfig, promotes, promotion_cutoff, rung_epochs
 from nas.outputs import default_storage_url, trial_spec_name
 from nas.progress import CampaignProgress, format_duration
-from nas.recipe import MAX_AUTO_BATCH_SIZE, TimingConfig, TrainConfig, resolve_recipe
+from nas.recipe import MAX_AUTO_BATCH_SIZE, TIMING_PROTOCOL_FIELDS, TimingConfig, TrainConfig, resolve_recipe
 from nas.records import EvalResult
 from nas.sources import DataError, check_source, holdout_count
 from nas.states import is_baseline, is_interrupted
@@ -198,6 +198,7 @@ class CampaignConfig:
             study=self.study,
             storage_url=self.storage_url,
             proxy=self.proxy_settings(),
+            free=frozenset(f"timing.{field}" for field in TIMING_PROTOCOL_FIELDS),
             campaign=self.to_dict(),
             exponents=self.reward_exponents,
         )
@@ -815,7 +816,7 @@ class Campaign:
             if baseline:
                 step = f"S0 {result.step_time_s * 1e3:.2f} ms"
             else:
-                step = "S/S0 -" if result.step_time_ratio is None else f"S/S0 {result.step_time_ratio:.3f}"
+                step = _step_time_text(result)
             body = f"A {result.accuracy:.4f}  {step}  P {result.parameters:>10,}  reward {reward:.4f}"
         took = self.progress.trial_finished(number)
         timing = "" if took is None else f"  took {format_duration(took)}"
@@ -830,6 +831,20 @@ class Campaign:
         line = self.progress.heartbeat()
         if line is not None:
             print(line, file=self.out, flush=True)
+
+
+def _step_time_text(result: EvalResult) -> str:
+    """``S/S0 0.386 ±1.4%``: the ratio with its interval's half-width, ``IMPRECISE`` when its measurement hit the
+    time cap (the record keeps why)."""
+    if result.step_time_ratio is None:
+        return "S/S0 -"
+    text = f"S/S0 {result.step_time_ratio:.3f}"
+    low, high = result.step_time_ratio_low, result.step_time_ratio_high
+    if low is not None and high is not None:
+        text += f" ±{(high - low) / (2 * result.step_time_ratio):.1%}"
+    if result.step_time_stopped_by in records.IMPRECISE:
+        text += " IMPRECISE"
+    return text
 
 
 def _lineage(attributes: Mapping[str, Any], number: int) -> int:

@@ -359,8 +359,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Times a spec's training step, the one a default ``nas train`` or search trains with (its optimizer, schedule
     and label smoothing); a batch the device cannot hold is a one-line error with advice (exit 2)."""
     from nas.measure import benchmark_spec, is_out_of_memory
+    from nas.recipe import TimingConfig
 
     spec = presets.resolve_spec(args.spec)
+    if args.relative_to is not None:  # refused before anything is timed
+        TimingConfig(warmup=args.warmup, pairs=args.repeats, precision=args.precision, max_seconds=args.max_timing_s)
     try:
         result = benchmark_spec(
             spec,
@@ -412,14 +415,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["forward images/s", f"{result.batch_size / result.inference.median_s:,.1f}"],
         ]
     if relative is not None:
-        source = "the step-time cache" if relative["cached"] else f"{relative['pairs']} interleaved pairs of windows"
-        rows += [
-            ["relative to", relative["reference"]],
-            ["S/S0", f"{relative['step_time_ratio']:.4f} (from {source})"],
-            ["S/S0 spread (IQR)", f"{relative['step_time_ratio_iqr']:.4f}"],
-        ]
+        rows += [["relative to", relative["reference"]], *_relative_rows(relative, args.precision)]
     print(format_table(["measure", "value"], rows))
     return 0
+
+
+def _relative_rows(relative: dict[str, Any], precision: float) -> list[list[str]]:
+    """The rows of ``nas bench --relative-to``'s table that say S/S0, how precise it is and how it was measured."""
+    ratio, low, high = (relative[key] for key in ("step_time_ratio", "step_time_ratio_low", "step_time_ratio_high"))
+    interval = "no interval (too few pairs)" if low is None else \
+        f"95% interval {low:.4f}-{high:.4f}, ±{(high - low) / (2 * ratio):.1%}"
+    source = " (from the step-time cache)" if relative["cached"] else ""
+    measured = (f"{relative['step_time_pairs']} interleaved pairs of windows in "
+                f"{relative['step_time_measure_s']:.1f} s")
+    discarded = relative["step_time_discarded_pairs"]
+    if discarded:
+        measured += f"; {discarded} more left out, timed under CPU contention"
+    stopped = relative["step_time_stopped_by"]
+    if stopped == "cap":
+        measured += f"; IMPRECISE: the time cap came before the interval narrowed to ±{precision:.1%}"
+    elif stopped == "contention":
+        measured += "; IMPRECISE: every pair was timed under CPU contention"
+    return [
+        ["S/S0", f"{ratio:.4f}{source}"],
+        ["S/S0 interval", interval],
+        ["S/S0 spread (IQR)", f"{relative['step_time_ratio_iqr']:.4f} (of single pairs)"],
+        ["S/S0 measured from", measured],
+    ]
 
 
 def _bench_relative(spec: ArchSpec, result: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -432,12 +454,11 @@ def _bench_relative(spec: ArchSpec, result: Any, args: argparse.Namespace) -> di
     reference = presets.resolve_spec(args.relative_to)
     settings = TimingConfig(image_size=result.image_size, batch_size=result.batch_size, amp=args.amp,
                             channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
-                            pairs=args.repeats)
+                            pairs=args.repeats, precision=args.precision, max_seconds=args.max_timing_s)
     relative = relative_step_time(spec, reference, settings, device=resolve_device(args.device),
                                   num_classes=args.num_classes, in_channels=result.in_channels,
                                   storage_url=args.storage)
-    return {"reference": reference.name or args.relative_to, "cached": relative.cached, "pairs": relative.pairs,
-            **relative.measurement()}
+    return {"reference": reference.name or args.relative_to, "cached": relative.cached, **relative.measurement()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from nas.controller_names import CONTROLLERS  # not nas.controllers: building th
 from nas.halving import SCHEDULERS
 from nas.outputs import REPORT_FILE, best_spec_path, default_storage_url, report_directory
 from nas.progressive import ProgressiveConfig
-from nas.recipe import AMP_CHOICES, AUGMENT_CHOICES, OPTIMIZERS, TrainConfig
+from nas.recipe import AMP_CHOICES, AUGMENT_CHOICES, OPTIMIZERS, TimingConfig, TrainConfig
 from nas.scaling import V2_MAX_IMAGE_SIZE
 from nas.sources import DEFAULT_IMAGEFOLDER_SIZE
 from nas.trials import FILTER_FIELDS, TABLE_COLUMNS
@@ -207,6 +207,7 @@ def _add_space_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     recipe = _defaults(TrainConfig)
+    timing_defaults = TimingConfig()
     bench = commands.add_parser(
         "bench", help="measure a spec's training step time on a device",
         description="Time a spec's full training step (forward, backward, optimizer: nas train's default recipe) "
@@ -225,8 +226,14 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
                        help="timed windows; the median is reported")
     bench.add_argument("--inference", action="store_true", help="also time the forward pass alone (eval mode)")
     bench.add_argument("--relative-to", metavar="SPEC_OR_PRESET",
-                       help="also estimate S/S0 against this reference (a campaign's baseline) from --repeats "
-                            "interleaved pairs of windows, as a campaign's reward does, with its spread")
+                       help="also estimate S/S0 against this reference (a campaign's baseline) from at least "
+                            "--repeats interleaved pairs of windows, as a campaign's reward does, with its 95%% "
+                            "interval")
+    bench.add_argument("--precision", type=float, default=timing_defaults.precision, metavar="SHARE",
+                       help="with --relative-to: time pairs until the interval's half-width is at most this share "
+                            "of S/S0 (default %(default)s)")
+    bench.add_argument("--max-timing-s", type=float, default=timing_defaults.max_seconds, metavar="SECONDS",
+                       help="with --relative-to: stop there even if imprecise, and say so (default %(default)s)")
     bench.add_argument("--storage", metavar="URL",
                        help="with --relative-to: read S/S0 from, and add it to, the step-time cache of this Optuna "
                             f"storage (a campaign's, e.g. {_STORAGE}), keyed by both architectures, "

@@ -164,16 +164,28 @@ def resolve_recipe(config: TrainConfig, *, train_images: int, flips: bool = True
                                warmup_steps=warmup_steps, augment=augment)
 
 
+#: The TimingConfig fields that say how precisely S/S0 is measured, not what is measured: a resumed campaign may
+#: change them (nas.study.StudySettings.free).
+TIMING_PROTOCOL_FIELDS = ("warmup", "pairs", "window_s", "precision", "max_seconds", "rebuild_every", "max_stall")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TimingConfig:
     """The settings step time S is measured at: those of the user's real training, not the proxy's (DESIGN.md).
 
     ``image_size`` None is the architecture's own training image size (the space's backbone's, for a campaign),
     ``batch_size`` None the proxy recipe's when it sets one, else MAX_AUTO_BATCH_SIZE (the batch the automatic
-    recipe gives a data set large enough, and a common one for real training). ``amp``, ``channels_last`` and ``compile`` are the precision, memory
-    format and compilation of the timed step. S/S0 is estimated from ``pairs`` interleaved pairs of timed windows
-    of the candidate and the reference, after ``warmup`` untimed steps of each; each window runs enough steps
-    to last at least ``window_s`` seconds, so that timer and launch noise stay small beside it.
+    recipe gives a data set large enough, and a common one for real training). ``amp``, ``channels_last`` and
+    ``compile`` are the precision, memory format and compilation of the timed step.
+
+    S/S0 is estimated from interleaved windows of the candidate and the reference in quads A B B A
+    (:func:`nas.timing.paired_ratio`), after ``warmup`` untimed steps of each; each window runs enough steps to
+    last at least ``window_s`` seconds, so that timer and launch noise stay small beside it. At least ``pairs``
+    pairs are timed; with ``precision`` (a share of the ratio) pairs go on until the 95% interval's half-width is
+    at most that, or until ``max_seconds`` have passed (the measurement is then recorded as imprecise); ``precision``
+    None times exactly ``pairs`` (within the same cap). Both networks are built afresh every ``rebuild_every``
+    pairs. Pairs timed while some task waited for a CPU for more than ``max_stall`` of the time (Linux's CPU
+    pressure) are left out; ``max_stall`` None does not look.
     """
 
     image_size: int | None = None
@@ -182,8 +194,12 @@ class TimingConfig:
     channels_last: bool = True
     compile: bool = False
     warmup: int = 5
-    pairs: int = 7
+    pairs: int = 12
     window_s: float = 0.25
+    precision: float | None = 0.02
+    max_seconds: float = 30.0
+    rebuild_every: int = 8
+    max_stall: float | None = 0.1
 
     def __post_init__(self) -> None:
         check_int("image_size", self.image_size, 1, MAX_IMAGE_SIZE, optional=True)
@@ -194,6 +210,10 @@ class TimingConfig:
         check_int("warmup", self.warmup, 1, 1000)
         check_int("pairs", self.pairs, 1, 1000)
         check_real("window_s", self.window_s, 0, 60, low_open=True)
+        check_real("precision", self.precision, 0, 1, low_open=True, high_open=True, optional=True)
+        check_real("max_seconds", self.max_seconds, 0, 3600, low_open=True)
+        check_int("rebuild_every", self.rebuild_every, 2, 1000)
+        check_real("max_stall", self.max_stall, 0, 1, low_open=True, optional=True)
 
     def resolved(self, *, image_size: int, batch_size: int) -> TimingConfig:
         """These settings with the defaults filled in: ``image_size`` and ``batch_size`` where they are None."""

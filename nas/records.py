@@ -55,6 +55,17 @@ STEP_TIME_S = "step_time_s"
 STEP_TIME_IQR_S = "step_time_iqr_s"  # the interquartile range of the timed windows whose median is STEP_TIME_S
 STEP_TIME_RATIO = "step_time_ratio"  # S/S0 from interleaved windows of the trial and the baseline (nas.timing)
 STEP_TIME_RATIO_IQR = "step_time_ratio_iqr"  # the interquartile range of the per-pair ratios
+STEP_TIME_RATIO_LOW = "step_time_ratio_low"  # S/S0's 95% interval (nas.timing.median_interval): its lower end
+STEP_TIME_RATIO_HIGH = "step_time_ratio_high"  # ... and its upper end
+STEP_TIME_PAIRS = "step_time_pairs"  # the pairs of windows S/S0 was estimated from
+STEP_TIME_DISCARDED_PAIRS = "step_time_discarded_pairs"  # pairs timed under CPU contention and left out
+STEP_TIME_MEASURE_S = "step_time_measure_s"  # the seconds the S/S0 measurement took (builds, warm-ups, windows)
+STEP_TIME_STOPPED_BY = "step_time_stopped_by"  # why it ended: one of STOPPED_BY
+#: Why an S/S0 measurement ended (nas.timing.paired_ratio): its interval reached the precision asked for; the
+#: fixed number of pairs asked for was timed; the time cap came first; the cap came and every pair had been taken
+#: under CPU contention (the ratio is from contended pairs). The last two are IMPRECISE.
+STOPPED_BY = ("precision", "pairs", "cap", "contention")
+IMPRECISE = ("cap", "contention")
 REFERENCE_STEP_TIME_S = "reference_step_time_s"  # the baseline's step time re-timed beside the trial's (its S/S0's S0)
 TIMING = "timing"  # the settings S was timed at (TimingConfig.to_dict(), resolved)
 TIMING_CACHED = "timing_cached"  # S/S0 came from the step-time cache, not from timing in this trial
@@ -102,7 +113,8 @@ class EvalResult:
 
     In a campaign, ``step_time_s`` is the step time at the campaign's timing settings (``timing``), and
     ``step_time_ratio`` is S/S0 estimated from windows interleaved with the baseline's (:mod:`nas.timing`), with
-    ``reference_step_time_s`` the baseline's step time in those windows; the reward uses the ratio.
+    ``reference_step_time_s`` the baseline's step time in those windows; the reward uses the ratio. The
+    ``step_time_`` fields after it say how precise it is (:class:`nas.timing.RelativeStepTime`).
     """
 
     status: str
@@ -114,6 +126,12 @@ class EvalResult:
     images_per_second: float | None = None
     step_time_ratio: float | None = None
     step_time_ratio_iqr: float | None = None
+    step_time_ratio_low: float | None = None
+    step_time_ratio_high: float | None = None
+    step_time_pairs: int | None = None
+    step_time_discarded_pairs: int | None = None
+    step_time_measure_s: float | None = None
+    step_time_stopped_by: str | None = None
     reference_step_time_s: float | None = None
     timing: dict[str, Any] | None = None
     timing_cached: bool | None = None  # None: this result timed nothing

@@ -66,7 +66,7 @@ from nas.trials import (
     step_time_ratio,
     trials_frame,
 )
-from rewards import IQR_PER_STANDARD_DEVIATION, NOISE_Z
+from rewards import INTERVAL_Z, IQR_PER_STANDARD_DEVIATION, NOISE_Z
 from search_spaces.checks import is_int, is_real
 from search_spaces.files import Content, write_file
 
@@ -290,13 +290,14 @@ def _factor_table(snapshot: StudySnapshot) -> dict[str, Any] | None:
                                      if baseline is not None and factor.trial is baseline]
     w, v = snapshot.exponents
     rank = {trial.number: index + 1 for index, trial in enumerate(snapshot.ranked)}
-    headers = ("rank", "trial", "role", "controller", "A", "±σ(A)", "S/S₀", "S/S₀ IQR", f"(S/S₀)^{w:g}", "P/P₀",
-               f"(P/P₀)^{v:g}", "reward = product", "noise ±δ")
+    headers = ("rank", "trial", "role", "controller", "A", "±σ(A)", "S/S₀", "S/S₀ 95% interval", "S/S₀ IQR",
+               f"(S/S₀)^{w:g}", "P/P₀", f"(P/P₀)^{v:g}", "reward = product", "noise ±δ")
     rows = [
         [rank[factor.trial.number], factor.trial.number,
          factor.trial.user_attrs.get(records.ROLE, records.ROLE_CANDIDATE), _controller(factor.trial),
-         *map(_fixed, (factor.factors.accuracy, factor.accuracy_error, factor.factors.step_time_ratio,
-                       factor.step_time_ratio_iqr, factor.factors.step_time_factor, factor.factors.params_ratio,
+         *map(_fixed, (factor.factors.accuracy, factor.accuracy_error, factor.factors.step_time_ratio)),
+         _interval_text(factor.step_time_ratio_interval),
+         *map(_fixed, (factor.step_time_ratio_iqr, factor.factors.step_time_factor, factor.factors.params_ratio,
                        factor.factors.params_factor, factor.factors.product, factor.noise))]
         for factor in shown
     ]
@@ -309,7 +310,7 @@ def _noise(snapshot: StudySnapshot) -> dict[str, Any]:
     IQR becomes a standard deviation."""
     settings = snapshot.data_settings
     return {"holdout": snapshot.holdout, "data": None if settings is None else settings[0], "z": NOISE_Z,
-            "iqr_per_sd": IQR_PER_STANDARD_DEVIATION}
+            "iqr_per_sd": IQR_PER_STANDARD_DEVIATION, "interval_z": INTERVAL_Z}
 
 
 def _lead(first: TrialFactors, second: TrialFactors, holdout: Holdout | None) -> dict[str, Any]:
@@ -541,6 +542,11 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 
 
 # --- formatting (the templates' filters) ----------------------------------------------------------------------------
+
+
+def _interval_text(interval: tuple[float, float] | None) -> str:
+    """``0.4012–0.4110``; ``-`` for a trial timed before S/S₀ had an interval (and for the baseline)."""
+    return "-" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}"
 
 
 def _fixed(value: Any, digits: int = 4) -> str:

@@ -26,6 +26,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from nas.records import IMPRECISE, STOPPED_BY
 from nas.storage import AttributeStudy
 from search_spaces.spec import ArchSpec
 
@@ -34,8 +35,13 @@ if TYPE_CHECKING:
 
 #: The study that holds the cache in each storage (':' keeps it apart from the campaigns' study names).
 CACHE_STUDY = "nas:step-times"
-#: The measurement fields an entry keeps (EvalResult's names).
-ENTRY_FIELDS = ("step_time_ratio", "step_time_ratio_iqr", "step_time_s", "reference_step_time_s")
+#: The measurement fields an entry keeps (EvalResult's names): the positive times and ratio, the spread and the
+#: measurement's seconds (>= 0), the interval (None when too few pairs gave one), the pair counts, and why it ended.
+POSITIVE_FIELDS = ("step_time_ratio", "step_time_s", "reference_step_time_s")
+NON_NEGATIVE_FIELDS = ("step_time_ratio_iqr", "step_time_measure_s")
+INTERVAL_FIELDS = ("step_time_ratio_low", "step_time_ratio_high")
+COUNT_FIELDS = ("step_time_pairs", "step_time_discarded_pairs")
+ENTRY_FIELDS = (*POSITIVE_FIELDS, *NON_NEGATIVE_FIELDS, *INTERVAL_FIELDS, *COUNT_FIELDS, "step_time_stopped_by")
 #: The recipe fields that change a timed step's work: the optimizer's kind and the per-step updates it makes.
 STEP_WORK_FIELDS = ("optimizer", "momentum", "weight_decay", "label_smoothing")
 #: The S/S0 a cache entry may hold: a network 1,000 times faster or slower than the baseline is not one the same
@@ -81,21 +87,37 @@ def cache_key(
 
 def entry_problem(entry: Any) -> str | None:
     """Why a cache entry read back cannot be used (None when it can): it must be a mapping holding every one of
-    :data:`ENTRY_FIELDS` as a finite real number, the step times > 0, the IQR >= 0 and the ratio within
-    :data:`PLAUSIBLE_RATIO` (another client may have written the storage; a bad ratio would become a reward)."""
+    :data:`ENTRY_FIELDS`: the step times and the ratio finite and > 0, the ratio within :data:`PLAUSIBLE_RATIO`,
+    the IQR and the seconds finite and >= 0, the interval None or two finite numbers around the ratio, the pair
+    counts integers (at least one pair used) and the reason one of :data:`STOPPED_BY` (another client may have
+    written the storage; a bad ratio would become a reward)."""
     if not isinstance(entry, Mapping):
         return f"it is a {type(entry).__name__}, not a mapping of {', '.join(ENTRY_FIELDS)}"
-    for field in ENTRY_FIELDS:
+    for field in (*POSITIVE_FIELDS, *NON_NEGATIVE_FIELDS):
         value = entry.get(field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not _is_real(value):
             return f"{field} is {value!r}, not a finite number"
-        spread = field == "step_time_ratio_iqr"  # a spread may be 0; a time or a ratio may not
+        spread = field in NON_NEGATIVE_FIELDS  # a spread may be 0; a time or a ratio may not
         if value < 0 or (value == 0 and not spread):
             return f"{field} is {value!r}, not {'>= 0' if spread else '> 0'}"
     low, high = PLAUSIBLE_RATIO
-    if not low <= entry["step_time_ratio"] <= high:
-        return f"step_time_ratio {entry['step_time_ratio']!r} is outside the plausible [{low:g}, {high:g}]"
+    ratio = entry["step_time_ratio"]
+    if not low <= ratio <= high:
+        return f"step_time_ratio {ratio!r} is outside the plausible [{low:g}, {high:g}]"
+    interval = [entry.get(field) for field in INTERVAL_FIELDS]
+    if interval != [None, None] and not (all(map(_is_real, interval)) and interval[0] <= ratio <= interval[1]):
+        return f"the interval {interval!r} is not two numbers around step_time_ratio {ratio!r}, nor None"
+    for field, least in zip(COUNT_FIELDS, (1, 0)):
+        value = entry.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            return f"{field} is {value!r}, not an integer >= {least}"
+    if entry.get("step_time_stopped_by") not in STOPPED_BY:
+        return f"step_time_stopped_by is {entry.get('step_time_stopped_by')!r}, not one of {', '.join(STOPPED_BY)}"
     return None
+
+
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _warn(message: str) -> None:
@@ -111,9 +133,9 @@ class StepTimeCache:
         self._warn = warn
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The measurement stored under ``key`` (its :data:`ENTRY_FIELDS` as floats), or None when there is none
-        or it fails :func:`entry_problem`; an ignored entry is said in one line and is replaced by the next
-        :meth:`put` of the same key."""
+        """The measurement stored under ``key`` (its :data:`ENTRY_FIELDS`, numbers as floats but the counts), or
+        None when there is none or it fails :func:`entry_problem`; an ignored entry is said in one line and is
+        replaced by the next :meth:`put` of the same key."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -121,8 +143,13 @@ class StepTimeCache:
         if problem is not None:
             self._warn(f"step-time cache {CACHE_STUDY!r}: entry {key} ignored ({problem}); timing again")
             return None
-        return {field: float(entry[field]) for field in ENTRY_FIELDS}
+        return {field: float(entry[field]) if _is_real(entry[field]) and field not in COUNT_FIELDS else entry[field]
+                for field in ENTRY_FIELDS}
 
     def put(self, key: str, measurement: Mapping[str, Any]) -> None:
-        """Stores the :data:`ENTRY_FIELDS` of ``measurement`` (an EvalResult's dict) under ``key``."""
+        """Stores the :data:`ENTRY_FIELDS` of ``measurement`` (an EvalResult's dict) under ``key``, unless the
+        measurement was imprecise (it hit its time cap: :data:`~nas.records.IMPRECISE`): the trial keeps it, marked
+        so, and the next trial of the architecture times it again, perhaps on a quieter machine."""
+        if measurement.get("step_time_stopped_by") in IMPRECISE:
+            return
         self._entries.put(key, {field: measurement[field] for field in ENTRY_FIELDS})

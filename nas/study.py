@@ -61,8 +61,11 @@ class StudySettings:
     """What the study needs to know of a campaign, as plain data (the campaign builds it:
     :meth:`nas.campaign.CampaignConfig.study_settings`).
 
-    ``proxy`` is what a trial's numbers depend on: a resumed study must have been made with the same. ``campaign``
-    is the whole campaign's settings, recorded as the last run's. ``exponents`` weigh S and P in the reward.
+    ``proxy`` is what a trial's numbers depend on: a resumed study must have been made with the same, except for
+    the settings named in ``free`` (dotted, ``timing.pairs``): those say how precisely a trial measures, not what,
+    so a resume may change them (each trial records the settings it was timed with; the study keeps its first
+    run's). ``campaign`` is the whole campaign's settings, recorded as the last run's. ``exponents`` weigh S and P
+    in the reward.
     """
 
     study: str
@@ -70,6 +73,7 @@ class StudySettings:
     proxy: Mapping[str, Any]
     campaign: Mapping[str, Any]
     exponents: RewardExponents
+    free: frozenset[str] = frozenset()
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,8 +120,9 @@ def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, sett
     per field naming both values; empty when the study's trials are comparable with the settings'.
 
     A setting that holds a mapping in both (the ``train``, ``timing`` and ``scheduler`` blocks, and any later
-    one) is compared key by key, so a line names the field that differs, ``timing.pairs: study 7, now 5``,
-    rather than printing both whole blocks.
+    one) is compared key by key, so a line names the field that differs, ``timing.batch_size: study 32, now 64``,
+    rather than printing both whole blocks. The settings in ``settings.free`` may differ, and may be missing
+    from a study made before they existed.
     """
 
     def mapping_differences(prefix: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -125,6 +130,8 @@ def settings_differences(attributes: Mapping[str, Any], space: SearchSpace, sett
         lines = []
         for key in sorted(set(stored) | set(current)):
             old, new = stored.get(key), current.get(key)
+            if f"{prefix}{key}" in settings.free:
+                continue
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 lines.extend(mapping_differences(f"{prefix}{key}.", old, new))
             elif old != new:

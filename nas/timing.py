@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ from nas.measure import (
     timed_recipe,
 )
 from nas.recipe import TimingConfig, TrainConfig
+from nas.records import IMPRECISE
 from nas.step import build_training_step
 from nas.step_cache import StepTimeCache, cache_key
 from nas.storage import check_file_location, make_storage, storage_errors
@@ -53,22 +54,113 @@ from search_spaces.spec import ArchSpec
 # The caps TimingConfig puts on its warmup and pairs, so a direct call refuses what a config would.
 MAX_WARMUP = 1000
 MAX_PAIRS = 1000
+CONFIDENCE = 0.95  # of the interval S/S0 is recorded with
 
-Timer = Callable[[Callable[[], Any], torch.device, int], float]
+Step = Callable[[], Any]
+Timer = Callable[[Step, torch.device, int], float]
+Pressure = Callable[[], "float | None"]
+
+_PSI_CPU = Path("/proc/pressure/cpu")
+
+
+def cpu_pressure_s(path: Path = _PSI_CPU) -> float | None:
+    """Seconds, summed since boot, during which some runnable task waited for a CPU (Linux's pressure stall
+    information, ``some ... total=`` in microseconds); None where the kernel does not provide it (other systems,
+    kernels before 4.20 or booted without PSI)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("some "):
+            for field in line.split():
+                if field.startswith("total=") and field[len("total="):].isdigit():
+                    return int(field[len("total="):]) / 1e6
+    return None
+
+
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of ``values``: the k-th smallest and the k-th largest, with
+    the largest k for which ``1 - 2 * P(Binomial(n, 1/2) < k) >= confidence`` (the chance that the true median
+    lies between them, whatever the distribution of independent values). None when even the smallest and the
+    largest do not reach ``confidence`` (fewer than 6 values at 95%).
+
+    Why this interval: it assumes nothing about the shape of the ratios' distribution (a co-tenant's bursts give
+    it a long tail), and it is the interval of the same median that estimates S/S0.
+
+    Example, 95%, n = 10: P(B <= 1) = 11/1024, so k = 2 (coverage 1 - 22/1024 = 0.979; k = 3 gives 0.891): the
+    2nd smallest and the 2nd largest. n = 6: k = 1 (0.969), the smallest and the largest.
+    """
+    check_real("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
+    ordered = sorted(values)
+    n = len(ordered)
+    below = 0.0  # P(B < k) as k grows
+    k = 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if 1 - 2 * below < confidence:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return ordered[k - 1], ordered[n - k]
+
+
+def relative_half_width(ratio: float, interval: tuple[float, float] | None) -> float | None:
+    """Half the interval's width as a share of the ratio: 0.98-1.02 around 1.0 is 0.02; None without one."""
+    if interval is None:
+        return None
+    low, high = interval
+    return (high - low) / (2 * ratio)
+
+
+def stop_reason(
+    quads: int,
+    half_width: float | None,
+    elapsed_s: float,
+    *,
+    min_quads: int,
+    precision: float | None,
+    max_seconds: float,
+) -> str | None:
+    """Whether a measurement of ``quads`` clean quads (two pairs, A B then B A) so far stops, and why (one of
+    :data:`~nas.records.STOPPED_BY`, "contention" aside), or None to go on.
+
+    ``precision`` None is a fixed budget: stop at ``min_quads``. Otherwise stop once there are at least
+    ``min_quads`` and the interval's relative half-width is at most ``precision``. Either way stop when
+    ``elapsed_s`` reaches ``max_seconds`` (the caller has at least one quad by then, clean or contended): a fixed
+    budget whose quads keep being left out under contention must end too. Example: precision 0.02, 8 quads at
+    half-width 0.031 after 12 s of a 30 s cap: go on; the same at 31 s: "cap".
+    """
+    if quads >= min_quads:
+        if precision is None:
+            return "pairs"
+        if half_width is not None and half_width <= precision:
+            return "precision"
+    if elapsed_s >= max_seconds:
+        return "cap"
+    return None
 
 
 @dataclass(frozen=True)
 class PairedTiming:
-    """The candidate's step time relative to the reference's, from ``pairs`` pairs of interleaved windows.
+    """The candidate's step time relative to the reference's, from interleaved windows in quads A B B A.
 
-    ``ratios`` holds one ratio per pair (candidate seconds per step over reference seconds per step), in run
-    order: even pairs timed the candidate first, odd pairs the reference first. ``ratio`` is the estimate (see
-    :func:`paired_ratio`), ``ratio_iqr`` the interquartile range of ``ratios`` (it includes what drift did to
-    single pairs). ``step_time_s`` and ``reference_step_time_s`` are each network's median seconds per step over
-    its windows; ``steps_per_window`` is (candidate, reference); ``warmup_steps`` each ran before timing.
+    ``ratios`` holds one ratio per pair (candidate seconds per step over reference seconds per step) of the pairs
+    the estimate used, in run order: even pairs timed the candidate first, odd pairs the reference first. ``ratio``
+    is the estimate (see :func:`paired_ratio`), within ``interval`` (``ratio_low``, ``ratio_high``: the
+    :data:`CONFIDENCE` interval of :func:`median_interval`, None with too few quads); ``ratio_iqr`` is the
+    interquartile range of ``ratios``, a single pair's spread. ``step_time_s`` and ``reference_step_time_s`` are
+    each network's median seconds per step over its windows; ``steps_per_window`` is (candidate, reference);
+    ``warmup_steps`` ran before timing after each of the ``blocks`` builds of the two networks.
+    ``discarded_pairs`` were timed under CPU contention and left out (``contention_seen`` False: no signal on
+    this system, nothing was left out); ``seconds`` is what the whole measurement took, builds and warm-ups
+    included; ``stopped_by`` says why it ended (:data:`~nas.records.STOPPED_BY`).
     """
 
     ratio: float
+    ratio_low: float | None
+    ratio_high: float | None
     ratio_iqr: float
     ratios: tuple[float, ...]
     step_time_s: float
@@ -76,6 +168,21 @@ class PairedTiming:
     pairs: int
     steps_per_window: tuple[int, int]
     warmup_steps: int
+    blocks: int = 1
+    discarded_pairs: int = 0
+    contention_seen: bool = False
+    seconds: float = 0.0
+    stopped_by: str = "pairs"
+
+    @property
+    def half_width(self) -> float | None:
+        """The interval's half-width relative to the ratio (:func:`relative_half_width`)."""
+        interval = None if self.ratio_low is None or self.ratio_high is None else (self.ratio_low, self.ratio_high)
+        return relative_half_width(self.ratio, interval)
+
+    @property
+    def precise(self) -> bool:
+        return self.stopped_by not in IMPRECISE
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (tuples as lists), as a study attribute or a report stores it."""
@@ -85,66 +192,159 @@ class PairedTiming:
         return data
 
 
+@dataclass
+class _Windows:
+    """The seconds per step of each window so far, candidate and reference, by quad (A B B A: 2 of each)."""
+
+    clean: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+    contended: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+
+    @staticmethod
+    def quad_ratios(quads: Sequence[tuple[float, float, float, float]]) -> list[float]:
+        """Per quad, the geometric mean of its A B pair's ratio and its B A pair's: a drift over the quad slows
+        the second window of each pair, so the two err in opposite directions and cancel to first order."""
+        return [math.sqrt((a1 / b1) * (a2 / b2)) for a1, b1, a2, b2 in quads]
+
+
 def paired_ratio(
-    candidate: Callable[[], Any],
-    reference: Callable[[], Any],
+    build: Callable[[], tuple[Step, Step]],
     device: torch.device,
     *,
     warmup: int = 5,
-    pairs: int = 7,
+    pairs: int = 12,
     min_window_s: float = 0.25,
     max_steps_per_window: int = 200,
+    precision: float | None = None,
+    max_seconds: float = 30.0,
+    rebuild_every: int = 8,
+    max_stall: float | None = 0.1,
     timer: Timer = time_window,
+    clock: Callable[[], float] = time.monotonic,
+    pressure: Pressure = cpu_pressure_s,
 ) -> PairedTiming:
-    """Step time of ``candidate`` relative to ``reference`` on ``device``, from interleaved timed windows.
+    """Step time of a candidate relative to a reference on ``device``, from interleaved timed windows, measured
+    until it is precise.
 
-    Each of the two runs ``warmup`` steps first, the last of them timed alone to choose its steps per window
+    ``build()`` returns fresh (candidate step, reference step) callables; it is called again every
+    ``rebuild_every`` pairs, so that no one build's memory layout biases the whole estimate. After each build both
+    run ``warmup`` steps; after the first, the last of them is timed alone to choose each one's steps per window
     (enough to last about ``min_window_s``, at most ``max_steps_per_window``, as :func:`nas.measure.time_step`
-    does). Then
-    ``pairs`` pairs of one candidate window and one reference window run in the order A B, B A, A B, ...
+    does). Then windows run in quads A B B A (candidate, reference, reference, candidate).
 
     Why this estimate: a slowdown both share within a pair (a co-tenant, a clock change) cancels in that pair's
-    ratio. A drift over the run does not cancel inside one pair: the window that runs second is slowed by it, so
-    A B pairs err one way and B A pairs the other by the same amount, to first order. The estimate is therefore
-    the geometric mean of the median ratio of the A B pairs and that of the B A pairs (ABBA): the drift cancels
-    between the two orders, and the medians keep a pair that straddled the start or end of a co-tenant's burst
-    out. With one pair there is no B A pair and the ratio is that pair's.
+    ratio. A drift does not cancel inside one pair: the window that runs second is slowed by it, so the A B pair
+    errs one way and the B A pair the other by the same amount, to first order. Each quad's ratio is therefore
+    the geometric mean of its two pairs' ratios, and the estimate is the median of the quads' ratios (a quad that
+    straddled the start or end of a co-tenant's burst stays out), with the distribution-free interval of that
+    median (:func:`median_interval`).
 
-    ``timer(step, device, steps)`` returns the seconds ``steps`` steps took (the device synchronized around
-    them); tests inject a fake clock here.
+    How long: at least ``pairs`` pairs (rounded up to whole quads); with ``precision`` None exactly that; else
+    until the interval's half-width is at most ``precision`` of the ratio. Either way no longer than
+    ``max_seconds`` (:func:`stop_reason`): a measurement the cap ends is recorded as imprecise (``stopped_by``).
+
+    Contention is seen, not guessed: ``pressure()`` gives the seconds some task has waited for a CPU
+    (:func:`cpu_pressure_s`; None: unknown). A quad during which that grew by more than ``max_stall`` of its wall
+    time was timed beside another process that wanted the same CPUs: it is left out (``discarded_pairs``) and the
+    measurement goes on. If the cap comes before any clean quad, the contended ones give the ratio
+    (``stopped_by`` "contention"). ``max_stall`` None does not look (``contention_seen`` False).
+
+    ``timer(step, device, steps)`` returns the seconds ``steps`` steps took (the device synchronized around them)
+    and ``clock()`` the time; tests inject a fake clock here.
     """
     check_int("warmup", warmup, 1, MAX_WARMUP)
     check_int("pairs", pairs, 1, MAX_PAIRS)
     check_real("min_window_s", min_window_s, 0.0, low_open=True)
     check_int("max_steps_per_window", max_steps_per_window, 1)
-    steps = (candidate, reference)
-    steps_per_window = tuple(
-        _warm_up(step, device, warmup, min_window_s, max_steps_per_window, timer) for step in steps
-    )
-    seconds_per_step: tuple[list[float], list[float]] = ([], [])
-    for pair in range(pairs):
-        for which in (0, 1) if pair % 2 == 0 else (1, 0):
-            seconds = timer(steps[which], device, steps_per_window[which])
-            seconds_per_step[which].append(seconds / steps_per_window[which])
-    ratios = tuple(a / b for a, b in zip(*seconds_per_step))
-    ratio = statistics.median(ratios[0::2])  # candidate first
-    if pairs > 1:
-        ratio = math.sqrt(ratio * statistics.median(ratios[1::2]))  # reference first: the drift errs the other way
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if pairs > 1 else [ratios[0]] * 3
+    check_real("precision", precision, 0.0, 1.0, low_open=True, optional=True)
+    check_real("max_seconds", max_seconds, 0.0, low_open=True)
+    check_int("rebuild_every", rebuild_every, 2)
+    check_real("max_stall", max_stall, 0.0, 1.0, low_open=True, optional=True)
+    if max_stall is None:
+        pressure = _unknown_pressure
+    min_quads = math.ceil(pairs / 2)
+    quads_per_block = max(1, rebuild_every // 2)
+    start = clock()
+    windows = _Windows()
+    steps_per_window: tuple[int, int] | None = None
+    blocks = 0
+    stopped_by = None
+    contention_seen = False
+    while stopped_by is None:
+        steps = None  # the last block's networks go before the next are built
+        steps = build()
+        blocks += 1
+        if steps_per_window is None:
+            steps_per_window = tuple(
+                _warm_up(step, device, warmup, min_window_s, max_steps_per_window, timer) for step in steps)
+        else:
+            for step in steps:
+                for _ in range(warmup):
+                    step()
+        for _ in range(quads_per_block):
+            before = pressure(), clock()
+            quad = tuple(timer(steps[which], device, steps_per_window[which]) / steps_per_window[which]
+                         for which in (0, 1, 1, 0))
+            after = pressure(), clock()
+            candidate_1, reference_1, reference_2, candidate_2 = quad
+            seconds_per_step = (candidate_1, reference_1, candidate_2, reference_2)  # the A B pair, the B A pair
+            stall = _stall_share(before, after)
+            contention_seen = contention_seen or stall is not None
+            contended = stall is not None and max_stall is not None and stall > max_stall
+            (windows.contended if contended else windows.clean).append(seconds_per_step)
+            interval = median_interval(_Windows.quad_ratios(windows.clean))
+            ratio = statistics.median(_Windows.quad_ratios(windows.clean)) if windows.clean else None
+            half_width = None if ratio is None else relative_half_width(ratio, interval)
+            stopped_by = stop_reason(len(windows.clean), half_width, clock() - start, min_quads=min_quads,
+                                     precision=precision, max_seconds=max_seconds)
+            if stopped_by is not None:
+                break
+    if not windows.clean:
+        stopped_by = "contention"
+    return _paired_timing(windows, steps_per_window, warmup, blocks, contention_seen, clock() - start, stopped_by)
+
+
+def _unknown_pressure() -> None:
+    return None
+
+
+def _stall_share(before: tuple[float | None, float], after: tuple[float | None, float]) -> float | None:
+    """The share of the wall time between two readings during which some task waited for a CPU; None unknown."""
+    (stall_before, time_before), (stall_after, time_after) = before, after
+    if stall_before is None or stall_after is None or time_after <= time_before:
+        return None
+    return (stall_after - stall_before) / (time_after - time_before)
+
+
+def _paired_timing(windows: _Windows, steps_per_window: tuple[int, int] | None, warmup: int, blocks: int,
+                   contention_seen: bool, seconds: float, stopped_by: str) -> PairedTiming:
+    used = windows.clean or windows.contended
+    quad_ratios = _Windows.quad_ratios(used)
+    ratio = statistics.median(quad_ratios)
+    interval = median_interval(quad_ratios)
+    ratios = tuple(ratio for a1, b1, a2, b2 in used for ratio in (a1 / b1, a2 / b2))
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive")
+    assert steps_per_window is not None  # a measurement has at least one quad, so one build
     return PairedTiming(
         ratio=ratio,
+        ratio_low=None if interval is None else interval[0],
+        ratio_high=None if interval is None else interval[1],
         ratio_iqr=quartiles[2] - quartiles[0],
         ratios=ratios,
-        step_time_s=statistics.median(seconds_per_step[0]),
-        reference_step_time_s=statistics.median(seconds_per_step[1]),
-        pairs=pairs,
-        steps_per_window=(steps_per_window[0], steps_per_window[1]),
+        step_time_s=statistics.median(value for quad in used for value in (quad[0], quad[2])),
+        reference_step_time_s=statistics.median(value for quad in used for value in (quad[1], quad[3])),
+        pairs=len(ratios),
+        steps_per_window=steps_per_window,
         warmup_steps=warmup,
+        blocks=blocks,
+        discarded_pairs=0 if not windows.clean else 2 * len(windows.contended),
+        contention_seen=contention_seen,
+        seconds=seconds,
+        stopped_by=stopped_by,
     )
 
 
 def _warm_up(
-    step: Callable[[], Any], device: torch.device, warmup: int, min_window_s: float, max_steps: int, timer: Timer
+    step: Step, device: torch.device, warmup: int, min_window_s: float, max_steps: int, timer: Timer
 ) -> int:
     """Runs ``warmup`` steps, the last one timed, and returns the steps per window that last ``min_window_s``."""
     for _ in range(warmup - 1):
@@ -169,10 +369,11 @@ def time_relative(
     Both training steps are assembled by :func:`nas.step.build_training_step` from ``recipe`` (None:
     ``TrainConfig()``) with its ``amp``, ``channels_last`` and ``compile`` replaced by the settings', and both
     networks are resident at once, training on one random batch of ``settings.batch_size`` images of
-    ``settings.image_size`` already on the device; :func:`paired_ratio` runs ``settings.warmup``,
-    ``settings.pairs`` and windows of ``settings.window_s``. ``settings`` must be resolved (:meth:`~nas.recipe.TimingConfig.resolved`). The caller
-    holds the device's :class:`DeviceLock`. Memory is released before returning, also after a failure (an
-    allocation that fails raises what the allocator raised; :func:`nas.measure.is_out_of_memory` recognizes it).
+    ``settings.image_size`` already on the device; both are built again every ``settings.rebuild_every`` pairs.
+    :func:`paired_ratio` runs with the settings' warm-up, pairs, windows, precision, time cap and contention
+    threshold. ``settings`` must be resolved (:meth:`~nas.recipe.TimingConfig.resolved`). The caller holds the
+    device's :class:`DeviceLock`. Memory is released before returning, also after a failure (an allocation that
+    fails raises what the allocator raised; :func:`nas.measure.is_out_of_memory` recognizes it).
     """
     if settings.image_size is None or settings.batch_size is None:
         raise ValueError(
@@ -198,38 +399,68 @@ def _time_relative(
     num_classes: int,
     in_channels: int,
 ) -> PairedTiming:
-    # The schedule's steps per epoch only set the learning rate's value, never a step's work (as in `nas bench`).
-    candidate_step, reference_step = (
-        build_training_step(build_model(network, num_classes, in_channels), timed_recipe(recipe, settings.batch_size),
-                            device=device, steps_per_epoch=BENCH_STEPS_PER_EPOCH)
-        for network in (spec, reference)
-    )
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     size = settings.image_size
     images = torch.randn(settings.batch_size, in_channels, size, size, device=device)
     images = images.to(memory_format=memory_format)  # (N, C, H, W), as the training batches come
     labels = torch.randint(0, num_classes, (settings.batch_size,), device=device)
-    return paired_ratio(lambda: candidate_step(images, labels), lambda: reference_step(images, labels), device,
-                        warmup=settings.warmup, pairs=settings.pairs, min_window_s=settings.window_s)
+
+    def build() -> tuple[Step, Step]:
+        # The schedule's steps per epoch only set the learning rate's value, never a step's work (as `nas bench`).
+        candidate_step, reference_step = (
+            build_training_step(build_model(network, num_classes, in_channels),
+                                timed_recipe(recipe, settings.batch_size), device=device,
+                                steps_per_epoch=BENCH_STEPS_PER_EPOCH)
+            for network in (spec, reference)
+        )
+        return lambda: candidate_step(images, labels), lambda: reference_step(images, labels)
+
+    return paired_ratio(build, device, warmup=settings.warmup, pairs=settings.pairs, min_window_s=settings.window_s,
+                        precision=settings.precision, max_seconds=settings.max_seconds,
+                        rebuild_every=settings.rebuild_every, max_stall=settings.max_stall)
 
 
 @dataclass(frozen=True)
 class RelativeStepTime:
-    """S/S0 as a trial records it (:class:`~nas.records.EvalResult`'s field names): the ratio and its spread, each
-    network's median seconds per step, and where it came from: ``cached`` (read from the step-time cache, then
-    ``pairs`` is None) or timed from ``pairs`` pairs of windows."""
+    """S/S0 as a trial records it (:class:`~nas.records.EvalResult`'s field names): the ratio, its interval and
+    spread, each network's median seconds per step, how the measurement went (pairs used and discarded under
+    contention, seconds spent, why it stopped: :data:`~nas.records.STOPPED_BY`), and where it came from:
+    ``cached`` (read from the step-time cache) or timed now."""
 
     step_time_ratio: float
+    step_time_ratio_low: float | None
+    step_time_ratio_high: float | None
     step_time_ratio_iqr: float
     step_time_s: float
     reference_step_time_s: float
+    step_time_pairs: int
+    step_time_discarded_pairs: int
+    step_time_measure_s: float
+    step_time_stopped_by: str
     cached: bool = False
-    pairs: int | None = None
 
-    def measurement(self) -> dict[str, float]:
-        """The four measured fields, as the step-time cache and a trial's result keep them."""
-        return {"step_time_ratio": self.step_time_ratio, "step_time_ratio_iqr": self.step_time_ratio_iqr,
-                "step_time_s": self.step_time_s, "reference_step_time_s": self.reference_step_time_s}
+    @classmethod
+    def of(cls, paired: PairedTiming) -> RelativeStepTime:
+        return cls(step_time_ratio=paired.ratio, step_time_ratio_low=paired.ratio_low,
+                   step_time_ratio_high=paired.ratio_high, step_time_ratio_iqr=paired.ratio_iqr,
+                   step_time_s=paired.step_time_s, reference_step_time_s=paired.reference_step_time_s,
+                   step_time_pairs=paired.pairs, step_time_discarded_pairs=paired.discarded_pairs,
+                   step_time_measure_s=paired.seconds, step_time_stopped_by=paired.stopped_by)
+
+    @property
+    def half_width(self) -> float | None:
+        """The interval's half-width relative to the ratio; None without an interval."""
+        if self.step_time_ratio_low is None or self.step_time_ratio_high is None:
+            return None
+        return relative_half_width(self.step_time_ratio, (self.step_time_ratio_low, self.step_time_ratio_high))
+
+    @property
+    def precise(self) -> bool:
+        return self.step_time_stopped_by not in IMPRECISE
+
+    def measurement(self) -> dict[str, Any]:
+        """The measured fields, as the step-time cache and a trial's result keep them (``cached`` aside)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "cached"}
 
 
 def relative_step_time(
@@ -267,9 +498,7 @@ def relative_step_time(
     with DeviceLock(device):
         paired = time_relative(spec, reference, settings, device=device, num_classes=num_classes,
                                in_channels=in_channels, recipe=recipe)
-    measured = RelativeStepTime(step_time_ratio=paired.ratio, step_time_ratio_iqr=paired.ratio_iqr,
-                                step_time_s=paired.step_time_s, reference_step_time_s=paired.reference_step_time_s,
-                                pairs=paired.pairs)
+    measured = RelativeStepTime.of(paired)
     if cache is not None and key is not None:
         with storage_errors(storage_url, "write to"):
             cache.put(key, measured.measurement())

@@ -48,10 +48,13 @@ if TYPE_CHECKING:
 #: was estimated from. ``normalized_step_time`` is the S/S₀ the reward used: the same number wherever there is a
 #: reward. ``step_time_ms`` is the trial's step time at the timing settings, measured beside its own re-timed
 #: baseline's ``reference_step_time_ms``: compare the two, not one trial's ms with another's.
+#: ``step_time_ratio_low``/``_high`` are S/S₀'s 95% interval and ``step_time_stopped_by`` why its measurement
+#: ended (``cap`` or ``contention``: imprecise; :data:`nas.records.STOPPED_BY`).
 TABLE_COLUMNS = (
     "number", "state", "role", "reward", "accuracy", "step_time_ms", "parameters", "macs", "normalized_step_time",
     "normalized_parameters", "architecture", "failure_reason", "controller", "step_time_ratio",
-    "step_time_ratio_iqr", "reference_step_time_ms",
+    "step_time_ratio_iqr", "reference_step_time_ms", "step_time_ratio_low", "step_time_ratio_high",
+    "step_time_stopped_by",
 )
 #: The columns of the text table (:func:`text_table`): what ranks a trial, S/S₀ for its step time, so that it fits
 #: a terminal (under 90 characters); the failure reason follows where some trial has one. The absolute ms, the
@@ -100,6 +103,14 @@ def _milliseconds(seconds: Any) -> float | None:
     return seconds * 1e3 if is_real(seconds) else None
 
 
+def _interval(attributes: Mapping[str, Any], ratio: float) -> tuple[float, float] | None:
+    """S/S₀'s recorded 95% interval when it is two positive numbers around the ratio the reward used, else None."""
+    low, high = attributes.get(records.STEP_TIME_RATIO_LOW), attributes.get(records.STEP_TIME_RATIO_HIGH)
+    if is_real(low) and is_real(high) and 0 < low <= ratio <= high:
+        return float(low), float(high)
+    return None
+
+
 def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial under :data:`TABLE_COLUMNS`, in trial order (all the study's trials by default).
 
@@ -128,6 +139,9 @@ def trials_frame(study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]
             "step_time_ratio": step_time_ratio(attributes),
             "step_time_ratio_iqr": attributes.get(records.STEP_TIME_RATIO_IQR),
             "reference_step_time_ms": _milliseconds(reference_step_time_s(attributes)),
+            "step_time_ratio_low": attributes.get(records.STEP_TIME_RATIO_LOW),
+            "step_time_ratio_high": attributes.get(records.STEP_TIME_RATIO_HIGH),
+            "step_time_stopped_by": attributes.get(records.STEP_TIME_STOPPED_BY),
         })
     # Counts stay integers where a value is missing (pandas would make the whole column float): "-" in a table,
     # empty in CSV, null in JSON.
@@ -217,15 +231,17 @@ def trial_training(trial: optuna.trial.FrozenTrial) -> TrialTraining:
 @dataclass(frozen=True)
 class TrialFactors:
     """A complete trial's reward as the product of its factors (:func:`rewards.reward_factors`), with what its
-    noise is made of: the interquartile range of the timed pairs its S/S₀ was estimated from, the binomial
-    standard error of its accuracy A on the campaign's hold-out images, and the reward's standard error δ the two
-    imply (:func:`rewards.reward_noise`); None where the trial or the study does not record them."""
+    noise is made of: S/S₀'s 95% interval (``step_time_ratio_interval``; None for trials timed before S/S₀ had one)
+    or else the interquartile range of the timed pairs it was estimated from, the binomial standard error of its
+    accuracy A on the campaign's hold-out images, and the reward's standard error δ they imply
+    (:func:`rewards.reward_noise`); None where the trial or the study does not record them."""
 
     trial: optuna.trial.FrozenTrial
     factors: RewardFactors
     step_time_ratio_iqr: float | None
     accuracy_error: float | None
     noise: float | None
+    step_time_ratio_interval: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, trial: optuna.trial.FrozenTrial, exponents: tuple[float, float],
@@ -244,10 +260,13 @@ class TrialFactors:
             return None
         iqr = attributes.get(records.STEP_TIME_RATIO_IQR)
         iqr = float(iqr) if is_real(iqr, 0) else None
+        interval = _interval(attributes, ratio)
         accuracy_error = None if holdout_images is None else accuracy_standard_error(accuracy, holdout_images)
-        noise = None if iqr is None or holdout_images is None else reward_noise(
-            accuracy, ratio, params_ratio, holdout_images=holdout_images, step_time_ratio_iqr=iqr, w=w, v=v)
-        return cls(trial, factors, iqr, accuracy_error, noise)
+        noise = None
+        if (iqr is not None or interval is not None) and holdout_images is not None:
+            noise = reward_noise(accuracy, ratio, params_ratio, holdout_images=holdout_images,
+                                 step_time_ratio_interval=interval, step_time_ratio_iqr=iqr, w=w, v=v)
+        return cls(trial, factors, iqr, accuracy_error, noise, interval)
 
     @property
     def reward(self) -> float:

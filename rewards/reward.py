@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 __all__ = [
+    "INTERVAL_Z",
     "IQR_PER_STANDARD_DEVIATION",
     "LATENCY_CONSTRAINTS",
     "NOISE_Z",
@@ -57,6 +58,9 @@ NOISE_Z = 2.0
 #: The interquartile range of a normal distribution in units of its standard deviation (2 x 0.6745): how the spread
 #: of S/S_ref's timed pairs, recorded as an IQR, becomes a standard deviation (:func:`reward_noise`).
 IQR_PER_STANDARD_DEVIATION = 1.349
+#: The half-width of a 95% interval in standard errors of a normal estimate: how S/S_ref's recorded 95% interval
+#: becomes its standard error (:func:`reward_noise`).
+INTERVAL_Z = 1.96
 
 #: MnasNet (Tan et al., 2019, Section 3) exponents ``(alpha, beta)`` of Eq. 2 by constraint kind.
 #: "soft": alpha = beta = -0.07 (a model 2x slower than the target needs ~5% more accuracy to
@@ -288,7 +292,8 @@ def reward_noise(
     params_ratio: float,
     *,
     holdout_images: int,
-    step_time_ratio_iqr: float,
+    step_time_ratio_interval: tuple[float, float] | None = None,
+    step_time_ratio_iqr: float | None = None,
     w: float = STEP_TIME_EXPONENT,
     v: float = PARAMS_EXPONENT,
 ) -> float:
@@ -297,27 +302,40 @@ def reward_noise(
 
     * ``σ_A`` is :func:`accuracy_standard_error` on the ``holdout_images`` A was counted on, and
       ``dR/dA = (S/S_ref)**w * (P/P_ref)**v``;
-    * ``σ_S = step_time_ratio_iqr / IQR_PER_STANDARD_DEVIATION``, the standard deviation that the interquartile
-      range of the per-pair ratios S/S_ref was estimated from implies, and ``dR/d(S/S_ref) = w * R / (S/S_ref)``.
+    * ``σ_S`` is the standard error of S/S_ref: from its 95% interval when the measurement recorded one,
+      ``(high - low) / (2 * INTERVAL_Z)``; else (trials timed before S/S_ref had an interval) from the
+      interquartile range of the per-pair ratios, ``step_time_ratio_iqr / IQR_PER_STANDARD_DEVIATION``, the spread
+      of one pair's ratio, larger than the error of their median: an upper bound. ``dR/d(S/S_ref) = w * R /
+      (S/S_ref)``.
 
-    ``P/P_ref`` is counted, not measured: it carries no noise. The two errors are taken as independent. ``σ_S`` is
-    the spread of one pair's ratio, larger than the error of their median: an upper bound until S/S_ref records
-    its own interval. The proxy training's seed-to-seed spread is not counted (one training per trial says
-    nothing of it), so δ is the least noise a reward carries.
+    ``P/P_ref`` is counted, not measured: it carries no noise. The two errors are taken as independent. The proxy
+    training's seed-to-seed spread is not counted (one training per trial says nothing of it), so δ is the least
+    noise a reward carries.
 
     Worked example (the demo's leader, w = -0.07, v = -0.05): A 0.746 on 500 images, S/S_ref 0.42 with pair IQR
     0.05, P/P_ref 0.5 gives R = 0.8207, σ_A = 0.0195, dR/dA = 1.100, σ_S = 0.0371, dR/d(S/S_ref) = -0.137,
-    so δ = sqrt(0.0214**2 + 0.0051**2) = 0.0220: the hold-out's 500 images, not the timing, set the noise.
+    so δ = sqrt(0.0214**2 + 0.0051**2) = 0.0220: the hold-out's 500 images, not the timing, set the noise. With
+    the interval 0.41-0.43 instead, σ_S = 0.0051 and δ = 0.0214.
 
     Raises:
         ValueError: If an argument is not a finite real number in its allowed range (accuracy in [0, 1], ratios
-            > 0, the IQR >= 0, ``holdout_images`` an integer >= 1); the message names the argument.
+            > 0, the IQR >= 0, the interval two numbers low <= high, ``holdout_images`` an integer >= 1), or if
+            neither the interval nor the IQR is given; the message names the argument.
     """
     factors = reward_factors(accuracy, step_time_ratio, params_ratio, w=w, v=v)
-    iqr = _check_non_negative("step_time_ratio_iqr", step_time_ratio_iqr)
+    if step_time_ratio_interval is not None:
+        low, high = (_check_positive("step_time_ratio_interval", value) for value in step_time_ratio_interval)
+        if low > high:
+            raise ValueError(f"step_time_ratio_interval must be (low, high) with low <= high, got "
+                             f"{tuple(step_time_ratio_interval)!r}")
+        step_time_error = (high - low) / (2 * INTERVAL_Z)
+    elif step_time_ratio_iqr is not None:
+        step_time_error = _check_non_negative("step_time_ratio_iqr", step_time_ratio_iqr) / IQR_PER_STANDARD_DEVIATION
+    else:
+        raise ValueError("reward_noise needs step_time_ratio_interval or step_time_ratio_iqr, got neither")
     accuracy_part = factors.step_time_factor * factors.params_factor * accuracy_standard_error(
         factors.accuracy, holdout_images)
-    step_time_part = abs(w) * factors.product / factors.step_time_ratio * iqr / IQR_PER_STANDARD_DEVIATION
+    step_time_part = abs(w) * factors.product / factors.step_time_ratio * step_time_error
     return math.hypot(accuracy_part, step_time_part)
 
 

@@ -59,8 +59,8 @@ def run_tiny(bench, results, *extra):
     with contextlib.redirect_stdout(out):
         bench.main(["--data", "synthetic:num_images=48,image_size=16", "--candidates", "3", "--proxy-epochs", "1",
                     "--reference-epochs", "1", "--proxy-image-size", "8", "--seeds", "0,1", "--timing-pairs", "1",
-                    "--timing-window-s", "0.01", "--timing-batch-size", "4", "--device", "cpu", "--workers", "1",
-                    "--threads", "1", "--results", str(results), *extra])
+                    "--timing-precision", "0", "--timing-window-s", "0.01", "--timing-batch-size", "4", "--device",
+                    "cpu", "--workers", "1", "--threads", "1", "--results", str(results), *extra])
     return out.getvalue()
 
 
@@ -146,8 +146,9 @@ def test_references_can_be_evaluated_on_a_test_set_while_proxies_keep_the_hold_o
     with contextlib.redirect_stdout(out):
         bench.main(["--data", f"npz:{tmp_path / 'k.npz'}", "--eval-data", test_set, "--candidates", "2",
                     "--proxy-epochs", "1", "--reference-epochs", "1", "--proxy-image-size", "8", "--seeds", "0",
-                    "--timing-pairs", "1", "--timing-window-s", "0.01", "--timing-batch-size", "4", "--device", "cpu",
-                    "--results", str(tmp_path / "r.jsonl"), "--bootstrap", "50"])
+                    "--timing-pairs", "1", "--timing-precision", "0", "--timing-window-s", "0.01",
+                    "--timing-batch-size", "4", "--device", "cpu", "--results", str(tmp_path / "r.jsonl"),
+                    "--bootstrap", "50"])
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     trained = [record for record in records if record["kind"] == "train"]
     assert all(record["status"] == "ok" for record in trained), trained

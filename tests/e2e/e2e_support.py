@@ -26,7 +26,7 @@ CAMPAIGN = {
     "cpus_per_trial": 1,
     "train": {"epochs": 1, "batch_size": 64, "timing_warmup": 1, "timing_repeats": 2, "bn_recalibration_batches": 2},
     # S/S0 paired, but briefly: two pairs of short windows on a small batch
-    "timing": {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02},
+    "timing": {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02, "precision": None, "max_stall": None},
 }
 
 

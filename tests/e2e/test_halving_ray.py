@@ -57,7 +57,8 @@ def test_a_trial_behind_at_a_rung_is_stopped_by_the_scheduler_and_recorded_once(
         "data": "synthetic:num_images=200,image_size=32", "trials": 3, "controller": "random", "study": "asha",
         "workers": 1, "cpus_per_trial": 1, "gpus_per_trial": 0,
         "train": {"epochs": 2, "batch_size": 32}, "scheduler": {"type": "asha", "min_epochs": 1},
-        "timing": {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02},
+        "timing": {"batch_size": 8, "warmup": 1, "pairs": 2, "window_s": 0.02, "precision": None,
+                   "max_stall": None},
     })
     out = io.StringIO()
     sigterm = signal.getsignal(signal.SIGTERM)

@@ -108,7 +108,8 @@ def test_a_campaign_on_a_file_with_a_test_split_never_reads_it(tmp_path, monkeyp
                           macs=10, device="cpu", wall_time_s=1.0, epochs_completed=1)
 
     config = CampaignConfig(data=f"npz:{tmp_path / 'k.npz'}", trials=2, controller="random", study="k",
-                            timing=TimingConfig(batch_size=8, warmup=1, pairs=2, window_s=0.02))
+                            timing=TimingConfig(batch_size=8, warmup=1, pairs=2, window_s=0.02, precision=None,
+                                                max_stall=None))
     config.check_inputs()
     campaigns.run_campaign(config, LocalExecutor(trainer=measured), out=io.StringIO())
     assert read and set(read) <= {"x_train", "y_train"}

@@ -25,7 +25,8 @@ from search_spaces import presets
 
 pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
-TIMING = TimingConfig(image_size=32, batch_size=8, warmup=1, pairs=2, window_s=0.02)
+TIMING = TimingConfig(image_size=32, batch_size=8, warmup=1, pairs=2, window_s=0.02, precision=None,
+                      max_stall=None)
 SPACE = presets.get_space("tiny")
 TRAIN = TrainConfig(epochs=1, batch_size=32, device="cpu", threads=1)
 
@@ -166,8 +167,9 @@ def test_the_cache_keys_on_everything_that_changes_the_timed_work():
     assert base not in others and len(set(others)) == len(others)
 
 
-GOOD_ENTRY = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s": 0.008,
-              "reference_step_time_s": 0.01}
+GOOD_ENTRY = {"step_time_ratio": 0.8, "step_time_ratio_low": 0.79, "step_time_ratio_high": 0.81,
+              "step_time_ratio_iqr": 0.01, "step_time_s": 0.008, "reference_step_time_s": 0.01, "step_time_pairs": 12,
+              "step_time_discarded_pairs": 0, "step_time_measure_s": 4.2, "step_time_stopped_by": "precision"}
 
 
 @pytest.mark.parametrize("entry", [
@@ -176,6 +178,11 @@ GOOD_ENTRY = {"step_time_ratio": 0.8, "step_time_ratio_iqr": 0.01, "step_time_s"
     {**GOOD_ENTRY, "step_time_ratio": float("inf")}, {**GOOD_ENTRY, "step_time_ratio": 1e-300},
     {**GOOD_ENTRY, "step_time_ratio": True}, {**GOOD_ENTRY, "step_time_s": None},
     {**GOOD_ENTRY, "step_time_ratio_iqr": -0.1}, {}, [0.8], "0.8",
+    {**GOOD_ENTRY, "step_time_ratio_low": 0.85}, {**GOOD_ENTRY, "step_time_ratio_high": None},
+    {**GOOD_ENTRY, "step_time_ratio_low": "low"}, {**GOOD_ENTRY, "step_time_pairs": 0},
+    {**GOOD_ENTRY, "step_time_pairs": True}, {**GOOD_ENTRY, "step_time_discarded_pairs": 1.5},
+    {**GOOD_ENTRY, "step_time_measure_s": float("nan")}, {**GOOD_ENTRY, "step_time_stopped_by": "luck"},
+    {key: value for key, value in GOOD_ENTRY.items() if key != "step_time_stopped_by"},  # an entry before issue 27
 ], ids=repr)
 def test_a_bad_cache_entry_is_ignored_with_one_warning(tmp_path, entry):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cache.db'}")
@@ -186,6 +193,24 @@ def test_a_bad_cache_entry_is_ignored_with_one_warning(tmp_path, entry):
     assert len(warnings) == 1 and CACHE_STUDY in warnings[0] and "s:bad" in warnings[0], warnings
     cache.put("s:bad", GOOD_ENTRY)  # the next measurement replaces it
     assert cache.get("s:bad") == GOOD_ENTRY and len(warnings) == 1
+
+
+def test_an_entry_without_an_interval_is_good(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cache.db'}")
+    cache = StepTimeCache(storage, warn=pytest.fail)
+    few = {**GOOD_ENTRY, "step_time_ratio_low": None, "step_time_ratio_high": None, "step_time_pairs": 4,
+           "step_time_stopped_by": "pairs"}
+    cache.put("s:few", few)
+    assert cache.get("s:few") == few
+
+
+@pytest.mark.parametrize("stopped_by", ["cap", "contention"])
+def test_an_imprecise_measurement_is_not_cached(tmp_path, stopped_by):
+    """A timing that hit its cap stays on its trial, marked; the next trial of the architecture times again."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cache.db'}")
+    cache = StepTimeCache(storage, warn=pytest.fail)
+    cache.put("s:rough", {**GOOD_ENTRY, "step_time_stopped_by": stopped_by})
+    assert cache.get("s:rough") is None and optuna.get_all_study_names(storage) == []
 
 
 def test_a_null_cache_entry_reads_as_none_and_is_replaced(tmp_path):

@@ -20,9 +20,9 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
+from nas import records, trials
 from nas import storage as storages
 from nas import study as studies
-from nas import trials
 from nas.campaign import CampaignConfig
 from nas.controllers import distributions, make_sampler
 from nas.records import EvalResult
@@ -83,15 +83,27 @@ def test_reopening_with_other_settings_says_what_differs(storage_url, space):
 
 def test_a_different_settings_block_names_the_keys_that_differ(storage_url, space):
     """The ``timing`` and ``scheduler`` blocks are compared key by key, as ``train`` is: the message names
-    ``timing.pairs``, not both whole blocks."""
+    ``timing.batch_size``, not both whole blocks."""
     open_(storage_url, space)
-    changes = dict(timing=dataclasses.replace(CampaignConfig().timing, pairs=5),
+    changes = dict(timing=dataclasses.replace(CampaignConfig().timing, batch_size=64),
                    scheduler=dataclasses.replace(CampaignConfig().scheduler, reduction_factor=4))
     with pytest.raises(studies.StudyError) as refusal:
         open_(storage_url, space, **changes)
     message = str(refusal.value)
-    assert message.endswith(": scheduler.reduction_factor: study 3, now 4; timing.pairs: study 7, now 5")
+    assert message.endswith(": scheduler.reduction_factor: study 3, now 4; timing.batch_size: study None, now 64")
     assert "warmup" not in message and "min_epochs" not in message
+
+
+def test_a_resume_may_time_more_precisely(storage_url, space):
+    """How precisely S/S0 is measured (pairs, precision, the cap...) is not what it measures: a resume may change
+    it, and a study made before a protocol setting existed resumes too."""
+    open_(storage_url, space)
+    precise = dataclasses.replace(CampaignConfig().timing, pairs=40, precision=0.01, max_seconds=120, warmup=9)
+    _, study = open_(storage_url, space, timing=precise)
+    proxy = dict(study.user_attrs[records.PROXY])
+    proxy["timing"] = {key: value for key, value in proxy["timing"].items() if key not in ("precision", "max_stall")}
+    study.set_user_attr(records.PROXY, proxy)  # as a study of the version before those settings existed
+    open_(storage_url, space)
 
 
 def test_settings_are_compared_key_by_key_at_any_depth(space):
@@ -514,11 +526,12 @@ def test_the_current_trial_sees_another_drivers_change(storage_url, space):
 
 def test_the_step_time_cache_is_the_studys_storages(storage_url, space):
     _, study = open_(storage_url, space)
-    studies.step_time_cache(study).put("s:k", {"step_time_ratio": 1.5, "step_time_ratio_iqr": 0.1,
-                                                "step_time_s": 0.3, "reference_step_time_s": 0.2, "other": 1})
+    measurement = {"step_time_ratio": 1.5, "step_time_ratio_low": 1.45, "step_time_ratio_high": 1.55,
+                   "step_time_ratio_iqr": 0.1, "step_time_s": 0.3, "reference_step_time_s": 0.2, "step_time_pairs": 12,
+                   "step_time_discarded_pairs": 2, "step_time_measure_s": 5.5, "step_time_stopped_by": "precision"}
+    studies.step_time_cache(study).put("s:k", {**measurement, "other": 1})
     shared = studies.step_time_cache(optuna.load_study(study_name="s", storage=storages.make_storage(storage_url)))
-    assert shared.get("s:k") == {"step_time_ratio": 1.5, "step_time_ratio_iqr": 0.1, "step_time_s": 0.3,
-                                 "reference_step_time_s": 0.2}
+    assert shared.get("s:k") == measurement
 
 
 def test_an_attribute_study_is_created_by_its_first_write_and_shared(storage_url):

@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,9 @@ class FakeClock:
 
 
 def paired(clock: FakeClock, **options) -> PairedTiming:
-    return paired_ratio(clock.candidate, clock.reference, CPU, timer=clock.timer, **options)
+    options = {"pressure": lambda: None, **options}
+    return paired_ratio(lambda: (clock.candidate, clock.reference), CPU, timer=clock.timer, clock=lambda: clock.now,
+                        **options)
 
 
 def unpaired(clock: FakeClock, steps_per_window: tuple[int, int], pairs: int = 7) -> float:
@@ -98,16 +101,22 @@ def run_length_s() -> float:
 def test_a_constant_ratio_is_recovered_exactly():
     timing = paired(FakeClock())
     assert timing.ratio == pytest.approx(TRUE_RATIO, rel=1e-12)
-    assert timing.ratios == pytest.approx([TRUE_RATIO] * 7, rel=1e-12)
+    assert timing.ratios == pytest.approx([TRUE_RATIO] * 12, rel=1e-12)
     assert timing.ratio_iqr == pytest.approx(0, abs=1e-12)
+    assert (timing.ratio_low, timing.ratio_high) == pytest.approx((TRUE_RATIO, TRUE_RATIO), rel=1e-12)
+    assert timing.half_width == pytest.approx(0, abs=1e-12)
     assert timing.step_time_s == pytest.approx(CANDIDATE_COST_S)
     assert timing.reference_step_time_s == pytest.approx(REFERENCE_COST_S)
     # Windows last about min_window_s: 0.25 s / 7.8 ms and ceil(0.25 s / 9.8 ms) steps.
-    assert (timing.pairs, timing.steps_per_window, timing.warmup_steps) == (7, (32, 26), 5)
+    assert (timing.pairs, timing.steps_per_window, timing.warmup_steps) == (12, (32, 26), 5)
+    assert (timing.blocks, timing.discarded_pairs, timing.contention_seen, timing.stopped_by) == (2, 0, False, "pairs")
+    assert timing.seconds == pytest.approx(5 * (CANDIDATE_COST_S + REFERENCE_COST_S) * 2 + 12 * 0.5, rel=0.05)
     assert json.loads(json.dumps(timing.to_dict())) == {
-        "ratio": timing.ratio, "ratio_iqr": timing.ratio_iqr, "ratios": list(timing.ratios),
-        "step_time_s": timing.step_time_s, "reference_step_time_s": timing.reference_step_time_s, "pairs": 7,
-        "steps_per_window": [32, 26], "warmup_steps": 5,
+        "ratio": timing.ratio, "ratio_low": timing.ratio_low, "ratio_high": timing.ratio_high,
+        "ratio_iqr": timing.ratio_iqr, "ratios": list(timing.ratios),
+        "step_time_s": timing.step_time_s, "reference_step_time_s": timing.reference_step_time_s, "pairs": 12,
+        "steps_per_window": [32, 26], "warmup_steps": 5, "blocks": 2, "discarded_pairs": 0,
+        "contention_seen": False, "seconds": timing.seconds, "stopped_by": "pairs",
     }
 
 
@@ -118,8 +127,9 @@ def test_a_linear_drift_cancels_between_the_two_orders():
     assert clock.slowdown(clock.now) > 1.45  # the device really was ~50% slower at the end than at the start
     assert relative_error(timing.ratio) < 0.01
     # One pair alone does not cancel the drift: the window timed second is slowed, so A B pairs err one way and
-    # B A pairs the other. The plain median of the pairs' ratios keeps that error; the two orders together do not.
-    assert relative_error(statistics.median(timing.ratios)) > 0.02
+    # B A pairs the other. Either order alone keeps that error; each quad's two orders together do not.
+    assert relative_error(statistics.median(timing.ratios[0::2])) > 0.01
+    assert relative_error(statistics.median(timing.ratios[1::2])) > 0.01
     assert max(timing.ratios[0::2]) < TRUE_RATIO < min(timing.ratios[1::2])
     # Measuring the two networks one after the other is off by much more.
     naive = unpaired(FakeClock(clock.slowdown), timing.steps_per_window)
@@ -158,9 +168,156 @@ def test_windows_alternate_in_abba_order_after_each_warm_up():
     assert timing.steps_per_window == (10, 10) and timing.warmup_steps == 3 and len(timing.ratios) == 4
 
 
-def test_one_pair_is_its_own_ratio():
+def test_one_pair_asked_for_is_one_quad_without_an_interval():
     timing = paired(FakeClock(lambda now: 1 + now), pairs=1)
-    assert timing.ratios == (timing.ratio,) and timing.ratio_iqr == 0
+    assert timing.pairs == 2 and len(timing.ratios) == 2
+    assert timing.ratio == pytest.approx(math.sqrt(timing.ratios[0] * timing.ratios[1]))
+    assert timing.ratio_low is None and timing.ratio_high is None and timing.half_width is None
+
+
+# --- the interval, the stopping rule, contention --------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, ranks", [(5, None), (6, (1, 6)), (9, (2, 8)), (10, (2, 9)), (20, (6, 15)),
+                                      (100, (40, 61))])
+def test_the_median_interval_is_the_order_statistics_of_the_binomial_table(n, ranks):
+    """The textbook table of distribution-free 95% intervals for a median (ranks from the smallest)."""
+    values = [float(value) for value in range(1, n + 1)]
+    shuffled = values[1::2] + values[0::2]  # order does not matter
+    interval = nas.timing.median_interval(shuffled)
+    assert interval == (None if ranks is None else (values[ranks[0] - 1], values[ranks[1] - 1]))
+
+
+def test_the_median_interval_is_wider_at_a_higher_confidence():
+    values = [1.0 + 0.01 * k for k in range(30)]
+    # n = 30: P(B <= 10) = 0.049 and P(B <= 11) = 0.100, so 80% takes ranks 11 and 20; P(B <= 7) = 0.0026 and
+    # P(B <= 8) = 0.0081, so 99% takes ranks 8 and 23.
+    assert nas.timing.median_interval(values, 0.8) == pytest.approx((1.10, 1.19))
+    assert nas.timing.median_interval(values, 0.99) == pytest.approx((1.07, 1.22))
+    with pytest.raises(ValueError, match=r"confidence must be a number in \(0.0, 1.0\), got 1"):
+        nas.timing.median_interval(values, 1)
+
+
+def test_the_half_width_is_relative_to_the_ratio():
+    assert nas.timing.relative_half_width(0.5, (0.49, 0.52)) == pytest.approx(0.03)
+    assert nas.timing.relative_half_width(0.5, None) is None
+
+
+@pytest.mark.parametrize("quads, half_width, elapsed, precision, expected", [
+    (5, 0.001, 1.0, 0.02, None),  # fewer quads than the minimum: go on, however tight
+    (6, 0.001, 1.0, 0.02, "precision"),
+    (8, 0.031, 12.0, 0.02, None),
+    (8, 0.031, 31.0, 0.02, "cap"),
+    (2, None, 31.0, 0.02, "cap"),
+    (6, None, 1.0, None, "pairs"),  # a fixed budget
+    (5, None, 12.0, None, None),
+    (5, None, 31.0, None, "cap"),  # a fixed budget short of clean quads (contention) ends at the cap too
+])
+def test_the_stopping_rule(quads, half_width, elapsed, precision, expected):
+    assert nas.timing.stop_reason(quads, half_width, elapsed, min_quads=6, precision=precision,
+                                  max_seconds=30.0) == expected
+
+
+class NoisyClock(FakeClock):
+    """Every step costs its network's seconds times a seeded random factor in [1 - noise, 1 + noise]."""
+
+    def __init__(self, noise: float, seed: int = 0) -> None:
+        generator = random.Random(seed)
+        super().__init__(lambda now: 1 + noise * (2 * generator.random() - 1))
+
+
+def test_tight_pairs_stop_at_the_minimum():
+    timing = paired(FakeClock(), precision=0.02, max_seconds=60)
+    assert (timing.stopped_by, timing.pairs, timing.precise) == ("precision", 12, True)
+
+
+def test_noisy_pairs_go_on_until_the_interval_is_narrow_enough():
+    timing = paired(NoisyClock(0.3), precision=0.02, max_seconds=600, min_window_s=0.02)
+    assert timing.stopped_by == "precision" and timing.precise
+    assert timing.pairs > 12 and timing.half_width <= 0.02
+    assert timing.ratio_low <= TRUE_RATIO <= timing.ratio_high
+    assert relative_error(timing.ratio) < 0.02
+
+
+def test_pairs_too_noisy_for_the_cap_stop_there_and_say_so():
+    clock = NoisyClock(0.9)
+    timing = paired(clock, precision=0.001, max_seconds=10, min_window_s=0.02)
+    assert timing.stopped_by == "cap" and not timing.precise
+    assert timing.half_width > 0.001
+    assert 10 <= timing.seconds < 11 and clock.now == pytest.approx(timing.seconds)
+
+
+def test_the_networks_are_built_again_every_block_of_pairs():
+    clock, builds = FakeClock(), []
+
+    def build():
+        builds.append(clock.now)
+        return clock.candidate, clock.reference
+
+    timing = paired_ratio(build, CPU, pairs=20, rebuild_every=6, warmup=3, timer=clock.timer,
+                          clock=lambda: clock.now, pressure=lambda: None)
+    assert timing.pairs == 20 and timing.blocks == len(builds) == 4  # 10 quads, 3 per build: 3 + 3 + 3 + 1
+    # Every build after the first warms both up again, untimed (the window sizes stay the first build's); each
+    # quad times the candidate twice.
+    assert clock.steps_run["candidate"] == 4 * 3 + 20 * timing.steps_per_window[0]
+
+
+class CoTenant:
+    """A co-tenant from ``start`` to ``end`` on the fake clock: it makes every step take ``slowdown`` times as long
+    (as a process sharing the CPU does) and CPU pressure grow at ``stall`` seconds per second meanwhile."""
+
+    def __init__(self, start: float, end: float, *, slowdown: float = 1.5, stall: float = 0.5) -> None:
+        self.start, self.end, self.factor, self.stall = start, end, slowdown, stall
+        self.clock = FakeClock(self.slowdown)
+
+    def slowdown(self, now: float) -> float:
+        return self.factor if self.start <= now < self.end else 1.0
+
+    def pressure(self) -> float:
+        overlap = max(0.0, min(self.clock.now, self.end) - self.start)
+        return self.stall * overlap
+
+
+def test_pairs_timed_under_contention_are_left_out_and_counted():
+    tenant = CoTenant(2.0, 5.0)
+    timing = paired(tenant.clock, pressure=tenant.pressure)
+    contended = [(start, end) for start, end in tenant.clock.spans if start < tenant.end and end > tenant.start]
+    assert len(contended) >= 8 and timing.contention_seen
+    # The quads inside the burst are left out; one that only grazed it (a stall under max_stall of its time) stays,
+    # slowed in part, and the median keeps it out of the estimate.
+    assert timing.discarded_pairs >= 4 and timing.pairs == 12  # the minimum, of clean pairs
+    assert sum(ratio == pytest.approx(TRUE_RATIO, rel=1e-9) for ratio in timing.ratios) >= 10
+    assert timing.ratio == pytest.approx(TRUE_RATIO, rel=1e-9)
+
+
+def test_contention_to_the_cap_gives_the_contended_ratio_and_says_so():
+    tenant = CoTenant(0.0, math.inf, slowdown=1.0)
+    timing = paired(tenant.clock, pressure=tenant.pressure, precision=0.02, max_seconds=8)
+    assert timing.stopped_by == "contention" and not timing.precise
+    assert timing.discarded_pairs == 0 and timing.pairs >= 12 and 8 <= timing.seconds < 9
+    assert timing.ratio == pytest.approx(TRUE_RATIO)
+
+
+def test_a_fixed_budget_under_contention_ends_at_the_cap():
+    tenant = CoTenant(0.0, math.inf, slowdown=1.0)
+    timing = paired(tenant.clock, pressure=tenant.pressure, precision=None, max_seconds=8)
+    assert timing.stopped_by == "contention" and 8 <= timing.seconds < 9 and timing.pairs > 12
+
+
+def test_a_system_without_pressure_information_leaves_nothing_out():
+    tenant = CoTenant(0.0, math.inf)
+    timing = paired(tenant.clock)  # pressure() None, as on macOS
+    assert timing.contention_seen is False and timing.discarded_pairs == 0 and timing.pairs == 12
+
+
+def test_cpu_pressure_is_read_from_the_kernels_some_line(tmp_path):
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=0.27 avg60=1.05 avg300=0.37 total=1919138406\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert nas.timing.cpu_pressure_s(psi) == pytest.approx(1919.138406)
+    assert nas.timing.cpu_pressure_s(tmp_path / "missing") is None
+    for nonsense in ("nonsense\n", "some avg10=0.27 total=12ab\n"):
+        psi.write_text(nonsense)
+        assert nas.timing.cpu_pressure_s(psi) is None
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -171,6 +328,10 @@ def test_one_pair_is_its_own_ratio():
     ("min_window_s", 0, r"min_window_s must be a finite number > 0.0, got 0"),
     ("min_window_s", math.nan, r"min_window_s must be a finite number > 0.0, got nan"),
     ("max_steps_per_window", 0, r"max_steps_per_window must be an integer >= 1, got 0"),
+    ("precision", 0, r"precision must be a number in \(0.0, 1.0\] or None, got 0"),
+    ("max_seconds", -1, r"max_seconds must be a finite number > 0.0, got -1"),
+    ("rebuild_every", 1, r"rebuild_every must be an integer >= 2, got 1"),
+    ("max_stall", 0, r"max_stall must be a number in \(0.0, 1.0\] or None, got 0"),
 ])
 def test_arguments_are_checked_before_any_step(option, value, message):
     clock = FakeClock()
@@ -186,7 +347,7 @@ def heavier(spec):
     return dataclasses.replace(spec, name="tiny-heavier", stages=(*spec.stages[:-1], wider))
 
 
-SMALL = TimingConfig(image_size=32, batch_size=8, warmup=2, pairs=3)
+SMALL = TimingConfig(image_size=32, batch_size=8, warmup=2, pairs=3, precision=None, max_stall=None)
 
 
 @pytest.fixture
@@ -203,7 +364,7 @@ def test_time_relative_times_two_real_networks_side_by_side(one_thread):
     tiny = presets.get("tiny")
     timing = time_relative(heavier(tiny), tiny, SMALL, device=CPU, num_classes=10, in_channels=3)
     assert math.isfinite(timing.ratio) and timing.ratio > 1  # the heavier network's step costs more
-    assert timing.pairs == 3 and timing.warmup_steps == 2 and len(timing.ratios) == 3
+    assert timing.pairs == 4 and timing.warmup_steps == 2 and len(timing.ratios) == 4  # 3 rounded up to 2 quads
     assert timing.step_time_s > timing.reference_step_time_s > 0
     itself = time_relative(tiny, tiny, dataclasses.replace(SMALL, channels_last=False), device=CPU, num_classes=10,
                            in_channels=3)
@@ -225,8 +386,9 @@ def _fake_pairs(lock_path: Path, calls: list[str]) -> Callable[..., PairedTiming
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         calls.append(spec.name)
-        return PairedTiming(ratio=1.25, ratio_iqr=0.05, ratios=(1.2, 1.3, 1.25), step_time_s=0.005,
-                            reference_step_time_s=0.004, pairs=3, steps_per_window=(10, 12), warmup_steps=2)
+        return PairedTiming(ratio=1.25, ratio_low=1.2, ratio_high=1.3, ratio_iqr=0.05, ratios=(1.2, 1.3, 1.25, 1.25),
+                            step_time_s=0.005, reference_step_time_s=0.004, pairs=4, steps_per_window=(10, 12),
+                            warmup_steps=2, seconds=1.5, stopped_by="pairs")
 
     return timed
 
@@ -240,15 +402,18 @@ def test_relative_step_time_times_inside_the_lock_then_caches_and_reuses(tmp_pat
     options = dict(device=CPU, num_classes=10, in_channels=3)
 
     alone = relative_step_time(heavier(tiny), tiny, SMALL, **options)
-    assert alone == RelativeStepTime(1.25, 0.05, 0.005, 0.004, cached=False, pairs=3) and calls == ["tiny-heavier"]
+    assert alone == RelativeStepTime(1.25, 1.2, 1.3, 0.05, 0.005, 0.004, 4, 0, 1.5, "pairs", cached=False)
+    assert calls == ["tiny-heavier"]
     assert not (tmp_path / "cache.db").exists()  # no storage: nothing written
 
     timed = relative_step_time(heavier(tiny), tiny, SMALL, **options, storage_url=storage)
     cached = relative_step_time(heavier(tiny), tiny, SMALL, **options, storage_url=storage)
     assert calls == ["tiny-heavier", "tiny-heavier"]  # the second call read the cache
-    assert timed.cached is False and cached.cached is True and cached.pairs is None
+    assert timed.cached is False and cached.cached is True
     assert cached.measurement() == timed.measurement() == {
-        "step_time_ratio": 1.25, "step_time_ratio_iqr": 0.05, "step_time_s": 0.005, "reference_step_time_s": 0.004}
+        "step_time_ratio": 1.25, "step_time_ratio_low": 1.2, "step_time_ratio_high": 1.3, "step_time_ratio_iqr": 0.05,
+        "step_time_s": 0.005, "reference_step_time_s": 0.004, "step_time_pairs": 4, "step_time_discarded_pairs": 0,
+        "step_time_measure_s": 1.5, "step_time_stopped_by": "pairs"}
     relative_step_time(heavier(tiny), tiny, dataclasses.replace(SMALL, image_size=64), **options,
                        storage_url=storage)
     assert len(calls) == 3  # other settings: another entry, timed

@@ -43,6 +43,7 @@ def test_public_api_is_reexported():
     assert rewards.training_aware_reward is training_aware_reward
     assert rewards.latency_target_reward is latency_target_reward
     assert set(rewards.__all__) == {
+        "INTERVAL_Z",
         "IQR_PER_STANDARD_DEVIATION",
         "LATENCY_CONSTRAINTS",
         "NOISE_Z",
@@ -388,6 +389,23 @@ def test_the_reward_noise_of_the_docstring_s_worked_example():
     assert noise == pytest.approx(math.hypot(accuracy_part, step_time_part), rel=1e-12)
     assert (reward, accuracy_part, step_time_part, noise) == pytest.approx((0.8207, 0.0214, 0.0051, 0.0220), abs=1e-4)
     assert IQR_PER_STANDARD_DEVIATION == pytest.approx(2 * 0.6745, abs=1e-3)  # a normal's IQR in standard deviations
+
+
+def test_an_interval_gives_the_step_time_error_and_wins_over_the_iqr():
+    """The docstring's example with the interval 0.41-0.43: σ_S = 0.02 / 3.92 = 0.0051, δ = 0.0214."""
+    noise = reward_noise(0.746, 0.42, 0.5, holdout_images=500, step_time_ratio_interval=(0.41, 0.43))
+    reward = reward_factors(0.746, 0.42, 0.5).product
+    accuracy_part = 0.42**-0.07 * 0.5**-0.05 * math.sqrt(0.746 * 0.254 / 500)
+    step_time_part = 0.07 * reward / 0.42 * (0.43 - 0.41) / (2 * 1.96)
+    assert noise == pytest.approx(math.hypot(accuracy_part, step_time_part), rel=1e-12)
+    assert noise == pytest.approx(0.0214, abs=1e-4)
+    both = reward_noise(0.746, 0.42, 0.5, holdout_images=500, step_time_ratio_interval=(0.41, 0.43),
+                        step_time_ratio_iqr=0.05)
+    assert both == noise  # the interval is the median's own error; the IQR only bounds it
+    with pytest.raises(ValueError, match=r"needs step_time_ratio_interval or step_time_ratio_iqr, got neither"):
+        reward_noise(0.746, 0.42, 0.5, holdout_images=500)
+    with pytest.raises(ValueError, match=r"step_time_ratio_interval must be \(low, high\) with low <= high"):
+        reward_noise(0.746, 0.42, 0.5, holdout_images=500, step_time_ratio_interval=(0.43, 0.41))
 
 
 def test_each_measurement_adds_its_own_noise_and_the_counted_parameters_none():
