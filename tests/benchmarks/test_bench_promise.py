@@ -54,6 +54,17 @@ def test_a_winner_twice_as_fast_to_the_baseline_s_accuracy_meets_the_target(prom
     assert "HOLDS" in promise.verdict(list(rows.values()))
 
 
+def test_a_winner_trained_for_the_baseline_s_time_that_is_more_accurate_meets_the_target(promise):
+    records = [record("baseline", 0, [0.80, 0.90], 10), record("winner", 0, [0.80, 0.85], 5),
+               record("winner-equal-time", 0, [0.80, 0.86, 0.89, 0.91], 5)]  # 4 epochs of 5 s: the baseline's 20 s
+    rows = promise.summarize(records, {"step_time_ratio": 0.5})
+    equal_time = next(row for row in rows if row["arm"] == "winner-equal-time")
+    assert equal_time["accuracy at the baseline's time"] == "91.00" and equal_time["S/S0"] == "0.500"
+    assert "HOLDS" in promise.verdict(rows) and "best accuracy at the baseline's time 91.00" in promise.verdict(rows)
+    records[-1] = record("winner-equal-time", 0, [0.80, 0.86, 0.89, 0.903], 5)  # 0.3 points more: not enough
+    assert "does NOT hold" in promise.verdict(promise.summarize(records, {"step_time_ratio": 0.5}))
+
+
 def test_a_winner_that_never_reaches_the_target_and_is_not_better_at_equal_time_misses_it(promise):
     records = [record("baseline", 0, [0.80, 0.90], 10), record("winner", 0, [0.80, 0.85], 9)]
     rows = promise.summarize(records, {"step_time_ratio": 0.9})
@@ -73,15 +84,21 @@ def test_a_tiny_run_trains_every_arm_on_all_the_data_evaluates_on_the_test_set_a
     test_set = f"npz:{tmp_path / 'k.npz'}?images=x_test&labels=y_test"
     argv = ["--data", f"npz:{tmp_path / 'k.npz'}", "--eval-data", test_set,
             "--winner", str(winner), "--epochs", "4", "--seeds", "0", "--min-image-size", "8", "--timing-pairs", "1",
-            "--device", "cpu", "--results", str(tmp_path / "p.jsonl"), "--figure", str(tmp_path / "p.png")]
+            "--timing-precision", "0", "--device", "cpu", "--results", str(tmp_path / "p.jsonl"),
+            "--figure", str(tmp_path / "p.png")]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         promise.main(argv)
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     runs = [r for r in records if r["kind"] == "train"]
-    assert sorted(r["arm"] for r in runs) == ["baseline", "winner", "winner-progressive"]
+    assert sorted(r["arm"] for r in runs) == ["baseline", "winner", "winner-equal-time", "winner-progressive"]
     assert all(r["status"] == "ok" and r["train_images"] == 60 and r["eval_images"] == 30 for r in runs), runs
-    assert all(len(r["curve"]) == 4 and all(e["eval_accuracy"] is not None for e in r["curve"]) for r in runs)
+    timing = next(r for r in records if r["kind"] == "timing")
+    assert timing["step_time_stopped_by"] == "pairs" and timing["step_time_pairs"] == 2
+    equal_time = round(4 / timing["step_time_ratio"])  # the epochs the baseline's time buys the winner
+    assert {r["arm"]: len(r["curve"]) for r in runs} == {"baseline": 4, "winner": 4, "winner-progressive": 4,
+                                                         "winner-equal-time": equal_time}
+    assert all(e["eval_accuracy"] is not None for r in runs for e in r["curve"])
     progressive = next(r for r in runs if r["arm"] == "winner-progressive")
     assert [e["image_size"] for e in progressive["curve"]] == [8, 8, 16, 16]  # 4 stages up to the data's size
     assert "| arm | seeds | parameters | final accuracy |" in out.getvalue() and "target: " in out.getvalue()
@@ -89,4 +106,4 @@ def test_a_tiny_run_trains_every_arm_on_all_the_data_evaluates_on_the_test_set_a
     again = io.StringIO()
     with contextlib.redirect_stdout(again):
         promise.main(argv)
-    assert "runs: 0 of 3 to train (3 in" in again.getvalue()  # resumed: nothing trained twice
+    assert "runs: 0 of 4 to train (4 in" in again.getvalue()  # resumed: nothing trained twice
