@@ -363,7 +363,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     spec = presets.resolve_spec(args.spec)
     if args.relative_to is not None:  # refused before anything is timed
-        TimingConfig(warmup=args.warmup, pairs=args.repeats, precision=args.precision, max_seconds=args.max_timing_s)
+        TimingConfig(warmup=args.warmup, pairs=args.repeats, precision=args.precision or None,
+                     max_seconds=args.max_timing_s)
     try:
         result = benchmark_spec(
             spec,
@@ -452,9 +453,11 @@ def _bench_relative(spec: ArchSpec, result: Any, args: argparse.Namespace) -> di
     from nas.timing import relative_step_time
 
     reference = presets.resolve_spec(args.relative_to)
+    fixed = not args.precision  # exactly --repeats pairs, as before issue 27: no contention check either
     settings = TimingConfig(image_size=result.image_size, batch_size=result.batch_size, amp=args.amp,
                             channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
-                            pairs=args.repeats, precision=args.precision, max_seconds=args.max_timing_s)
+                            pairs=args.repeats, precision=None if fixed else args.precision,
+                            max_seconds=args.max_timing_s, max_stall=None if fixed else TimingConfig.max_stall)
     relative = relative_step_time(spec, reference, settings, device=resolve_device(args.device),
                                   num_classes=args.num_classes, in_channels=result.in_channels,
                                   storage_url=args.storage)

@@ -231,7 +231,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
                             "interval")
     bench.add_argument("--precision", type=float, default=timing_defaults.precision, metavar="SHARE",
                        help="with --relative-to: time pairs until the interval's half-width is at most this share "
-                            "of S/S0 (default %(default)s)")
+                            "of S/S0, leaving out pairs timed under CPU contention; 0: exactly --repeats pairs, "
+                            "nothing left out (default %(default)s)")
     bench.add_argument("--max-timing-s", type=float, default=timing_defaults.max_seconds, metavar="SECONDS",
                        help="with --relative-to: stop there even if imprecise, and say so (default %(default)s)")
     bench.add_argument("--storage", metavar="URL",

@@ -621,17 +621,24 @@ def test_bench_relative_to_a_baseline_prints_the_paired_ratio_and_fills_the_cach
     dump_spec(presets.get_space("tiny").sample(3), candidate)
     argv = ("bench", candidate, "--relative-to", "tiny", "--device", "cpu", "--batch-size", 4,
             "--num-classes", 10, "--warmup", 1, "--repeats", 2, "--threads", 1)
-    status, out, err = run(capsys, *argv, "--json", "--storage", storage)
+    status, out, err = run(capsys, *argv, "--precision", 0, "--json", "--storage", storage)  # exactly 2 pairs
     assert status == 0, err
     relative = json.loads(out)["relative"]
-    assert relative["cached"] is False and relative["pairs"] == 2 and relative["reference"] == "tiny"
+    assert relative["cached"] is False and relative["step_time_pairs"] == 2 and relative["reference"] == "tiny"
     assert relative["step_time_ratio"] > 0 and relative["step_time_ratio_iqr"] >= 0
-    status, out, err = run(capsys, *argv, "--storage", storage)
+    assert relative["step_time_stopped_by"] == "pairs" and relative["step_time_ratio_low"] is None  # one quad
+    assert relative["step_time_measure_s"] > 0
+    status, out, err = run(capsys, *argv, "--precision", 0, "--storage", storage)
     assert status == 0, err
     assert f"{relative['step_time_ratio']:.4f} (from the step-time cache)" in out
-    status, out, err = run(capsys, *argv)  # no storage: timed again, nothing read or written
+    assert "no interval (too few pairs)" in out
+    # No storage: timed again, nothing read or written; a cap that comes before any interval is said (as the cap,
+    # or as contention when the machine running the test is busy).
+    status, out, err = run(capsys, *argv, "--max-timing-s", 0.5)
     assert status == 0, err
     assert "interleaved pairs of windows" in out
+    assert ("IMPRECISE: the time cap came before the interval narrowed to ±2.0%" in out
+            or "IMPRECISE: every pair was timed under CPU contention" in out), out
 
 
 def test_bench_relative_to_keys_the_cache_on_classes_and_ignores_a_bad_entry(capsys, tmp_path):
@@ -641,7 +648,7 @@ def test_bench_relative_to_keys_the_cache_on_classes_and_ignores_a_bad_entry(cap
     candidate = tmp_path / "candidate.yaml"
     dump_spec(presets.get_space("tiny").sample(3), candidate)
     argv = ("bench", candidate, "--relative-to", "tiny", "--device", "cpu", "--batch-size", 4, "--image-size", 16,
-            "--warmup", 1, "--repeats", 2, "--threads", 1, "--json", "--storage", storage)
+            "--warmup", 1, "--repeats", 2, "--precision", 0, "--threads", 1, "--json", "--storage", storage)
     status, out, err = run(capsys, *argv, "--num-classes", 10)
     assert status == 0 and json.loads(out)["relative"]["cached"] is False, err
     status, out, err = run(capsys, *argv, "--num-classes", 50_000)

@@ -96,8 +96,11 @@ def test_each_finished_trial_says_how_long_it_took_and_what_is_left(tmp_path):
     assert "S/S0 0.472" in lines[-1] and " ms" not in lines[-1]
     assert "took 2 min 20 s  (campaign 4 min 00 s, about 2 min 00 s left)" in lines[-1]  # 120 s x 2 left / 2
     clock.now += 60
-    campaign.record(second.number, measured(0.55, 0.9))
-    assert "took 3 min 20 s" in out.getvalue().splitlines()[-1]
+    campaign.record(second.number, dataclasses.replace(measured(0.55, 0.9), step_time_ratio_low=0.88,
+                                                       step_time_ratio_high=0.91, step_time_stopped_by="cap"))
+    last = out.getvalue().splitlines()[-1]
+    assert "took 3 min 20 s" in last
+    assert "S/S0 0.900 ±1.7% IMPRECISE" in last  # (0.91 - 0.88) / 2 / 0.9: its interval, and the cap came first
 
 
 def test_a_training_run_off_a_terminal_prints_a_line_every_interval():

@@ -62,14 +62,16 @@ def test_a_worker_s_step_time_reaches_the_cache_before_its_trial_ends(tmp_path):
     searcher.on_trial_complete("a", {runner.RESULT_KEY: measured().to_json()})
     first = searcher.suggest("b")
     assert first["plan"]["cached"] is None and first["plan"]["reference"]["name"] == "tiny"
-    timing = {"step_time_ratio": 0.9, "step_time_ratio_iqr": 0.02, "step_time_s": 0.009,
-              "reference_step_time_s": 0.01, "device": "cpu", "timing": first["plan"]["timing"]}
+    measurement = {"step_time_ratio": 0.9, "step_time_ratio_low": 0.89, "step_time_ratio_high": 0.91,
+                   "step_time_ratio_iqr": 0.02, "step_time_s": 0.009, "reference_step_time_s": 0.01,
+                   "step_time_pairs": 16, "step_time_discarded_pairs": 0, "step_time_measure_s": 6.0,
+                   "step_time_stopped_by": "precision"}
+    timing = {**measurement, "device": "cpu", "timing": first["plan"]["timing"]}
     searcher.on_trial_result("b", {runner.TIMING_KEY: json.dumps(timing)})
     searcher.on_trial_complete("b", error=True)
     rerun = searcher.suggest("c")
     assert rerun["spec"] == first["spec"]
-    assert rerun["plan"]["cached"] == {key: timing[key] for key in
-                                       ("step_time_ratio", "step_time_ratio_iqr", "step_time_s", "reference_step_time_s")}
+    assert rerun["plan"]["cached"] == measurement
 
 
 def test_a_trial_whose_worker_died_is_interrupted_and_runs_once_more(tmp_path):

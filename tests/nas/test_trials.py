@@ -64,6 +64,22 @@ def test_a_trial_s_factors_are_the_reward_s_of_its_recorded_numbers():
     assert unknown_holdout.step_time_ratio_iqr == 0.04
 
 
+def test_a_trial_s_interval_gives_its_step_time_noise_when_it_records_one():
+    """Issue 27: S/S0's own 95% interval, not the spread of single pairs, is its error; one that does not hold the
+    ratio the reward used (a hand-edited study) is not trusted."""
+    with_interval = trial(value=0.71, **measured(0.7, 0.5, 0.8, step_time_ratio_iqr=0.04,
+                                                 step_time_ratio_low=0.49, step_time_ratio_high=0.52))
+    factors = TrialFactors.of(with_interval, (-0.1, -0.02), holdout_images=500)
+    assert factors.step_time_ratio_interval == (0.49, 0.52)
+    assert factors.noise == reward_noise(0.7, 0.5, 0.8, holdout_images=500, step_time_ratio_interval=(0.49, 0.52),
+                                         w=-0.1, v=-0.02)
+    assert factors.noise < TrialFactors.of(trial(value=0.71, **measured(0.7, 0.5, 0.8, step_time_ratio_iqr=0.04)),
+                                           (-0.1, -0.02), holdout_images=500).noise
+    beside = trial(value=0.71, **measured(0.7, 0.5, 0.8, step_time_ratio_iqr=0.04, step_time_ratio_low=0.6,
+                                          step_time_ratio_high=0.7))
+    assert TrialFactors.of(beside, (-0.1, -0.02), holdout_images=500).step_time_ratio_interval is None
+
+
 @pytest.mark.parametrize("attributes, value", [
     (measured(0.7, 1.0, 1.0), None),  # no reward
     ({records.ACCURACY: 0.7, records.NORMALIZED_STEP_TIME: 1.0}, 0.7),  # no P/P0
