@@ -76,7 +76,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from nas.measure import benchmark_spec, describe_device, resolve_device  # noqa: E402
 from nas.recipe import TimingConfig  # noqa: E402
-from nas.timing import time_relative  # noqa: E402
+from nas.timing import relative_half_width, time_relative  # noqa: E402
 from search_spaces import presets  # noqa: E402
 from search_spaces.spec import ArchSpec  # noqa: E402
 
@@ -159,7 +159,7 @@ def condition_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fresh-process runs of one condition: S/S0's median, CV and range, the within-process half-width, the
     per-process share, seconds per measurement, and how many were imprecise or left pairs out."""
     ratios = [run["step_time_ratio"] for run in runs]
-    half_widths = [(run["step_time_ratio_high"] - run["step_time_ratio_low"]) / (2 * run["step_time_ratio"])
+    half_widths = [relative_half_width(run["step_time_ratio"], (run["step_time_ratio_low"], run["step_time_ratio_high"]))
                    for run in runs if run["step_time_ratio_low"] is not None]
     cv = coefficient_of_variation(ratios)
     return {"runs": len(runs), "median": statistics.median(ratios), "cv": cv, "low": min(ratios),

@@ -423,9 +423,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _relative_rows(relative: dict[str, Any], precision: float) -> list[list[str]]:
     """The rows of ``nas bench --relative-to``'s table that say S/S0, how precise it is and how it was measured."""
+    from nas.timing import relative_half_width
+
     ratio, low, high = (relative[key] for key in ("step_time_ratio", "step_time_ratio_low", "step_time_ratio_high"))
     interval = "no interval (too few pairs)" if low is None else \
-        f"95% interval {low:.4f}-{high:.4f}, ±{(high - low) / (2 * ratio):.1%}"
+        f"95% interval {low:.4f}-{high:.4f}, ±{relative_half_width(ratio, (low, high)):.1%}"
     source = " (from the step-time cache)" if relative["cached"] else ""
     measured = (f"{relative['step_time_pairs']} interleaved pairs of windows in "
                 f"{relative['step_time_measure_s']:.1f} s")
