@@ -10,6 +10,7 @@ no Optuna, and no torch until a command needs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -469,11 +470,16 @@ def _bench_relative(spec: ArchSpec, result: Any, args: argparse.Namespace) -> di
 def cmd_train(args: argparse.Namespace) -> int:
     """Proxy-trains a spec. Everything that can be refused is refused (exit 2) before training starts
     (:class:`nas.train.TrainPreflight`); exit 1 is for a run that started and failed. Ctrl-C ends with one line:
-    what was saved and the command that continues the run (exit 130)."""
+    what was saved and the command that continues the run (exit 130).
+
+    Under a launcher (``torchrun --nproc-per-node N -m nas train ...``) every process is one rank of a
+    data-parallel run (:mod:`nas.distributed`): rank 0 alone prints and writes."""
     from nas.data import load_data, load_data_with_evaluation
+    from nas.distributed import device_for, from_environment, process_group
+    from nas.measure import resolve_device
     from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
-    from nas.train import TrainPreflight, run_record, save_run, train_and_evaluate
+    from nas.train import TrainPreflight, checkpoint_world_size, run_record, save_run, train_and_evaluate
 
     spec = presets.resolve_spec(args.spec)
     progressive = None
@@ -486,48 +492,109 @@ def cmd_train(args: argparse.Namespace) -> int:
             mixup_alpha=tuple(args.mixup_range),
         )
     config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in RECIPE_FLAGS})
+    parallel = from_environment(sync_batch_norm=args.sync_bn)
+    device = device_for(parallel, resolve_device(config.device))
+    if parallel.distributed:
+        config = dataclasses.replace(config, device=str(device))  # each rank of a node on its own GPU
     preflight = TrainPreflight(spec, config, checkpoint=args.checkpoint or None, resume=args.resume,
-                               force=args.force, save=args.save or None, export_onnx=args.export_onnx or None)
+                               force=args.force, save=args.save or None, export_onnx=args.export_onnx or None,
+                               parallel=parallel)
+    talk = parallel.is_main and not args.json  # the lines on stderr; other ranks print nothing at all
     saved_epochs: list[int] = []  # the epochs this run wrote to the checkpoint, for the line after Ctrl-C
     progress: list[Any] = []  # the run's TrainingProgress, once the data (and so the batch size) is known
 
     def on_epoch(stats: Any) -> None:
         saved_epochs.append(stats.epoch)
-        if not args.json:
+        if talk:
             progress[0].clear()
             _print_epoch(stats)
 
+    load_size, streamed = _folder_loading(args, progressive)
+
     def load() -> Any:
+        if streamed is not None:
+            from nas.streaming import open_streaming_folder
+
+            return open_streaming_folder(args.data.partition(":")[2], image_size=load_size,
+                                         val_fraction=args.val_fraction, seed=args.seed, workers=args.loader_workers)
         if args.eval_data:
-            return load_data_with_evaluation(args.data, args.eval_data, image_size=args.image_size, seed=args.seed)
-        return load_data(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed)
+            return load_data_with_evaluation(args.data, args.eval_data, image_size=load_size, seed=args.seed)
+        return load_data(args.data, image_size=load_size, val_fraction=args.val_fraction, seed=args.seed)
 
     try:
-        with preflight.start(load) as data:
-            if not args.json:
+        with process_group(parallel, device), preflight.start(load) as data:
+            if talk:
                 print(_training_line(spec.name or args.spec, data, config), file=sys.stderr)
                 print(_recipe_line(config, data), file=sys.stderr)
+                if parallel.distributed:
+                    print(_ranks_line(parallel, config, data), file=sys.stderr)
+                if streamed is not None:
+                    print(f"streaming {args.data} ({streamed}): {args.loader_workers} DataLoader worker(s) decode "
+                          "each epoch's images at its size; only the file list is resident", file=sys.stderr)
                 _note_unused_arrays(args.data)
+                saved = None if preflight.checkpoint is None else preflight.checkpoint.saved(spec, config)
+                if saved is not None and checkpoint_world_size(saved) != parallel.world_size:
+                    print(f"note: {preflight.checkpoint.path} was written by {checkpoint_world_size(saved)} rank(s) "
+                          f"and resumes with {parallel.world_size}: the same samples, schedule and weights go on; "
+                          "each rank's own random draws (dropout, mixup, RandAugment) are seeded afresh",
+                          file=sys.stderr)
             progress.append(_training_progress(config, data))
             result = train_and_evaluate(spec, data, config, on_epoch=on_epoch, checkpoint=preflight.checkpoint,
-                                        weights=preflight.weights, on_step=None if args.json else progress[0].step,
-                                        evaluate_each_epoch=bool(args.eval_data))
+                                        weights=preflight.weights, on_step=progress[0].step if talk else None,
+                                        evaluate_each_epoch=bool(args.eval_data), parallel=parallel)
             record = run_record(result, data)
-            if preflight.save is not None and result.ok:
-                saved = save_run(preflight.save, spec, data, config, result)  # spec.yaml, result.json with the input
-                if not args.json:
+            if preflight.save is not None and result.ok and parallel.is_main:
+                run = save_run(preflight.save, spec, data, config, result)  # spec.yaml, result.json with the input
+                if talk:
                     print(f"saved the trained weights, the spec and the result to {preflight.save}", file=sys.stderr)
                 if preflight.onnx is not None:
-                    _export_onnx(saved, preflight.onnx)
+                    _export_onnx(run, preflight.onnx)
     except KeyboardInterrupt:
         checkpoint = None if preflight.checkpoint is None else preflight.checkpoint.path
-        print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None), file=sys.stderr)
+        if parallel.is_main:
+            print(_interrupted_line(args, checkpoint, saved_epochs[-1] if saved_epochs else None,
+                                    launcher="torchrun [its options] -m nas" if parallel.distributed else "nas"),
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.json:
+    if parallel.is_main and args.json:
         print(json.dumps(record, indent=2, allow_nan=False))
-    else:
+    elif parallel.is_main:
         _print_result(result, record["evaluated_on"])
     return 0 if result.ok else EXIT_FAILED
+
+
+def _folder_loading(args: argparse.Namespace, progressive: Any) -> tuple[int | None, str | None]:
+    """The size to load ``--data`` at and, for an image folder that is streamed, why (``--stream``, or the cache
+    that would not fit in memory), else None. A progressive run decodes a folder at its largest stage's size, so
+    no stage upsamples cached images."""
+    check_int("--loader-workers", args.loader_workers, 0, 256)
+    source, _, argument = args.data.partition(":")
+    if source != "imagefolder":
+        if args.stream:
+            raise ValueError(f"--stream reads image folders (--data imagefolder:DIR), not {source}")
+        return args.image_size, None
+    size = args.image_size or (max(progressive.image_size) if progressive is not None else None)
+    if args.stream:
+        reason = "--stream"
+    else:
+        from nas.streaming import cache_refusal
+
+        refusal = cache_refusal(argument, size)
+        reason = None if refusal is None else f"the cached path would not fit: {refusal}"
+    if reason is not None and args.eval_data:
+        raise ValueError(f"a streamed image folder is evaluated on its own hold-out: --eval-data is not available "
+                         f"when {args.data} is streamed ({reason})")
+    return size, reason
+
+
+def _ranks_line(parallel: Any, config: Any, data: Any) -> str:
+    """How a data-parallel run shares its work: ranks, each rank's share of the global batch, batch norm."""
+    from nas.recipe import resolve_recipe
+
+    batch = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips).batch_size
+    norm = "global (--sync-bn)" if parallel.sync_batch_norm else "per rank (add --sync-bn for global statistics)"
+    return (f"data-parallel: {parallel.world_size} ranks on {config.device}, global batch {batch} = "
+            f"{parallel.world_size} x {parallel.share(batch)}; batch norm {norm}; rank 0 prints and writes")
 
 
 def _training_progress(config: Any, data: Any) -> Any:
@@ -576,7 +643,8 @@ def _recipe_line(config: Any, data: Any) -> str:
             + (f"; automatic: {', '.join(chosen)}" if chosen else ""))
 
 
-def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_saved: int | None) -> str:
+def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_saved: int | None, *,
+                      launcher: str = "nas") -> str:
     """The one line ``nas train`` ends with after Ctrl-C: what the checkpoint holds and the exact command, as the
     user typed it, that continues the run (``--resume`` added, ``--force`` dropped)."""
     if checkpoint is None:
@@ -590,7 +658,7 @@ def _interrupted_line(args: argparse.Namespace, checkpoint: Path | None, last_sa
     command = [token for token in args.command_line if not (token.startswith("--f") and "--force".startswith(token))]
     if not args.resume:
         command.append("--resume")
-    return f"nas train: interrupted; {saved}; resume with: nas {shlex.join(command)}"
+    return f"nas train: interrupted; {saved}; resume with: {launcher} {shlex.join(command)}"
 
 
 def _export_onnx(saved: Any, output: Path) -> None:

@@ -249,7 +249,12 @@ def _read_source(source: str, image_size: int | None, seed: int) -> tuple[torch.
 
 
 def _derived_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys, so related streams (data, split, epochs) stay independent."""
+    """A well-mixed 63-bit seed from integer keys, so related streams (data, split, epochs) stay independent.
+
+    The second key names the stream, one number each across the workshop: 0 synthetic images, 1 the hold-out
+    split, 2 an epoch's order (and crops), 3 RandAugment per rank, 4 streamed per-sample crops, 5 streamed
+    statistics (:mod:`nas.streaming`), 6 a rank's own draws (:mod:`nas.distributed`), 7 draws seeded afresh on a
+    resume with another number of ranks (:mod:`nas.train`)."""
     high, low = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
     return (int(high) << 31) ^ int(low)
 
@@ -583,6 +588,12 @@ class DeviceBatches:
     the crop. Batches are float32 ``(x / 255 - mean) / std``, in channels_last memory format when
     ``channels_last``, at ``image_size`` (resized on the device when it differs from the stored size), with their
     int64 labels. ``image_size`` and the RandAugment settings may change between epochs (progressive learning).
+
+    Data-parallel (``world_size`` ranks, :mod:`nas.distributed`): ``batch_size`` is the global batch and each rank
+    yields rows ``[rank * b, (rank + 1) * b)`` of every global batch, ``b = batch_size / world_size``. The order and
+    the crop and flip parameters are drawn for the whole epoch and belong to the sample, so the ranks' batches put
+    together are the one-process batch, whatever the number of ranks. RandAugment's draws are per batch on the
+    device; with several ranks each rank draws its own from a generator seeded per (seed, epoch, rank).
     """
 
     def __init__(
@@ -602,6 +613,8 @@ class DeviceBatches:
         crop_padding: int = 4,
         randaugment_magnitude: float = 0.0,
         randaugment_ops: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[2] != images.shape[3]:
             raise ValueError(f"images must be a uint8 (N, C, S, S) tensor, got {images.dtype} {tuple(images.shape)}")
@@ -619,6 +632,14 @@ class DeviceBatches:
         check_int("crop_padding", crop_padding, 0)
         check_int("seed", seed, 0)
         check_real("randaugment_magnitude", randaugment_magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0, world_size - 1)
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is the global batch: it must be divisible by world_size "
+                             f"{world_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("with several ranks only whole global batches are shared (drop_last=True); shard "
+                             "evaluation images by rank instead")
         channels = images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std must have {channels} values (one per channel), got {mean} and {std}")
@@ -639,6 +660,7 @@ class DeviceBatches:
         # Progressive learning changes these (and image_size) between epochs.
         self.randaugment_magnitude = randaugment_magnitude
         self.randaugment_ops = randaugment_ops
+        self.rank, self.world_size = rank, world_size
         self._epoch = 0
         device = images.device
         self._generator = torch.Generator(device=device)
@@ -666,13 +688,18 @@ class DeviceBatches:
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._generator.manual_seed(_derived_seed(self.seed, 2, self._epoch))
+        epoch = self._epoch
+        self._generator.manual_seed(_derived_seed(self.seed, 2, epoch))
         self._epoch += 1
         count, device = self.images.shape[0], self.images.device
         order = torch.randperm(count, generator=self._generator, device=device) if self.shuffle else None
         parameters = self._draw_parameters(count)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = min(start + self.batch_size, count)
+        if self.world_size > 1:  # RandAugment's per-batch draws: this rank's own
+            self._generator.manual_seed(_derived_seed(self.seed, 3, epoch, self.rank))
+        share = self.batch_size // self.world_size
+        for global_start in range(0, len(self) * self.batch_size, self.batch_size):
+            start = min(global_start + self.rank * share, count)
+            stop = min(start + share, global_start + self.batch_size, count)
             if order is None:
                 images, labels = self.images[start:stop], self.labels[start:stop]
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 from typing import Any, NoReturn, Sequence
 
 from nas.controller_names import CONTROLLERS  # not nas.controllers: building the parser imports no Optuna
@@ -293,6 +294,14 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
                                    ("--mixup-range", "mixup_alpha", float, "mixup alpha")):
         progressive.add_argument(flag, type=kind, nargs=2, default=table6[name], metavar=("MIN", "MAX"),
                                  help=f"{what} of the first and the last stage")
+    train.add_argument("--stream", action="store_true",
+                       help="imagefolder: decode the images every epoch in DataLoader workers at each stage's size "
+                            "instead of caching them once (automatic when the cache would not fit in memory)")
+    train.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
+                       help="DataLoader worker processes of a streamed image folder (default: %(default)s)")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: batch-norm statistics of the global batch, not of each rank's share "
+                            "(README, Training on many GPUs)")
     train.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate it")
     train.add_argument("--checkpoint", help="write the full training state here after every epoch; one run at a "

@@ -134,7 +134,7 @@ class TrainingStep:
 
 
 def build_training_step(
-    model: nn.Module, config: TrainConfig, *, device: torch.device, steps_per_epoch: int
+    model: nn.Module, config: TrainConfig, *, device: torch.device, steps_per_epoch: int, distributed: bool = False
 ) -> TrainingStep:
     """Assembles ``model``'s training step as ``config`` trains it; the one assembly that training and timing use.
 
@@ -143,7 +143,9 @@ def build_training_step(
     warm-up-cosine schedule over ``config.epochs * steps_per_epoch`` steps with ``config.warmup_steps`` of
     warm-up, the loss with ``config.label_smoothing``, autocast at ``config.amp`` resolved
     for ``device``, and ``torch.compile`` when ``config.compile``. The returned step's ``model`` is the compiled
-    module when compiling; ``model`` itself stays the plain module whose parameters both share.
+    module when compiling; ``model`` itself stays the plain module whose parameters both share. With
+    ``distributed`` (a joined process group, :mod:`nas.distributed`) the step runs ``model`` wrapped in
+    ``DistributedDataParallel``, which averages the gradients over the ranks during backward.
     """
     check_int("steps_per_epoch", steps_per_epoch, 1)
     if config.learning_rate is None or config.warmup_steps is None:
@@ -161,7 +163,10 @@ def build_training_step(
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = min(total_steps, config.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
-    runnable = torch.compile(model) if config.compile else model
+    runnable: nn.Module = model
+    if distributed:
+        runnable = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    runnable = torch.compile(runnable) if config.compile else runnable
     return TrainingStep(
         runnable,
         optimizer,

@@ -32,7 +32,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.augment import mixup
 from nas.builder import build_model
-from nas.data import DeviceBatches, ImageData
+from nas.data import DeviceBatches, ImageData, _derived_seed
+from nas.distributed import (
+    DataParallel,
+    all_gather_objects,
+    all_reduce_sum,
+    average_buffers,
+    convert_batch_norm,
+    rank_seed,
+)
 from nas.halving import Rungs
 from nas.measure import (
     DeviceUnavailableError,
@@ -59,6 +67,7 @@ from nas.recipe import AUTOMATIC_FIELDS, TrainConfig, resolve_recipe
 from nas.records import STATUS_FAILED, STATUS_FAULT, STATUS_OK, STATUS_STOPPED, EpochStats, EvalResult
 from nas.step import TrainingStep, build_training_step
 from nas.storage import StudyError
+from nas.streaming import StreamingBatches, StreamingFolder
 from nas.timing import TimingLockError
 from search_spaces.checks import check_int
 from search_spaces.files import FileLock, check_output, write_file
@@ -81,6 +90,7 @@ def train_and_evaluate(
     weights: Path | None = None,
     rungs: Rungs | None = None,
     evaluate_each_epoch: bool = False,
+    parallel: DataParallel | None = None,
 ) -> EvalResult:
     """Trains ``spec`` on ``data`` for ``config.epochs`` and measures hold-out accuracy, step time and size.
 
@@ -107,6 +117,13 @@ def train_and_evaluate(
     step (both 1-based, of ``steps`` in the epoch), for progress within long epochs: it reads no device value.
     With ``evaluate_each_epoch`` every epoch's stats carry the accuracy on ``data``'s evaluation images, measured as
     a rung's is (:func:`evaluate_at_rung`, which leaves the run as it was): a learning curve on a test set.
+
+    With ``parallel`` (a rank of a data-parallel launch whose process group is joined, :mod:`nas.distributed`)
+    every rank calls this with the same arguments: the global batch is shared, gradients averaged, the epoch's
+    loss and accuracy and the evaluation counted over all ranks (every rank returns the same result), and rank 0
+    alone writes ``checkpoint`` and ``weights``. The checkpoint holds every rank's random generators, so a run
+    resumed with the same number of ranks continues exactly; with another number the ranks' own draws (dropout,
+    mixup, RandAugment) are seeded afresh from the seed, rank and epoch (:func:`checkpoint_world_size`).
     """
     measured: dict[str, Any] = {}
     start = time.perf_counter()
@@ -115,7 +132,8 @@ def train_and_evaluate(
         device = resolve_device(config.device)
         measured["device"] = describe_device(device)
         stopped_at = _run(spec, data, config, device, measured, on_epoch, checkpoint, weights, rungs=rungs,
-                          start=start, on_step=on_step, evaluate_each_epoch=evaluate_each_epoch)
+                          start=start, on_step=on_step, evaluate_each_epoch=evaluate_each_epoch,
+                          parallel=parallel or DataParallel())
         status, reason = STATUS_OK, None
         if stopped_at is not None:
             status, reason = STATUS_STOPPED, f"stopped at epoch {stopped_at} of {config.epochs} by its rung's judge"
@@ -176,6 +194,7 @@ def _run(
     start: float,
     on_step: Callable[[int, int, int], None] | None = None,
     evaluate_each_epoch: bool = False,
+    parallel: DataParallel,
 ) -> int | None:
     """The body of :func:`train_and_evaluate`; fills ``measured`` as it goes so a failure keeps what was measured.
     Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
@@ -185,23 +204,29 @@ def _run(
     if saved is not None:
         check_checkpoint_data(saved, checkpoint.path, spec, data)
     for output in (None if checkpoint is None else checkpoint.path, weights):
-        if output is not None:
+        if output is not None and parallel.is_main:
             output.parent.mkdir(parents=True, exist_ok=True)
     prepare_device(device, config.threads)
     settings = config  # as given: what a checkpoint records and must match
     config = resolve_recipe(config, train_images=len(data.train_labels), flips=data.flips)
+    parallel.share(config.batch_size)
     measured["recipe"] = config.to_dict()
     image_size = config.image_size or data.image_size
     measured["macs"] = spec_complexity(  # on the meta device: no weights, no work
         spec, num_classes=data.num_classes, image_size=image_size, in_channels=data.in_channels
     ).macs
     data = data.to(device)
-    train_batches = _batches(data.train_images, data.train_labels, data, config, train=True)
+    train_batches = _batches(data, config, train=True, parallel=parallel)
     reset_peak_memory(device)
 
     torch.manual_seed(config.seed)
-    model = build_model(spec, data.num_classes, data.in_channels)  # the run's one build of the network
-    step = build_training_step(model, config, device=device, steps_per_epoch=len(train_batches))
+    model = build_model(spec, data.num_classes, data.in_channels)  # the run's one build of the network: every rank's
+    if parallel.distributed:
+        if parallel.sync_batch_norm:
+            model = convert_batch_norm(model, device)
+        torch.manual_seed(rank_seed(config.seed, parallel))  # each rank's own dropout and stochastic depth
+    step = build_training_step(model, config, device=device, steps_per_epoch=len(train_batches),
+                               distributed=parallel.distributed)
     amp_dtype = step.amp_dtype
     measured["parameters"] = count_parameters(model)
 
@@ -215,11 +240,12 @@ def _run(
         )
 
     schedule = training_schedule(spec, config, data.image_size)
-    mixing = torch.Generator(device=device).manual_seed(config.seed)
+    mixing = torch.Generator(device=device).manual_seed(
+        rank_seed(config.seed, parallel) if parallel.distributed else config.seed)
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    state = TrainingState(spec, settings, model, step, ema, train_batches, mixing)
+    state = TrainingState(spec, settings, model, step, ema, train_batches, mixing, parallel)
     history: list[EpochStats] = []
     if saved is not None:
         history = state.load(saved, checkpoint.path)
@@ -229,11 +255,12 @@ def _run(
         stage = stage_for_epoch(schedule, epoch - 1)
         apply_stage(model, train_batches, stage)
         stats = train_epoch(step, train_batches, epoch, config.epochs, mixup_alpha=stage.regularization.mixup_alpha,
-                            num_classes=data.num_classes, generator=mixing, ema=ema, on_step=on_step)
+                            num_classes=data.num_classes, generator=mixing, ema=ema, on_step=on_step,
+                            parallel=parallel)
         if evaluate_each_epoch:
             final = model if ema is None else ema.module
             stats = dataclasses.replace(
-                stats, eval_accuracy=evaluate_at_rung(final, data, train_batches, config, amp_dtype))
+                stats, eval_accuracy=evaluate_at_rung(final, data, train_batches, config, amp_dtype, parallel))
         history.append(stats)
         measured.update(history=tuple(history), epochs_completed=epoch, final_loss=stats.loss)
         if checkpoint is not None:
@@ -242,16 +269,16 @@ def _run(
             on_epoch(stats)
         if rungs is not None and epoch in rungs.epochs and epoch < config.epochs:
             final = model if ema is None else ema.module
-            measured["accuracy"] = evaluate_at_rung(final, data, train_batches, config, amp_dtype)
+            measured["accuracy"] = evaluate_at_rung(final, data, train_batches, config, amp_dtype, parallel)
             measured["peak_memory_bytes"] = peak_memory_bytes(device)
             rung = EvalResult(status=STATUS_OK, wall_time_s=time.perf_counter() - start, **measured)
             if not rungs.judge(rung):
                 return epoch
     final = model if ema is None else ema.module
-    recalibrate_batch_norm(final, train_batches, config.bn_recalibration_batches, amp_dtype)
+    recalibrate_batch_norm(final, train_batches, config.bn_recalibration_batches, amp_dtype, parallel)
     eval_config = dataclasses.replace(config, image_size=evaluation_image_size(config, data.image_size))
-    measured["accuracy"] = evaluate(final, data, eval_config, amp_dtype)
-    if weights is not None:
+    measured["accuracy"] = evaluate(final, data, eval_config, amp_dtype, parallel)
+    if weights is not None and parallel.is_main:
         _write_torch({k: v.detach().cpu() for k, v in final.state_dict().items()}, weights)
     measured["peak_memory_bytes"] = peak_memory_bytes(device)
     return None
@@ -259,7 +286,7 @@ def _run(
 
 def evaluate_at_rung(
     model: torch.nn.Module, data: ImageData, batches: DeviceBatches, config: TrainConfig,
-    amp_dtype: torch.dtype | None,
+    amp_dtype: torch.dtype | None, parallel: DataParallel | None = None,
 ) -> float:
     """Hold-out accuracy of ``model`` mid-run, exactly as the final evaluation measures it (batch-norm statistics
     recalibrated on ``batches``, evaluation at :func:`evaluation_image_size`), leaving the run as it was.
@@ -275,8 +302,8 @@ def evaluate_at_rung(
     position = batches.state_dict()
     eval_config = dataclasses.replace(config, image_size=evaluation_image_size(config, data.image_size))
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-        recalibrate_batch_norm(model, batches, config.bn_recalibration_batches, amp_dtype)
-        accuracy = evaluate(model, data, eval_config, amp_dtype)
+        recalibrate_batch_norm(model, batches, config.bn_recalibration_batches, amp_dtype, parallel)
+        accuracy = evaluate(model, data, eval_config, amp_dtype, parallel)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
@@ -286,9 +313,11 @@ def evaluate_at_rung(
     return accuracy
 
 
-def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData) -> None:
+def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData | StreamingFolder) -> None:
     """Refuses data this run cannot train on, before any work: a spec that pins other input channels than the
-    data's, or a batch larger than the training split (every epoch would be empty, as batches drop the rest)."""
+    data's, a batch larger than the training split (every epoch would be empty, as batches drop the rest), or a
+    cached image folder smaller than a training size (its images would be upsampled: decode the folder at that
+    size, or stream it)."""
     if spec.in_channels is not None and spec.in_channels != data.in_channels:
         raise SpecError(
             f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, but the data {data.name} has "
@@ -300,6 +329,12 @@ def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData) -> None:
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the training set: {train_images} images of {data.name} "
             f"after the hold-out split; use a batch size of at most {train_images}"
+        )
+    largest = max(stage.image_size for stage in training_schedule(spec, config, data.image_size))
+    if isinstance(data, ImageData) and data.name.startswith("imagefolder:") and largest > data.image_size:
+        raise ValueError(
+            f"{data.name} is cached at {data.image_size}px but the run trains at up to {largest}px: its images would "
+            f"be upsampled; load it at that size (--image-size {largest}) or stream it (--stream)"
         )
 
 
@@ -467,6 +502,7 @@ class TrainPreflight:
         force: bool = False,
         save: str | Path | None = None,
         export_onnx: str | Path | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         resolve_device(config.device)  # a device this machine lacks is refused before the data loads
         if resume and checkpoint is None:
@@ -476,6 +512,7 @@ class TrainPreflight:
         if force and resume:
             raise ValueError("--resume continues the --checkpoint's run and --force starts it over: give one of them")
         self.spec, self.config, self.force = spec, config, force
+        self.parallel = parallel or DataParallel()
         self.save = None if save is None else check_output(save, flag="--save", force=True, directory=True)
         self.checkpoint = None if checkpoint is None else Checkpoint(
             check_output(checkpoint, flag="--checkpoint", force=True, directory=False), resume=resume)
@@ -497,8 +534,9 @@ class TrainPreflight:
 
         In order: the checkpoint's :class:`~search_spaces.files.FileLock` (a second run is refused, naming this
         one's host and pid); an existing checkpoint without ``resume`` or ``force``; the checkpoint to resume, read
-        once (:class:`Checkpoint`); then the data (:func:`check_data`, and :func:`check_checkpoint_data` against the
-        checkpoint). The ``save`` directory is created last.
+        once (:class:`Checkpoint`); then the data (:func:`check_data`, a global batch the ranks can share, and
+        :func:`check_checkpoint_data` against the checkpoint). The ``save`` directory is created last. Of the ranks
+        of a data-parallel run, rank 0 alone takes the lock and creates directories; every rank checks the rest.
         """
         with contextlib.ExitStack() as held:
             saved = None
@@ -506,7 +544,7 @@ class TrainPreflight:
             if checkpoint is not None:
                 # A --resume whose directory is missing has no checkpoint to resume, which read_checkpoint says
                 # without creating the directory.
-                if not checkpoint.resume or checkpoint.path.parent.is_dir():
+                if self.parallel.is_main and (not checkpoint.resume or checkpoint.path.parent.is_dir()):
                     checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
                     held.enter_context(FileLock(checkpoint.path, what="checkpoint"))
                 if checkpoint.path.exists() and not (checkpoint.resume or self.force):
@@ -515,9 +553,11 @@ class TrainPreflight:
                 saved = checkpoint.saved(self.spec, self.config)
             data = load()
             check_data(self.spec, self.config, data)
+            self.parallel.share(resolve_recipe(self.config, train_images=len(data.train_labels),
+                                               flips=data.flips).batch_size)
             if saved is not None:
                 check_checkpoint_data(saved, checkpoint.path, self.spec, data)
-            if self.save is not None:
+            if self.save is not None and self.parallel.is_main:
                 self.save.mkdir(parents=True, exist_ok=True)
             yield data
 
@@ -526,12 +566,27 @@ class TrainingState:
     """Everything a run needs to continue exactly where it stopped, saved to and loaded from one file."""
 
     def __init__(self, spec: ArchSpec, config: TrainConfig, model: torch.nn.Module, step: TrainingStep,
-                 ema: AveragedModel | None, batches: DeviceBatches, mixing: torch.Generator) -> None:
+                 ema: AveragedModel | None, batches: DeviceBatches, mixing: torch.Generator,
+                 parallel: DataParallel | None = None) -> None:
         self.spec, self.config, self.model, self.step = spec, config, model, step
         self.ema, self.batches, self.mixing = ema, batches, mixing
+        self.parallel = parallel or DataParallel()
+
+    def _generators(self) -> dict[str, torch.Tensor | None]:
+        """This rank's random generator states: its mixup generator, torch's CPU one and the device's."""
+        device = next(self.model.parameters()).device
+        return {
+            "mixing_rng": self.mixing.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
 
     def save(self, path: Path, history: list[EpochStats]) -> None:
-        device = next(self.model.parameters()).device
+        """Writes the state to ``path`` (rank 0; every rank must call this, as it gathers the ranks' generators)."""
+        generators = self._generators()
+        ranks = all_gather_objects(generators, self.parallel) if self.parallel.distributed else None
+        if not self.parallel.is_main:
+            return
         state = {
             "version": CHECKPOINT_VERSION,
             **_settings(self.spec, self.config),
@@ -542,10 +597,10 @@ class TrainingState:
             "scaler": self.step.scaler.state_dict() if self.step.scaler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "batches": self.batches.state_dict(),
-            "mixing_rng": self.mixing.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            **generators,
         }
+        if ranks is not None:
+            state["ranks"] = {"world_size": self.parallel.world_size, "generators": ranks}
         _write_torch(state, path)
 
     def load(self, state: Mapping[str, Any], path: Path) -> list[EpochStats]:
@@ -561,15 +616,39 @@ class TrainingState:
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             self.batches.load_state_dict(state["batches"])
-            self.mixing.set_state(state["mixing_rng"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if state["cuda_rng"] is not None and device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            return [EpochStats(**stats) for stats in state["history"]]
+            history = [EpochStats(**stats) for stats in state["history"]]
+            self._load_generators(state, len(history), device)
+            return history
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
             if is_out_of_memory(error):
                 raise
             raise CheckpointError(f"{path} is not a checkpoint written by nas train ({_first_line(error)})") from None
+
+    def _load_generators(self, state: Mapping[str, Any], epochs_done: int, device: torch.device) -> None:
+        """This rank's generators as saved, when the checkpoint was written by as many ranks as this run has;
+        otherwise every rank's own draws are seeded afresh from the seed, its rank and the epochs done."""
+        parallel = self.parallel
+        if checkpoint_world_size(state) == parallel.world_size:
+            saved = state["ranks"]["generators"][parallel.rank] if "ranks" in state else state  # else rank 0's
+            self.mixing.set_state(saved["mixing_rng"].cpu())
+            torch.set_rng_state(saved["torch_rng"].cpu())
+            if saved["cuda_rng"] is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+            return
+        seed = _derived_seed(self.config.seed, _RESEED_STREAM, parallel.rank, epochs_done)
+        self.mixing.manual_seed(seed)
+        torch.manual_seed(seed)
+
+
+_RESEED_STREAM = 7  # a stream of nas.data._derived_seed (its docstring lists them all)
+
+
+def checkpoint_world_size(state: Mapping[str, Any]) -> int:
+    """How many ranks wrote a checkpoint (as :func:`read_checkpoint` returned it). A run with another number of
+    ranks resumes it with the same sample order, schedule and weights; only the ranks' own random draws (dropout,
+    stochastic depth, mixup, RandAugment) cannot continue as they were, and are seeded afresh."""
+    ranks = state.get("ranks")
+    return int(ranks["world_size"]) if isinstance(ranks, Mapping) else 1
 
 
 def _write_torch(value: Any, path: Path) -> None:
@@ -595,21 +674,28 @@ def apply_stage(model: torch.nn.Module, batches: DeviceBatches, stage: Stage) ->
 
 
 def _batches(
-    images: torch.Tensor, labels: torch.Tensor, data: ImageData, config: TrainConfig, *, train: bool
-) -> DeviceBatches:
-    return DeviceBatches(
-        images,
-        labels,
+    data: ImageData | StreamingFolder, config: TrainConfig, *, train: bool, parallel: DataParallel | None = None,
+    rows: slice = slice(None),
+) -> DeviceBatches | StreamingBatches:
+    """The training batches (shared by ``parallel``'s ranks) or the evaluation batches of ``rows`` of the
+    evaluation images: cut from resident tensors, or decoded from a streamed folder's files."""
+    parallel = parallel or DataParallel()
+    options = dict(
         batch_size=config.batch_size if train else config.eval_batch_size,
-        mean=data.mean,
-        std=data.std,
         augment=config.augment if train else "none",
-        image_size=config.image_size,
         shuffle=train,
         drop_last=train,
         channels_last=config.channels_last,
         seed=config.seed,
+        rank=parallel.rank,
+        world_size=parallel.world_size,
     )
+    if isinstance(data, StreamingFolder):
+        return data.batches("train" if train else "val", rows, image_size=config.image_size or data.image_size,
+                            **options)
+    images, labels = (data.train_images, data.train_labels) if train else (data.val_images, data.val_labels)
+    return DeviceBatches(images[rows], labels[rows], mean=data.mean, std=data.std, image_size=config.image_size,
+                         **options)
 
 
 def time_training_step(
@@ -764,9 +850,12 @@ def train_epoch(
     generator: torch.Generator | None = None,
     ema: AveragedModel | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> EpochStats:
     """One pass over the training batches (mixed up when ``mixup_alpha`` > 0); reads the device once, at the end.
-    ``on_step(epoch, step, steps)`` is told after each step."""
+    ``on_step(epoch, step, steps)`` is told after each step. With ``parallel``, the loss and accuracy are the
+    global batch's: each rank's sums are added over the ranks once, at the end."""
+    parallel = parallel or DataParallel()
     start = time.perf_counter()
     total_loss = torch.zeros((), device=step.optimizer.param_groups[0]["params"][0].device)
     total_correct = torch.zeros((), dtype=torch.int64, device=total_loss.device)
@@ -784,7 +873,10 @@ def train_epoch(
         seen += labels.shape[0]
         if on_step is not None:
             on_step(epoch, number, steps)
-    mean_loss = total_loss.item() / len(batches)
+    all_reduce_sum(total_loss, parallel)
+    all_reduce_sum(total_correct, parallel)
+    seen *= parallel.world_size  # equal shares
+    mean_loss = total_loss.item() / (len(batches) * parallel.world_size)
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"mean training loss of epoch {epoch} is {mean_loss}")
     return EpochStats(
@@ -799,12 +891,21 @@ def train_epoch(
 
 @torch.no_grad()
 def recalibrate_batch_norm(
-    model: torch.nn.Module, batches: DeviceBatches, num_batches: int, amp_dtype: torch.dtype | None
+    model: torch.nn.Module, batches: DeviceBatches, num_batches: int, amp_dtype: torch.dtype | None,
+    parallel: DataParallel | None = None,
 ) -> None:
-    """Replaces batch-norm running statistics by their plain average over ``num_batches`` training batches."""
+    """Replaces batch-norm running statistics by their plain average over ``num_batches`` training batches (global
+    batches with several ranks: gathered globally with ``sync_batch_norm``, else averaged over the ranks)."""
+    parallel = parallel or DataParallel()
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
-    if num_batches == 0 or not norms:
-        return
+    if num_batches > 0 and norms:
+        _gather_statistics(model, norms, batches, num_batches, amp_dtype)
+    if not parallel.sync_batch_norm:
+        average_buffers(model, parallel)
+
+
+def _gather_statistics(model: torch.nn.Module, norms: list[torch.nn.Module], batches: DeviceBatches,
+                       num_batches: int, amp_dtype: torch.dtype | None) -> None:
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
@@ -821,14 +922,20 @@ def recalibrate_batch_norm(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: ImageData, config: TrainConfig, amp_dtype: torch.dtype | None) -> float:
-    """Top-1 accuracy on the hold-out split (never the test set), at the training resolution."""
+def evaluate(model: torch.nn.Module, data: ImageData, config: TrainConfig, amp_dtype: torch.dtype | None,
+             parallel: DataParallel | None = None) -> float:
+    """Top-1 accuracy on the evaluation images (the hold-out split, or ``--eval-data``) at ``config``'s image size.
+    With several ranks each evaluates a contiguous slice and the correct counts are added."""
+    parallel = parallel or DataParallel()
     model.eval()
     device = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for images, labels in _batches(data.val_images, data.val_labels, data, config, train=False):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        correct += (logits.argmax(dim=1) == labels).sum()
+    count = len(data.val_labels)
+    first, last = count * parallel.rank // parallel.world_size, count * (parallel.rank + 1) // parallel.world_size
+    if last > first:
+        for images, labels in _batches(data, config, train=False, rows=slice(first, last)):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images)
+            correct += (logits.argmax(dim=1) == labels).sum()
     model.train()
-    return correct.item() / len(data.val_labels)
+    return all_reduce_sum(correct, parallel).item() / count

@@ -493,7 +493,7 @@ def test_timing_returns_the_network_step_batches_and_generators_to_their_start(s
     data = small_data
     config = resolve_recipe(TrainConfig(**{**RECIPE, "epochs": 2}, optimizer="adamw"),
                             train_images=len(data.train_labels), flips=data.flips)
-    batches = nas.train._batches(data.train_images, data.train_labels, data, config, train=True)
+    batches = nas.train._batches(data, config, train=True)
     torch.manual_seed(0)
     model = build_model(presets.get("tiny"), data.num_classes, data.in_channels)
     step = build_training_step(model, config, device=torch.device("cpu"), steps_per_epoch=len(batches))
