@@ -597,6 +597,62 @@ def step_timing_settings(context: Context) -> None:
                           for group in _run_json(arguments)["groups"]))
 
 
+def step_ddp(context: Context) -> None:
+    """`torchrun --nproc-per-node 1 -m nas train`: the data-parallel machinery on one device (NCCL on CUDA, with
+    global batch norm and a checkpoint that gathers the ranks' generators), then a resume of that checkpoint."""
+    source, sizes = _train_sizes(context, 32)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = Path(scratch) / "run.pt"
+        arguments = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "nas", "train",
+                     "tiny", "--data", source, "--epochs", "2", "--batch-size", str(sizes["batch_size"]),
+                     "--device", context.device, "--sync-bn", "--checkpoint", str(checkpoint)]
+        if context.dry_run:
+            arguments += ["--threads", "1"]
+        first = _run_json(arguments)
+        require(first["status"] == "ok", f"training failed: {first['failure_reason']}")
+        state = _checkpoint_ranks(checkpoint)
+        resumed = "resume: tests/nas/test_distributed.py on CPU"
+        if not context.dry_run:  # the resume is tested on CPU; here it is NCCL's
+            again = _run_json([*arguments, "--resume"])
+            require(again["status"] == "ok" and again["accuracy"] == first["accuracy"],
+                    f"the resumed run ended at A {again['accuracy']}, the run it resumed at {first['accuracy']}")
+            resumed = "resumed to the same A"
+    context.row(f"1 rank: A {first['accuracy']:.3f}, {first['history'][-1]['images_per_second']:,.0f} img/s, "
+                f"checkpoint of {state} rank(s), {resumed}; device {first['device']}")
+
+
+def _checkpoint_ranks(path: Path) -> int:
+    import torch
+
+    from nas.train import checkpoint_world_size
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    require("ranks" in state, f"{path} holds no ranks' generators")
+    return checkpoint_world_size(state)
+
+
+def step_streaming(context: Context) -> None:
+    """`nas train` on a generated JPEG folder, cached and streamed (DataLoader workers, pinned memory), at the
+    same size: both train, and the streamed run's img/s beside the cached one's."""
+    from benchmarks.bench_ddp import make_folder
+
+    count, size = (40, 16) if context.dry_run else (4000, 128)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "folder"
+        make_folder(folder, count)
+        common = ["-m", "nas", "train", "tiny", "--data", f"imagefolder:{folder}", "--epochs", "1", "--image-size",
+                  str(size), "--device", context.device, "--batch-size", "8" if context.dry_run else "128"]
+        if context.dry_run:
+            common += ["--threads", "1"]
+        results = {arm: _run_json([*common, *extra]) for arm, extra in
+                   (("cached", []), ("streamed", ["--stream", "--loader-workers", "2" if context.dry_run else "8"]))}
+    for arm, result in results.items():
+        require(result["status"] == "ok", f"the {arm} run failed: {result['failure_reason']}")
+    context.row(", ".join(f"{arm} {result['history'][0]['images_per_second']:,.0f} img/s" for arm, result in
+                          results.items()) + f" ({count} JPEGs at {size}px, 1 epoch, A cached "
+                f"{results['cached']['accuracy']:.3f} / streamed {results['streamed']['accuracy']:.3f})")
+
+
 STEPS = (
     Step("device", "torch and CUDA versions, the GPU's name; a matrix product on it", step_device, 60, 60),
     Step("bench", "fp32 / bf16 / fp16 autocast x channels_last on and off", step_bench, 150, 90),
@@ -616,6 +672,10 @@ STEPS = (
          step_bench_stability, 180, 60),
     Step("timing-settings", "benchmarks/bench_timing_settings.py: rank of S at proxy vs target settings",
          step_timing_settings, 150, 60),
+    Step("ddp", "torchrun -m nas train, 1 rank: NCCL, DDP, global batch norm, checkpoint and resume",
+         step_ddp, 120, 60),
+    Step("streaming", "nas train on a JPEG folder, cached vs streamed by DataLoader workers", step_streaming,
+         150, 60),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
