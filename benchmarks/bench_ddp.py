@@ -13,7 +13,8 @@ step's loss from the 1-rank loss.
 one uint8 tensor, ``nas.data.load_data``, then ``DeviceBatches``) and streamed (``nas.streaming.StreamingBatches``,
 decoding in DataLoader workers at the epoch's size), each in a fresh process: images/s of an epoch of augmented
 batches (random-resized crop and flip), the cached path's first load (decode and cache) on its own, and the peak
-resident memory of the main process and of its largest worker. Two folder sizes show what grows with the images.
+resident memory (VmHWM) of the main process and of its largest DataLoader worker (whose resident pages are mostly
+shared with the main process). Two folder sizes show what grows with the number of images.
 
     python benchmarks/bench_ddp.py                                   # both tables, CPU
     python benchmarks/bench_ddp.py --part ranks --device cuda --ranks 1 2 --batch-size 256
@@ -28,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,9 +67,9 @@ def rank_worker(args: argparse.Namespace) -> None:
     from nas.step import build_training_step
     from search_spaces import presets
 
-    parallel = from_environment(sync_batch_norm=True)
+    parallel = from_environment(sync_batch_norm=args.sync_bn)
     device = device_for(parallel, resolve_device(args.device))
-    prepare_device(device, 1 if device.type == "cpu" else None)
+    prepare_device(device, args.threads if device.type == "cpu" else None)
     spec = dataclasses.replace(presets.resolve_spec(args.spec), dropout=0.0, drop_path_rate=0.0)
     with process_group(parallel, device):
         data = load_data(args.data, seed=0).to(device)
@@ -80,7 +80,7 @@ def rank_worker(args: argparse.Namespace) -> None:
                                 world_size=parallel.world_size)
         torch.manual_seed(0)
         model = build_model(spec, data.num_classes, data.in_channels)
-        if parallel.distributed:
+        if parallel.distributed and parallel.sync_batch_norm:
             model = convert_batch_norm(model, device)
         step = build_training_step(model, config, device=device, steps_per_epoch=max(len(batches), args.steps),
                                    distributed=parallel.distributed)
@@ -101,42 +101,52 @@ def rank_worker(args: argparse.Namespace) -> None:
         total = all_reduce_sum(torch.stack(losses), parallel) / parallel.world_size
         elapsed_max = all_reduce_sum(torch.tensor([elapsed], dtype=torch.float64, device=device), parallel)
     if parallel.is_main:
-        record = {"ranks": parallel.world_size, "losses": total.tolist(), "device": describe_device(device),
+        record = {"ranks": parallel.world_size, "threads": args.threads, "losses": total.tolist(),
+                  "device": describe_device(device),
                   "seconds": elapsed, "seconds_mean": elapsed_max.item() / parallel.world_size,
                   "images_per_second": args.batch_size * (args.steps - args.warmup) / elapsed}
         Path(args.rank_worker).write_text(json.dumps(record))
 
 
 def run_ranks(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Launches one torchrun per rank count and compares each with the first (1 rank)."""
+    """Launches one torchrun per rank count and compares each with the first (1 rank). On CPU a last row runs 1
+    rank on 2 threads: the same arithmetic summed in another order, to show how far float rounding alone carries
+    the losses apart over the steps."""
     records = []
-    for ranks in args.ranks:
+    from nas.measure import resolve_device
+
+    on_cpu = resolve_device(args.device).type == "cpu"
+    runs = [(ranks, 1) for ranks in args.ranks] + ([(1, 2)] if on_cpu else [])
+    for ranks, threads in runs:
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch) / "ranks.json"
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
                        __file__, "--rank-worker", str(out), "--spec", args.spec, "--data", args.data,
                        "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup",
-                       str(args.warmup), "--device", args.device]
-            environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+                       str(args.warmup), "--device", args.device, "--sync-bn" if args.sync_bn else "--no-sync-bn",
+                       "--threads", str(threads)]
+            environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
             done = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=ROOT)
             if done.returncode != 0:
                 raise SystemExit(f"torchrun with {ranks} rank(s) failed:\n{done.stderr[-4000:]}")
             records.append(json.loads(out.read_text()))
     reference = np.array(records[0]["losses"])
     for record in records:
-        losses = np.array(record["losses"])
-        record["max_relative_loss_difference"] = float(np.max(np.abs(losses - reference) / np.abs(reference)))
+        difference = np.abs(np.array(record["losses"]) - reference) / np.abs(reference)
+        record["max_relative_loss_difference"] = float(np.max(difference))
+        record["max_relative_loss_difference_20_steps"] = float(np.max(difference[:20]))
         record["speed_up"] = record["images_per_second"] / records[0]["images_per_second"]
     return records
 
 
 def ranks_table(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    rows = [[record["ranks"], args.batch_size, f"{args.batch_size // record['ranks']}",
+    rows = [[record["ranks"], record["threads"], args.batch_size, f"{args.batch_size // record['ranks']}",
              f"{record['images_per_second']:.0f}", f"{record['speed_up']:.2f}x",
+             f"{record['max_relative_loss_difference_20_steps']:.1e}",
              f"{record['max_relative_loss_difference']:.1e}", f"{record['losses'][-1]:.4f}"]
             for record in records]
-    return markdown_table(["ranks", "global batch", "per rank", "images/s", "speed-up",
-                           f"max rel. loss diff over {args.steps} steps", "last loss"], rows)
+    return markdown_table(["ranks", "threads per rank", "global batch", "per rank", "images/s", "speed-up",
+                           "max rel. loss diff, steps 1-20", f"steps 1-{args.steps}", "last loss"], rows)
 
 
 # --- data -------------------------------------------------------------------------------------------------------------
@@ -177,15 +187,33 @@ def data_worker(args: argparse.Namespace) -> None:
         load_s = time.perf_counter() - started
         batches = StreamingBatches(streamed.train_files, streamed.train_labels, mean=streamed.mean,
                                    std=streamed.std, workers=args.workers, **options)
-    seen, started = 0, time.perf_counter()
-    for images, _ in batches:
+    seen, workers_kib, started = 0, 0, time.perf_counter()
+    for number, (images, _) in enumerate(batches):
         seen += images.shape[0]
+        if number % 5 == 0:  # the DataLoader workers live only while the epoch runs
+            workers_kib = max([workers_kib, *(_peak_rss_kib(pid) for pid in _children())])
     epoch_s = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({"arm": arm, "load_s": load_s, "epoch_s": epoch_s, "images": seen,
-                      "images_per_second": seen / epoch_s, "peak_rss_mib": peak_kib / 1024,
+                      "images_per_second": seen / epoch_s, "peak_rss_mib": _peak_rss_kib("self") / 1024,
                       "worker_peak_rss_mib": workers_kib / 1024}))
+
+
+def _peak_rss_kib(pid: int | str) -> int:
+    """A process's peak resident memory (VmHWM, KiB): its own address space's, unlike ``ru_maxrss``, which keeps
+    what the process held before it exec'd; 0 for a process that is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def _children() -> list[int]:
+    pid = os.getpid()
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def run_data(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -217,7 +245,7 @@ def data_table(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append([record["folder_images"], record["arm"], workers, first, f"{record['images_per_second']:.0f}",
                      f"{record['peak_rss_mib']:.0f}", f"{record['worker_peak_rss_mib']:.0f}"])
     return markdown_table(["images", "path", "workers", "before the first batch", "images/s (epoch)",
-                           "peak RSS MiB", "largest child's peak RSS MiB"], rows)
+                           "peak RSS MiB", "largest worker's peak RSS MiB"], rows)
 
 
 # --- main -----------------------------------------------------------------------------------------------------------
@@ -233,10 +261,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="global batch (default: 128)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per run of the ranks table")
     parser.add_argument("--warmup", type=int, default=10, help="steps before the timed ones")
+    parser.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="global batch norm in the ranks table (default: on; off, each rank normalizes its share "
+                             "and losses differ by design)")
     parser.add_argument("--folder-images", type=int, nargs="+", default=[2500, 5000],
                         help="sizes of the generated JPEG folders of the data table (default: 2500 5000)")
-    parser.add_argument("--image-size", type=int, default=64, help="image size of the data table (default: 64)")
+    parser.add_argument("--image-size", type=int, default=96, help="image size of the data table (default: 96)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streamed path")
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)  # a rank's, set per run
     parser.add_argument("--rank-worker", help=argparse.SUPPRESS)
     parser.add_argument("--data-worker", nargs=2, help=argparse.SUPPRESS)
     add_device_argument(parser)
@@ -257,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"machine: {result['machine']}")
         if args.part in ("ranks", "both"):
             result["ranks"] = run_ranks(args)
+            norm = "--sync-bn" if args.sync_bn else "--no-sync-bn (each rank normalizes its share)"
             print(f"\nranks: {args.spec} on {args.data}, {result['ranks'][0]['device']}, no augmentation, "
-                  f"--sync-bn, {args.steps} steps ({args.warmup} untimed)\n")
+                  f"{norm}, {args.steps} steps ({args.warmup} untimed)\n")
             print(ranks_table(result["ranks"], args))
         if args.part in ("data", "both"):
             result["data"] = run_data(args)

@@ -202,9 +202,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         world_size = dist.get_world_size()
         channels = input.shape[1]
         count = input.numel() // channels * world_size  # values per channel in the global batch
-        mean = _AllReduceSum.apply(input.mean(dim=(0, 2, 3))) / world_size  # (C,)
-        centred = input - mean.view(1, -1, 1, 1)
-        variance = _AllReduceSum.apply(centred.square().mean(dim=(0, 2, 3))) / world_size  # biased, as normalization uses
+        # One all-reduce of both moments (a second, of their gradients, in backward): on gloo each costs about a
+        # millisecond, which is why global batch norm is slow on CPU (benchmarks/RESULTS.md, data-parallel).
+        local = torch.cat([input.mean(dim=(0, 2, 3)), input.square().mean(dim=(0, 2, 3))])  # (2C,)
+        moments = _AllReduceSum.apply(local) / world_size
+        mean, mean_square = moments[:channels], moments[channels:]
+        variance = (mean_square - mean.square()).clamp(min=0)  # biased, as normalization uses
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), variance.detach() * count / max(count - 1, 1))
         scale = torch.rsqrt(variance + self.eps)
