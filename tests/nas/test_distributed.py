@@ -63,8 +63,17 @@ def test_two_ranks_reproduce_the_one_process_run(tmp_path: Path) -> None:
 
 
 def _train_command(directory: Path, *extra: str) -> list[str]:
+    """A run with every per-rank draw on: progressive stages, RandAugment, mixup, dropout, stochastic depth, EMA."""
     return ["-m", "nas", "train", "tiny", "--data", "synthetic:num_images=240,num_classes=4,image_size=24",
-            "--epochs", "5", "--batch-size", "32", "--threads", "1", "--sync-bn", "--seed", "3", *extra]
+            "--epochs", "5", "--batch-size", "32", "--threads", "1", "--sync-bn", "--seed", "3", "--ema", "0.9",
+            "--progressive", "--stages", "2", "--image-size-range", "16", "24", "--randaugment-range", "0", "5",
+            "--mixup-range", "0", "0.2", *extra]
+
+
+def _ranks_of(launcher: subprocess.Popen) -> list[int]:
+    """The processes torchrun started (its ranks), once they are there."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -78,7 +87,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    killed.send_signal(signal.SIGTERM)  # torchrun passes it to every rank
+    os.kill(_ranks_of(killed)[-1], signal.SIGTERM)  # one rank: torchrun then ends the others
     code, _, err = _finish(killed)
     assert code != 0, "the run ended before it could be killed"
     saved_epochs = len(torch.load(checkpoint, weights_only=True)["history"])
