@@ -579,7 +579,8 @@ def _folder_loading(args: argparse.Namespace, progressive: Any) -> tuple[int | N
     else:
         from nas.streaming import cache_refusal
 
-        refusal = cache_refusal(argument, size)
+        # torchrun's ranks of this node each load their own copy of a cached folder
+        refusal = cache_refusal(argument, size, processes=max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         reason = None if refusal is None else f"the cached path would not fit: {refusal}"
     if reason is not None and args.eval_data:
         raise ValueError(f"a streamed image folder is evaluated on its own hold-out: --eval-data is not available "

@@ -160,7 +160,7 @@ def open_streaming_folder(
 
 
 def cache_refusal(
-    directory: str | Path, image_size: int | None = None, *, memory_bytes: int | None = None
+    directory: str | Path, image_size: int | None = None, *, memory_bytes: int | None = None, processes: int = 1
 ) -> str | None:
     """Why the cached ``imagefolder:DIR`` source cannot take this folder at ``image_size``, or None when it can.
 
@@ -168,10 +168,13 @@ def cache_refusal(
     ``memory_bytes`` (default: this machine's available memory): the cached path's peak, while it stacks the
     decoded images into one array and while it splits that array, is about twice their size. A caller that trains
     on an accelerator may pass the smaller of host and device memory, since the cached images then live on the
-    device too. A folder that neither path can read (no class folders, one class) raises the listing's DataError.
+    device too. ``processes`` load it at once on this machine (the ranks of a node under torchrun: each holds its
+    own copy), so each has its share of the memory. A folder that neither path can read (no class folders, one
+    class) raises the listing's DataError.
     """
     check_int("image_size", image_size, 1, MAX_IMAGE_SIZE, optional=True, error=DataError)
     check_int("memory_bytes", memory_bytes, 1, optional=True, error=DataError)
+    check_int("processes", processes, 1, error=DataError)
     source = f"imagefolder:{directory}"
     size = image_size or DEFAULT_IMAGEFOLDER_SIZE
     _, files = list_image_folder(existing_directory("imagefolder", str(directory)))
@@ -180,11 +183,12 @@ def cache_refusal(
     except DataError as error:
         return str(error)
     needed = 2 * len(files) * 3 * size * size
-    memory = memory_bytes if memory_bytes is not None else _available_memory()
+    memory = (memory_bytes if memory_bytes is not None else _available_memory()) // processes
     if needed > memory:
+        each = "" if processes == 1 else f" to each of {processes} processes loading it"
         return (
             f"data source {source!r}: {len(files):,} images of 3x{size}x{size} pixels need about "
-            f"{needed / 2**30:,.1f} GiB while cached, more than the {memory / 2**30:,.1f} GiB of memory available"
+            f"{needed / 2**30:,.1f} GiB while cached, more than the {memory / 2**30:,.1f} GiB of memory available{each}"
         )
     return None
 

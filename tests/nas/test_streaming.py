@@ -222,6 +222,10 @@ def test_cache_refusal_says_why_the_cached_path_cannot_take_a_folder(folder, mon
     assert cache_refusal(folder, SIZE, memory_bytes=2 * 41_472) is None
     reason = cache_refusal(folder, SIZE, memory_bytes=2 * 41_472 - 1)
     assert reason.startswith(f"data source 'imagefolder:{folder}': 24 images of 3x24x24 pixels need about")
+    # Two ranks of a node load a copy each: the memory that sufficed for one is short for both.
+    reason = cache_refusal(folder, SIZE, memory_bytes=4 * 41_472 - 2, processes=2)
+    assert reason.endswith("of memory available to each of 2 processes loading it")
+    assert cache_refusal(folder, SIZE, memory_bytes=4 * 41_472, processes=2) is None
     monkeypatch.setattr(nas.sources, "MAX_DATASET_BYTES", 41_471)
     assert "the limit is" in cache_refusal(folder, SIZE)
 
