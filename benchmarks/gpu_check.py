@@ -598,8 +598,10 @@ def step_timing_settings(context: Context) -> None:
 
 
 def step_ddp(context: Context) -> None:
-    """`torchrun --nproc-per-node 1 -m nas train`: the data-parallel machinery on one device (NCCL on CUDA, with
-    global batch norm and a checkpoint that gathers the ranks' generators), then a resume of that checkpoint."""
+    """`torchrun --nproc-per-node 1 -m nas train`: the data-parallel machinery on one device (NCCL's process group,
+    DDP, the checkpoint gathering the ranks' generators with all_gather_object), then a resume that reads that
+    checkpoint back and evaluates. A smoke test: one rank's batch norm has nothing to synchronize, and the exact
+    resume of an interrupted multi-rank run is tests/nas/test_distributed.py's (CPU, gloo)."""
     source, sizes = _train_sizes(context, 32)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "run.pt"
@@ -612,11 +614,10 @@ def step_ddp(context: Context) -> None:
         require(first["status"] == "ok", f"training failed: {first['failure_reason']}")
         state = _checkpoint_ranks(checkpoint)
         resumed = "resume: tests/nas/test_distributed.py on CPU"
-        if not context.dry_run:  # the resume is tested on CPU; here it is NCCL's
+        if not context.dry_run:
             again = _run_json([*arguments, "--resume"])
-            require(again["status"] == "ok" and again["accuracy"] == first["accuracy"],
-                    f"the resumed run ended at A {again['accuracy']}, the run it resumed at {first['accuracy']}")
-            resumed = "resumed to the same A"
+            require(again["status"] == "ok", f"the resume failed: {again['failure_reason']}")
+            resumed = f"its resume read it back and evaluated A {again['accuracy']:.3f}"
     context.row(f"1 rank: A {first['accuracy']:.3f}, {first['history'][-1]['images_per_second']:,.0f} img/s, "
                 f"checkpoint of {state} rank(s), {resumed}; device {first['device']}")
 
@@ -672,7 +673,7 @@ STEPS = (
          step_bench_stability, 180, 60),
     Step("timing-settings", "benchmarks/bench_timing_settings.py: rank of S at proxy vs target settings",
          step_timing_settings, 150, 60),
-    Step("ddp", "torchrun -m nas train, 1 rank: NCCL, DDP, global batch norm, checkpoint and resume",
+    Step("ddp", "torchrun -m nas train, 1 rank: NCCL, DDP, the ranks' checkpoint read back by a resume",
          step_ddp, 120, 60),
     Step("streaming", "nas train on a JPEG folder, cached vs streamed by DataLoader workers", step_streaming,
          150, 60),

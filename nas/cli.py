@@ -10,6 +10,7 @@ no Optuna, and no torch until a command needs it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -475,7 +476,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     Under a launcher (``torchrun --nproc-per-node N -m nas train ...``) every process is one rank of a
     data-parallel run (:mod:`nas.distributed`): rank 0 alone prints and writes."""
     from nas.data import load_data, load_data_with_evaluation
-    from nas.distributed import device_for, from_environment, process_group
+    from nas.distributed import decided_by_rank_zero, device_for, from_environment, process_group
     from nas.measure import resolve_device
     from nas.progressive import ProgressiveConfig
     from nas.recipe import TrainConfig
@@ -494,6 +495,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(progressive=progressive, **{name: getattr(args, name) for name in RECIPE_FLAGS})
     parallel = from_environment(sync_batch_norm=args.sync_bn)
     device = device_for(parallel, resolve_device(config.device))
+    if parallel.distributed and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"under torchrun, nas train runs on cuda (NCCL) or cpu (gloo), not {device.type}: "
+                         "give --device cpu or cuda")
     if parallel.distributed:
         config = dataclasses.replace(config, device=str(device))  # each rank of a node on its own GPU
     preflight = TrainPreflight(spec, config, checkpoint=args.checkpoint or None, resume=args.resume,
@@ -509,27 +513,34 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress[0].clear()
             _print_epoch(stats)
 
-    load_size, streamed = _folder_loading(args, progressive)
+    workers = _loader_workers(args.loader_workers)
+    plan: list[tuple[int | None, str | None]] = []  # (the size to load at, why a folder is streamed): the run's one
 
     def load() -> Any:
+        load_size, streamed = plan[0]
         if streamed is not None:
             from nas.streaming import open_streaming_folder
 
             return open_streaming_folder(args.data.partition(":")[2], image_size=load_size,
-                                         val_fraction=args.val_fraction, seed=args.seed, workers=args.loader_workers)
+                                         val_fraction=args.val_fraction, seed=args.seed, workers=workers)
         if args.eval_data:
             return load_data_with_evaluation(args.data, args.eval_data, image_size=load_size, seed=args.seed)
         return load_data(args.data, image_size=load_size, val_fraction=args.val_fraction, seed=args.seed)
 
     try:
-        with process_group(parallel, device), preflight.start(load) as data:
+        with contextlib.ExitStack() as held:
+            held.enter_context(process_group(parallel, device))
+            # Each rank sees its own free memory; the ranks of one run must load the data the same way.
+            plan.append(decided_by_rank_zero(_folder_loading(args, progressive), parallel))
+            streamed = plan[0][1]
+            data = held.enter_context(preflight.start(load))
             if talk:
                 print(_training_line(spec.name or args.spec, data, config), file=sys.stderr)
                 print(_recipe_line(config, data), file=sys.stderr)
                 if parallel.distributed:
                     print(_ranks_line(parallel, config, data), file=sys.stderr)
                 if streamed is not None:
-                    print(f"streaming {args.data} ({streamed}): {args.loader_workers} DataLoader worker(s) decode "
+                    print(f"streaming {args.data} ({streamed}): {workers} DataLoader worker(s) decode "
                           "each epoch's images at its size; only the file list is resident", file=sys.stderr)
                 _note_unused_arrays(args.data)
                 saved = None if preflight.checkpoint is None else preflight.checkpoint.saved(spec, config)
@@ -563,11 +574,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+def _loader_workers(requested: int | None) -> int:
+    """``--loader-workers``, by default the CPU count shared by this node's ranks (torchrun's LOCAL_WORLD_SIZE), at
+    most 8 per rank."""
+    if requested is not None:
+        check_int("--loader-workers", requested, 0, 256)
+        return requested
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks))
+
+
 def _folder_loading(args: argparse.Namespace, progressive: Any) -> tuple[int | None, str | None]:
     """The size to load ``--data`` at and, for an image folder that is streamed, why (``--stream``, or the cache
     that would not fit in memory), else None. A progressive run decodes a folder at its largest stage's size, so
     no stage upsamples cached images."""
-    check_int("--loader-workers", args.loader_workers, 0, 256)
     source, _, argument = args.data.partition(":")
     if source != "imagefolder":
         if args.stream:

@@ -152,10 +152,14 @@ def all_gather_objects(value: object, parallel: DataParallel) -> list[object]:
     return gathered
 
 
-def barrier(parallel: DataParallel) -> None:
-    """Waits for every rank (e.g. until rank 0 has written a file the others read)."""
-    if parallel.distributed:
-        dist.barrier()
+def decided_by_rank_zero(value: object, parallel: DataParallel) -> object:
+    """Rank 0's ``value`` on every rank: for a choice each rank could make differently (how to load the data,
+    from its own view of the machine), which must be one choice for the whole run."""
+    if not parallel.distributed:
+        return value
+    chosen = [value]
+    dist.broadcast_object_list(chosen, src=0)
+    return chosen[0]
 
 
 @torch.no_grad()
@@ -202,9 +206,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         world_size = dist.get_world_size()
         channels = input.shape[1]
         count = input.numel() // channels * world_size  # values per channel in the global batch
+        values = input.float()  # moments in float32 under autocast: a bf16 mean square less a squared mean cancels
         # One all-reduce of both moments (a second, of their gradients, in backward): on gloo each costs about a
         # millisecond, which is why global batch norm is slow on CPU (benchmarks/RESULTS.md, data-parallel).
-        local = torch.cat([input.mean(dim=(0, 2, 3)), input.square().mean(dim=(0, 2, 3))])  # (2C,)
+        local = torch.cat([values.mean(dim=(0, 2, 3)), values.square().mean(dim=(0, 2, 3))])  # (2C,)
         moments = _AllReduceSum.apply(local) / world_size
         mean, mean_square = moments[:channels], moments[channels:]
         variance = (mean_square - mean.square()).clamp(min=0)  # biased, as normalization uses
@@ -214,7 +219,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             scale = scale * self.weight
         shift = -mean * scale + (self.bias if self.affine else 0)
-        return input * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)  # (N, C, H, W)
+        return (values * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(input.dtype)  # (N, C, H, W)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, unbiased_variance: torch.Tensor) -> None:

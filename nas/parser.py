@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 from typing import Any, NoReturn, Sequence
 
 from nas.controller_names import CONTROLLERS  # not nas.controllers: building the parser imports no Optuna
@@ -297,8 +296,9 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--stream", action="store_true",
                        help="imagefolder: decode the images every epoch in DataLoader workers at each stage's size "
                             "instead of caching them once (automatic when the cache would not fit in memory)")
-    train.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
-                       help="DataLoader worker processes of a streamed image folder (default: %(default)s)")
+    train.add_argument("--loader-workers", type=int, metavar="N",
+                       help="DataLoader worker processes of a streamed image folder (default: the CPU count shared "
+                            "by this node's ranks, at most 8)")
     train.add_argument("--sync-bn", action="store_true",
                        help="under torchrun: batch-norm statistics of the global batch, not of each rank's share "
                             "(README, Training on many GPUs)")

@@ -200,6 +200,8 @@ def _run(
     Returns the rung epoch its judge stopped training at, else None. ``start`` is the run's start on
     :func:`time.perf_counter`, for the wall time of a rung's result."""
     check_data(spec, config, data)
+    if rungs is not None and parallel.distributed:
+        raise ValueError("successive halving's rungs judge one process's run: a data-parallel run has none")
     saved = None if checkpoint is None else checkpoint.saved(spec, config)
     if saved is not None:
         check_checkpoint_data(saved, checkpoint.path, spec, data)
@@ -224,7 +226,8 @@ def _run(
     if parallel.distributed:
         if parallel.sync_batch_norm:
             model = convert_batch_norm(model, device)
-        torch.manual_seed(rank_seed(config.seed, parallel))  # each rank's own dropout and stochastic depth
+        if parallel.rank > 0:  # each rank's own dropout and stochastic depth; rank 0 goes on as one process does
+            torch.manual_seed(rank_seed(config.seed, parallel))
     step = build_training_step(model, config, device=device, steps_per_epoch=len(train_batches),
                                distributed=parallel.distributed)
     amp_dtype = step.amp_dtype
@@ -315,9 +318,7 @@ def evaluate_at_rung(
 
 def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData | StreamingFolder) -> None:
     """Refuses data this run cannot train on, before any work: a spec that pins other input channels than the
-    data's, a batch larger than the training split (every epoch would be empty, as batches drop the rest), or a
-    cached image folder smaller than a training size (its images would be upsampled: decode the folder at that
-    size, or stream it)."""
+    data's, or a batch larger than the training split (every epoch would be empty, as batches drop the rest)."""
     if spec.in_channels is not None and spec.in_channels != data.in_channels:
         raise SpecError(
             f"spec {spec.name or '(unnamed)'} pins in_channels {spec.in_channels}, but the data {data.name} has "
@@ -330,6 +331,13 @@ def check_data(spec: ArchSpec, config: TrainConfig, data: ImageData | StreamingF
             f"batch_size {config.batch_size} is larger than the training set: {train_images} images of {data.name} "
             f"after the hold-out split; use a batch size of at most {train_images}"
         )
+
+
+def check_not_upsampled(spec: ArchSpec, config: TrainConfig, data: ImageData | StreamingFolder) -> None:
+    """Refuses a cached image folder smaller than a size the run trains at: ``nas train`` decodes a folder at the
+    size the user asked for, and its images must not be upsampled on the device behind their back (decode the
+    folder at that size, or stream it). Other sources keep their own size, and the coefficient search resizes on
+    purpose, so this is ``nas train``'s check (:class:`TrainPreflight`), not :func:`check_data`'s."""
     largest = max(stage.image_size for stage in training_schedule(spec, config, data.image_size))
     if isinstance(data, ImageData) and data.name.startswith("imagefolder:") and largest > data.image_size:
         raise ValueError(
@@ -534,7 +542,8 @@ class TrainPreflight:
 
         In order: the checkpoint's :class:`~search_spaces.files.FileLock` (a second run is refused, naming this
         one's host and pid); an existing checkpoint without ``resume`` or ``force``; the checkpoint to resume, read
-        once (:class:`Checkpoint`); then the data (:func:`check_data`, a global batch the ranks can share, and
+        once (:class:`Checkpoint`); then the data (:func:`check_data`, :func:`check_not_upsampled`, a global batch
+        the ranks can share, and
         :func:`check_checkpoint_data` against the checkpoint). The ``save`` directory is created last. Of the ranks
         of a data-parallel run, rank 0 alone takes the lock and creates directories; every rank checks the rest.
         """
@@ -553,6 +562,7 @@ class TrainPreflight:
                 saved = checkpoint.saved(self.spec, self.config)
             data = load()
             check_data(self.spec, self.config, data)
+            check_not_upsampled(self.spec, self.config, data)
             self.parallel.share(resolve_recipe(self.config, train_images=len(data.train_labels),
                                                flips=data.flips).batch_size)
             if saved is not None:

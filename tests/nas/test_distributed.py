@@ -87,9 +87,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(_ranks_of(killed)[-1], signal.SIGTERM)  # one rank: torchrun then ends the others
+    ranks = _ranks_of(killed)
+    assert checkpoint.exists() and len(ranks) == 2, f"no checkpoint, or not 2 ranks ({ranks}): {killed.poll()}"
+    os.kill(ranks[-1], signal.SIGTERM)  # one rank: torchrun then ends the others
     code, _, err = _finish(killed)
-    assert code != 0, "the run ended before it could be killed"
+    assert code != 0, f"the run ended before it could be killed: {err[-2000:]}"
     saved_epochs = len(torch.load(checkpoint, weights_only=True)["history"])
     assert 1 <= saved_epochs < 5
 

@@ -277,3 +277,16 @@ def test_a_corrupt_image_in_a_streamed_folder_gets_the_cached_paths_line(folder,
     assert code in (1, 2)  # refused while estimating the statistics, or a failed run when met in an epoch
     captured = capsys.readouterr()
     assert cached_line.removeprefix("nas train: error: ") in captured.out + captured.err
+
+
+def test_the_library_still_resizes_a_cached_folder_when_asked(folder, tmp_path):
+    """Only nas train refuses to upsample a cached folder: the coefficient search trains grid points above the
+    loaded size on purpose, through train_and_evaluate."""
+    from nas.recipe import TrainConfig
+    from nas.train import train_and_evaluate
+    from search_spaces import presets
+
+    data = load_data(f"imagefolder:{_copy(folder, tmp_path)}", image_size=16, seed=0)
+    result = train_and_evaluate(presets.get("tiny"), data, TrainConfig(epochs=1, image_size=24, batch_size=6,
+                                                                        measure_step_time=False, threads=1))
+    assert result.ok and result.history[0].image_size == 24, result.failure_reason
