@@ -76,7 +76,8 @@ from benchmarks.common import (  # noqa: E402
 )
 from nas.measure import benchmark_spec, describe_device, resolve_device  # noqa: E402
 from nas.recipe import TimingConfig  # noqa: E402
-from nas.timing import relative_half_width, time_relative  # noqa: E402
+from nas.records import relative_half_width  # noqa: E402
+from nas.timing import time_relative  # noqa: E402
 from search_spaces import presets  # noqa: E402
 from search_spaces.spec import ArchSpec  # noqa: E402
 

@@ -841,7 +841,7 @@ def _step_time_text(result: EvalResult) -> str:
     text = f"S/S0 {result.step_time_ratio:.3f}"
     low, high = result.step_time_ratio_low, result.step_time_ratio_high
     if low is not None and high is not None:
-        text += f" ±{(high - low) / (2 * result.step_time_ratio):.1%}"
+        text += f" ±{records.relative_half_width(result.step_time_ratio, (low, high)):.1%}"
     if result.step_time_stopped_by in records.IMPRECISE:
         text += " IMPRECISE"
     return text

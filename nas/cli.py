@@ -425,7 +425,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _relative_rows(relative: dict[str, Any], precision: float) -> list[list[str]]:
     """The rows of ``nas bench --relative-to``'s table that say S/S0, how precise it is and how it was measured."""
-    from nas.timing import relative_half_width
+    from nas.records import relative_half_width
 
     ratio, low, high = (relative[key] for key in ("step_time_ratio", "step_time_ratio_low", "step_time_ratio_high"))
     interval = "no interval (too few pairs)" if low is None else \

@@ -106,6 +106,15 @@ class EpochStats:
     eval_accuracy: float | None = None
 
 
+def relative_half_width(ratio: float, interval: tuple[float, float] | None) -> float | None:
+    """Half the width of S/S0's interval as a share of S/S0 (what a trial line shows as ``±``): 0.98-1.02
+    around 1.0 is 0.02; None without an interval."""
+    if interval is None:
+        return None
+    low, high = interval
+    return (high - low) / (2 * ratio)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """What one proxy evaluation measured. A failed, pruned or stopped result keeps whatever was measured before it

@@ -44,7 +44,7 @@ from nas.measure import (
     timed_recipe,
 )
 from nas.recipe import TimingConfig, TrainConfig
-from nas.records import IMPRECISE
+from nas.records import IMPRECISE, relative_half_width
 from nas.step import build_training_step
 from nas.step_cache import StepTimeCache, cache_key
 from nas.storage import check_file_location, make_storage, storage_errors
@@ -104,14 +104,6 @@ def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> 
     if k == 0:
         return None
     return ordered[k - 1], ordered[n - k]
-
-
-def relative_half_width(ratio: float, interval: tuple[float, float] | None) -> float | None:
-    """Half the interval's width as a share of the ratio: 0.98-1.02 around 1.0 is 0.02; None without one."""
-    if interval is None:
-        return None
-    low, high = interval
-    return (high - low) / (2 * ratio)
 
 
 def stop_reason(

@@ -63,3 +63,10 @@ def test_studies_written_before_units_were_in_the_names_still_read(old, new):
     assert getattr(records.result_from_attributes(attributes), new) == 0.5
     stored = {"trial": 0, "step_time": 0.02, "parameters": 1000, "accuracy": 0.5}
     assert records.study_baseline({records.BASELINE: stored}).step_time_s == 0.02
+
+
+def test_the_half_width_of_s_interval_is_relative_to_the_ratio():
+    from nas.records import relative_half_width
+
+    assert relative_half_width(0.5, (0.49, 0.52)) == pytest.approx(0.03)
+    assert relative_half_width(0.5, None) is None

@@ -197,11 +197,6 @@ def test_the_median_interval_is_wider_at_a_higher_confidence():
         nas.timing.median_interval(values, 1)
 
 
-def test_the_half_width_is_relative_to_the_ratio():
-    assert nas.timing.relative_half_width(0.5, (0.49, 0.52)) == pytest.approx(0.03)
-    assert nas.timing.relative_half_width(0.5, None) is None
-
-
 @pytest.mark.parametrize("quads, half_width, elapsed, precision, expected", [
     (5, 0.001, 1.0, 0.02, None),  # fewer quads than the minimum: go on, however tight
     (6, 0.001, 1.0, 0.02, "precision"),
