@@ -122,8 +122,10 @@ def device_for(parallel: DataParallel, device: torch.device) -> torch.device:
 @contextlib.contextmanager
 def process_group(parallel: DataParallel, device: torch.device) -> Iterator[None]:
     """Joins the launch's process group for the block (NCCL on CUDA, gloo otherwise) and leaves it after; nothing
-    for a run of one process. The rendezvous (``MASTER_ADDR``, ``MASTER_PORT``) is the launcher's."""
-    if not parallel.distributed:
+    for a run of one process. The rendezvous (``MASTER_ADDR``, ``MASTER_PORT``) is the launcher's. A group that is
+    already there is used as it is and left to its owner: Ray Train's ``TorchTrainer`` sets up the group (and the
+    same environment as torchrun) before its workers run, e.g. ``nas.cli.main(["train", ...])``."""
+    if not parallel.distributed or dist.is_initialized():
         yield
         return
     if device.type == "cuda":

@@ -16,7 +16,14 @@ import torch
 
 from nas.cli import main
 from nas.data import DeviceBatches
-from nas.distributed import DataParallel, DistributedError, GlobalBatchNorm2d, convert_batch_norm, from_environment
+from nas.distributed import (
+    DataParallel,
+    DistributedError,
+    GlobalBatchNorm2d,
+    convert_batch_norm,
+    from_environment,
+    process_group,
+)
 from nas.train import train_and_evaluate
 
 HERE = Path(__file__).parent
@@ -157,3 +164,27 @@ def test_global_batch_norm_is_batch_norm_in_one_process() -> None:
     assert isinstance(converted[1], GlobalBatchNorm2d)
     images = torch.randn(6, 3, 8, 8)
     torch.testing.assert_close(converted(images), model(images))
+
+
+def test_a_process_group_someone_else_set_up_is_used_and_left_to_them(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under Ray Train's TorchTrainer, which joins its workers' group before nas runs in them."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as probe:  # the launcher's rendezvous, for the group of the first block
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    launched = DataParallel(launched=True)
+    with process_group(launched, torch.device("cpu")):  # nobody's group: this block's own
+        assert dist.is_initialized() and dist.get_world_size() == 1
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with process_group(launched, torch.device("cpu")):
+            assert dist.is_initialized()
+        assert dist.is_initialized()  # still the owner's
+    finally:
+        dist.destroy_process_group()
