@@ -570,7 +570,78 @@ _LOADERS: dict[str, Callable[[str, int | None, int], _Loaded]] = {
 # ----------------------------------------------------------------------------------------------- batches
 
 
-class DeviceBatches:
+class BatchStream:
+    """What :class:`DeviceBatches` and :class:`nas.streaming.StreamingBatches` share: the batch settings, the
+    epoch counter that is all a checkpoint keeps of the stream, batches per epoch, the ranks' equal shares of a
+    global batch, and the normalization ``(x / 255 - mean) / std == x * scale + shift`` on ``device``.
+
+    ``count`` images of ``channels`` channels. ``batch_size``, ``image_size`` and the RandAugment settings may
+    change between epochs (progressive learning); the shares are checked again each epoch.
+    """
+
+    def __init__(self, count: int, channels: int, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
+                 augment: str, shuffle: bool, drop_last: bool, channels_last: bool, seed: int, crop_padding: int,
+                 randaugment_magnitude: float, randaugment_ops: int, rank: int, world_size: int,
+                 device: torch.device) -> None:
+        check_int("batch_size", batch_size, 1)
+        check_choice("augment", augment, AUGMENTATIONS)
+        check_int("crop_padding", crop_padding, 0)
+        check_int("seed", seed, 0)
+        check_real("randaugment_magnitude", randaugment_magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0, world_size, high_open=True)
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean and std must have {channels} values (one per channel), got {mean} and {std}")
+        if not all(value > 0 for value in std):
+            raise ValueError(f"std must be positive, got {std}")
+        self._count = count
+        self.batch_size = batch_size
+        self.augment = augment
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.seed = seed
+        self.crop_padding = crop_padding
+        # Progressive learning changes these (and image_size) between epochs.
+        self.randaugment_magnitude = randaugment_magnitude
+        self.randaugment_ops = randaugment_ops
+        self.rank, self.world_size = rank, world_size
+        self._epoch = 0
+        self._check_shares()
+        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift: two in-place passes over the float batch.
+        self._scale = 1 / (255 * std_tensor)
+        self._shift = -mean_tensor / std_tensor
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the batch stream is: epochs are seeded from (seed, epoch), so the epoch count is all a resumed
+        run needs to draw the same batches."""
+        return {"epoch": self._epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._epoch = int(state["epoch"])
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        count = self._count
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def _check_shares(self) -> None:
+        """Refuses a global batch that the ranks cannot share equally (checked each epoch: it may change)."""
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} (the global batch) must be divisible by world_size "
+                f"{self.world_size}, so that every rank takes an equal share"
+            )
+        if self.world_size > 1 and not self.drop_last:
+            raise ValueError(
+                "with several ranks only whole global batches are shared (drop_last=True); shard the evaluation "
+                "images by rank instead"
+            )
+
+
+class DeviceBatches(BatchStream):
     """Mini-batches cut from uint8 tensors that already live on the training device, augmented there per batch.
 
     Each ``__iter__`` is a new epoch: a permutation (``shuffle``) and the augmentation parameters of every
@@ -626,68 +697,24 @@ class DeviceBatches:
             )
         if labels.device != images.device:
             raise ValueError(f"labels must be on the images' device {images.device}, got {labels.device}")
-        check_int("batch_size", batch_size, 1)
-        check_choice("augment", augment, AUGMENTATIONS)
         check_int("image_size", image_size, 1, optional=True)
-        check_int("crop_padding", crop_padding, 0)
-        check_int("seed", seed, 0)
-        check_real("randaugment_magnitude", randaugment_magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))
-        check_int("world_size", world_size, 1)
-        check_int("rank", rank, 0, world_size - 1)
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is the global batch: it must be divisible by world_size "
-                             f"{world_size}")
-        if world_size > 1 and not drop_last:
-            raise ValueError("with several ranks only whole global batches are shared (drop_last=True); shard "
-                             "evaluation images by rank instead")
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std must have {channels} values (one per channel), got {mean} and {std}")
-        if not all(value > 0 for value in std):
-            raise ValueError(f"std must be positive, got {std}")
-
+        device = images.device
+        super().__init__(images.shape[0], images.shape[1], batch_size=batch_size, mean=mean, std=std,
+                         augment=augment, shuffle=shuffle, drop_last=drop_last, channels_last=channels_last,
+                         seed=seed, crop_padding=crop_padding, randaugment_magnitude=randaugment_magnitude,
+                         randaugment_ops=randaugment_ops, rank=rank, world_size=world_size, device=device)
         self.images = images.contiguous()
         self.labels = labels
-        self.batch_size = batch_size
-        self.augment = augment
         self.stored_size = images.shape[-1]
         self.image_size = image_size or self.stored_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.channels_last = channels_last
-        self.seed = seed
-        self.crop_padding = crop_padding
-        # Progressive learning changes these (and image_size) between epochs.
-        self.randaugment_magnitude = randaugment_magnitude
-        self.randaugment_ops = randaugment_ops
-        self.rank, self.world_size = rank, world_size
-        self._epoch = 0
-        device = images.device
         self._generator = torch.Generator(device=device)
-        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift: two in-place passes over the float batch.
-        self._scale = 1 / (255 * std_tensor)
-        self._shift = -mean_tensor / std_tensor
         self._batch_positions = torch.arange(batch_size, device=device)
         # Crop offsets and flip are drawn as uniform numbers scaled to these counts of choices.
         self._crop_choices = torch.tensor([2 * crop_padding + 1, 2 * crop_padding + 1, 2], device=device)
         self._crop_choices_no_flip = torch.tensor([2 * crop_padding + 1, 2 * crop_padding + 1, 1], device=device)
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the batch stream is: epochs are seeded from (seed, epoch), so the epoch count is all a resumed
-        run needs to draw the same batches."""
-        return {"epoch": self._epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._epoch = int(state["epoch"])
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        count = self.images.shape[0]
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._check_shares()
         epoch = self._epoch
         self._generator.manual_seed(_derived_seed(self.seed, 2, epoch))
         self._epoch += 1

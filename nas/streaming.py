@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nas.augment import rand_augment
 from nas.data import (
+    BatchStream,
     _channel_statistics,
     _check_not_constant,
     _decode_image,
@@ -38,8 +39,6 @@ from nas.data import (
     _holdout_split,
     _pillow,
 )
-from nas.progressive import RANDAUGMENT_MAX_MAGNITUDE
-from nas.recipe import AUGMENTATIONS
 from nas.sources import (
     DEFAULT_IMAGEFOLDER_SIZE,
     DataError,
@@ -47,7 +46,7 @@ from nas.sources import (
     existing_directory,
     list_image_folder,
 )
-from search_spaces.checks import check_choice, check_int, check_real
+from search_spaces.checks import check_int, check_real
 from search_spaces.spec import MAX_IMAGE_SIZE
 
 STATISTICS_SAMPLE = 2048  # training images decoded to estimate the normalization
@@ -221,7 +220,7 @@ def _estimate_statistics(files: Sequence[Path], seed: int) -> tuple[tuple[float,
 # ----------------------------------------------------------------------------------------------- batches
 
 
-class StreamingBatches:
+class StreamingBatches(BatchStream):
     """Mini-batches decoded from image files by DataLoader workers, normalized on the training device.
 
     The interface of :class:`nas.data.DeviceBatches` (each ``__iter__`` is an epoch; ``image_size``,
@@ -279,60 +278,21 @@ class StreamingBatches:
                 f"labels must be an int64 ({len(files)},) tensor on the CPU, got {labels.dtype} "
                 f"{tuple(labels.shape)} on {labels.device}"
             )
-        check_int("batch_size", batch_size, 1)
-        check_choice("augment", augment, AUGMENTATIONS)
         check_int("image_size", image_size, 1, MAX_IMAGE_SIZE)
         check_int("workers", workers, 0)
-        check_int("crop_padding", crop_padding, 0)
-        check_int("seed", seed, 0)
-        check_real("randaugment_magnitude", randaugment_magnitude, 0, int(RANDAUGMENT_MAX_MAGNITUDE))
-        check_int("world_size", world_size, 1)
-        check_int("rank", rank, 0, world_size, high_open=True)
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std must have 3 values (one per RGB channel), got {mean} and {std}")
-        if not all(value > 0 for value in std):
-            raise ValueError(f"std must be positive, got {std}")
+        self.device = torch.device(device)
+        super().__init__(len(files), 3, batch_size=batch_size, mean=mean, std=std, augment=augment,
+                         shuffle=shuffle, drop_last=drop_last, channels_last=channels_last, seed=seed,
+                         crop_padding=crop_padding, randaugment_magnitude=randaugment_magnitude,
+                         randaugment_ops=randaugment_ops, rank=rank, world_size=world_size, device=self.device)
 
         # Paths as one fixed-width bytes array, not Python objects: forked workers that read them then touch no
         # reference counts, so they share these pages with the parent instead of copying them (a million Path
         # objects would be copied into every worker).
         self._paths = np.array([os.fsencode(path) for path in files])
         self._labels = labels.numpy()
-        self.batch_size = batch_size
-        self.augment = augment
         self.image_size = image_size
         self.workers = workers
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.channels_last = channels_last
-        self.seed = seed
-        self.crop_padding = crop_padding
-        # Progressive learning changes these (and image_size) between epochs.
-        self.randaugment_magnitude = randaugment_magnitude
-        self.randaugment_ops = randaugment_ops
-        self.rank = rank
-        self.world_size = world_size
-        self.device = torch.device(device)
-        self._epoch = 0
-        self._check_shares()
-        std_tensor = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std == x * scale + shift, in the same order as DeviceBatches: identical floats.
-        self._scale = 1 / (255 * std_tensor)
-        self._shift = -mean_tensor / std_tensor
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the batch stream is: epochs are seeded from (seed, epoch), so the epoch count is all a resumed
-        run needs to draw the same batches."""
-        return {"epoch": self._epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._epoch = int(state["epoch"])
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        count = self._paths.shape[0]
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._check_shares()
@@ -372,19 +332,6 @@ class StreamingBatches:
             images = images.mul_(self._scale).add_(self._shift)
             memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
             yield images.contiguous(memory_format=memory_format), labels.to(self.device, non_blocking=True)
-
-    def _check_shares(self) -> None:
-        """Refuses a global batch that the ranks cannot share equally (checked each epoch: it may change)."""
-        if self.batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} (the global batch) must be divisible by world_size "
-                f"{self.world_size}, so that every rank takes an equal share"
-            )
-        if self.world_size > 1 and not self.drop_last:
-            raise ValueError(
-                "with several ranks only whole global batches are shared (drop_last=True); shard evaluation files "
-                "by rank instead"
-            )
 
 
 class _RankShares:
