@@ -54,6 +54,9 @@ seeds: means over two seeds are less noisy, so the proxy rows may come out somew
 comes with a 90% bootstrap interval over the candidates (``--bootstrap`` resamples): with 16-24 candidates a rank
 correlation is known to about +-0.15. The targets (issue 29): the reference's own seed-to-seed Spearman of A >= 0.8
 (the data separates the candidates) and the 10-epoch proxy's A >= 0.8; the last lines say whether they hold.
+The reward-balance table (:func:`reward_balance`) asks of the references what the reward ranks by: with the
+paper's exponents and smaller ones, how far log A and log (S/S0)^w (P/P0)^v spread over the candidates and which
+of the two the reward's ranking follows; its last line gives the exponents at which the two weigh alike.
 
 With ``--eval-data SOURCE`` (a test set) each reference trains on all of ``--data`` and is evaluated on SOURCE,
 while the proxies keep their hold-out of ``--data``, as a campaign's do (a test set never steers a search):
@@ -96,7 +99,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from nas.complexity import count_spec  # noqa: E402
 from nas.recipe import TimingConfig, TrainConfig, resolve_recipe  # noqa: E402
-from rewards import training_aware_reward  # noqa: E402
+from rewards import PARAMS_EXPONENT, STEP_TIME_EXPONENT, training_aware_reward  # noqa: E402
 from search_spaces import presets  # noqa: E402
 from search_spaces.space import SearchSpace  # noqa: E402
 from search_spaces.spec import ArchSpec  # noqa: E402
@@ -111,6 +114,7 @@ FULL = {"data": "synthetic:image_size=32", "candidates": 24, "proxy_epochs": "1,
 QUICK = {"data": "synthetic:num_images=256,image_size=32", "candidates": 4, "proxy_epochs": "1,2", "reference_epochs": 2,
          "proxy_image_size": 16, "timing_pairs": 1, "timing_window_s": 0.02, "timing_precision": 0.0}
 TIMING_BATCH_SIZE = 32  # the tiny campaign's timing batch
+EXPONENT_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625)  # the paper's w and v times each, in the reward-balance table
 
 
 # --- top-k overlap (Spearman and Kendall tau-b are benchmarks.common's) -----------------------------------------------
@@ -339,11 +343,11 @@ def record_label(record: dict[str, Any]) -> str:
 
 # --- the tables -----------------------------------------------------------------------------------------------------
 
-def markdown(table: pd.DataFrame) -> str:
-    """``table`` as a markdown table, floats to 3 decimals and NaN as n/a."""
+def markdown(table: pd.DataFrame, decimals: int = 3) -> str:
+    """``table`` as a markdown table, floats to ``decimals`` decimals and NaN as n/a."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return "n/a" if math.isnan(value) else f"{value:.3f}"
+            return "n/a" if math.isnan(value) else f"{value:.{decimals}f}"
         return str(value)
 
     return markdown_table([str(column) for column in table.columns],
@@ -366,11 +370,14 @@ class Measured:
         sums = np.where(np.isfinite(stacked), stacked, 0.0).sum(axis=0)
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
-    def reward(self, accuracy: np.ndarray) -> np.ndarray:
+    def reward(self, accuracy: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """The reward of each candidate with ``accuracy``, its exponents the paper's times ``scale``."""
+        w, v = scale * STEP_TIME_EXPONENT, scale * PARAMS_EXPONENT
         values = []
         for a, s, p in zip(accuracy, self.step_time_ratio, self.params_ratio):
             usable = all(math.isfinite(x) for x in (a, s, p))
-            values.append(training_aware_reward(a, s, p, step_time_ref=1.0, params_ref=1.0) if usable else math.nan)
+            values.append(training_aware_reward(a, s, p, step_time_ref=1.0, params_ref=1.0, w=w, v=v)
+                          if usable else math.nan)
         return np.asarray(values)
 
 
@@ -468,7 +475,9 @@ def report(specs: Sequence[ArchSpec], jobs: Sequence[tuple[Job, str]], timing_ke
         table[f"A {epochs} ep"] = proxy_means[epochs]
     table[f"A ref {args.reference_epochs} ep"] = reference_mean
     table["reward ref"] = measured.reward(reference_mean)
-    print(f"\nper candidate (#0 is the baseline; A = hold-out accuracy, mean over seeds {_seeds(seeds)}):")
+    accuracy = ("hold-out accuracy" if args.eval_data is None else
+                f"hold-out accuracy of the proxies, accuracy on {args.eval_data} of the references")
+    print(f"\nper candidate (#0 is the baseline; A = {accuracy}, mean over seeds {_seeds(seeds)}):")
     print(markdown(table))
 
     rows = []
@@ -496,6 +505,13 @@ def report(specs: Sequence[ArchSpec], jobs: Sequence[tuple[Job, str]], timing_ke
     if len(seeds) < 2:
         print("(no ceiling rows: they need at least two seeds)")
 
+    balance, balanced = reward_balance(measured, reference_mean)
+    print(f"\nreward balance on the references' A (mean over seeds): what decides the ranking, with the paper's "
+          f"exponents (w {STEP_TIME_EXPONENT}, v {PARAMS_EXPONENT}) scaled:")
+    print(markdown(balance, decimals=4))
+    print(f"A and (S/S0)^w (P/P0)^v spread alike at {balanced:.3f} x the paper's exponents: "
+          f"w {balanced * STEP_TIME_EXPONENT:.4f}, v {balanced * PARAMS_EXPONENT:.4f}")
+
     done = len(jobs) - measured.missing
     failed_training = [record for record in measured.failed if record["kind"] == "train"]
     failed_timing = [record for record in measured.failed if record["kind"] == "timing"]
@@ -508,6 +524,32 @@ def report(specs: Sequence[ArchSpec], jobs: Sequence[tuple[Job, str]], timing_ke
         print(f"  {measured.missing} job(s) not run yet: run the same command without --table-only to resume")
 
     print(verdict(rows, max(proxies)))
+
+
+def reward_balance(measured: Measured, accuracy: np.ndarray,
+                   scales: Sequence[float] = EXPONENT_SCALES) -> tuple[pd.DataFrame, float]:
+    """How much of the reward's ranking accuracy decides, with the exponents (w, v) the paper's times each scale.
+
+    The reward is A * C with C = (S/S0)^w * (P/P0)^v, so it ranks by log A + log C: the term that spreads more
+    over the candidates decides. Per scale: the spread (standard deviation over the candidates) of log A and of
+    log C, and the Spearman of the reward with A and with C. Also returned: the scale at which the two spread
+    alike (sd log A / sd log C at the paper's exponents). Worked example: A 0.90 at S/S0 1 and A 0.91 at S/S0 2,
+    both at P/P0 1 (sd of log A 0.0055, of log C 0.07 * ln 2 / 2 = 0.024): the faster, less accurate one wins at
+    the paper's exponents (0.900 against 0.91 * 2^-0.07 = 0.867), and A and C weigh alike at scale 0.23 (w -0.016).
+    """
+    both = np.isfinite(measured.reward(accuracy)) & (accuracy > 0)  # log A: none for an accuracy of 0
+    log_accuracy = np.log(accuracy[both])
+    rows = []
+    for scale in scales:
+        log_reward = np.log(measured.reward(accuracy, scale)[both])
+        log_cost = log_reward - log_accuracy
+        rows.append({"w": scale * STEP_TIME_EXPONENT, "v": scale * PARAMS_EXPONENT,
+                     "sd log A": float(log_accuracy.std()), "sd log (S/S0)^w (P/P0)^v": float(log_cost.std()),
+                     "Spearman reward vs A": spearman(log_reward, log_accuracy),
+                     "Spearman reward vs (S/S0)^w (P/P0)^v": spearman(log_reward, log_cost)})
+    paper_cost = np.log(measured.reward(accuracy)[both]) - log_accuracy
+    balanced = float(log_accuracy.std() / paper_cost.std()) if paper_cost.std() > 0 else math.nan
+    return pd.DataFrame(rows), balanced
 
 
 def verdict(rows: Sequence[dict[str, Any]], longest: int) -> str:

@@ -28,6 +28,26 @@ def test_top_k_overlap(bench):
     assert bench.top_k([0.5, 0.5, 0.5, 0.5], 2) == [0, 1]  # ties: the earlier candidate first
 
 
+def test_reward_balance_says_which_term_decides_the_ranking(bench):
+    def measured(step_time_ratio):
+        return bench.Measured({}, np.asarray(step_time_ratio), np.ones(len(step_time_ratio)), [], 0)
+
+    # the docstring's example: 0.90 at S/S0 1 against 0.91 at S/S0 2
+    table, balanced = bench.reward_balance(measured([1.0, 2.0]), np.array([0.90, 0.91]), scales=(1.0, 0.1))
+    assert balanced == pytest.approx(np.log(0.91 / 0.90) / (0.07 * np.log(2)))
+    assert list(table["w"]) == pytest.approx([-0.07, -0.007]) and list(table["v"]) == pytest.approx([-0.05, -0.005])
+    assert list(table["Spearman reward vs A"]) == pytest.approx([-1.0, 1.0])  # the paper's: S decides; a tenth: A
+    assert table["sd log (S/S0)^w (P/P0)^v"][0] == pytest.approx(0.07 * np.log(2) / 2)
+    assert table["sd log A"][0] == pytest.approx(np.log(0.91 / 0.90) / 2)
+
+    # a candidate without S/S0 (its timing failed), without A or at A 0 is left out, not a NaN in every column
+    table, balanced = bench.reward_balance(measured([1.0, 2.0, np.nan, 1.5, 1.2]),
+                                           np.array([0.90, 0.91, 0.95, np.nan, 0.0]))
+    assert np.isfinite(table.to_numpy(dtype=float)).all() and balanced == pytest.approx(0.2277, abs=1e-3)
+    table, balanced = bench.reward_balance(measured([1.0, 1.0]), np.array([0.90, 0.91]))  # equal S: A decides
+    assert np.isnan(balanced) and list(table["Spearman reward vs A"]) == [1.0] * len(bench.EXPONENT_SCALES)
+
+
 # --- candidates, jobs and the results file ------------------------------------------------------------------------
 
 def test_candidates_are_distinct_with_the_baseline_first(bench):
@@ -94,6 +114,8 @@ def test_a_tiny_run_records_every_job_and_prints_the_tables(tiny_run):
     assert "target: the reference's seed-to-seed Spearman of A (the ceiling) >= 0.8: " in out
     assert "target: the 1-epoch proxy's Spearman of A against the reference >= 0.8: " in out
     assert "| comparison | quantity | n | Spearman | Spearman 90% CI | Kendall tau-b |" in out
+    assert "| w | v | sd log A | sd log (S/S0)^w (P/P0)^v | Spearman reward vs A |" in out
+    assert "| -0.0700 | -0.0500 | " in out and "x the paper's exponents: w " in out
     assert "device: cpu" in out and "at 8px" in out and "at 16px" in out and '"batch_size"' in out
 
 
