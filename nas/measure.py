@@ -242,11 +242,15 @@ def time_step(
     repeats: int = 7,
     min_window_s: float = 0.25,
     max_steps_per_window: int = 200,
+    agree: Callable[[int], int] | None = None,
 ) -> StepTiming:
     """Times ``step`` with the one protocol: ``warmup`` untimed steps, then ``repeats`` synchronized windows.
 
     Each window runs enough steps to last about ``min_window_s`` (estimated from the last warm-up step), so that
-    fast steps are not drowned in timer and launch noise; the result is per step.
+    fast steps are not drowned in timer and launch noise; the result is per step. ``agree`` turns this process's
+    steps per window into the count every process runs: the ranks of a data-parallel run estimate differently,
+    and each step holds collectives that every rank must join, so a count of their own would leave one rank
+    training while another still times (a hang, or collectives paired wrongly).
     """
     check_int("warmup", warmup, 1)
     check_int("repeats", repeats, 1)
@@ -254,6 +258,8 @@ def time_step(
         step()
     estimate = time_window(step, device, 1)
     steps_per_window = max(1, min(max_steps_per_window, math.ceil(min_window_s / max(estimate, 1e-9))))
+    if agree is not None:
+        steps_per_window = agree(steps_per_window)
     windows = tuple(time_window(step, device, steps_per_window) / steps_per_window for _ in range(repeats))
     quartiles = statistics.quantiles(windows, n=4, method="inclusive") if len(windows) > 1 else [windows[0]] * 3
     return StepTiming(

@@ -39,6 +39,7 @@ from nas.distributed import (
     all_reduce_sum,
     average_buffers,
     convert_batch_norm,
+    decided_by_rank_zero,
     rank_seed,
 )
 from nas.halving import Rungs
@@ -235,7 +236,7 @@ def _run(
 
     if config.measure_step_time:
         timing = time_training_step(model, step, train_batches, device, warmup=config.timing_warmup,
-                                    repeats=config.timing_repeats)
+                                    repeats=config.timing_repeats, parallel=parallel)
         measured.update(
             step_time_s=timing.median_s,
             step_time_iqr_s=timing.iqr_s,
@@ -716,8 +717,10 @@ def time_training_step(
     *,
     warmup: int,
     repeats: int,
+    parallel: DataParallel | None = None,
 ) -> StepTiming:
-    """Step time S with the one protocol, on the training network and step themselves and one real batch.
+    """Step time S with the one protocol, on the training network and step themselves and one real batch (of a
+    data-parallel run, every rank times as many steps as rank 0).
 
     Timing happens on the network that will train, not on a copy, because a copy costs a second full build (and
     with ``torch.compile`` a second compilation, the slowest part of a short run), and because the timed step is
@@ -731,7 +734,8 @@ def time_training_step(
     initial_batches = batches.state_dict()
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
         images, labels = next(iter(batches))
-        timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats)
+        timing = time_step(lambda: step(images, labels), device, warmup=warmup, repeats=repeats,
+                           agree=None if parallel is None else lambda steps: decided_by_rank_zero(steps, parallel))
     model.load_state_dict(initial_weights)
     model.zero_grad(set_to_none=True)
     step.load_state_dict(initial_step)

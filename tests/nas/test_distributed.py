@@ -33,7 +33,7 @@ from ddp_rank import run_settings  # noqa: E402
 
 def _torchrun(ranks: int, *command: str, **options: object) -> subprocess.Popen:
     """``torchrun --nproc-per-node RANKS COMMAND`` on a free port of this host, in a fresh process group."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1]), "PYTHONFAULTHANDLER": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         environment.pop(name, None)
     return subprocess.Popen(
@@ -43,9 +43,25 @@ def _torchrun(ranks: int, *command: str, **options: object) -> subprocess.Popen:
     )
 
 
-def _finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
+def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    """Waits for a torchrun (these take 5-20 s); one that hangs fails with every rank's stack in its message."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"torchrun still ran after {timeout} s: {_abort(process)[-6000:]}") from None
     return process.returncode, out, err
+
+
+def _abort(process: subprocess.Popen) -> str:
+    """Ends a torchrun that hangs and returns its stderr, where each rank has printed every thread's stack as it
+    aborted (PYTHONFAULTHANDLER)."""
+    for rank in _ranks_of(process):
+        os.kill(rank, signal.SIGABRT)
+    try:
+        return process.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()[1]
 
 
 def test_two_ranks_reproduce_the_one_process_run(tmp_path: Path) -> None:
@@ -69,6 +85,17 @@ def test_two_ranks_reproduce_the_one_process_run(tmp_path: Path) -> None:
         torch.testing.assert_close(got[name].float(), expected[name].float(), rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_ranks_that_see_different_speeds_time_the_same_steps(tmp_path: Path) -> None:
+    # Each rank sizes its timing windows from its own one-step estimate, and every step holds collectives: ranks
+    # that estimate apart (rank 1 is "loaded" here) must still run one count, rank 0's. Before, one rank went on
+    # timing while the other trained, and the run hung.
+    code, _, err = _finish(_torchrun(2, str(HERE / "ddp_rank.py"), str(tmp_path), "--timed"))
+    assert code == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["status"] == ranks[1]["status"] == "ok"
+    assert ranks[0]["step_time_s"] > 0 and len(ranks[0]["history"]) == 2
+
+
 def _train_command(directory: Path, *extra: str) -> list[str]:
     """A run with every per-rank draw on: progressive stages, RandAugment, mixup, dropout, stochastic depth, EMA."""
     return ["-m", "nas", "train", "tiny", "--data", "synthetic:num_images=240,num_classes=4,image_size=24",
@@ -85,33 +112,42 @@ def _ranks_of(launcher: subprocess.Popen) -> list[int]:
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = _finish(_torchrun(2, *_train_command(tmp_path, "--save", str(tmp_path / "whole"))))
-    assert code == 0, err[-3000:]
-    assert err.count("saved the trained weights") == 1 and out.count("final train loss") == 1  # rank 0 alone prints
+    assert code == 0, f"the uninterrupted run failed: {err[-3000:]}"
+    assert err.count("saved the trained weights") == 1 and out.count("final train loss") == 1, (out, err[-3000:])
     assert sorted(path.name for path in (tmp_path / "whole").iterdir()) == ["result.json", "spec.yaml", "weights.pt"]
 
     checkpoint = tmp_path / "run.pt"
     killed = _torchrun(2, *_train_command(tmp_path, "--checkpoint", str(checkpoint)))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     ranks = _ranks_of(killed)
-    assert checkpoint.exists() and len(ranks) == 2, f"no checkpoint, or not 2 ranks ({ranks}): {killed.poll()}"
+    if killed.poll() is not None:
+        code, _, err = _finish(killed)
+        pytest.fail(f"the run to kill ended with status {code} before it could be killed: {err[-3000:]}")
+    os.killpg(killed.pid, signal.SIGSTOP)  # frozen while the checkpoint is read: no later epoch can land
+    saved_epochs = len(torch.load(checkpoint, weights_only=True)["history"]) if checkpoint.exists() else 0
+    if not (1 <= saved_epochs < 5 and len(ranks) == 2):
+        os.killpg(killed.pid, signal.SIGCONT)
+        pytest.fail(f"to kill: a checkpoint of 1-4 epochs (it has {saved_epochs}) and 2 ranks ({ranks}): "
+                    f"{_abort(killed)[-6000:]}")
     os.kill(ranks[-1], signal.SIGTERM)  # one rank: torchrun then ends the others
+    os.killpg(killed.pid, signal.SIGCONT)
     code, _, err = _finish(killed)
     assert code != 0, f"the run ended before it could be killed: {err[-2000:]}"
-    saved_epochs = len(torch.load(checkpoint, weights_only=True)["history"])
-    assert 1 <= saved_epochs < 5
+    assert len(torch.load(checkpoint, weights_only=True)["history"]) < 5, "the killed run finished its last epoch"
 
     elsewhere = tmp_path / "copy.pt"  # the same checkpoint, resumed by one process below
     elsewhere.write_bytes(checkpoint.read_bytes())
     resumed = _torchrun(2, *_train_command(tmp_path, "--checkpoint", str(checkpoint), "--resume", "--save",
                                            str(tmp_path / "resumed")))
     code, _, err = _finish(resumed)
-    assert code == 0, err[-3000:]
+    assert code == 0, f"the resumed run failed: {err[-3000:]}"
     whole = torch.load(tmp_path / "whole" / "weights.pt")
     again = torch.load(tmp_path / "resumed" / "weights.pt")
     for name in whole:
-        torch.testing.assert_close(again[name], whole[name], rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(again[name], whole[name], rtol=1e-6, atol=1e-7,
+                                   msg=lambda text, name=name: f"resumed after {saved_epochs} epochs, {name}: {text}")
 
     capsys.readouterr()
     assert main(_train_command(tmp_path, "--checkpoint", str(elsewhere), "--resume")[2:]) == 0  # one process

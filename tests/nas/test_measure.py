@@ -96,6 +96,19 @@ def test_time_step_excludes_warmup_and_reports_per_step_median():
     assert timing.iqr_s >= 0 and timing.relative_spread == timing.iqr_s / timing.median_s
 
 
+def test_time_step_runs_the_agreed_steps_per_window():
+    step = FakeStep(slow_calls=0, slow_s=0.0, steady_s=0.002)
+    proposed = []
+
+    def agree(steps):  # as the ranks of a data-parallel run agree on rank 0's count
+        proposed.append(steps)
+        return 4
+
+    timing = time_step(step, torch.device("cpu"), warmup=2, repeats=3, min_window_s=0.02, agree=agree)
+    assert proposed == [pytest.approx(10, abs=3)]  # its own estimate, asked once
+    assert timing.steps_per_window == 4 and step.calls == 2 + 3 * 4
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"warmup": 0}, "warmup must be an integer >= 1, got 0"),
     ({"repeats": 0}, "repeats must be an integer >= 1, got 0"),
