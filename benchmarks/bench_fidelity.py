@@ -537,7 +537,8 @@ def reward_balance(measured: Measured, accuracy: np.ndarray,
     both at P/P0 1 (sd of log A 0.0055, of log C 0.07 * ln 2 / 2 = 0.024): the faster, less accurate one wins at
     the paper's exponents (0.900 against 0.91 * 2^-0.07 = 0.867), and A and C weigh alike at scale 0.23 (w -0.016).
     """
-    both = np.isfinite(measured.reward(accuracy)) & (accuracy > 0)  # log A: none for an accuracy of 0
+    paper = measured.reward(accuracy)
+    both = np.isfinite(paper) & (accuracy > 0)  # log A: none for an accuracy of 0
     log_accuracy = np.log(accuracy[both])
     rows = []
     for scale in scales:
@@ -547,7 +548,7 @@ def reward_balance(measured: Measured, accuracy: np.ndarray,
                      "sd log A": float(log_accuracy.std()), "sd log (S/S0)^w (P/P0)^v": float(log_cost.std()),
                      "Spearman reward vs A": spearman(log_reward, log_accuracy),
                      "Spearman reward vs (S/S0)^w (P/P0)^v": spearman(log_reward, log_cost)})
-    paper_cost = np.log(measured.reward(accuracy)[both]) - log_accuracy
+    paper_cost = np.log(paper[both]) - log_accuracy
     balanced = float(log_accuracy.std() / paper_cost.std()) if paper_cost.std() > 0 else math.nan
     return pd.DataFrame(rows), balanced
 
